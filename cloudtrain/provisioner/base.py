@@ -1,0 +1,41 @@
+"""The one narrow interface every provider implements."""
+
+from __future__ import annotations
+
+from abc import ABC, abstractmethod
+from typing import ClassVar
+
+from cloudtrain.machine import Cluster
+from cloudtrain.spec import ClusterSpec
+from cloudtrain.state import ClusterDir, ClusterRecord
+
+
+class Provisioner(ABC):
+    name: ClassVar[str]
+    # Capabilities, declared by type so shared code never asks which provider this is.
+    needs_gpu: ClassVar[bool] = False  # a --gpu is required (clouds) or refused (local)
+    bills: ClassVar[bool] = False  # machines cost money: print the price before creating
+    supports_preview: ClassVar[bool] = False
+
+    def default_name(self, spec_gpu: str | None) -> str:
+        return f"{self.name}-{spec_gpu}" if spec_gpu else self.name
+
+    @abstractmethod
+    def check(self, spec: ClusterSpec) -> None:
+        """Refuse a spec this provider cannot satisfy (BadInput), with no side effects."""
+
+    def describe(self, spec: ClusterSpec) -> str:
+        """One or more lines: what `create` will make, and its hourly price where it bills."""
+        return f"{spec.nodes} node(s) on {self.name}"
+
+    def preview(self, spec: ClusterSpec, cdir: ClusterDir) -> str:
+        raise NotImplementedError
+
+    @abstractmethod
+    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
+        """Make the machines and return how to reach them. May fill `record.provider_state`
+        (saved by the caller) so `destroy` can find everything even after a crash."""
+
+    @abstractmethod
+    def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
+        """Remove everything `create` made. Idempotent: a second call is harmless."""

@@ -1,0 +1,170 @@
+"""What the user asked for, typed and validated before anything is created.
+
+Everything here raises `BadInput` (exit 2). Cloud-specific checks (GPU offered, region,
+quota) live with the catalog and the provisioners; this module owns what is common.
+"""
+
+from __future__ import annotations
+
+import ipaddress
+import re
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from cloudtrain.errors import BadInput
+
+FRAMEWORKS = ("torch", "tensorflow", "jax", "none")
+IMAGES = ("dl", "ubuntu")
+_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+_VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!*-]*$")
+
+
+def check_cluster_name(name: str) -> str:
+    if not _NAME.match(name):
+        raise BadInput(
+            f"invalid cluster name {name!r}",
+            "use 1-40 characters from [a-z0-9-], starting and ending with a letter or digit",
+        )
+    return name
+
+
+@dataclass(frozen=True)
+class FrameworkSpec:
+    name: str  # one of FRAMEWORKS
+    version: str | None = None  # exact pin, e.g. "2.13.0"
+
+    @classmethod
+    def parse(cls, text: str) -> "FrameworkSpec":
+        name, sep, version = text.strip().partition("==")
+        name = name.strip().lower()
+        if name not in FRAMEWORKS:
+            raise BadInput(
+                f"unknown framework {text!r}",
+                f"choose one of {', '.join(FRAMEWORKS)}, optionally pinned as NAME==VERSION",
+            )
+        version = version.strip() or None
+        if sep and (version is None or not _VERSION.match(version)):
+            raise BadInput(f"invalid framework version in {text!r}", "write it as NAME==VERSION, e.g. torch==2.13.0")
+        if name == "none" and version:
+            raise BadInput("framework 'none' takes no version", "write --framework none")
+        return cls(name, version)
+
+    def __str__(self) -> str:
+        return f"{self.name}=={self.version}" if self.version else self.name
+
+
+@dataclass(frozen=True)
+class ClusterSpec:
+    name: str
+    provider: str
+    nodes: int = 1
+    framework: FrameworkSpec = field(default_factory=lambda: FrameworkSpec("torch"))
+    gpu: str | None = None  # catalog name, e.g. "t4"; None on the local provider
+    gpu_count: int = 1
+    cuda: str | None = None  # requested CUDA "X.Y", else the resolver chooses
+    region: str | None = None
+    zone: str | None = None
+    spot: bool = False
+    disk_gb: int = 100
+    image: str = "dl"
+    ssh_cidr: str | None = None  # None: the caller's public address /32
+
+    def __post_init__(self) -> None:
+        check_cluster_name(self.name)
+        if self.nodes < 1:
+            raise BadInput(f"--nodes must be at least 1, got {self.nodes}", "pass --nodes 1 or more")
+        if self.gpu_count < 1:
+            raise BadInput(f"GPU count must be at least 1, got {self.gpu_count}", "write --gpu NAME or NAME:COUNT")
+        if self.image not in IMAGES:
+            raise BadInput(f"unknown image {self.image!r}", f"choose one of {', '.join(IMAGES)}")
+        if not 10 <= self.disk_gb <= 16384:
+            raise BadInput(f"disk size {self.disk_gb} GB is out of range", "pass --disk-gb between 10 and 16384")
+        if self.ssh_cidr is not None:
+            check_cidr(self.ssh_cidr)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["framework"] = str(self.framework)
+        return data
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> "ClusterSpec":
+        data = dict(data)
+        data["framework"] = FrameworkSpec.parse(data.get("framework", "torch"))
+        return cls(**data)
+
+
+def check_cidr(text: str) -> str:
+    try:
+        net = ipaddress.ip_network(text, strict=False)
+    except ValueError as e:
+        raise BadInput(f"invalid --ssh-cidr {text!r}", "write an address range such as 203.0.113.7/32") from e
+    if net.prefixlen == 0:
+        raise BadInput(f"--ssh-cidr {text} opens SSH to the whole internet", "pass your own address, e.g. 203.0.113.7/32")
+    return str(net)
+
+
+def parse_gpu(text: str) -> tuple[str, int]:
+    """'a100:8' -> ('a100', 8); 't4' -> ('t4', 1)."""
+    name, sep, count = text.strip().lower().partition(":")
+    if not name:
+        raise BadInput(f"invalid --gpu {text!r}", "write NAME or NAME:COUNT, e.g. t4 or a100:8")
+    if not sep:
+        return name, 1
+    if not count.isdigit() or int(count) < 1:
+        raise BadInput(f"invalid GPU count in --gpu {text!r}", "write NAME:COUNT with COUNT 1 or more, e.g. a100:8")
+    return name, int(count)
+
+
+def parse_env(pairs: list[str]) -> dict[str, str]:
+    env: dict[str, str] = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep or not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", key):
+            raise BadInput(f"invalid --env {pair!r}", "write --env NAME=VALUE with NAME a shell variable name")
+        env[key] = value
+    return env
+
+
+@dataclass(frozen=True)
+class JobSpec:
+    script: Path  # absolute path on this machine, inside workdir
+    workdir: Path  # absolute; shipped to the node
+    args: tuple[str, ...] = ()
+    env: dict[str, str] = field(default_factory=dict)
+    output: Path | None = None  # default ./runs/<job-id>
+    detach: bool = False
+
+    @classmethod
+    def build(
+        cls,
+        script: str | Path,
+        workdir: str | Path | None = None,
+        args: list[str] | tuple[str, ...] = (),
+        env: list[str] | None = None,
+        output: str | Path | None = None,
+        detach: bool = False,
+    ) -> "JobSpec":
+        path = Path(script).expanduser().resolve()
+        if not path.exists():
+            raise BadInput(f"script {script} does not exist", "check the path")
+        if path.is_dir():
+            raise BadInput(f"script {script} is a directory", "name the Python file to run")
+        wd = Path(workdir).expanduser().resolve() if workdir else path.parent
+        if not wd.is_dir():
+            raise BadInput(f"--workdir {workdir} is not a directory", "name the folder to ship")
+        if not path.is_relative_to(wd):
+            raise BadInput(f"script {script} is outside --workdir {wd}", "put the script inside the workdir or choose another --workdir")
+        return cls(
+            script=path,
+            workdir=wd,
+            args=tuple(args),
+            env=parse_env(env or []),
+            output=Path(output).expanduser().resolve() if output else None,
+            detach=detach,
+        )
+
+    @property
+    def script_rel(self) -> str:
+        return self.script.relative_to(self.workdir).as_posix()

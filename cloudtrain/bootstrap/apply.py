@@ -1,0 +1,122 @@
+"""Run a plan on a node, recording each applied step so a second run does nothing.
+
+On the node, under its cloudtrain folder:
+    bootstrap/state.json      {step name: fingerprint} of every step applied
+    bootstrap/steps/NN-x.sh   the exact script each step ran
+    bootstrap/logs/NN-x.log   its output (these come home into the cluster's logs/)
+"""
+
+from __future__ import annotations
+
+import json
+import shlex
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from cloudtrain.bootstrap.steps import Step
+from cloudtrain.errors import BootstrapError, CommandFailed, RemoteError
+from cloudtrain.remote import SshRemote, node_root_expr
+
+Say = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class Outcome:
+    step: Step
+    status: str  # "ran" | "done before" | "not needed"
+    seconds: float = 0.0
+
+
+@dataclass(frozen=True)
+class NodePaths:
+    root: str
+    venv: str
+    state: str
+    steps: str
+    logs: str
+
+    @classmethod
+    def of(cls, remote: SshRemote) -> "NodePaths":
+        root = remote.run(f"echo {node_root_expr()}").stdout.strip()
+        boot = f"{root}/bootstrap"
+        return cls(root=root, venv=f"{root}/venv", state=f"{boot}/state.json", steps=f"{boot}/steps", logs=f"{boot}/logs")
+
+    def env(self) -> dict[str, str]:
+        return {"CLOUDTRAIN_NODE_ROOT": self.root, "CLOUDTRAIN_VENV": self.venv, "CLOUDTRAIN_LOG_DIR": self.logs}
+
+
+def _read_state(remote: SshRemote, paths: NodePaths) -> dict[str, str]:
+    raw = remote.read_from(paths.state, 0)
+    try:
+        return json.loads(raw) if raw else {}
+    except json.JSONDecodeError:
+        return {}  # a damaged record only costs a rerun of idempotent steps
+
+
+def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say = print) -> list[Outcome]:
+    paths = NodePaths.of(remote)
+    remote.run(f"mkdir -p {shlex.quote(paths.steps)} {shlex.quote(paths.logs)}")
+    state = _read_state(remote, paths)
+    outcomes = []
+    for index, step in enumerate(steps):
+        if not step.needed:
+            outcomes.append(Outcome(step, "not needed"))
+            continue
+        if state.get(step.name) == step.fingerprint:
+            outcomes.append(Outcome(step, "done before"))
+            continue
+        say(f"{step.name}: {step.summary} ...")
+        started = time.monotonic()
+        _run_step(remote, paths, index, step, facts)
+        state[step.name] = step.fingerprint
+        remote.write_text(paths.state, json.dumps(state, indent=2, sort_keys=True))
+        outcomes.append(Outcome(step, "ran", time.monotonic() - started))
+        say(f"{step.name}: done in {time.monotonic() - started:.1f}s")
+        if step.reboot_after:
+            _reboot(remote, facts, say)
+    return outcomes
+
+
+def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts: dict[str, Any]) -> None:
+    base = f"{index:02d}-{step.name}"
+    script_path, log_path = f"{paths.steps}/{base}.sh", f"{paths.logs}/{base}.log"
+    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**paths.env(), **step.env}.items())
+    remote.write_text(script_path, f"#!/usr/bin/env bash\nset -euo pipefail\n{exports}{step.script}", mode=0o700)
+    runner = "bash" if not step.sudo or facts.get("is_root") else "sudo -n bash"
+    command = f"{runner} {shlex.quote(script_path)} > {shlex.quote(log_path)} 2>&1"
+    try:
+        remote.run(command)
+    except CommandFailed as e:
+        tail = remote.read_from(log_path, 0).decode(errors="replace").strip().splitlines()[-5:]
+        detail = " | ".join(line.strip() for line in tail) or f"exit {e.result.exit_code}"
+        raise BootstrapError(
+            f"bootstrap step '{step.name}' failed on {remote.node.name}: {detail[-600:]}",
+            f"full log on the node at {log_path} (copied into the cluster's logs/)",
+            layer=step.name,
+        ) from e
+
+
+def _reboot(remote: SshRemote, facts: dict[str, Any], say: Say) -> None:
+    say("rebooting; will reconnect and resume")
+    runner = "" if facts.get("is_root") else "sudo -n "
+    try:
+        # Detached and delayed, so the command returns before the connection drops.
+        remote.run(f"nohup sh -c 'sleep 2; {runner}reboot' >/dev/null 2>&1 &", check=False)
+    except RemoteError:
+        pass  # the node went down mid-command, as intended
+    remote.close()
+    time.sleep(15)
+    remote.client()  # retries with backoff until the node answers again
+
+
+def fetch_logs(remote: SshRemote, dest: Path) -> None:
+    """Bring the node's bootstrap logs home (best effort: a missing folder just means no steps ran)."""
+    paths = NodePaths.of(remote)
+    try:
+        names = remote.sftp().listdir(paths.logs)
+    except OSError:
+        return
+    for name in names:
+        remote.get(f"{paths.logs}/{name}", dest / name)

@@ -1,0 +1,127 @@
+"""Runs ON the node with its system python3 (stdlib only): prints the node's facts as JSON.
+
+Keys are the contract the planner and the GPU resolver read (see cloudtrain/bootstrap/probe.py).
+The os-release path can be overridden (CLOUDTRAIN_OS_RELEASE) so tests can stage an OS.
+"""
+
+import glob
+import json
+import os
+import platform
+import re
+import shutil
+import subprocess
+import sys
+
+
+def sh(*cmd):
+    try:
+        out = subprocess.run(cmd, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return out.stdout if out.returncode == 0 else None
+
+
+def os_release():
+    data = {}
+    try:
+        with open(os.environ.get("CLOUDTRAIN_OS_RELEASE", "/etc/os-release")) as f:
+            for line in f:
+                key, _, value = line.strip().partition("=")
+                data[key] = value.strip('"')
+    except OSError:
+        pass
+    return data.get("ID", "unknown"), data.get("VERSION_ID", "")
+
+
+def mem_mb():
+    try:
+        with open("/proc/meminfo") as f:
+            for line in f:
+                if line.startswith("MemTotal:"):
+                    return int(line.split()[1]) // 1024
+    except OSError:
+        pass
+    return None
+
+
+def gpus():
+    out = sh("nvidia-smi", "--query-gpu=name,memory.total,compute_cap", "--format=csv,noheader,nounits")
+    found = []
+    for line in (out or "").strip().splitlines():
+        parts = [p.strip() for p in line.split(",")]
+        if len(parts) >= 3:
+            found.append({"name": parts[0], "memory_mb": int(float(parts[1])) if parts[1].replace(".", "").isdigit() else None, "compute_cap": parts[2]})
+    return found
+
+
+def driver():
+    out = sh("nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader")
+    return out.strip().splitlines()[0].strip() if out and out.strip() else None
+
+
+def cuda_driver_max():
+    out = sh("nvidia-smi") or ""
+    m = re.search(r"CUDA Version:\s*([0-9.]+)", out)
+    return m.group(1) if m else None
+
+
+def nvcc():
+    out = sh("nvcc", "--version") or ""
+    m = re.search(r"release ([0-9]+\.[0-9]+)", out)
+    return m.group(1) if m else None
+
+
+def cudnn():
+    out = sh("ldconfig", "-p") or ""
+    m = re.search(r"libcudnn\.so\.([0-9]+)", out)
+    header = "/usr/include/cudnn_version.h"
+    if os.path.exists(header):
+        text = open(header).read()
+        parts = [re.search(rf"#define CUDNN_{k}\s+(\d+)", text) for k in ("MAJOR", "MINOR", "PATCHLEVEL")]
+        if all(parts):
+            return ".".join(p.group(1) for p in parts)
+    return m.group(1) if m else None
+
+
+def frameworks():
+    found = {}
+    for name in ("torch", "tensorflow", "jax"):
+        code = f"import importlib.metadata as m; print(m.version({name!r}))"
+        out = sh(sys.executable, "-c", code)
+        if out and out.strip():
+            found[name] = out.strip()
+    return found
+
+
+def main():
+    os_id, os_version = os_release()
+    disk = shutil.disk_usage(os.path.expanduser("~"))
+    facts = {
+        "os_id": os_id,
+        "os_version": os_version,
+        "arch": platform.machine(),
+        "cpus": os.cpu_count(),
+        "mem_mb": mem_mb(),
+        "disk_free_gb": round(disk.free / 2**30, 1),
+        "python": sys.executable,
+        "python_version": platform.python_version(),
+        # Debian/Ubuntu ship venv's ensurepip separately (python3-venv); bootstrap installs it if absent.
+        "python_venv": sh(sys.executable, "-c", "import ensurepip, venv") is not None,
+        "gpus": gpus(),
+        "nvidia_pci": "10de:" in (sh("lspci", "-n") or ""),
+        "driver": driver(),
+        "cuda_driver_max": cuda_driver_max(),
+        "cuda_toolkits": sorted(
+            os.path.basename(p)[len("cuda-"):] for p in glob.glob("/usr/local/cuda-*") if re.match(r".*cuda-\d+\.\d+$", p)
+        ),
+        "nvcc": nvcc(),
+        "cudnn": cudnn(),
+        "frameworks": frameworks(),
+        "is_root": os.geteuid() == 0,
+        "has_sudo": shutil.which("sudo") is not None and subprocess.run(["sudo", "-n", "true"], capture_output=True).returncode == 0 if os.geteuid() != 0 else True,
+    }
+    print(json.dumps(facts))
+
+
+main()

@@ -1,0 +1,60 @@
+"""From facts and a request to an ordered list of steps. Pure: no I/O, so it is easy to test."""
+
+from __future__ import annotations
+
+import shlex
+from typing import Any
+
+from cloudtrain.bootstrap import gpu
+from cloudtrain.bootstrap.gpu import Request
+from cloudtrain.bootstrap.steps import Step
+
+
+def plan(facts: dict[str, Any], request: Request) -> list[Step]:
+    install = gpu.framework_install(facts, request)
+    return [
+        _python_venv_package(facts),
+        *gpu.gpu_steps(facts, request),
+        _venv(install),
+        _framework(install),
+        gpu.verify_step(facts, request),
+    ]
+
+
+def _python_venv_package(facts: dict[str, Any]) -> Step:
+    if facts.get("python_venv"):
+        return Step("python-venv", "Python's venv module", skip_reason="not needed: python3 has venv")
+    return Step(
+        "python-venv",
+        "install python3-venv (Debian/Ubuntu ship venv separately)",
+        script="export DEBIAN_FRONTEND=noninteractive\n"
+        "apt-get -o DPkg::Lock::Timeout=600 update -q\n"
+        "apt-get -o DPkg::Lock::Timeout=600 install -y -q python3-venv\n",
+        sudo=True,
+    )
+
+
+def _venv(install: gpu.Install) -> Step:
+    flag = " --system-site-packages" if install.system_site_packages else ""
+    return Step(
+        "venv",
+        f"a Python virtual environment for jobs{' (reusing the preinstalled framework)' if flag else ''}",
+        script=(
+            'if [ ! -x "$CLOUDTRAIN_VENV/bin/python" ]; then\n'
+            f'  python3 -m venv{flag} "$CLOUDTRAIN_VENV"\n'
+            "fi\n"
+            '"$CLOUDTRAIN_VENV/bin/python" -m pip --version\n'
+        ),
+    )
+
+
+def _framework(install: gpu.Install) -> Step:
+    if not install.requirements:
+        return Step("framework", "deep-learning framework", skip_reason=f"not needed: {install.summary or 'no framework'}")
+    args = ["--index-url", install.index_url] if install.index_url else []
+    pip = " ".join(shlex.quote(a) for a in [*args, *install.requirements])
+    return Step(
+        "framework",
+        f"install {install.summary or ' '.join(install.requirements)}",
+        script=f'"$CLOUDTRAIN_VENV/bin/python" -m pip install --disable-pip-version-check -q {pip}\n',
+    )

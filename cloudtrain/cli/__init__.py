@@ -1,0 +1,39 @@
+"""`cloudtrain` command line: thin commands over the library, and the one error handler."""
+
+from __future__ import annotations
+
+import importlib
+import sys
+
+import click
+
+from cloudtrain.cli.app import app, fail
+from cloudtrain.errors import CloudtrainError
+
+# Command modules register themselves on `app` when imported. The catalog and compat
+# modules belong to the cloud and GPU-stack work; until they exist they just don't register.
+for _name in ("cluster", "jobs", "catalog", "compat"):
+    try:
+        importlib.import_module(f"cloudtrain.cli.{_name}")
+    except ModuleNotFoundError as _e:
+        if _e.name != f"cloudtrain.cli.{_name}":
+            raise
+
+
+def main(argv: list[str] | None = None) -> None:
+    """Entry point: every user-facing failure becomes one line and an exit code."""
+    try:
+        code = app(args=argv, standalone_mode=False)
+    except CloudtrainError as e:
+        code = fail(e).exit_code
+    except click.UsageError as e:
+        where = f"cloudtrain {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "cloudtrain"
+        print(f"cloudtrain: error: {e.format_message()} (see `{where} --help`)", file=sys.stderr)
+        code = 2
+    except click.Abort:
+        print("cloudtrain: interrupted", file=sys.stderr)
+        code = 130
+    sys.exit(code if isinstance(code, int) else 0)
+
+
+__all__ = ["app", "main"]

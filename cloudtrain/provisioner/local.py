@@ -1,0 +1,202 @@
+"""The embedded default: each node is a real OpenSSH sshd on its own loopback address.
+
+Node i listens on 127.0.0.(i+2) and a free port, accepts only the cluster's key, and presents a
+host key cloudtrain generated (so it is pinned before first contact, like a cloud node's
+cloud-init key). Its files live under the cluster's provider folder; `CLOUDTRAIN_NODE_ROOT`
+is set for every session so node-side code keeps to that folder. No root needed.
+"""
+
+from __future__ import annotations
+
+import getpass
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+from cloudtrain import keys
+from cloudtrain.errors import BadInput, MissingTool, ProvisionError
+from cloudtrain.machine import Cluster, Node
+from cloudtrain.provisioner.base import Provisioner
+from cloudtrain.spec import ClusterSpec
+from cloudtrain.state import ClusterDir, ClusterRecord
+
+MAX_NODES = 200  # 127.0.0.2 .. 127.0.0.201
+
+
+def find_sshd() -> str:
+    found = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(p, os.X_OK)), None)
+    if not found:
+        raise MissingTool("sshd is not installed", "install OpenSSH's server: `apt-get install openssh-server` (Debian/Ubuntu)")
+    return found
+
+
+def _free_port(address: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as s:
+        s.bind((address, 0))
+        return s.getsockname()[1]
+
+
+def _sshd_config(node_dir: Path, address: str, port: int, user: str) -> str:
+    root = node_dir / "root"
+    return "\n".join(
+        [
+            f"ListenAddress {address}:{port}",
+            f"HostKey {node_dir / 'ssh_host_ed25519_key'}",
+            f"PidFile {node_dir / 'sshd.pid'}",
+            f"AuthorizedKeysFile {node_dir / 'authorized_keys'}",
+            f"AllowUsers {user}",
+            "PubkeyAuthentication yes",
+            "PasswordAuthentication no",
+            "KbdInteractiveAuthentication no",
+            "PermitRootLogin prohibit-password",
+            "UsePAM no",
+            # The node's files sit under the user's home or a temp dir; their own modes are 0600/0700.
+            "StrictModes no",
+            "X11Forwarding no",
+            "AllowTcpForwarding no",
+            "PrintMotd no",
+            f"SetEnv CLOUDTRAIN_NODE_ROOT={root}",
+            "Subsystem sftp internal-sftp",
+            "LogLevel ERROR",
+            "",
+        ]
+    )
+
+
+class LocalProvisioner(Provisioner):
+    name = "local"
+
+    def default_name(self, spec_gpu: str | None) -> str:
+        return "local"
+
+    def check(self, spec: ClusterSpec) -> None:
+        if spec.gpu:
+            raise BadInput("the local provider has no GPUs", "leave out --gpu, or choose --provider aws|gcp|azure")
+        if spec.nodes > MAX_NODES:
+            raise BadInput(f"the local provider runs at most {MAX_NODES} nodes", f"pass --nodes {MAX_NODES} or fewer")
+
+    def describe(self, spec: ClusterSpec) -> str:
+        return f"{spec.nodes} local node(s): OpenSSH sshd on 127.0.0.2.. (free, nothing billed)"
+
+    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
+        sshd = find_sshd()
+        user = getpass.getuser()
+        if os.geteuid() == 0:
+            # sshd as root insists on its privilege-separation directory.
+            Path("/run/sshd").mkdir(mode=0o755, parents=True, exist_ok=True)
+        client_key = cdir.client_public_key()
+        nodes: list[Node] = []
+        record.provider_state["node_dirs"] = []
+        for i in range(spec.nodes):
+            name = f"{spec.name}-{i}"
+            address = f"127.0.0.{i + 2}"
+            node_dir = cdir.provider_dir / name
+            (node_dir / "root").mkdir(parents=True, exist_ok=True)
+            os.chmod(node_dir, 0o700)
+            host_key = keys.write_pair(node_dir / "ssh_host_ed25519_key", comment=name)
+            (node_dir / "authorized_keys").write_text(client_key + "\n")
+            os.chmod(node_dir / "authorized_keys", 0o600)
+            # Record the folder before starting anything, so destroy finds it even after a crash.
+            record.provider_state["node_dirs"].append(str(node_dir))
+            cdir.save(record)
+            port = self._start(sshd, node_dir, address, user)
+            nodes.append(Node(name=name, host=address, port=port, user=user, host_key=host_key, private_ip=address))
+        return Cluster(name=spec.name, nodes=tuple(nodes), identity_file=cdir.identity_file)
+
+    def _start(self, sshd: str, node_dir: Path, address: str, user: str) -> int:
+        config = node_dir / "sshd_config"
+        for attempt in range(5):  # a free port can be taken between probing and binding
+            port = _free_port(address)
+            config.write_text(_sshd_config(node_dir, address, port, user))
+            # Absolute paths throughout: sshd re-executes itself and must find its config again.
+            proc = subprocess.run([sshd, "-f", str(config), "-E", str(node_dir / "sshd.log")], capture_output=True, text=True)
+            if proc.returncode == 0 and self._wait_listening(address, port):
+                return port
+            self._stop_pidfile(node_dir / "sshd.pid")
+        log = (node_dir / "sshd.log").read_text(errors="replace").strip().splitlines()[-1:] if (node_dir / "sshd.log").exists() else []
+        detail = (proc.stderr.strip() or (log[0] if log else "no output")).splitlines()[-1]
+        raise ProvisionError(f"sshd for {node_dir.name} did not start: {detail}", f"see {node_dir / 'sshd.log'}")
+
+    @staticmethod
+    def _wait_listening(address: str, port: int, timeout: float = 10.0) -> bool:
+        deadline = time.monotonic() + timeout
+        while time.monotonic() < deadline:
+            try:
+                with socket.create_connection((address, port), timeout=1):
+                    return True
+            except OSError:
+                time.sleep(0.05)
+        return False
+
+    def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
+        for entry in record.provider_state.get("node_dirs", []):
+            node_dir = Path(entry)
+            self._stop_pidfile(node_dir / "sshd.pid")
+            _kill_marked(str(node_dir / "root"))
+            shutil.rmtree(node_dir, ignore_errors=True)
+
+    @staticmethod
+    def _stop_pidfile(pidfile: Path) -> None:
+        try:
+            pid = int(pidfile.read_text().strip())
+        except (OSError, ValueError):
+            return
+        _terminate([pid])
+
+
+def _kill_marked(root: str) -> None:
+    """Stop every process started through this node's sessions: each carries the node's
+    CLOUDTRAIN_NODE_ROOT in its environment (sshd's SetEnv), detached jobs included."""
+    marker = f"CLOUDTRAIN_NODE_ROOT={root}".encode()
+    pids = []
+    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            environ = (entry / "environ").read_bytes()
+        except OSError:
+            continue
+        if marker in environ.split(b"\0"):
+            pids.append(int(entry.name))
+    _terminate(pids)
+
+
+def _terminate(pids: list[int], grace: float = 5.0) -> None:
+    alive = []
+    for pid in pids:
+        try:
+            os.kill(pid, signal.SIGTERM)
+            alive.append(pid)
+        except ProcessLookupError:
+            pass
+    deadline = time.monotonic() + grace
+    while alive and time.monotonic() < deadline:
+        alive = [p for p in alive if _alive(p)]
+        if alive:
+            time.sleep(0.05)
+    for pid in alive:
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _alive(pid: int) -> bool:
+    try:
+        # Reap it if it is our child (sshd daemonizes, so normally it is not).
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
+        return state != "Z"
+    except OSError:
+        return True

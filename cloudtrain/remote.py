@@ -1,0 +1,332 @@
+"""Talking to a node over SSH, on paramiko: one `run()` returning one `Result`, plus file transfer.
+
+Host keys are pinned: the client knows the node's key before the first packet and rejects any
+other (RejectPolicy); there is no trust-on-first-use. Connections open lazily, retry with backoff
+while a node boots, and close as context managers. paramiko and socket errors become
+`RemoteError`s here, at the boundary.
+"""
+
+from __future__ import annotations
+
+import base64
+import io
+import select
+import shlex
+import socket
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import IO, Callable, Iterator
+
+import paramiko
+
+from cloudtrain import keys
+from cloudtrain.errors import CommandFailed, HostKeyMismatch, RemoteError
+from cloudtrain.machine import Node
+
+Sink = Callable[[bytes], None]
+
+
+@dataclass(frozen=True)
+class Result:
+    command: str
+    exit_code: int
+    stdout: str
+    stderr: str
+
+    @property
+    def ok(self) -> bool:
+        return self.exit_code == 0
+
+
+def _host_id(node: Node) -> str:
+    return node.host if node.port == 22 else f"[{node.host}]:{node.port}"
+
+
+def _pkey_from_line(public: str) -> paramiko.PKey:
+    key_type, body = keys.key_type_and_body(public)
+    return paramiko.PKey.from_type_string(key_type, base64.b64decode(body))
+
+
+def env_prefix(env: dict[str, str] | None) -> str:
+    """`export K='v'; ...` — sshd accepts few variables through the protocol, so send them inline."""
+    if not env:
+        return ""
+    return "".join(f"export {k}={shlex.quote(v)}; " for k, v in env.items())
+
+
+class SshRemote:
+    """One node, reached as `node.user@node.host:node.port` with the cluster's key."""
+
+    def __init__(self, node: Node, identity_file: Path, connect_timeout: float = 120.0) -> None:
+        self.node = node
+        self.identity_file = identity_file
+        self.connect_timeout = connect_timeout
+        self._client: paramiko.SSHClient | None = None
+        self._sftp: paramiko.SFTPClient | None = None
+
+    # -- connection -------------------------------------------------------------------------
+
+    def __enter__(self) -> "SshRemote":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        if self._sftp is not None:
+            self._sftp.close()
+            self._sftp = None
+        if self._client is not None:
+            self._client.close()
+            self._client = None
+
+    def _where(self) -> str:
+        return f"node {self.node.name} ({self.node.user}@{self.node.host}:{self.node.port})"
+
+    def client(self) -> paramiko.SSHClient:
+        """The open connection, made on first use; retried with backoff until `connect_timeout`."""
+        if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
+            return self._client
+        self.close()
+        try:
+            pkey = paramiko.Ed25519Key.from_private_key_file(str(self.identity_file))
+        except (OSError, paramiko.SSHException) as e:
+            raise RemoteError(f"cannot read the cluster key {self.identity_file}: {e}", "recreate the cluster with `cloudtrain down` then `cloudtrain up`") from e
+        deadline = time.monotonic() + self.connect_timeout
+        delay = 0.2
+        last: Exception | None = None
+        while True:
+            client = paramiko.SSHClient()
+            client.get_host_keys().add(_host_id(self.node), *self._pinned())
+            client.set_missing_host_key_policy(paramiko.RejectPolicy())
+            try:
+                client.connect(
+                    self.node.host,
+                    port=self.node.port,
+                    username=self.node.user,
+                    pkey=pkey,
+                    look_for_keys=False,
+                    allow_agent=False,
+                    timeout=10,
+                    banner_timeout=10,
+                    auth_timeout=10,
+                )
+                transport = client.get_transport()
+                assert transport is not None
+                transport.set_keepalive(15)
+                self._client = client
+                return client
+            except paramiko.BadHostKeyException as e:
+                client.close()
+                raise HostKeyMismatch(
+                    f"{self._where()} presented host key {e.key.get_base64()[:16]}..., not the pinned one",
+                    "refusing to connect; the node may have been replaced or intercepted — recreate the cluster",
+                ) from e
+            except (OSError, paramiko.SSHException, EOFError) as e:
+                # Refused, timed out, banner not yet sent, key not yet installed: a booting node.
+                client.close()
+                last = e
+                if time.monotonic() + delay > deadline:
+                    break
+                time.sleep(delay)
+                delay = min(delay * 2, 5.0)
+        raise RemoteError(
+            f"cannot reach {self._where()} within {self.connect_timeout:.0f}s: {last}",
+            "check that the node is running (`cloudtrain status`) and that SSH is allowed from here",
+        ) from last
+
+    def _pinned(self) -> tuple[str, paramiko.PKey]:
+        key_type, _ = keys.key_type_and_body(self.node.host_key)
+        return key_type, _pkey_from_line(self.node.host_key)
+
+    def sftp(self) -> paramiko.SFTPClient:
+        if self._sftp is None:
+            try:
+                self._sftp = self.client().open_sftp()
+            except (OSError, paramiko.SSHException) as e:
+                raise RemoteError(f"cannot open SFTP on {self._where()}: {e}", "check that the node's sshd offers the sftp subsystem") from e
+        return self._sftp
+
+    # -- commands ---------------------------------------------------------------------------
+
+    def run(
+        self,
+        command: str,
+        *,
+        env: dict[str, str] | None = None,
+        check: bool = True,
+        stream: bool = False,
+        stdin: bytes | None = None,
+        timeout: float | None = None,
+        on_stdout: Sink | None = None,
+        on_stderr: Sink | None = None,
+    ) -> Result:
+        """Run `command` through the node user's shell.
+
+        `stream=True` copies output to this process's stdout/stderr as it arrives; `on_stdout` /
+        `on_stderr` receive raw chunks instead. Output is also captured into the `Result`.
+        A non-zero exit raises `CommandFailed` carrying the Result unless `check=False`.
+        """
+        full = env_prefix(env) + command
+        if stream:
+            on_stdout = on_stdout or _writer(sys.stdout)
+            on_stderr = on_stderr or _writer(sys.stderr)
+        out, err = io.BytesIO(), io.BytesIO()
+        try:
+            channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+            channel.exec_command(full)
+            if stdin is not None:
+                channel.sendall(stdin)
+            channel.shutdown_write()
+            code = self._pump(channel, out, err, on_stdout, on_stderr, timeout)
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            self.close()
+            raise RemoteError(f"lost the connection to {self._where()} while running a command: {e}", "run it again; check the node with `cloudtrain status`") from e
+        result = Result(command, code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
+        if check and not result.ok:
+            tail = (result.stderr.strip() or result.stdout.strip()).splitlines()[-1:] or [""]
+            raise CommandFailed(f"command on {self.node.name} exited {code}: {tail[0][:300]}", result)
+        return result
+
+    @staticmethod
+    def _pump(channel: paramiko.Channel, out: io.BytesIO, err: io.BytesIO, on_out: Sink | None, on_err: Sink | None, timeout: float | None) -> int:
+        deadline = None if timeout is None else time.monotonic() + timeout
+        while True:
+            readable = channel.recv_ready() or channel.recv_stderr_ready()
+            if not readable:
+                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
+                    break
+                select.select([channel], [], [], 0.5)
+            while channel.recv_ready():
+                chunk = channel.recv(65536)
+                out.write(chunk)
+                if on_out:
+                    on_out(chunk)
+            while channel.recv_stderr_ready():
+                chunk = channel.recv_stderr(65536)
+                err.write(chunk)
+                if on_err:
+                    on_err(chunk)
+            if deadline is not None and time.monotonic() > deadline:
+                channel.close()
+                raise socket.timeout(f"command still running after {timeout:.0f}s")
+        code = channel.recv_exit_status()
+        channel.close()
+        return code
+
+    def stream_stdout(self, command: str, *, env: dict[str, str] | None = None, stdin: IO[bytes] | None = None) -> Iterator[bytes]:
+        """Yield the stdout of `command` in chunks (for tar streams); raises on a non-zero exit."""
+        try:
+            channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+            channel.exec_command(env_prefix(env) + command)
+            if stdin is not None:
+                while chunk := stdin.read(1 << 20):
+                    channel.sendall(chunk)
+            channel.shutdown_write()
+            err = io.BytesIO()
+            while True:
+                chunk = channel.recv(1 << 20)
+                if not chunk:
+                    break
+                yield chunk
+            while not channel.exit_status_ready() or channel.recv_stderr_ready():
+                data = channel.recv_stderr(65536)
+                if not data and channel.exit_status_ready():
+                    break
+                err.write(data)
+            code = channel.recv_exit_status()
+            channel.close()
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            self.close()
+            raise RemoteError(f"lost the connection to {self._where()} during a transfer: {e}", "run it again") from e
+        if code != 0:
+            raise CommandFailed(f"command on {self.node.name} exited {code}: {err.getvalue().decode(errors='replace').strip()[:300]}", Result(command, code, "", err.getvalue().decode(errors="replace")))
+
+    def send_stdin(self, command: str, data: IO[bytes], *, env: dict[str, str] | None = None) -> Result:
+        """Run `command` feeding it `data` as stdin in chunks (for uploading tar streams)."""
+        try:
+            channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+            channel.exec_command(env_prefix(env) + command)
+            while chunk := data.read(1 << 20):
+                channel.sendall(chunk)
+            channel.shutdown_write()
+            out, err = io.BytesIO(), io.BytesIO()
+            code = self._pump(channel, out, err, None, None, None)
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            self.close()
+            raise RemoteError(f"lost the connection to {self._where()} during an upload: {e}", "run it again") from e
+        result = Result(command, code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
+        if not result.ok:
+            raise CommandFailed(f"command on {self.node.name} exited {code}: {result.stderr.strip()[:300]}", result)
+        return result
+
+    # -- files ------------------------------------------------------------------------------
+
+    def put(self, local: Path, remote: str, mode: int | None = None) -> None:
+        try:
+            self.sftp().put(str(local), remote)
+            if mode is not None:
+                self.sftp().chmod(remote, mode)
+        except (OSError, paramiko.SSHException) as e:
+            raise RemoteError(f"upload of {local} to {self.node.name}:{remote} failed: {e}", "check the node's disk space and the path") from e
+
+    def write_text(self, remote: str, text: str, mode: int | None = None) -> None:
+        try:
+            with self.sftp().open(remote, "w") as f:
+                f.write(text.encode())
+            if mode is not None:
+                self.sftp().chmod(remote, mode)
+        except (OSError, paramiko.SSHException) as e:
+            raise RemoteError(f"writing {self.node.name}:{remote} failed: {e}", "check the node's disk space and the path") from e
+
+    def get(self, remote: str, local: Path) -> None:
+        try:
+            local.parent.mkdir(parents=True, exist_ok=True)
+            self.sftp().get(remote, str(local))
+        except (OSError, paramiko.SSHException) as e:
+            raise RemoteError(f"download of {self.node.name}:{remote} failed: {e}", "check that the file exists on the node") from e
+
+    def read_from(self, remote: str, offset: int, limit: int = 1 << 20) -> bytes:
+        """Bytes of `remote` from `offset` (b'' when absent or nothing new): for following logs."""
+        try:
+            with self.sftp().open(remote, "rb") as f:
+                f.seek(offset)
+                return f.read(limit)
+        except FileNotFoundError:
+            return b""
+        except (OSError, paramiko.SSHException) as e:
+            self.close()
+            raise RemoteError(f"reading {self.node.name}:{remote} failed: {e}", "run it again") from e
+
+    def exists(self, remote: str) -> bool:
+        try:
+            self.sftp().stat(remote)
+            return True
+        except FileNotFoundError:
+            return False
+        except (OSError, paramiko.SSHException) as e:
+            self.close()
+            raise RemoteError(f"checking {self.node.name}:{remote} failed: {e}", "run it again") from e
+
+
+def _writer(stream: IO[str]) -> Sink:
+    buffer = getattr(stream, "buffer", None)
+
+    def write(chunk: bytes) -> None:
+        if buffer is not None:
+            buffer.write(chunk)
+        else:
+            stream.write(chunk.decode(errors="replace"))
+        stream.flush()
+
+    return write
+
+
+def node_root_expr() -> str:
+    """Shell expression for cloudtrain's folder on a node (the local provider sets the variable)."""
+    return '"${CLOUDTRAIN_NODE_ROOT:-$HOME/.cloudtrain}"'
+
+
+__all__ = ["Result", "SshRemote", "env_prefix", "node_root_expr"]

@@ -324,9 +324,4 @@ def _writer(stream: IO[str]) -> Sink:
     return write
 
 
-def node_root_expr() -> str:
-    """Shell expression for cloudtrain's folder on a node (the local provider sets the variable)."""
-    return '"${CLOUDTRAIN_NODE_ROOT:-$HOME/.cloudtrain}"'
-
-
-__all__ = ["Result", "SshRemote", "env_prefix", "node_root_expr"]
+__all__ = ["Result", "SshRemote", "env_prefix"]

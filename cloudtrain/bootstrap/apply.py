@@ -17,7 +17,8 @@ from typing import Any, Callable
 
 from cloudtrain.bootstrap.steps import Step
 from cloudtrain.errors import BootstrapError, CommandFailed, RemoteError
-from cloudtrain.remote import SshRemote, node_root_expr
+from cloudtrain.layout import NodePaths
+from cloudtrain.remote import SshRemote
 
 Say = Callable[[str], None]
 
@@ -27,24 +28,6 @@ class Outcome:
     step: Step
     status: str  # "ran" | "done before" | "not needed"
     seconds: float = 0.0
-
-
-@dataclass(frozen=True)
-class NodePaths:
-    root: str
-    venv: str
-    state: str
-    steps: str
-    logs: str
-
-    @classmethod
-    def of(cls, remote: SshRemote) -> "NodePaths":
-        root = remote.run(f"echo {node_root_expr()}").stdout.strip()
-        boot = f"{root}/bootstrap"
-        return cls(root=root, venv=f"{root}/venv", state=f"{boot}/state.json", steps=f"{boot}/steps", logs=f"{boot}/logs")
-
-    def env(self) -> dict[str, str]:
-        return {"CLOUDTRAIN_NODE_ROOT": self.root, "CLOUDTRAIN_VENV": self.venv, "CLOUDTRAIN_LOG_DIR": self.logs}
 
 
 def _read_state(remote: SshRemote, paths: NodePaths) -> dict[str, str]:

@@ -23,6 +23,7 @@ TORCH_CPU_INDEX = "https://download.pytorch.org/whl/cpu"
 class Request:
     framework: FrameworkSpec
     cuda: str | None = None  # "X.Y" when the user asked for one
+    gpu: str | None = None  # catalog name from `up --gpu` (e.g. "t4"), for nodes not yet showing it
 
 
 @dataclass(frozen=True)

@@ -1,0 +1,178 @@
+"""Azure: a resource group holding a vnet, an NSG (SSH from sshCidr, intra-cluster, deny the rest), N VMs."""
+
+from __future__ import annotations
+
+import base64
+from dataclasses import dataclass
+
+import pulumi
+from pulumi_azure_native import compute, network, resources
+
+from cloudtrain.catalog import Choice, Image
+from cloudtrain.provisioner.cloudinit import user_data
+from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
+
+VNET_CIDR = "10.79.0.0/16"
+SUBNET_CIDR = "10.79.1.0/24"
+
+
+def image_reference(image: Image) -> compute.ImageReferenceArgs:
+    """images.csv holds a URN 'publisher:offer:sku:version' (Gen2 images: the A100/H100 sizes need them)."""
+    publisher, offer, sku, version = image.ref.split(":")
+    return compute.ImageReferenceArgs(publisher=publisher, offer=offer, sku=sku, version=version)
+
+
+def placement_config(choice: Choice) -> dict[str, str]:
+    return {"azure-native:location": choice.region}
+
+
+def placement_from_config() -> tuple[str | None, str | None]:
+    return pulumi.Config("azure-native").get("location"), None
+
+
+@dataclass(frozen=True)
+class AzureClusterArgs:
+    vm_size: str
+    image: compute.ImageReferenceArgs
+    plan: ClusterPlan
+
+    @classmethod
+    def from_plan(cls, plan: ClusterPlan) -> "AzureClusterArgs":
+        return cls(vm_size=plan.offer.instance_type, image=image_reference(plan.image), plan=plan)
+
+
+def _rule(name: str, priority: int, access: str, protocol: str, source: str, destination: str, port: str) -> network.SecurityRuleArgs:
+    return network.SecurityRuleArgs(
+        name=name,
+        priority=priority,
+        direction="Inbound",
+        access=access,
+        protocol=protocol,
+        source_address_prefix=source,
+        source_port_range="*",
+        destination_address_prefix=destination,
+        destination_port_range=port,
+    )
+
+
+class AzureCluster(pulumi.ComponentResource):
+    nodes: pulumi.Output[list[dict]]
+
+    def __init__(self, name: str, args: AzureClusterArgs, opts: pulumi.ResourceOptions | None = None) -> None:
+        super().__init__("cloudtrain:azure:GpuCluster", name, None, opts)
+        plan = args.plan
+        child = pulumi.ResourceOptions(parent=self)
+        tags = plan.tags()
+        loc = plan.region
+
+        group = resources.ResourceGroup(f"{name}-rg", location=loc, tags=tags, opts=child)
+        rg = group.name
+        nsg = network.NetworkSecurityGroup(
+            f"{name}-nsg",
+            resource_group_name=rg,
+            location=loc,
+            security_rules=[
+                _rule("ssh", 100, "Allow", "Tcp", plan.ssh_cidr, "*", "22"),
+                _rule("intra-cluster", 110, "Allow", "*", SUBNET_CIDR, SUBNET_CIDR, "*"),
+                # Azure's default rules admit the whole VirtualNetwork tag and the load balancer;
+                # this makes "nobody else" explicit.
+                _rule("deny-other-inbound", 4000, "Deny", "*", "*", "*", "*"),
+            ],
+            tags=tags,
+            opts=child,
+        )
+        vnet = network.VirtualNetwork(
+            f"{name}-vnet",
+            resource_group_name=rg,
+            location=loc,
+            address_space=network.AddressSpaceArgs(address_prefixes=[VNET_CIDR]),
+            tags=tags,
+            opts=pulumi.ResourceOptions(parent=self, ignore_changes=["subnets"]),
+        )
+        subnet = network.Subnet(
+            f"{name}-subnet",
+            resource_group_name=rg,
+            virtual_network_name=vnet.name,
+            address_prefix=SUBNET_CIDR,
+            network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
+            opts=child,
+        )
+        entries = []
+        for i in range(plan.nodes):
+            node = plan.node_name(i)
+            pip = network.PublicIPAddress(
+                f"{node}-ip",
+                resource_group_name=rg,
+                location=loc,
+                sku=network.PublicIPAddressSkuArgs(name="Standard"),
+                public_ip_allocation_method="Static",
+                tags=tags,
+                opts=child,
+            )
+            nic = network.NetworkInterface(
+                f"{node}-nic",
+                resource_group_name=rg,
+                location=loc,
+                ip_configurations=[
+                    network.NetworkInterfaceIPConfigurationArgs(
+                        name="primary",
+                        subnet=network.SubnetArgs(id=subnet.id),
+                        public_ip_address=network.PublicIPAddressArgs(id=pip.id),
+                        private_ip_allocation_method="Dynamic",
+                    )
+                ],
+                tags=tags,
+                opts=child,
+            )
+            user = plan.image.ssh_user
+            spot = (
+                dict(priority="Spot", eviction_policy="Delete", billing_profile=compute.BillingProfileArgs(max_price=-1))
+                if plan.spot
+                else dict(priority="Regular")
+            )
+            vm = compute.VirtualMachine(
+                node,
+                resource_group_name=rg,
+                location=loc,
+                hardware_profile=compute.HardwareProfileArgs(vm_size=args.vm_size),
+                os_profile=compute.OSProfileArgs(
+                    computer_name=node,
+                    admin_username=user,
+                    # Azure wants custom data base64; it carries the private host key, hence secret.
+                    custom_data=pulumi.Output.secret(base64.b64encode(user_data(plan.host_keys[i]).encode()).decode()),
+                    linux_configuration=compute.LinuxConfigurationArgs(
+                        disable_password_authentication=True,
+                        ssh=compute.SshConfigurationArgs(
+                            public_keys=[
+                                compute.SshPublicKeyArgs(path=f"/home/{user}/.ssh/authorized_keys", key_data=plan.ssh_public_key)
+                            ]
+                        ),
+                    ),
+                ),
+                storage_profile=compute.StorageProfileArgs(
+                    image_reference=args.image,
+                    os_disk=compute.OSDiskArgs(
+                        create_option="FromImage",
+                        disk_size_gb=plan.disk_gb,
+                        delete_option="Delete",
+                        managed_disk=compute.ManagedDiskParametersArgs(storage_account_type="Premium_LRS"),
+                    ),
+                ),
+                network_profile=compute.NetworkProfileArgs(
+                    network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True, delete_option="Delete")]
+                ),
+                tags=tags,
+                opts=child,
+                **spot,
+            )
+            # Tie the entry to the VM so `nodes` resolves only once the machine exists.
+            public_ip = pulumi.Output.all(vm.id, pip.ip_address).apply(lambda v: v[1])
+            private = nic.ip_configurations.apply(lambda cfgs: cfgs[0].private_ip_address)
+            private_ip = pulumi.Output.all(vm.id, private).apply(lambda v: v[1])
+            entries.append(node_entry(node, public_ip, private_ip, user, plan.host_keys[i].public))
+        self.nodes = pulumi.Output.all(*entries)
+        self.register_outputs({NODES: self.nodes})
+
+
+def deploy(name: str, plan: ClusterPlan) -> AzureCluster:
+    return AzureCluster(name, AzureClusterArgs.from_plan(plan))

@@ -1,0 +1,433 @@
+"""The three cloud components under Pulumi mocks: what they would ask each cloud to create.
+
+`pulumi.runtime.set_mocks` replaces the engine: every resource registration lands in
+`Recorder.new_resource` with its real inputs, every invoke (the AMI lookup) in `call`. Each
+scenario runs once (cached) and is then checked from several angles: machine, image, disk,
+firewall policy, keys, spot, tags and the `nodes` output. No cloud, no CLI, no network.
+"""
+
+from __future__ import annotations
+
+import base64
+import functools
+import ipaddress
+import json
+import runpy
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pytest
+import yaml
+
+from cloudtrain import catalog, keys
+from cloudtrain.machine import Node
+from cloudtrain.provisioner import program
+from cloudtrain.provisioner.contract import CLUSTER_TAG, NODE_KEYS, NODES, HostKey
+from cloudtrain.spec import ClusterSpec
+
+REPO = Path(__file__).resolve().parent.parent
+SSH_CIDR = "198.51.100.7/32"
+CLIENT_KEY = keys.generate("client")[1]
+SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a secret value on the wire
+
+# GPU per cloud for "t4, a100 (or a100-80gb), h100": the smallest size each cloud sells.
+GPUS = {
+    "aws": ("t4:1", "a100:8", "h100:8"),
+    "gcp": ("t4:1", "a100:1", "h100:1"),
+    "azure": ("t4:1", "a100-80gb:1", "h100:1"),
+}
+SCENARIOS = [
+    (cloud, gpu, nodes, spot) for cloud, gpus in GPUS.items() for gpu in gpus for nodes in (1, 3) for spot in (False, True)
+]
+
+
+def _ids(s):
+    return f"{s[0]}-{s[1]}-n{s[2]}-{'spot' if s[3] else 'ondemand'}"
+
+
+class Recorder(pulumi.runtime.Mocks):
+    """Records every registration; answers with the inputs plus what the cloud would compute."""
+
+    def __init__(self) -> None:
+        self.resources: list[tuple[str, str, dict[str, Any]]] = []
+        self.calls: list[tuple[str, dict[str, Any]]] = []
+        self.count = 0
+
+    def new_resource(self, args: pulumi.runtime.MockResourceArgs):
+        self.count += 1
+        self.resources.append((args.typ, args.name, args.inputs))
+        out = dict(args.inputs)
+        out.setdefault("name", args.name)
+        n = self.count
+        if args.typ == "aws:ec2/instance:Instance":
+            out.update(publicIp=f"203.0.113.{n}", privateIp=f"10.77.1.{n}")
+        elif args.typ == "aws:ec2/keyPair:KeyPair":
+            out["keyName"] = args.name
+        elif args.typ == "gcp:compute/instance:Instance":
+            nic = dict(out["networkInterfaces"][0])
+            nic.update(networkIp=f"10.78.0.{n}", accessConfigs=[{"natIp": f"203.0.113.{n}"}])
+            out["networkInterfaces"] = [nic]
+        elif args.typ == "azure-native:network:PublicIPAddress":
+            out["ipAddress"] = f"203.0.113.{n}"
+        elif args.typ == "azure-native:network:NetworkInterface":
+            cfg = dict(out["ipConfigurations"][0])
+            cfg["privateIPAddress"] = f"10.79.1.{n}"
+            out["ipConfigurations"] = [cfg]
+        return f"{args.name}-id", out
+
+    def call(self, args: pulumi.runtime.MockCallArgs):
+        self.calls.append((args.token, args.args))
+        if args.token == "aws:ec2/getAmi:getAmi":
+            return {"id": "ami-0cloudtrain", "name": "mock image"}, []
+        raise AssertionError(f"unexpected invoke {args.token}")
+
+    def of(self, typ: str) -> list[tuple[str, dict[str, Any]]]:
+        return [(name, inputs) for t, name, inputs in self.resources if t == typ]
+
+
+@dataclass
+class Run:
+    spec: ClusterSpec
+    choice: catalog.Choice
+    host_keys: tuple[HostKey, ...]
+    rec: Recorder
+    nodes: list[dict[str, Any]]
+
+
+def run_mocked(build) -> tuple[Recorder, Any]:
+    """Run `build()` as a Pulumi program under fresh mocks; return the recorder and the resolved value."""
+    rec = Recorder()
+    pulumi.runtime.set_mocks(rec, project="cloudtrain", stack="test", preview=False)
+    box: dict[str, Any] = {}
+
+    @pulumi.runtime.test
+    def go():
+        return pulumi.Output.from_input(build()).apply(lambda v: box.update(value=v))
+
+    go()
+    return rec, box.get("value")
+
+
+@functools.cache
+def scenario(cloud: str, gpu: str, nodes: int, spot: bool) -> Run:
+    name, count = gpu.split(":")
+    spec = ClusterSpec(name="ct-test", provider=cloud, gpu=name, gpu_count=int(count), nodes=nodes, spot=spot, ssh_cidr=SSH_CIDR)
+    choice = catalog.choose(spec)
+    host_keys = tuple(HostKey(*keys.generate(f"host-{i}")) for i in range(nodes))
+    rec, value = run_mocked(lambda: program.build(spec, choice, CLIENT_KEY, host_keys).nodes)
+    return Run(spec, choice, host_keys, rec, value)
+
+
+def unsecret(value: Any) -> Any:
+    assert isinstance(value, dict) and SECRET_SIG in value, f"expected a Pulumi secret, got {type(value)}"
+    return value["value"]
+
+
+def is_public(source: str) -> bool:
+    """Anything but the cluster's own private ranges counts as an outside address."""
+    return source in ("*", "Internet", "Any") or not ipaddress.ip_network(source, strict=False).is_private
+
+
+# --- per-cloud views: (instances, user data of node i, firewall rules) ----------------
+
+
+def instances(run: Run) -> list[tuple[str, dict[str, Any]]]:
+    typ = {
+        "aws": "aws:ec2/instance:Instance",
+        "gcp": "gcp:compute/instance:Instance",
+        "azure": "azure-native:compute:VirtualMachine",
+    }[run.spec.provider]
+    return run.rec.of(typ)
+
+
+def user_data(run: Run, inputs: dict[str, Any]) -> str:
+    if run.spec.provider == "aws":
+        return unsecret(inputs["userData"])
+    if run.spec.provider == "gcp":
+        # One secret member makes the whole metadata map secret.
+        return unsecret(inputs["metadata"])["user-data"]
+    # As on GCP, the secret custom data makes the whole osProfile secret.
+    return base64.b64decode(unsecret(inputs["osProfile"])["customData"]).decode()
+
+
+@dataclass(frozen=True)
+class Rule:
+    protocol: str  # tcp | all
+    ports: str  # "22" | "all"
+    source: str  # CIDR, or "cluster" for a rule whose source is the cluster itself
+
+
+def inbound_rules(run: Run) -> list[Rule]:
+    """Every inbound allowance, normalized across clouds."""
+    rules: list[Rule] = []
+    cloud = run.spec.provider
+    if cloud == "aws":
+        assert not run.rec.of("aws:ec2/securityGroupRule:SecurityGroupRule")
+        assert not run.rec.of("aws:vpc/securityGroupIngressRule:SecurityGroupIngressRule")
+        for _, sg in run.rec.of("aws:ec2/securityGroup:SecurityGroup"):
+            for r in sg["ingress"]:
+                proto = "all" if r["protocol"] == "-1" else r["protocol"]
+                low, high = int(r["fromPort"]), int(r["toPort"])  # numbers arrive as floats
+                ports = "all" if proto == "all" else f"{low}" if low == high else f"{low}-{high}"
+                for cidr in r.get("cidrBlocks") or []:
+                    rules.append(Rule(proto, ports, cidr))
+                assert not r.get("ipv6CidrBlocks") and not r.get("prefixListIds")
+                if r.get("self"):
+                    rules.append(Rule(proto, ports, "cluster"))
+    elif cloud == "gcp":
+        for _, fw in run.rec.of("gcp:compute/firewall:Firewall"):
+            assert fw.get("direction", "INGRESS") == "INGRESS"
+            assert not fw.get("denies")
+            for allow in fw["allows"]:
+                ports = ",".join(allow.get("ports") or []) or "all"
+                for cidr in fw.get("sourceRanges") or []:
+                    rules.append(Rule(allow["protocol"], ports, cidr))
+                if fw.get("sourceTags"):
+                    assert fw["sourceTags"] == fw["targetTags"]  # from this cluster's nodes to them
+                    rules.append(Rule(allow["protocol"], ports, "cluster"))
+    else:
+        nsgs = run.rec.of("azure-native:network:NetworkSecurityGroup")
+        assert len(nsgs) == 1
+        for _, nic in run.rec.of("azure-native:network:NetworkInterface"):
+            assert "networkSecurityGroup" not in nic  # the subnet's NSG is the only one
+        subnet_cidrs = {s["addressPrefix"] for _, s in run.rec.of("azure-native:network:Subnet")}
+        rules_in = [r for r in nsgs[0][1]["securityRules"] if r["direction"] == "Inbound"]
+        deny_all = [r for r in rules_in if r["access"] == "Deny" and r["sourceAddressPrefix"] == "*" and r["destinationPortRange"] == "*"]
+        assert deny_all, "an explicit deny-all inbound rule overrides Azure's permissive defaults"
+        for r in rules_in:
+            if r["access"] != "Allow":
+                assert r["priority"] >= max(x["priority"] for x in rules_in if x["access"] == "Allow")
+                continue
+            proto = "all" if r["protocol"] == "*" else r["protocol"].lower()
+            ports = "all" if r["destinationPortRange"] == "*" else r["destinationPortRange"]
+            source = "cluster" if r["sourceAddressPrefix"] in subnet_cidrs else r["sourceAddressPrefix"]
+            rules.append(Rule(proto, ports, source))
+    return rules
+
+
+# --- the checks ------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_machine_type_and_accelerator(sc):
+    run = scenario(*sc)
+    offer = run.choice.offer
+    vms = instances(run)
+    assert len(vms) == run.spec.nodes
+    for _, vm in vms:
+        if run.spec.provider == "aws":
+            assert vm["instanceType"] == offer.instance_type
+        elif run.spec.provider == "gcp":
+            assert vm["machineType"] == offer.instance_type
+            acc = vm.get("guestAccelerators")
+            if offer.accelerator:
+                assert acc == [{"type": offer.accelerator, "count": offer.count}]
+            else:
+                assert not acc  # a2/a3/g2 machine types carry their GPUs
+            assert vm["zone"] == run.choice.zone
+        else:
+            assert vm["hardwareProfile"]["vmSize"] == offer.instance_type
+            assert vm["location"] == run.choice.region
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_image_and_disk(sc):
+    run = scenario(*sc)
+    for _, vm in instances(run):
+        if run.spec.provider == "aws":
+            assert vm["ami"] == "ami-0cloudtrain"
+            assert vm["rootBlockDevice"]["volumeSize"] == run.spec.disk_gb
+            assert vm["rootBlockDevice"]["volumeType"] == "gp3"
+            assert vm["metadataOptions"]["httpTokens"] == "required"
+        elif run.spec.provider == "gcp":
+            params = vm["bootDisk"]["initializeParams"]
+            assert params["image"] == "projects/deeplearning-platform-release/global/images/family/common-cu129-ubuntu-2204-nvidia-580"
+            assert params["size"] == run.spec.disk_gb
+            assert unsecret(vm["metadata"])["install-nvidia-driver"] == "True"
+        else:
+            storage = vm["storageProfile"]
+            ref = storage["imageReference"]
+            assert (ref["publisher"], ref["offer"], ref["sku"]) == ("microsoft-dsvm", "ubuntu-hpc", "2204")
+            assert storage["osDisk"]["diskSizeGB"] == run.spec.disk_gb
+    if run.spec.provider == "aws":
+        (token, args), = run.rec.calls
+        assert token == "aws:ec2/getAmi:getAmi" and args["owners"] == ["amazon"] and args["mostRecent"]
+        assert {"name": "name", "values": ["Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"]} in args["filters"]
+    else:
+        assert not run.rec.calls
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_only_ssh_from_ssh_cidr_and_all_within_the_cluster(sc):
+    run = scenario(*sc)
+    rules = inbound_rules(run)
+    outside = [r for r in rules if r.source != "cluster"]
+    assert outside == [Rule("tcp", "22", SSH_CIDR)]
+    assert not any(is_public(r.source) for r in rules if r.source not in ("cluster", SSH_CIDR))
+    assert Rule("all", "all", "cluster") in rules
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_client_key_and_pinned_host_key_are_wired_in(sc):
+    run = scenario(*sc)
+    for name, vm in instances(run):
+        i = int(name.rsplit("-", 1)[1])  # registration order is not rank order
+        data = user_data(run, vm)
+        assert data.startswith("#cloud-config\n")
+        cfg = yaml.safe_load(data)
+        assert cfg["ssh_keys"] == {"ed25519_private": run.host_keys[i].private, "ed25519_public": run.host_keys[i].public}
+        assert cfg["ssh_deletekeys"] is True and cfg["ssh_genkeytypes"] == []
+        assert run.nodes[i]["hostKey"] == run.host_keys[i].public
+        assert run.nodes[i]["name"] == name
+        if run.spec.provider == "aws":
+            (key_name, key), = run.rec.of("aws:ec2/keyPair:KeyPair")
+            assert key["publicKey"] == CLIENT_KEY and vm["keyName"] == key_name
+        elif run.spec.provider == "gcp":
+            metadata = unsecret(vm["metadata"])
+            assert metadata["ssh-keys"] == f"cloudtrain:{CLIENT_KEY}"
+            assert metadata["block-project-ssh-keys"] == "true"
+        else:
+            profile = unsecret(vm["osProfile"])
+            linux = profile["linuxConfiguration"]
+            assert linux["disablePasswordAuthentication"] is True
+            assert linux["ssh"]["publicKeys"] == [{"path": "/home/azureuser/.ssh/authorized_keys", "keyData": CLIENT_KEY}]
+            assert "adminPassword" not in profile and profile["adminUsername"] == "azureuser"
+    # The private host keys never leave as outputs.
+    assert "PRIVATE KEY" not in json.dumps(run.nodes)
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_spot_settings(sc):
+    run = scenario(*sc)
+    for _, vm in instances(run):
+        if run.spec.provider == "aws":
+            market = vm.get("instanceMarketOptions")
+            if run.spec.spot:
+                assert market["marketType"] == "spot"
+                assert market["spotOptions"] == {"spotInstanceType": "one-time", "instanceInterruptionBehavior": "terminate"}
+            else:
+                assert market is None
+        elif run.spec.provider == "gcp":
+            s = vm["scheduling"]
+            assert s["onHostMaintenance"] == "TERMINATE"
+            assert s["provisioningModel"] == ("SPOT" if run.spec.spot else "STANDARD")
+            assert s["preemptible"] is run.spec.spot and s["automaticRestart"] is (not run.spec.spot)
+        else:
+            if run.spec.spot:
+                assert (vm["priority"], vm["evictionPolicy"], vm["billingProfile"]["maxPrice"]) == ("Spot", "Delete", -1)
+            else:
+                assert vm["priority"] == "Regular" and "evictionPolicy" not in vm
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_cluster_name_on_every_taggable_resource(sc):
+    run = scenario(*sc)
+    tagged = 0
+    for typ, name, inputs in run.rec.resources:
+        if typ.startswith("cloudtrain:"):
+            continue
+        bag = inputs.get("labels") if run.spec.provider == "gcp" else inputs.get("tags")
+        if typ in ("gcp:compute/instance:Instance", "aws:ec2/instance:Instance") or typ.startswith("azure-native:") and typ != "azure-native:network:Subnet":
+            assert bag and bag[CLUSTER_TAG] == "ct-test", (typ, name)
+        if bag:
+            assert bag[CLUSTER_TAG] == "ct-test"
+            tagged += 1
+    assert tagged >= run.spec.nodes
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_placement_group_only_for_multi_node_aws(sc):
+    run = scenario(*sc)
+    groups = run.rec.of("aws:ec2/placementGroup:PlacementGroup")
+    if run.spec.provider == "aws" and run.spec.nodes > 1:
+        (pg_name, pg), = groups
+        assert pg["strategy"] == "cluster"
+        assert all(vm["placementGroup"] == pg_name for _, vm in instances(run))
+    else:
+        assert not groups
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_nodes_output_matches_design_schema(sc):
+    run = scenario(*sc)
+    assert len(run.nodes) == run.spec.nodes
+    for i, entry in enumerate(run.nodes):
+        assert tuple(sorted(entry)) == tuple(sorted(NODE_KEYS))
+        assert entry["name"] == f"ct-test-{i}"
+        assert entry["sshPort"] == 22
+        ipaddress.ip_address(entry["publicIp"])
+        assert ipaddress.ip_address(entry["privateIp"]).is_private
+        node = Node.from_output(entry)
+        assert node.host == entry["publicIp"] and node.host_key.startswith("ssh-ed25519 ")
+    assert len({e["privateIp"] for e in run.nodes}) == run.spec.nodes
+
+
+def test_nodes_schema_is_identical_across_clouds():
+    def shape(run):
+        return [{k: type(v).__name__ for k, v in e.items()} for e in run.nodes]
+
+    shapes = {cloud: shape(scenario(cloud, GPUS[cloud][0], 3, False)) for cloud in GPUS}
+    assert shapes["aws"] == shapes["gcp"] == shapes["azure"]
+
+
+def test_ubuntu_image_choices():
+    for cloud, check in {
+        "aws": lambda run, vm: {"name": "name", "values": ["ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"]} in run.rec.calls[0][1]["filters"]
+        and run.rec.calls[0][1]["owners"] == ["099720109477"],
+        "gcp": lambda run, vm: vm["bootDisk"]["initializeParams"]["image"] == "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"
+        and "install-nvidia-driver" not in unsecret(vm["metadata"]),
+        "azure": lambda run, vm: vm["storageProfile"]["imageReference"]["sku"] == "22_04-lts-gen2",
+    }.items():
+        spec = ClusterSpec(name="ct-ub", provider=cloud, gpu="t4", image="ubuntu", ssh_cidr=SSH_CIDR)
+        choice = catalog.choose(spec)
+        hk = (HostKey(*keys.generate()),)
+        rec, _ = run_mocked(lambda: program.build(spec, choice, CLIENT_KEY, hk).nodes)
+        run = Run(spec, choice, hk, rec, [])
+        (_, vm), = instances(run)
+        assert check(run, vm), cloud
+
+
+# --- the Pulumi.yaml project: `pulumi up -s <stack>` on this repo ----------------------
+
+
+def test_pulumi_yaml_points_at_the_program():
+    project = yaml.safe_load((REPO / "Pulumi.yaml").read_text())
+    assert project["name"] == "cloudtrain"
+    assert project["runtime"]["name"] == "python"
+    assert project["runtime"]["options"]["virtualenv"] == ".venv"
+    assert project["stackConfigDir"] == "stacks"
+    assert (REPO / project["main"] / "__main__.py").is_file()
+
+
+STACK_FILES = sorted((REPO / "stacks").glob("Pulumi.*.yaml"))
+
+
+def test_example_stacks_exist():
+    assert {p.name for p in STACK_FILES} >= {"Pulumi.aws-t4.yaml", "Pulumi.gcp-t4.yaml", "Pulumi.azure-t4.yaml"}
+
+
+@pytest.mark.parametrize("path", STACK_FILES, ids=lambda p: p.name)
+def test_stack_file_runs_the_program_under_mocks(path, tmp_path, monkeypatch):
+    config = {k: str(v) for k, v in yaml.safe_load(path.read_text())["config"].items()}
+    monkeypatch.setenv("CLOUDTRAIN_HOME", str(tmp_path))
+    exported: dict[str, Any] = {}
+    monkeypatch.setattr(pulumi, "export", lambda k, v: exported.__setitem__(k, v))
+
+    def build():
+        pulumi.runtime.set_all_config(config)
+        runpy.run_path(str(REPO / "infra" / "__main__.py"), run_name="__main__")
+        return exported[NODES]
+
+    rec, nodes = run_mocked(build)
+    spec = ClusterSpec(name=config["cloudtrain:clusterName"], provider=config["cloudtrain:provider"], gpu=config["cloudtrain:gpu"])
+    run = Run(spec, catalog.choose(spec), (), rec, nodes)
+    (_, vm), = instances(run)
+    assert [e["name"] for e in nodes] == [f"{spec.name}-0"]
+    assert Rule("tcp", "22", config["cloudtrain:sshCidr"]) in inbound_rules(run)
+    # Without cloudtrain's own store the host keys are generated once and kept under the home (0600).
+    kept = list((tmp_path / "pulumi" / "host-keys").glob("*/*.json"))
+    assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
+    assert json.loads(kept[0].read_text())["public"] == nodes[0]["hostKey"]
+    assert yaml.safe_load(user_data(run, vm))["ssh_keys"]["ed25519_private"] == json.loads(kept[0].read_text())["private"]

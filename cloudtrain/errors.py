@@ -24,7 +24,9 @@ class CloudtrainError(Exception):
     def line(self) -> str:
         """The one line a user sees."""
         text = self.message.rstrip(".")
-        return f"{text}. {self.hint}" if self.hint else f"{text}."
+        if not self.hint:
+            return f"{text}."
+        return f"{text}. {self.hint[0].upper()}{self.hint[1:]}"
 
 
 class BadInput(CloudtrainError):

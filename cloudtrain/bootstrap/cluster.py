@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import sys
 import threading
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -23,7 +24,7 @@ _print_lock = threading.Lock()
 def _say(node: Node):
     def say(text: str) -> None:
         with _print_lock:
-            print(f"[{node.name}] {text}", flush=True)
+            print(f"[{node.name}] {text}", file=sys.stderr, flush=True)
 
     return say
 

@@ -5,10 +5,13 @@ from __future__ import annotations
 import importlib
 import sys
 
-import click
-
 from cloudtrain.cli.app import app, fail
 from cloudtrain.errors import CloudtrainError
+
+try:  # recent typer vendors click; older ones depend on it
+    from typer._click import exceptions as click_errors
+except ImportError:  # pragma: no cover
+    from click import exceptions as click_errors
 
 # Command modules register themselves on `app` when imported. The catalog and compat
 # modules belong to the cloud and GPU-stack work; until they exist they just don't register.
@@ -26,11 +29,11 @@ def main(argv: list[str] | None = None) -> None:
         code = app(args=argv, standalone_mode=False)
     except CloudtrainError as e:
         code = fail(e).exit_code
-    except click.UsageError as e:
+    except click_errors.UsageError as e:
         where = f"cloudtrain {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "cloudtrain"
         print(f"cloudtrain: error: {e.format_message()} (see `{where} --help`)", file=sys.stderr)
         code = 2
-    except click.Abort:
+    except click_errors.Abort:
         print("cloudtrain: interrupted", file=sys.stderr)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

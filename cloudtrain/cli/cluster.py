@@ -1,0 +1,213 @@
+"""Cluster commands: up, down, status, ssh, ssh-config, bootstrap."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import sys
+import time
+from typing import List, Optional
+
+import typer
+
+from cloudtrain import lifecycle
+from cloudtrain import provisioner as provisioners
+from cloudtrain.bootstrap.cluster import bootstrap_cluster, plan_cluster
+from cloudtrain.cli.app import app
+from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
+from cloudtrain.errors import BadInput, MissingTool, NotFound
+from cloudtrain.jobs.record import JobRecord
+from cloudtrain.state import ClusterDir, Store
+
+O = UpOptions
+
+
+@app.command()
+def up(
+    provider: str = O.provider,
+    nodes: int = O.nodes,
+    name: Optional[str] = O.name,
+    framework: str = O.framework,
+    gpu: Optional[str] = O.gpu,
+    cuda: Optional[str] = O.cuda,
+    region: Optional[str] = O.region,
+    zone: Optional[str] = O.zone,
+    spot: bool = O.spot,
+    disk_gb: int = O.disk_gb,
+    image: str = O.image,
+    ssh_cidr: Optional[str] = O.ssh_cidr,
+    preview: bool = typer.Option(False, "--preview", help="Show what would be created (clouds) and create nothing."),
+) -> None:
+    """Create a cluster and make it ready (bootstrapped).
+
+    Example: cloudtrain up --provider local --nodes 2 --framework torch==2.13.0
+    """
+    store = Store()
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
+    if preview:
+        lifecycle.check(store, spec)
+        prov = provisioners.get(provider)
+        if not prov.supports_preview:
+            print(prov.describe(spec))
+            return
+        cdir = store.cluster_dir(spec.name)
+        print(prov.preview(spec, cdir))
+        return
+    lifecycle.up(store, spec, say)
+    print(spec.name)
+
+
+@app.command()
+def down(
+    cluster: Optional[str] = ClusterOpt,
+    force: bool = typer.Option(False, "--force", help="Destroy even if some outputs could not be brought home."),
+) -> None:
+    """Bring home any outputs still owed, then destroy the cluster. Running it twice is harmless.
+
+    Example: cloudtrain down --cluster local
+    """
+    lifecycle.down(Store(), cluster, say, force=force)
+
+
+@app.command()
+def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+    """Show clusters and recent jobs.
+
+    Example: cloudtrain status --json
+    """
+    store = Store()
+    clusters = []
+    for name in store.cluster_names():
+        record = store.cluster_dir(name).load()
+        clusters.append(
+            {
+                "name": name,
+                "provider": record.spec.provider,
+                "status": record.status,
+                "framework": str(record.spec.framework),
+                "gpu": f"{record.spec.gpu}:{record.spec.gpu_count}" if record.spec.gpu else None,
+                "nodes": [n.to_dict() for n in record.cluster.nodes] if record.cluster else [],
+                "created_at": record.created_at,
+            }
+        )
+    jobs = [JobRecord.load(store, j) for j in store.job_ids()]
+    jobs.sort(key=lambda j: j.submitted_at)
+    job_rows = [
+        {"job_id": j.job_id, "cluster": j.cluster, "status": j.status, "exit_code": j.exit_code, "output": j.output}
+        for j in jobs[-20:]
+    ]
+    if as_json:
+        print(json.dumps({"clusters": clusters, "jobs": job_rows}, indent=2))
+        return
+    if not clusters:
+        print("no clusters")
+    for c in clusters:
+        age = time.time() - c["created_at"]
+        print(f"{c['name']:<20} {c['provider']:<6} {c['status']:<10} {len(c['nodes'])} node(s)  {c['gpu'] or 'cpu'}  {c['framework']}  up {age / 60:.0f} min")
+    if job_rows:
+        print()
+        for j in job_rows:
+            code = "" if j["exit_code"] is None else f"exit {j['exit_code']}"
+            print(f"{j['job_id']:<40} {j['cluster']:<20} {j['status']:<8} {code:<8} {j['output']}")
+
+
+def _ssh_args(cdir: ClusterDir, node_name: Optional[str]) -> tuple[list[str], str]:
+    record = cdir.load()
+    if record.cluster is None:
+        raise BadInput(f"cluster {cdir.name} has no nodes yet", "wait for `cloudtrain up` to finish")
+    node = record.cluster.head
+    if node_name is not None:
+        try:
+            node = record.cluster.node(node_name)
+        except KeyError as e:
+            names = ", ".join(n.name for n in record.cluster.nodes)
+            raise NotFound(f"cluster {cdir.name} has no node {node_name!r}", f"choose one of {names}") from e
+    ssh = shutil.which("ssh")
+    if ssh is None:
+        raise MissingTool("the OpenSSH client `ssh` is not installed", "install it: `apt-get install openssh-client`")
+    args = [
+        ssh, "-i", str(record.cluster.identity_file), "-p", str(node.port),
+        "-o", "IdentitiesOnly=yes",
+        "-o", f"UserKnownHostsFile={cdir.known_hosts}",
+        "-o", "StrictHostKeyChecking=yes",
+        "-o", "GlobalKnownHostsFile=/dev/null",
+        f"{node.user}@{node.host}",
+    ]
+    return args, node.name
+
+
+@app.command()
+def ssh(
+    cluster: Optional[str] = typer.Argument(None, help="Cluster name; may be left out when exactly one exists."),
+    node: Optional[str] = typer.Option(None, "--node", help="Node name (default: the first node)."),
+    command: Optional[List[str]] = typer.Argument(None, help="A command to run instead of a shell (after --)."),
+) -> None:
+    """Open a shell on a node with plain OpenSSH, host key checking on.
+
+    Example: cloudtrain ssh local -- nvidia-smi
+    """
+    cdir = Store().resolve(cluster)
+    args, _ = _ssh_args(cdir, node)
+    if command:
+        args += ["--", *command]
+    sys.stdout.flush()
+    os.execv(args[0], args)
+
+
+@app.command("ssh-config")
+def ssh_config(cluster: Optional[str] = ClusterOpt) -> None:
+    """Print an OpenSSH config block for every node (pinned known_hosts, strict checking),
+    so plain ssh, scp and rsync reach the nodes.
+
+    Example: ssh -F <(cloudtrain ssh-config) local-0 hostname
+    """
+    store = Store()
+    names = [store.resolve(cluster).name] if cluster else store.cluster_names()
+    blocks = []
+    for name in names:
+        cdir = store.cluster_dir(name)
+        record = cdir.load()
+        for node in record.cluster.nodes if record.cluster else ():
+            blocks.append(
+                "\n".join(
+                    [
+                        f"Host {node.name}",
+                        f"    HostName {node.host}",
+                        f"    Port {node.port}",
+                        f"    User {node.user}",
+                        f"    IdentityFile {record.cluster.identity_file}",
+                        "    IdentitiesOnly yes",
+                        f"    UserKnownHostsFile {cdir.known_hosts}",
+                        "    GlobalKnownHostsFile /dev/null",
+                        "    StrictHostKeyChecking yes",
+                    ]
+                )
+            )
+    print("\n\n".join(blocks))
+
+
+@app.command()
+def bootstrap(
+    cluster: Optional[str] = ClusterOpt,
+    plan: bool = typer.Option(False, "--plan", help="Print the plan for each node and change nothing."),
+) -> None:
+    """Make a cluster's nodes ready again (idempotent), or show the plan with --plan.
+
+    Example: cloudtrain bootstrap --cluster local --plan
+    """
+    cdir = Store().resolve(cluster)
+    record = cdir.load()
+    if record.cluster is None:
+        raise BadInput(f"cluster {cdir.name} has no nodes yet", "wait for `cloudtrain up` to finish")
+    request = lifecycle.request_of(record.spec)
+    if plan:
+        for node, _facts, steps in plan_cluster(record.cluster, request):
+            print(f"{node.name}:")
+            for step in steps:
+                print(f"  {step.plan_line()}")
+        return
+    with cdir.lock():
+        bootstrap_cluster(record.cluster, request, cdir)
+
+

@@ -1,0 +1,141 @@
+"""Job commands: run, logs, launch."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+from typing import List, Optional
+
+import typer
+
+from cloudtrain import lifecycle
+from cloudtrain.cli.app import app
+from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
+from cloudtrain.errors import BadInput, JobFailed
+from cloudtrain.jobs import session
+from cloudtrain.jobs.record import JobRecord
+from cloudtrain.jobs.runner import JobRunner
+from cloudtrain.spec import JobSpec
+from cloudtrain.state import Store
+
+O = UpOptions
+WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Folder to ship (default: the script's folder).")
+EnvOpt = typer.Option(None, "--env", "-e", help="K=V set in the job's environment; repeatable.")
+OutputOpt = typer.Option(None, "--output", "-o", help="Where outputs land (default: ./runs/<job-id>).")
+ArgsArg = typer.Argument(None, help="Arguments for the script, after --.")
+
+
+def _exit_with(code: int, record: JobRecord) -> None:
+    if code != 0:
+        raise JobFailed(f"job {record.job_id} exited {code}", code, f"its log and outputs are in {record.output}")
+
+
+def _runner(store: Store, cluster: Optional[str]) -> JobRunner:
+    cdir = store.resolve(cluster)
+    record = cdir.load()
+    if record.status != "ready" or record.cluster is None:
+        raise BadInput(f"cluster {cdir.name} is not ready ({record.status})", "run `cloudtrain up` for it first")
+    return JobRunner(store, cdir, record.cluster, say=say)
+
+
+@app.command()
+def run(
+    script: Path = typer.Argument(..., help="The Python script to run, inside the workdir."),
+    args: Optional[List[str]] = ArgsArg,
+    cluster: Optional[str] = ClusterOpt,
+    workdir: Optional[Path] = WorkdirOpt,
+    env: Optional[List[str]] = EnvOpt,
+    output: Optional[Path] = OutputOpt,
+    detach: bool = typer.Option(False, "--detach", "-d", help="Start the job and return; follow with `cloudtrain logs`."),
+) -> None:
+    """Ship the workdir, run SCRIPT on every node, stream its output, bring outputs home.
+    Exits with the job's exit code.
+
+    Example: cloudtrain run examples/mnist.py --env SEED=1 -- --epochs 3
+    """
+    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach)
+    store = Store()
+    runner = _runner(store, cluster)
+    record, code = session.run(store, runner, spec, say)
+    if code is not None:
+        _exit_with(code, record)
+
+
+@app.command()
+def logs(
+    job: str = typer.Argument(..., help="Job id (see `cloudtrain status`)."),
+    follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends, then bring outputs home."),
+) -> None:
+    """Print a job's log; with -f follow it to the end and bring its outputs home.
+
+    Example: cloudtrain logs mnist-20261129-101500-ab12 -f
+    """
+    store = Store()
+    record = JobRecord.load(store, job)
+    local_log = Path(record.output) / "log.txt"
+    if record.status == "fetched" or record.cluster not in store.cluster_names():
+        if not local_log.exists():
+            raise BadInput(f"job {job}'s cluster is gone and its log is not in {record.output}", "nothing more can be fetched")
+        sys.stdout.write(local_log.read_text(errors="replace"))
+        return
+    runner = _runner(store, record.cluster)
+    if not follow:
+        from cloudtrain.layout import NodePaths
+        from cloudtrain.remote import SshRemote
+
+        with SshRemote(runner.cluster.head, runner.cluster.identity_file) as remote:
+            path = NodePaths.of(remote).job(job).log
+            offset = 0
+            while chunk := remote.read_from(path, offset):
+                sys.stdout.buffer.write(chunk)
+                offset += len(chunk)
+        sys.stdout.flush()
+        return
+    code = session.finish(runner, record, say)
+    _exit_with(code, record)
+
+
+@app.command()
+def launch(
+    script: Path = typer.Argument(..., help="The Python script to run, inside the workdir."),
+    args: Optional[List[str]] = ArgsArg,
+    provider: str = O.provider,
+    nodes: int = O.nodes,
+    name: Optional[str] = O.name,
+    framework: str = O.framework,
+    gpu: Optional[str] = O.gpu,
+    cuda: Optional[str] = O.cuda,
+    region: Optional[str] = O.region,
+    zone: Optional[str] = O.zone,
+    spot: bool = O.spot,
+    disk_gb: int = O.disk_gb,
+    image: str = O.image,
+    ssh_cidr: Optional[str] = O.ssh_cidr,
+    workdir: Optional[Path] = WorkdirOpt,
+    env: Optional[List[str]] = EnvOpt,
+    output: Optional[Path] = OutputOpt,
+) -> None:
+    """up + run + down in one go. Tears down even when the job fails or is interrupted,
+    after bringing home what exists.
+
+    Example: cloudtrain launch examples/mnist.py --provider local --framework torch==2.13.0
+    """
+    store = Store()
+    job = JobSpec.build(script, workdir, args or [], env or [], output, detach=False)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
+    if store.cluster_dir(spec.name).exists():
+        raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
+    lifecycle.check(store, spec)
+    lifecycle.up(store, spec, say)
+    code: int | None = None
+    record = None
+    try:
+        runner = JobRunner(store, store.cluster_dir(spec.name), store.cluster_dir(spec.name).load().cluster, say=say)  # type: ignore[arg-type]
+        record = runner.submit(job)
+        say(f"job {record.job_id} started on {', '.join(record.nodes)}")
+        code = session.finish(runner, record, say)
+    finally:
+        # `down` brings home whatever is still owed (a failed or interrupted job included).
+        lifecycle.down(store, spec.name, say, force=False)
+    if record is not None and code is not None:
+        _exit_with(code, record)

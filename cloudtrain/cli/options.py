@@ -1,0 +1,68 @@
+"""Options shared by several commands, and the few helpers commands share."""
+
+from __future__ import annotations
+
+import sys
+from typing import Optional
+
+import typer
+
+from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_gpu
+
+ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
+
+
+def say(text: str) -> None:
+    print(f"cloudtrain: {text}", file=sys.stderr, flush=True)
+
+
+def build_spec(
+    provider: str,
+    nodes: int,
+    name: Optional[str],
+    framework: str,
+    gpu: Optional[str],
+    cuda: Optional[str],
+    region: Optional[str],
+    zone: Optional[str],
+    spot: bool,
+    disk_gb: int,
+    image: str,
+    ssh_cidr: Optional[str],
+) -> ClusterSpec:
+    from cloudtrain import provisioner
+
+    prov = provisioner.get(provider)
+    gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
+    return ClusterSpec(
+        name=name or prov.default_name(gpu_name),
+        provider=provider,
+        nodes=nodes,
+        framework=FrameworkSpec.parse(framework),
+        gpu=gpu_name,
+        gpu_count=gpu_count,
+        cuda=cuda,
+        region=region,
+        zone=zone,
+        spot=spot,
+        disk_gb=disk_gb,
+        image=image,
+        ssh_cidr=ssh_cidr,
+    )
+
+
+class UpOptions:
+    """The `up` flags, declared once for `up` and `launch`."""
+
+    provider = typer.Option("local", "--provider", "-p", help="local | aws | gcp | azure.")
+    nodes = typer.Option(1, "--nodes", "-n", help="How many nodes.")
+    name = typer.Option(None, "--name", help="Cluster name [a-z0-9-]; default 'local', or '<provider>-<gpu>'.")
+    framework = typer.Option("torch", "--framework", "-f", help="torch | tensorflow | jax | none, optionally ==VERSION.")
+    gpu = typer.Option(None, "--gpu", "-g", help="Cloud GPU, NAME or NAME:COUNT (see `cloudtrain gpus`).")
+    cuda = typer.Option(None, "--cuda", help="CUDA version X.Y to use on GPU nodes; default: the newest that fits.")
+    region = typer.Option(None, "--region", help="Cloud region (default: the catalog's first that offers the GPU).")
+    zone = typer.Option(None, "--zone", help="Cloud zone.")
+    spot = typer.Option(False, "--spot", help="Use spot/preemptible capacity.")
+    disk_gb = typer.Option(100, "--disk-gb", help="Root disk size in GB (clouds).")
+    image = typer.Option("dl", "--image", help="dl (the cloud's deep-learning image) | ubuntu (bare Ubuntu LTS).")
+    ssh_cidr = typer.Option(None, "--ssh-cidr", help="Who may reach SSH; default: your public address /32.")

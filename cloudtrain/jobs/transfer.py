@@ -1,0 +1,88 @@
+"""Moving files between here and a node: the workdir out as a tar stream, outputs home verified.
+
+Outputs come home as one tar stream, then every file is checked against the sha256 the node
+computed before sending; a damaged file is fetched again on its own, and a file that stays
+damaged is an error, never a silent loss.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import shlex
+import tarfile
+from pathlib import Path
+from typing import Iterator
+
+from cloudtrain.errors import TransferError
+from cloudtrain.jobs.workdir import sha256_file
+from cloudtrain.remote import SshRemote
+
+# Runs on the node with any python3 (stdlib only): {relative path: {sha256, size}} of a folder.
+_MANIFEST = """
+import hashlib, json, os, sys
+root = sys.argv[1]
+found = {}
+for dirpath, _, names in os.walk(root):
+    for name in names:
+        path = os.path.join(dirpath, name)
+        if os.path.islink(path) or not os.path.isfile(path):
+            continue
+        h = hashlib.sha256()
+        with open(path, "rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+        found[os.path.relpath(path, root).replace(os.sep, "/")] = {"sha256": h.hexdigest(), "size": os.path.getsize(path)}
+print(json.dumps(found))
+"""
+
+
+class _ChunkReader(io.RawIOBase):
+    """A file-like view of an iterator of byte chunks, for tarfile's stream mode."""
+
+    def __init__(self, chunks: Iterator[bytes]) -> None:
+        self._chunks = chunks
+        self._buf = b""
+
+    def readable(self) -> bool:
+        return True
+
+    def readinto(self, b) -> int:  # type: ignore[override]
+        while not self._buf:
+            try:
+                self._buf = next(self._chunks)
+            except StopIteration:
+                return 0
+        n = min(len(b), len(self._buf))
+        b[:n] = self._buf[:n]
+        self._buf = self._buf[n:]
+        return n
+
+
+def upload_tree(remote: SshRemote, archive: io.BytesIO, remote_dir: str) -> None:
+    archive.seek(0)
+    remote.send_stdin(f"mkdir -p {shlex.quote(remote_dir)} && tar xzf - -C {shlex.quote(remote_dir)}", archive)
+
+
+def remote_manifest(remote: SshRemote, remote_dir: str) -> dict[str, dict[str, object]]:
+    result = remote.run(f"test -d {shlex.quote(remote_dir)} && python3 - {shlex.quote(remote_dir)} || echo '{{}}'", stdin=_MANIFEST.encode())
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def download_tree(remote: SshRemote, remote_dir: str, dest: Path) -> dict[str, dict[str, object]]:
+    """Copy `remote_dir` into `dest`; return its manifest after checking every file's sha256."""
+    manifest = remote_manifest(remote, remote_dir)
+    dest.mkdir(parents=True, exist_ok=True)
+    if manifest:
+        stream = remote.stream_stdout(f"tar cf - -C {shlex.quote(remote_dir)} .")
+        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as tar:
+            # The "data" filter refuses absolute paths, links out of dest and device files.
+            tar.extractall(dest, filter="data")
+    for rel, entry in manifest.items():
+        local = dest / rel
+        if local.is_file() and sha256_file(local) == entry["sha256"]:
+            continue
+        remote.get(f"{remote_dir}/{rel}", local)  # one more try, file by file
+        if sha256_file(local) != entry["sha256"]:
+            raise TransferError(f"{rel} from {remote.node.name} arrived damaged (sha256 mismatch)", f"fetch it again with `cloudtrain logs JOB`; it is still on the node in {remote_dir}")
+    return manifest

@@ -1,0 +1,97 @@
+"""Which files of the workdir travel to the nodes, and packing them.
+
+Honours .gitignore (all of git's rules, through git itself when the workdir is in a repository)
+and a `.cloudtrainignore` in the workdir (gitignore syntax). Version-control and cache folders
+never travel.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import io
+import os
+import subprocess
+import tarfile
+from pathlib import Path
+
+import pathspec
+
+ALWAYS_IGNORED = [".git/", "__pycache__/", "*.pyc", ".venv/", ".cloudtrain/"]
+
+
+def _spec(lines: list[str]) -> pathspec.PathSpec:
+    return pathspec.GitIgnoreSpec.from_lines(lines)
+
+
+def _git_files(workdir: Path) -> list[str] | None:
+    """Files git would keep (tracked + untracked, minus ignored), relative to workdir; None outside a repo."""
+    try:
+        proc = subprocess.run(
+            ["git", "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", "."],
+            cwd=workdir, capture_output=True, timeout=60,
+        )
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    if proc.returncode != 0:
+        return None
+    return [p for p in proc.stdout.decode().split("\0") if p and (workdir / p).is_file()]
+
+
+def _walk(workdir: Path, ignore: pathspec.PathSpec) -> list[str]:
+    found = []
+    for dirpath, dirnames, filenames in os.walk(workdir):
+        rel_dir = Path(dirpath).relative_to(workdir)
+        # Prune ignored folders early so a big ignored tree costs nothing.
+        dirnames[:] = sorted(d for d in dirnames if not ignore.match_file(f"{(rel_dir / d).as_posix()}/"))
+        for name in sorted(filenames):
+            rel = (rel_dir / name).as_posix()
+            if not ignore.match_file(rel) and not os.path.islink(os.path.join(dirpath, name)):
+                found.append(rel)
+    return found
+
+
+def select_files(workdir: Path, exclude: list[Path] = ()) -> list[str]:
+    """Relative POSIX paths of the files to ship, sorted."""
+    extra: list[str] = list(ALWAYS_IGNORED)
+    for path in exclude:  # e.g. an --output folder inside the workdir
+        if path.is_relative_to(workdir) and path != workdir:
+            extra.append(f"/{path.relative_to(workdir).as_posix()}/")
+    local_ignore = workdir / ".cloudtrainignore"
+    if local_ignore.exists():
+        extra += local_ignore.read_text().splitlines()
+    files = _git_files(workdir)
+    if files is None:
+        gitignore = workdir / ".gitignore"
+        base = gitignore.read_text().splitlines() if gitignore.exists() else []
+        return _walk(workdir, _spec(base + extra))
+    ignore = _spec(extra)
+    return sorted(f for f in files if not ignore.match_file(f))
+
+
+def pack(workdir: Path, files: list[str]) -> io.BytesIO:
+    """A gzip tar of `files`, rewound and ready to stream."""
+    buf = io.BytesIO()
+    with tarfile.open(fileobj=buf, mode="w:gz", compresslevel=1) as tar:
+        for rel in files:
+            tar.add(workdir / rel, arcname=rel, recursive=False)
+    buf.seek(0)
+    return buf
+
+
+def sha256_file(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        while chunk := f.read(1 << 20):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def git_commit(workdir: Path) -> dict[str, object] | None:
+    try:
+        head = subprocess.run(["git", "rev-parse", "HEAD"], cwd=workdir, capture_output=True, text=True, timeout=30)
+        if head.returncode != 0:
+            return None
+        dirty = subprocess.run(["git", "status", "--porcelain", "--", "."], cwd=workdir, capture_output=True, text=True, timeout=30)
+    except (OSError, subprocess.TimeoutExpired):
+        return None
+    return {"commit": head.stdout.strip(), "dirty": bool(dirty.stdout.strip())}

@@ -1,0 +1,70 @@
+"""Shared fixtures: an isolated cloudtrain home per test, and the CLI run as a real process."""
+
+from __future__ import annotations
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+def _sshd_pids_under(root: Path) -> list[int]:
+    """sshd daemons whose command line names a config under `root` (the local provider's)."""
+    pids = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if "sshd" in cmd and str(root) in cmd:
+            pids.append(int(entry.name))
+    return pids
+
+
+@pytest.fixture
+def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
+    """A fresh CLOUDTRAIN_HOME; after the test, no sshd of it may still run."""
+    root = tmp_path / "ct-home"
+    monkeypatch.setenv("CLOUDTRAIN_HOME", str(root))
+    yield root
+    leaked = _sshd_pids_under(root)
+    for pid in leaked:  # clean up before failing, so one bad test does not poison the machine
+        try:
+            os.kill(pid, 9)
+        except ProcessLookupError:
+            pass
+    assert not leaked, f"sshd processes left running: {leaked}"
+
+
+class Cli:
+    def __init__(self, home: Path, cwd: Path) -> None:
+        self.home = home
+        self.cwd = cwd
+
+    def __call__(self, *args: str, timeout: float = 900, env: dict[str, str] | None = None, cwd: Path | None = None) -> subprocess.CompletedProcess:
+        full_env = {**os.environ, "CLOUDTRAIN_HOME": str(self.home), **(env or {})}
+        return subprocess.run(
+            [sys.executable, "-m", "cloudtrain.cli", *args],
+            cwd=cwd or self.cwd, env=full_env, capture_output=True, text=True, timeout=timeout,
+        )
+
+
+@pytest.fixture
+def cli(home: Path, tmp_path: Path) -> Cli:
+    work = tmp_path / "work"
+    work.mkdir()
+    return Cli(home, work)
+
+
+def one_line_error(proc: subprocess.CompletedProcess) -> str:
+    """The stderr of a refused command: exactly one line, no traceback."""
+    lines = [line for line in proc.stderr.splitlines() if line.strip()]
+    assert len(lines) == 1, f"expected one line, got: {proc.stderr!r}"
+    assert "Traceback" not in proc.stderr
+    return lines[0]

@@ -1,0 +1,147 @@
+"""The cloud provisioners: catalog check -> pre-flight -> Pulumi stack -> Cluster.
+
+One base class holds the flow; each cloud adds only its pre-flight. The Pulumi program, the
+stack wrapper and the catalog are shared, and which component runs is the stack's
+`cloudtrain:provider` config, looked up by program.py.
+"""
+
+from __future__ import annotations
+
+import sys
+import tempfile
+from dataclasses import replace
+from pathlib import Path
+from typing import Callable, ClassVar
+
+import pulumi.automation as auto
+
+from cloudtrain import catalog, keys
+from cloudtrain.catalog import Choice
+from cloudtrain.machine import Cluster, Node
+from cloudtrain.provisioner import hostkeys, program
+from cloudtrain.provisioner.base import Provisioner
+from cloudtrain.provisioner.contract import NODES, HostKey
+from cloudtrain.provisioner.myip import public_cidr
+from cloudtrain.provisioner.preflight import pulumi_cli
+from cloudtrain.provisioner.stack import ClusterStack
+from cloudtrain.spec import ClusterSpec
+from cloudtrain.state import ClusterDir, ClusterRecord
+
+
+def _to_stderr(line: str) -> None:
+    sys.stderr.write(line if line.endswith("\n") else line + "\n")
+    sys.stderr.flush()
+
+
+class CloudProvisioner(Provisioner):
+    needs_gpu: ClassVar[bool] = True
+    bills: ClassVar[bool] = True
+    supports_preview: ClassVar[bool] = True
+
+    def __init__(self, on_output: Callable[[str], None] | None = _to_stderr) -> None:
+        self.on_output = on_output  # Pulumi's progress lines; `up` takes minutes
+
+    # --- pure: catalog only -----------------------------------------------------------
+
+    def check(self, spec: ClusterSpec) -> None:
+        catalog.choose(spec)
+
+    def describe(self, spec: ClusterSpec) -> str:
+        c = catalog.choose(spec)
+        o = c.offer
+        machine = f"{o.instance_type} + {o.count} x {o.accelerator}" if o.accelerator else o.instance_type
+        where = f"{c.region}" + (f" ({c.zone})" if c.zone else "")
+        lines = [
+            f"{self.name}: {spec.nodes} x {machine} ({o.count} x {o.gpu}, {o.vcpus} vCPU, {o.ram_gb:g} GB RAM) in {where}",
+            f"  image {spec.image} ({c.image.ref}), {spec.disk_gb} GB disk per node, SSH open to {spec.ssh_cidr or 'your public address /32'} only",
+        ]
+        if o.price_hour is None:
+            lines.append("  price: unknown for this size; see the cloud's price list")
+        else:
+            total = o.price_hour * spec.nodes
+            figure = f"{spec.nodes} x ${o.price_hour:.3f}/h = ${total:.2f}/h"
+            caveat = "" if o.verified == "yes" else f" ({o.verified if o.verified == 'derived' else 'unverified'} figure, {o.date})"
+            if spec.spot:
+                lines.append(f"  price: spot, varies with the market; on demand it would be {figure}{caveat}")
+            else:
+                lines.append(f"  price: {figure} on demand{caveat}")
+        return "\n".join(lines)
+
+    # --- pre-flight: per cloud ----------------------------------------------------------
+
+    def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
+        """Cloud checks before any resource; returns the (possibly refined) choice and extra stack config."""
+        raise NotImplementedError
+
+    # --- the flow -----------------------------------------------------------------------
+
+    def _prepare(self, spec: ClusterSpec) -> tuple[ClusterSpec, Choice, dict[str, str], auto.PulumiCommand]:
+        """Catalog first (bad input, exit 2, no tool or network needed), then the Pulumi CLI,
+        then the cloud's own checks, then the caller's address for --ssh-cidr."""
+        choice = catalog.choose(spec)
+        command = pulumi_cli.require()
+        choice, extra = self.preflight(spec, choice)
+        spec = replace(spec, ssh_cidr=spec.ssh_cidr or public_cidr(), region=choice.region, zone=choice.zone)
+        return spec, choice, extra, command
+
+    def preview(self, spec: ClusterSpec, cdir: ClusterDir) -> str:
+        spec, choice, extra, command = self._prepare(spec)
+        # Throwaway keys: preview writes nothing to the cluster's folder.
+        client = keys.public_line(cdir.identity_file) if cdir.identity_file.exists() else keys.generate("preview")[1]
+        host_keys = tuple(HostKey(*keys.generate()) for _ in range(spec.nodes))
+        config = program.stack_config(spec, choice, client) | extra
+        with tempfile.TemporaryDirectory(prefix="cloudtrain-preview-") as tmp:
+            stack = ClusterStack(cdir.name, Path(tmp), program=lambda: program.run(host_keys), command=command)
+            return stack.preview(config)
+
+    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
+        spec, choice, extra, command = self._prepare(spec)
+        record.spec = spec
+        host_keys = hostkeys.load_or_create(cdir.provider_dir / "host-keys", program.node_names(spec))
+        config = program.stack_config(spec, choice, cdir.client_public_key()) | extra
+        stack = ClusterStack(
+            cdir.name,
+            cdir.provider_dir / "pulumi",
+            program=lambda: program.run(host_keys),
+            command=command,
+            on_output=self.on_output,
+        )
+        # Remember the stack before creating anything, so a crash mid-up never forgets a VM.
+        record.provider_state = stack.state()
+        cdir.save(record)
+        outputs = stack.up(config)
+        nodes = tuple(Node.from_output(entry) for entry in outputs[NODES])
+        return Cluster(name=cdir.name, nodes=nodes, identity_file=cdir.identity_file)
+
+    def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
+        if not record.provider_state.get("stack"):
+            return  # create never got as far as a stack: nothing to remove
+        stack = ClusterStack.from_state(record.provider_state, command=pulumi_cli.require(), on_output=self.on_output)
+        stack.destroy()
+
+
+class AwsProvisioner(CloudProvisioner):
+    name: ClassVar[str] = "aws"
+
+    def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
+        from cloudtrain.provisioner.preflight import aws
+
+        return aws.check(spec, choice), {}
+
+
+class GcpProvisioner(CloudProvisioner):
+    name: ClassVar[str] = "gcp"
+
+    def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
+        from cloudtrain.provisioner.preflight import gcp
+
+        return choice, gcp.check()
+
+
+class AzureProvisioner(CloudProvisioner):
+    name: ClassVar[str] = "azure"
+
+    def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
+        from cloudtrain.provisioner.preflight import azure
+
+        return choice, azure.check()

@@ -1,0 +1,116 @@
+"""AWS pre-flight through boto3: credentials (STS), the instance type offered in the zone,
+the AMI resolves, and the GPU vCPU quota covers the request (Service Quotas)."""
+
+from __future__ import annotations
+
+from dataclasses import replace
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+from cloudtrain.catalog import Choice, Image, Offer
+from cloudtrain.errors import PreflightError
+from cloudtrain.provisioner.aws import ami_query
+from cloudtrain.spec import ClusterSpec
+
+# EC2 vCPU quotas per instance family (Service Quotas codes, documented by AWS per family).
+_QUOTAS = {
+    ("g", False): ("L-DB2E81BA", "Running On-Demand G and VT instances"),
+    ("p", False): ("L-417A185B", "Running On-Demand P instances"),
+    ("g", True): ("L-3819A6DF", "All G and VT Spot Instance Requests"),
+    ("p", True): ("L-7212CCBC", "All P Spot Instance Requests"),
+}
+_CRED_HINT = "run `aws configure` or `aws sso login`, or set AWS_PROFILE / AWS_ACCESS_KEY_ID"
+
+
+def _code(e: ClientError) -> str:
+    return e.response.get("Error", {}).get("Code", "")
+
+
+def credentials(session: boto3.Session) -> str:
+    """The caller's account id; refuses missing, expired or invalid credentials."""
+    try:
+        return session.client("sts").get_caller_identity()["Account"]
+    except (NoCredentialsError, PartialCredentialsError) as e:
+        raise PreflightError("no AWS credentials found", _CRED_HINT) from e
+    except ClientError as e:
+        raise PreflightError(f"AWS rejected the credentials ({_code(e)})", _CRED_HINT) from e
+    except BotoCoreError as e:
+        raise PreflightError(f"cannot reach AWS STS: {e}", "check the network and AWS_REGION") from e
+
+
+def offered_zone(ec2, offer: Offer, region: str, zone: str | None) -> str:
+    """The zone to use: the one asked for if it offers the type, else the first that does."""
+    try:
+        resp = ec2.describe_instance_type_offerings(
+            LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [offer.instance_type]}]
+        )
+    except ClientError as e:
+        raise PreflightError(f"cannot list EC2 offerings in {region} ({_code(e)})", "check the IAM permission ec2:DescribeInstanceTypeOfferings") from e
+    zones = sorted(o["Location"] for o in resp.get("InstanceTypeOfferings", []))
+    if not zones:
+        raise PreflightError(
+            f"{offer.instance_type} is not offered in {region} for this account",
+            f"try another --region ({', '.join(r for r in offer.locations if r != region) or 'none listed'})",
+        )
+    if zone is not None and zone not in zones:
+        raise PreflightError(f"{offer.instance_type} is not offered in {zone}", f"choose --zone from {', '.join(zones)}")
+    return zone or zones[0]
+
+
+def resolve_ami(ec2, image: Image, region: str) -> str:
+    """The newest AMI matching the same owner and name filter the Pulumi program uses."""
+    owners, filters = ami_query(image)
+    try:
+        found = ec2.describe_images(Owners=owners, Filters=[{"Name": f["name"], "Values": f["values"]} for f in filters])["Images"]
+    except ClientError as e:
+        raise PreflightError(f"cannot look up AMIs in {region} ({_code(e)})", "check the IAM permission ec2:DescribeImages") from e
+    if not found:
+        pattern = filters[0]["values"][0]
+        raise PreflightError(f"no AMI named {pattern!r} from owner {owners[0]} in {region}", "try another --region, or --image ubuntu")
+    return max(found, key=lambda im: im.get("CreationDate", ""))["ImageId"]
+
+
+def quota_code(offer: Offer, spot: bool) -> tuple[str, str]:
+    family = offer.instance_type[0]
+    if (family, spot) not in _QUOTAS:
+        raise PreflightError(f"no known vCPU quota for {offer.instance_type}", "report this; the catalog has a new family")
+    return _QUOTAS[(family, spot)]
+
+
+def check_quota(quotas, offer: Offer, nodes: int, spot: bool, region: str) -> float:
+    """The account's vCPU limit for the family; refuses when it is below what the cluster needs."""
+    code, title = quota_code(offer, spot)
+    try:
+        try:
+            value = quotas.get_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
+        except ClientError as e:
+            if _code(e) != "NoSuchResourceException":
+                raise
+            # An account that never raised the quota has only the default value.
+            value = quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
+    except ClientError as e:
+        raise PreflightError(
+            f"cannot read the EC2 quota {title!r} ({_code(e)})", "grant servicequotas:GetServiceQuota, or check the quota in the console"
+        ) from e
+    need = offer.vcpus * nodes
+    if value < need:
+        raise PreflightError(
+            f"{nodes} x {offer.instance_type} need {need} vCPUs but the quota {title!r} in {region} is {value:g}",
+            f"request an increase: aws service-quotas request-service-quota-increase --service-code ec2 --quota-code {code} --desired-value {need} --region {region}",
+        )
+    return value
+
+
+def check(spec: ClusterSpec, choice: Choice, session: boto3.Session | None = None) -> Choice:
+    """Run every AWS check; return the choice with the zone pinned to one that offers the type."""
+    session = session or boto3.Session(region_name=choice.region)
+    credentials(session)
+    try:
+        ec2 = session.client("ec2", region_name=choice.region)
+        zone = offered_zone(ec2, choice.offer, choice.region, choice.zone)
+        resolve_ami(ec2, choice.image, choice.region)
+        check_quota(session.client("service-quotas", region_name=choice.region), choice.offer, spec.nodes, spec.spot, choice.region)
+    except BotoCoreError as e:
+        raise PreflightError(f"cannot reach AWS in {choice.region}: {e}", "check the network") from e
+    return replace(choice, zone=zone)

@@ -1,0 +1,193 @@
+"""The only user of pulumi.automation: one cluster = one stack of the `cloudtrain` project.
+
+State lives in a local file backend under the cloudtrain home (no Pulumi Cloud account),
+secrets are encrypted with a generated passphrase kept 0600 beside it, and a user who sets
+PULUMI_BACKEND_URL gets their own backend instead. Pulumi's exceptions stop here: callers see
+ProvisionError / MissingTool with one actionable line.
+"""
+
+from __future__ import annotations
+
+import os
+import secrets
+from pathlib import Path
+from typing import Any, Callable
+
+import pulumi.automation as auto
+
+from cloudtrain import state
+from cloudtrain.errors import MissingTool, ProvisionError
+
+PROJECT = "cloudtrain"
+SECRETS_PROVIDER = "passphrase"
+
+OnOutput = Callable[[str], None]
+
+
+def pulumi_home_dir() -> Path:
+    """cloudtrain's own Pulumi folder: state backend and passphrase."""
+    return state.home() / "pulumi"
+
+
+def backend_url() -> str:
+    """PULUMI_BACKEND_URL when the user set one, else a file backend under the cloudtrain home."""
+    url = os.environ.get("PULUMI_BACKEND_URL")
+    if url:
+        return url
+    folder = pulumi_home_dir() / "state"
+    folder.mkdir(parents=True, exist_ok=True)
+    return folder.as_uri()
+
+
+def passphrase_file() -> Path:
+    """The passphrase that encrypts stack secrets (host keys): generated once, 0600."""
+    path = pulumi_home_dir() / "passphrase"
+    if not path.exists():
+        path.parent.mkdir(parents=True, exist_ok=True)
+        os.chmod(path.parent, 0o700)
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:  # another cloudtrain made it first
+            return path
+        with os.fdopen(fd, "w") as f:
+            f.write(secrets.token_urlsafe(32) + "\n")
+    return path
+
+
+def _reason(err: auto.CommandError) -> str:
+    """The most telling line of Pulumi's output: its 'error:' line, else the last non-empty one."""
+    lines = [ln.strip() for ln in str(err).splitlines() if ln.strip()]
+    for ln in lines:
+        if ln.startswith("error:"):
+            return ln[len("error:") :].strip()
+    return lines[-1] if lines else type(err).__name__
+
+
+def _no_program() -> None:
+    """Destroy and refresh never run the program; the inline workspace still needs one."""
+
+
+class ClusterStack:
+    """One cluster's stack: its name, backend, work folder; up / preview / destroy / outputs."""
+
+    def __init__(
+        self,
+        name: str,
+        work_dir: Path,
+        program: Callable[[], None] = _no_program,
+        command: auto.PulumiCommand | None = None,
+        backend: str | None = None,
+        on_output: OnOutput | None = None,
+    ) -> None:
+        self.name = name
+        self.work_dir = work_dir
+        self.program = program
+        self.command = command
+        self.backend = backend or backend_url()
+        self.on_output = on_output
+
+    # What destroy needs after a crash; saved in the cluster record before anything is created.
+    def state(self) -> dict[str, Any]:
+        return {"stack": self.name, "project": PROJECT, "backend_url": self.backend, "work_dir": str(self.work_dir)}
+
+    @classmethod
+    def from_state(cls, data: dict[str, Any], command: auto.PulumiCommand | None = None, on_output: OnOutput | None = None) -> "ClusterStack":
+        return cls(data["stack"], Path(data["work_dir"]), command=command, backend=data["backend_url"], on_output=on_output)
+
+    def options(self) -> auto.LocalWorkspaceOptions:
+        # A fixed work folder keeps the stack settings (with the passphrase salt) between runs.
+        self.work_dir.mkdir(parents=True, exist_ok=True)
+        env = {
+            "PULUMI_BACKEND_URL": self.backend,
+            "PULUMI_CONFIG_PASSPHRASE_FILE": str(passphrase_file()),
+            "PULUMI_SKIP_UPDATE_CHECK": "true",
+        }
+        return auto.LocalWorkspaceOptions(
+            work_dir=str(self.work_dir),
+            env_vars=env,
+            secrets_provider=SECRETS_PROVIDER,
+            project_settings=auto.ProjectSettings(
+                name=PROJECT, runtime="python", backend=auto.ProjectBackend(url=self.backend)
+            ),
+            pulumi_command=self.command,
+        )
+
+    def _open(self, create: bool) -> auto.Stack:
+        opener = auto.create_or_select_stack if create else auto.select_stack
+        try:
+            return opener(stack_name=self.name, project_name=PROJECT, program=self.program, opts=self.options())
+        except auto.StackNotFoundError:
+            raise
+        except FileNotFoundError as e:
+            raise MissingTool("the Pulumi CLI is not installed", "run `cloudtrain install-pulumi`") from e
+        except auto.CommandError as e:
+            raise ProvisionError(f"cannot open Pulumi stack {self.name!r}: {_reason(e)}", "check PULUMI_BACKEND_URL and the cloudtrain home") from e
+
+    def _configure(self, stack: auto.Stack, config: dict[str, str], secret_keys: frozenset[str]) -> None:
+        stack.set_all_config({k: auto.ConfigValue(value=v, secret=k in secret_keys) for k, v in config.items()})
+
+    def up(self, config: dict[str, str], secret_keys: frozenset[str] = frozenset()) -> dict[str, Any]:
+        """Create or update the stack's resources; return its outputs as plain values."""
+        stack = self._open(create=True)
+        try:
+            self._configure(stack, config, secret_keys)
+            result = stack.up(on_output=self.on_output, color="never")
+        except auto.ConcurrentUpdateError as e:
+            raise ProvisionError(
+                f"stack {self.name!r} is locked by another update", f"wait for it, or run `pulumi cancel -s {self.name}`"
+            ) from e
+        except auto.CommandError as e:
+            raise ProvisionError(
+                f"pulumi up failed: {_reason(e)}", f"fix the cause, then rerun; `cloudtrain down --cluster {self.name}` removes what was made"
+            ) from e
+        return {k: v.value for k, v in result.outputs.items()}
+
+    def preview(self, config: dict[str, str], secret_keys: frozenset[str] = frozenset()) -> str:
+        """What `up` would do, as Pulumi prints it. Creates nothing; a stack made just for it is removed."""
+        existed = self._exists()
+        stack = self._open(create=True)
+        lines: list[str] = []
+        try:
+            self._configure(stack, config, secret_keys)
+            result = stack.preview(on_output=lines.append, color="never")
+        except auto.CommandError as e:
+            raise ProvisionError(f"pulumi preview failed: {_reason(e)}", "fix the cause and rerun with --preview") from e
+        finally:
+            if not existed:
+                stack.workspace.remove_stack(self.name)
+        return "".join(lines) or result.stdout
+
+    def _exists(self) -> bool:
+        try:
+            self._open(create=False)
+        except auto.StackNotFoundError:
+            return False
+        return True
+
+    def destroy(self) -> bool:
+        """Destroy every resource and remove the stack. Idempotent: False when there was no stack."""
+        try:
+            stack = self._open(create=False)
+        except auto.StackNotFoundError:
+            return False
+        try:
+            stack.destroy(on_output=self.on_output, color="never")
+            stack.workspace.remove_stack(self.name)
+        except auto.ConcurrentUpdateError as e:
+            raise ProvisionError(
+                f"stack {self.name!r} is locked by another update", f"wait for it, or run `pulumi cancel -s {self.name}`"
+            ) from e
+        except auto.CommandError as e:
+            raise ProvisionError(
+                f"pulumi destroy failed: {_reason(e)}", "rerun `cloudtrain down`; resources left behind carry the cloudtrain-cluster tag"
+            ) from e
+        return True
+
+    def outputs(self) -> dict[str, Any]:
+        try:
+            stack = self._open(create=False)
+            return {k: v.value for k, v in stack.outputs().items()}
+        except auto.StackNotFoundError:
+            return {}
+        except auto.CommandError as e:
+            raise ProvisionError(f"cannot read outputs of stack {self.name!r}: {_reason(e)}") from e

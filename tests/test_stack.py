@@ -1,0 +1,364 @@
+"""The Automation API wrapper and the cloud provisioners' flow, with no Pulumi CLI.
+
+`pulumi.automation.create_or_select_stack` / `select_stack` are replaced by a recorder (the
+boundary where the SDK would start the CLI), so the tests see exactly what cloudtrain asks of
+the engine: stack and project names, backend URL, secrets provider, passphrase, config values.
+The recorded inline program is then run under Pulumi mocks, closing the loop between the config
+cloudtrain writes and the config the program reads.
+"""
+
+from __future__ import annotations
+
+import socket
+import stat
+from pathlib import Path
+from typing import Any
+
+import pulumi
+import pulumi.automation as auto
+import pytest
+
+from cloudtrain import provisioner
+from cloudtrain.errors import BadInput, MissingTool, PreflightError, ProvisionError
+from cloudtrain.provisioner import cloud, myip, stack as stackmod
+from cloudtrain.provisioner.preflight import pulumi_cli
+from cloudtrain.spec import ClusterSpec
+from cloudtrain.state import ClusterRecord, Store
+from pulumi_mocks import run_mocked
+
+CIDR = "198.51.100.7/32"
+
+
+@pytest.fixture(autouse=True)
+def no_network(monkeypatch):
+    """Any attempt to open a connection fails the test: these tests must stay offline."""
+
+    def refuse(*a, **k):
+        raise AssertionError("test tried to use the network")
+
+    monkeypatch.setattr(socket.socket, "connect", refuse)
+    monkeypatch.setattr(socket, "create_connection", refuse)
+
+
+@pytest.fixture
+def home(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOUDTRAIN_HOME", str(tmp_path / "home"))
+    monkeypatch.delenv("PULUMI_BACKEND_URL", raising=False)
+    return tmp_path / "home"
+
+
+def _result(stderr: str = "", stdout: str = "") -> auto.CommandResult:
+    return auto.CommandResult(stdout=stdout, stderr=stderr, code=1)
+
+
+class FakeWorkspace:
+    def __init__(self, engine: "FakeEngine") -> None:
+        self.engine = engine
+
+    def remove_stack(self, name: str) -> None:
+        self.engine.calls.append(("remove_stack", name))
+        self.engine.stacks.discard(name)
+
+
+class FakeStack:
+    def __init__(self, engine: "FakeEngine", name: str) -> None:
+        self.engine = engine
+        self.name = name
+        self.workspace = FakeWorkspace(engine)
+
+    def set_all_config(self, config: dict[str, auto.ConfigValue]) -> None:
+        self.engine.config = {k: (v.value, v.secret) for k, v in config.items()}
+
+    def up(self, **kw) -> Any:
+        self.engine.calls.append(("up", self.name))
+        if self.engine.fail:
+            raise self.engine.fail
+        if self.engine.on_up:
+            self.engine.on_up()
+        outputs = {"nodes": auto.OutputValue(value=self.engine.nodes, secret=False)}
+        return type("UpResult", (), {"outputs": outputs})()
+
+    def preview(self, on_output=None, **kw) -> Any:
+        self.engine.calls.append(("preview", self.name))
+        on_output("+ 12 to create\n")
+        return type("PreviewResult", (), {"stdout": "+ 12 to create\n"})()
+
+    def destroy(self, **kw) -> None:
+        self.engine.calls.append(("destroy", self.name))
+        if self.engine.fail:
+            raise self.engine.fail
+
+    def outputs(self) -> dict[str, auto.OutputValue]:
+        return {"nodes": auto.OutputValue(value=self.engine.nodes, secret=False)}
+
+
+class FakeEngine:
+    """Stands in for the Pulumi CLI at the pulumi.automation boundary and records requests."""
+
+    def __init__(self) -> None:
+        self.opened: list[dict[str, Any]] = []
+        self.calls: list[tuple[str, str]] = []
+        self.stacks: set[str] = set()
+        self.config: dict[str, tuple[str, bool]] = {}
+        self.fail: Exception | None = None
+        self.on_up = None
+        self.nodes = [
+            {"name": "c1-0", "publicIp": "203.0.113.5", "privateIp": "10.77.1.5", "sshUser": "ubuntu", "sshPort": 22, "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host"}
+        ]
+
+    def create_or_select_stack(self, stack_name, project_name=None, program=None, work_dir=None, opts=None):
+        self.opened.append(dict(stack_name=stack_name, project_name=project_name, program=program, opts=opts, create=True))
+        self.stacks.add(stack_name)
+        return FakeStack(self, stack_name)
+
+    def select_stack(self, stack_name, project_name=None, program=None, work_dir=None, opts=None):
+        self.opened.append(dict(stack_name=stack_name, project_name=project_name, program=program, opts=opts, create=False))
+        if stack_name not in self.stacks:
+            raise auto.StackNotFoundError(_result(f"error: no stack named '{stack_name}' found"))
+        return FakeStack(self, stack_name)
+
+
+@pytest.fixture
+def engine(monkeypatch):
+    eng = FakeEngine()
+    monkeypatch.setattr(auto, "create_or_select_stack", eng.create_or_select_stack)
+    monkeypatch.setattr(auto, "select_stack", eng.select_stack)
+    return eng
+
+
+# --- the wrapper's requests ---------------------------------------------------------------
+
+
+def test_default_backend_is_a_file_backend_under_the_home_with_a_passphrase(home, engine, tmp_path):
+    st = stackmod.ClusterStack("c1", tmp_path / "work")
+    st.up({"cloudtrain:gpu": "t4"})
+    req = engine.opened[0]
+    assert (req["stack_name"], req["project_name"], req["create"]) == ("c1", "cloudtrain", True)
+    opts: auto.LocalWorkspaceOptions = req["opts"]
+    url = (home / "pulumi" / "state").as_uri()
+    assert opts.env_vars["PULUMI_BACKEND_URL"] == url and url.startswith("file:///")
+    assert opts.project_settings.name == "cloudtrain" and opts.project_settings.backend.url == url
+    assert opts.secrets_provider == "passphrase"
+    assert opts.work_dir == str(tmp_path / "work")
+    pf = Path(opts.env_vars["PULUMI_CONFIG_PASSPHRASE_FILE"])
+    assert pf == home / "pulumi" / "passphrase"
+    assert stat.S_IMODE(pf.stat().st_mode) == 0o600 and len(pf.read_text().strip()) >= 32
+    assert stat.S_IMODE(pf.parent.stat().st_mode) == 0o700
+    first = pf.read_text()
+    stackmod.ClusterStack("c2", tmp_path / "work2").up({})
+    assert pf.read_text() == first, "the passphrase is generated once and reused"
+
+
+def test_pulumi_backend_url_wins(home, engine, tmp_path, monkeypatch):
+    monkeypatch.setenv("PULUMI_BACKEND_URL", "s3://team-bucket/pulumi")
+    st = stackmod.ClusterStack("c1", tmp_path / "w")
+    st.up({})
+    assert engine.opened[0]["opts"].env_vars["PULUMI_BACKEND_URL"] == "s3://team-bucket/pulumi"
+    assert st.state()["backend_url"] == "s3://team-bucket/pulumi"
+    assert not (home / "pulumi" / "state").exists()
+
+
+def test_config_values_and_secrets_are_passed(home, engine, tmp_path):
+    out = stackmod.ClusterStack("c1", tmp_path / "w").up({"aws:region": "us-east-1", "cloudtrain:x": "s"}, frozenset({"cloudtrain:x"}))
+    assert engine.config == {"aws:region": ("us-east-1", False), "cloudtrain:x": ("s", True)}
+    assert out["nodes"][0]["publicIp"] == "203.0.113.5"
+
+
+def test_pulumi_errors_become_one_line_provision_errors(home, engine, tmp_path):
+    engine.fail = auto.CommandError(_result("warning: x\nerror: creating EC2 Instance: InsufficientInstanceCapacity\n"))
+    with pytest.raises(ProvisionError) as e:
+        stackmod.ClusterStack("c1", tmp_path / "w").up({})
+    assert "InsufficientInstanceCapacity" in e.value.line() and "cloudtrain down" in e.value.line()
+    assert isinstance(e.value.__cause__, auto.CommandError)
+    assert "\n" not in e.value.line()
+
+    engine.fail = auto.ConcurrentUpdateError(_result("error: the stack is currently locked by 1 lock(s)"))
+    with pytest.raises(ProvisionError, match="locked"):
+        stackmod.ClusterStack("c1", tmp_path / "w").up({})
+
+
+def test_missing_cli_is_missing_tool(home, tmp_path, monkeypatch):
+    def no_cli(**kw):
+        raise FileNotFoundError("pulumi")
+
+    monkeypatch.setattr(auto, "create_or_select_stack", no_cli)
+    with pytest.raises(MissingTool) as e:
+        stackmod.ClusterStack("c1", tmp_path / "w").up({})
+    assert "install-pulumi" in e.value.line()
+
+
+def test_destroy_removes_the_stack_and_is_idempotent(home, engine, tmp_path):
+    st = stackmod.ClusterStack("c1", tmp_path / "w")
+    st.up({})
+    assert st.destroy() is True
+    assert ("destroy", "c1") in engine.calls and ("remove_stack", "c1") in engine.calls
+    assert st.destroy() is False  # second time: no stack, nothing to do
+    assert engine.opened[-1]["create"] is False  # destroy never creates a stack
+
+
+def test_preview_removes_a_stack_made_only_for_it(home, engine, tmp_path):
+    text = stackmod.ClusterStack("c1", tmp_path / "w").preview({})
+    assert "to create" in text
+    assert ("remove_stack", "c1") in engine.calls and "c1" not in engine.stacks
+    assert ("up", "c1") not in engine.calls
+
+
+# --- the provisioners' flow ----------------------------------------------------------------
+
+
+@pytest.fixture
+def offline_cloud(home, engine, monkeypatch):
+    """A CLI 'present', pre-flight passing, the caller's address stubbed at the HTTP boundary."""
+    monkeypatch.setattr(pulumi_cli, "require", lambda: "pulumi-cli")
+    monkeypatch.setattr(cloud.AwsProvisioner, "preflight", lambda self, spec, choice: (choice, {}))
+    monkeypatch.setattr(cloud.GcpProvisioner, "preflight", lambda self, spec, choice: (choice, {"gcp:project": "proj-1"}))
+    monkeypatch.setattr(myip, "urlopen", lambda url, timeout: _Body(b"192.0.2.44\n"))
+    return engine
+
+
+class _Body:
+    def __init__(self, data: bytes) -> None:
+        self.data = data
+
+    def read(self, n: int = -1) -> bytes:
+        return self.data
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *a) -> None:
+        return None
+
+
+def new_cluster(name: str, provider: str, **kw):
+    spec = ClusterSpec(name=name, provider=provider, gpu="t4", **kw)
+    cdir = Store().cluster_dir(name)
+    cdir.create()
+    return spec, cdir, ClusterRecord(spec=spec)
+
+
+def test_registry_names_the_cloud_provisioners():
+    for name in ("aws", "gcp", "azure"):
+        p = provisioner.get(name)
+        assert p.name == name and p.needs_gpu and p.bills and p.supports_preview
+
+
+def test_create_sends_design_config_and_saves_the_stack_before_up(offline_cloud, home):
+    spec, cdir, record = new_cluster("c1", "aws", nodes=1, disk_gb=120)
+    seen = {}
+    offline_cloud.on_up = lambda: seen.update(saved=cdir.load().provider_state)
+    cluster = provisioner.get("aws").create(spec, cdir, record)
+
+    assert seen["saved"]["stack"] == "c1", "the record names the stack before any resource exists"
+    assert seen["saved"]["backend_url"] == (home / "pulumi" / "state").as_uri()
+    values = {k: v for k, (v, _) in offline_cloud.config.items()}
+    assert values == {
+        "cloudtrain:provider": "aws",
+        "cloudtrain:gpu": "t4",
+        "cloudtrain:gpuCount": "1",
+        "cloudtrain:nodes": "1",
+        "cloudtrain:spot": "false",
+        "cloudtrain:diskGb": "120",
+        "cloudtrain:image": "dl",
+        "cloudtrain:sshCidr": "192.0.2.44/32",  # discovered, stubbed at urlopen
+        "cloudtrain:sshPublicKey": cdir.client_public_key(),
+        "cloudtrain:clusterName": "c1",
+        "aws:region": "us-east-1",
+    }
+    assert record.spec.ssh_cidr == "192.0.2.44/32"
+    assert cluster.identity_file == cdir.identity_file
+    assert [n.host for n in cluster.nodes] == ["203.0.113.5"] and cluster.head.user == "ubuntu"
+    keys_dir = cdir.provider_dir / "host-keys"
+    assert stat.S_IMODE((keys_dir / "c1-0.json").stat().st_mode) == 0o600
+
+
+def test_inline_program_reads_back_what_create_wrote(offline_cloud):
+    """Run the program create() handed to Pulumi, under mocks, with the config it set."""
+    spec, cdir, record = new_cluster("c2", "gcp", nodes=2, ssh_cidr=CIDR, spot=True)
+    provisioner.get("gcp").create(spec, cdir, record)
+    program_fn = offline_cloud.opened[-1]["program"]
+    config = {k: v for k, (v, _) in offline_cloud.config.items()}
+    exported = {}
+
+    def body():
+        pulumi.runtime.set_all_config(config)
+        original = pulumi.export
+        pulumi.export = lambda k, v: exported.__setitem__(k, v)
+        try:
+            program_fn()
+        finally:
+            pulumi.export = original
+        return exported["nodes"]
+
+    rec, nodes = run_mocked(body)
+    vms = rec.of("gcp:compute/instance:Instance")
+    assert sorted(n for n, _ in vms) == ["c2-0", "c2-1"]
+    assert all(vm["scheduling"]["provisioningModel"] == "SPOT" and vm["zone"] == "us-central1-a" for _, vm in vms)
+    (_, fw), = [r for r in rec.of("gcp:compute/firewall:Firewall") if r[1].get("sourceRanges")]
+    assert fw["sourceRanges"] == [CIDR]
+    # The host keys the program installed are the ones kept in the cluster's folder.
+    import json
+
+    kept = json.loads((cdir.provider_dir / "host-keys" / "c2-1.json").read_text())
+    assert [n for n in nodes if n["name"] == "c2-1"][0]["hostKey"] == kept["public"]
+
+
+def test_bad_input_is_refused_before_any_tool_or_network(home, engine, monkeypatch):
+    monkeypatch.setattr(pulumi_cli, "require", lambda: pytest.fail("CLI looked up before the catalog check"))
+    spec, cdir, record = new_cluster("c3", "aws", region="eu-north-1")
+    with pytest.raises(BadInput) as e:
+        provisioner.get("aws").create(spec, cdir, record)
+    assert e.value.exit_code == 2 and "us-east-1" in e.value.line()
+    assert engine.opened == [] and record.provider_state == {}
+
+
+def test_missing_cli_stops_create_before_any_stack(home, engine, monkeypatch):
+    monkeypatch.setenv("PATH", "/nonexistent")
+    monkeypatch.setenv("HOME", str(home))
+    spec, cdir, record = new_cluster("c4", "azure", ssh_cidr=CIDR)
+    with pytest.raises(MissingTool) as e:
+        provisioner.get("azure").create(spec, cdir, record)
+    assert "cloudtrain install-pulumi" in e.value.line() and e.value.exit_code == 1
+    assert engine.opened == [] and record.provider_state == {}
+
+
+def test_public_address_failure_is_actionable(home, monkeypatch):
+    def down(url, timeout):
+        raise OSError("network unreachable")
+
+    monkeypatch.setattr(myip, "urlopen", down)
+    with pytest.raises(PreflightError) as e:
+        myip.public_cidr()
+    assert "--ssh-cidr" in e.value.line()
+    monkeypatch.setattr(myip, "urlopen", lambda url, timeout: _Body(b"2001:db8::7\n"))
+    assert myip.public_cidr() == "2001:db8::7/128"
+
+
+def test_destroy_uses_the_saved_state_and_is_idempotent(offline_cloud):
+    spec, cdir, record = new_cluster("c5", "aws", ssh_cidr=CIDR)
+    prov = provisioner.get("aws")
+    prov.create(spec, cdir, record)
+    prov.destroy(cdir, record)
+    prov.destroy(cdir, record)
+    assert offline_cloud.calls.count(("destroy", "c5")) == 1
+    # A record whose create never reached the stack: nothing to do, no CLI needed.
+    prov.destroy(cdir, ClusterRecord(spec=spec))
+
+
+def test_preview_creates_nothing_in_the_cluster_folder(offline_cloud):
+    spec, cdir, record = new_cluster("c6", "gcp", ssh_cidr=CIDR)
+    before = sorted(p.name for p in cdir.provider_dir.iterdir())
+    text = provisioner.get("gcp").preview(spec, cdir)
+    assert "to create" in text
+    assert sorted(p.name for p in cdir.provider_dir.iterdir()) == before
+    assert ("up", "c6") not in offline_cloud.calls and "c6" not in offline_cloud.stacks
+
+
+def test_describe_states_price_and_spot():
+    p = provisioner.get("aws")
+    text = p.describe(ClusterSpec(name="d", provider="aws", gpu="t4", nodes=3, ssh_cidr=CIDR))
+    assert "3 x g4dn.xlarge" in text and "3 x $0.526/h = $1.58/h on demand" in text and CIDR in text
+    spot = p.describe(ClusterSpec(name="d", provider="aws", gpu="t4", nodes=3, spot=True))
+    assert "spot" in spot and "$1.58/h" in spot and "your public address" in spot
+    gcp = provisioner.get("gcp").describe(ClusterSpec(name="d", provider="gcp", gpu="t4"))
+    assert "n1-standard-4 + 1 x nvidia-tesla-t4" in gcp and "unverified" in gcp

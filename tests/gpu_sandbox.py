@@ -1,0 +1,380 @@
+"""A sandbox where the GPU step scripts run for real with bash, against stand-in system commands.
+
+This machine has no NVIDIA GPU, so nvidia-smi, lspci, apt-get, apt-mark, dpkg-query, fuser,
+modprobe, reboot, update-initramfs, uname, curl and mokutil are stand-ins: one Python program
+(STANDIN below) under each name, first on PATH. They record every call and answer from a
+state file that plays the machine: which packages are installed, whether a driver module is
+loaded (only after a reboot following its install), whether unattended-upgrades holds the
+dpkg lock. PATH holds nothing else but links to harmless coreutils, so a command the
+scripts call without a stand-in fails the test instead of touching this machine.
+
+`apply()` mirrors cloudtrain.bootstrap.apply: needed steps in order, fingerprints recorded so
+a second apply runs nothing, and a reboot after a step with reboot_after before resuming.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cloudtrain.bootstrap.steps import Step
+
+STANDINS = (
+    "nvidia-smi", "lspci", "apt-get", "apt-mark", "dpkg-query", "fuser", "modprobe", "reboot",
+    "update-initramfs", "uname", "curl", "mokutil",
+)
+REAL_TOOLS = ("bash", "cat", "date", "tee", "sort", "head", "mkdir", "mktemp", "rm", "dirname", "sleep", "env")
+
+# What each driver branch reports as its newest CUDA in the nvidia-smi header.
+DRIVER_CUDA = {"535": "12.2", "550": "12.4", "570": "12.8", "575": "12.9", "580": "13.0", "590": "13.1", "595": "13.2"}
+
+STANDIN = r'''
+import fnmatch, json, os, sys
+from pathlib import Path
+
+box = Path(os.environ["SANDBOX"])
+name = Path(sys.argv[0]).name
+args = sys.argv[1:]
+state = json.loads((box / "state.json").read_text())
+with open(box / "calls.jsonl", "a") as f:
+    f.write(json.dumps([name, *args]) + "\n")
+root = Path(os.environ["CLOUDTRAIN_SYSROOT"])
+
+
+def save():
+    (box / "state.json").write_text(json.dumps(state, indent=1))
+
+
+def out(text=""):
+    if text:
+        print(text)
+
+
+def nvidia_smi():
+    if not state.get("loaded"):
+        print("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", file=sys.stderr)
+        sys.exit(9)
+    gpu, version = state["gpu"], state["loaded"]
+    query = next((a.split("=", 1)[1] for a in args if a.startswith("--query-gpu=")), None)
+    if query:
+        values = {"name": gpu["name"], "driver_version": version, "memory.total": str(gpu["memory_mb"]), "compute_cap": gpu["cc"]}
+        out(", ".join(values[f] for f in query.split(",")))
+    elif "-L" in args:
+        out(f"GPU 0: {gpu['name']} (UUID: GPU-0000)")
+    else:
+        cuda = state["driver_cuda"][version.split(".")[0]]
+        out(f"| NVIDIA-SMI {version}    Driver Version: {version}    CUDA Version: {cuda}     |")
+
+
+def apt_get():
+    if state.get("lock_busy", 0) > 0:
+        print("E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 812 (unattended-upgr)", file=sys.stderr)
+        sys.exit(100)
+    words, skip = [], False
+    for a in args:
+        if skip:
+            skip = False
+        elif a == "-o":
+            skip = True
+        elif not a.startswith("-"):
+            words.append(a)
+    action, pkgs = words[0], words[1:]
+    if action != "install":
+        return
+    packages = state["packages"]
+    for p in pkgs:
+        if p.startswith("/"):
+            if not Path(p).exists():
+                print(f"E: Unsupported file {p} given on commandline", file=sys.stderr)
+                sys.exit(100)
+            packages["cuda-keyring"] = "1.1-1"
+            continue
+        nvidia_repo = p.startswith(("cuda-", "nvidia-open", "cudnn"))
+        if nvidia_repo and "cuda-keyring" not in packages:
+            print(f"E: Unable to locate package {p}", file=sys.stderr)
+            sys.exit(100)
+        packages[p] = "1"
+        if p in state["driver_packages"]:
+            version = state["driver_packages"][p]
+            branch = version.split(".")[0]
+            flavour = "-open" if p.startswith("nvidia-open") else ""
+            for dep in (f"nvidia-driver-{branch}{flavour}", f"libnvidia-compute-{branch}", f"nvidia-kernel-common-{branch}"):
+                packages[dep] = version
+            state["installed_driver"] = version
+        if p.startswith("cuda-toolkit-"):
+            nvcc = root / f"usr/local/cuda-{p[len('cuda-toolkit-'):].replace('-', '.')}/bin/nvcc"
+            nvcc.parent.mkdir(parents=True, exist_ok=True)
+            nvcc.write_text("#!/bin/sh\n")
+            nvcc.chmod(0o755)
+    save()
+
+
+def dpkg_query():
+    fmt = next((a[3:] for a in args if a.startswith("-f=")), "")
+    patterns = [a for a in args if not a.startswith("-")]
+    found = [p for p in state["packages"] if any(fnmatch.fnmatch(p, pat) for pat in patterns)]
+    if not found:
+        print(f"dpkg-query: no packages found matching {' '.join(patterns)}", file=sys.stderr)
+        sys.exit(1)
+    for p in sorted(found):
+        sys.stdout.write(fmt.replace("${Package}", p).replace("${Status}", "install ok installed").replace("\\n", "\n"))
+
+
+def apt_mark():
+    if args[0] == "hold":
+        state["held"] = sorted(set(state["held"]) | set(args[1:]))
+        save()
+        for p in args[1:]:
+            out(f"{p} set on hold.")
+
+
+def fuser():
+    if state.get("lock_busy", 0) > 0:
+        state["lock_busy"] -= 1
+        save()
+        out("/var/lib/dpkg/lock-frontend:   812")
+        sys.exit(0)
+    sys.exit(1)
+
+
+def lspci():
+    out("00:00.0 0600: 8086:1237 (rev 02)")
+    if state["pci"]:
+        out("00:1e.0 0302: 10de:1eb8 (rev a1)")
+
+
+def reboot():
+    # Booting loads whatever driver is installed.
+    state["loaded"] = state.get("installed_driver")
+    state["reboots"] = state.get("reboots", 0) + 1
+    save()
+
+
+def uname():
+    out({"-r": "6.8.0-1015-aws", "-m": "x86_64"}.get(args[0] if args else "", "Linux"))
+
+
+def curl():
+    target = args[args.index("-o") + 1]
+    Path(target).write_bytes(b"!<arch>\ncuda-keyring\n")
+
+
+def mokutil():
+    out("SecureBoot enabled" if state.get("secure_boot") else "SecureBoot disabled")
+
+
+handlers = {
+    "nvidia-smi": nvidia_smi, "apt-get": apt_get, "dpkg-query": dpkg_query, "apt-mark": apt_mark,
+    "fuser": fuser, "lspci": lspci, "reboot": reboot, "uname": uname, "curl": curl, "mokutil": mokutil,
+}
+handlers.get(name, lambda: None)()
+'''
+
+# A stand-in torch with the few calls verify makes, its behaviour set by FAKE_TORCH (JSON).
+FAKE_TORCH = r'''
+import json, os
+from pathlib import Path
+_cfg = json.loads(os.environ.get("FAKE_TORCH", "{}"))
+__version__ = _cfg.get("version", "2.14.1+cu130")
+
+
+class version:
+    cuda = _cfg.get("cuda", "13.0")
+
+
+class _Scalar:
+    def __init__(self, v):
+        self.v = v
+
+    def item(self):
+        return self.v
+
+
+class _Matrix:
+    def __init__(self, n, value=1.0):
+        self.n, self.value = n, value
+
+    def __matmul__(self, other):
+        return _Matrix(self.n, self.value * other.value * self.n)
+
+    def sum(self):
+        return _Scalar(self.value * self.n * self.n)
+
+
+def ones(n, m, device=None):
+    return _Matrix(n)
+
+
+class cuda:
+    @staticmethod
+    def is_available():
+        state = json.loads((Path(os.environ["SANDBOX"]) / "state.json").read_text())
+        return bool(state.get("loaded")) and _cfg.get("available", True)
+
+    @staticmethod
+    def get_device_name(i):
+        return json.loads((Path(os.environ["SANDBOX"]) / "state.json").read_text())["gpu"]["name"]
+'''
+
+OS_RELEASE = 'NAME="Ubuntu"\nID={id}\nVERSION_ID="{version}"\nPRETTY_NAME="Ubuntu {version} LTS"\n'
+
+
+@dataclass
+class Ran:
+    step: str
+    returncode: int
+    output: str
+
+
+class Sandbox:
+    def __init__(self, path: Path, *, os_version: str = "22.04", pci: bool = True,
+                 gpu: dict[str, Any] | None = None, loaded: str | None = None,
+                 packages: dict[str, str] | None = None, toolkits: tuple[str, ...] = (),
+                 lock_busy: int = 0, secure_boot: bool = False) -> None:
+        self.path = path
+        self.bin, self.safe, self.root, self.logs = (path / n for n in ("bin", "safebin", "root", "logs"))
+        for d in (self.bin, self.safe, self.root / "etc", self.logs, path / "venv/bin", path / "pyfake/torch"):
+            d.mkdir(parents=True, exist_ok=True)
+        standin = path / "standin.py"
+        standin.write_text(f"#!{sys.executable}\n{STANDIN}")
+        standin.chmod(0o755)
+        for name in STANDINS:
+            (self.bin / name).symlink_to(standin)
+        for tool in REAL_TOOLS:
+            where = shutil.which(tool)
+            assert where, f"{tool} is needed to run the sandbox"
+            (self.safe / tool).symlink_to(where)
+        (path / "venv/bin/python").symlink_to(sys.executable)
+        (path / "pyfake/torch/__init__.py").write_text(FAKE_TORCH)
+        (self.root / "etc/os-release").write_text(OS_RELEASE.format(id="ubuntu", version=os_version))
+        self.os_version = os_version
+        for t in toolkits:
+            nvcc = self.root / f"usr/local/cuda-{t}/bin/nvcc"
+            nvcc.parent.mkdir(parents=True)
+            nvcc.write_text("#!/bin/sh\n")
+            nvcc.chmod(0o755)
+        self.state = {
+            "pci": pci,
+            "gpu": gpu or {"name": "Tesla T4", "memory_mb": 15360, "cc": "7.5"},
+            "loaded": loaded,
+            "installed_driver": loaded,
+            "packages": dict(packages or {}),
+            "held": [],
+            "lock_busy": lock_busy,
+            "secure_boot": secure_boot,
+            "reboots": 0,
+            # What installing each driver package from NVIDIA's repository gives.
+            "driver_packages": {"nvidia-open-580": "580.95.05", "cuda-drivers-580": "580.95.05",
+                                "nvidia-open-590": "590.48.01", "nvidia-open-595": "595.58.03"},
+            "driver_cuda": DRIVER_CUDA,
+        }
+        self.save()
+        self.fingerprints: dict[str, str] = {}
+        self.fake_torch: dict[str, Any] = {}
+
+    # --- state -----------------------------------------------------------------------------
+
+    def save(self) -> None:
+        (self.path / "state.json").write_text(json.dumps(self.state, indent=1))
+
+    def load(self) -> dict[str, Any]:
+        self.state = json.loads((self.path / "state.json").read_text())
+        return self.state
+
+    def set(self, **changes: Any) -> None:
+        self.load()
+        self.state.update(changes)
+        self.save()
+
+    def calls(self) -> list[list[str]]:
+        f = self.path / "calls.jsonl"
+        return [json.loads(line) for line in f.read_text().splitlines()] if f.exists() else []
+
+    def clear_calls(self) -> None:
+        (self.path / "calls.jsonl").unlink(missing_ok=True)
+
+    def commands(self, name: str) -> list[list[str]]:
+        return [c[1:] for c in self.calls() if c[0] == name]
+
+    def installs(self) -> list[str]:
+        """Packages named in `apt-get install` calls, in order."""
+        out = []
+        for args in self.commands("apt-get"):
+            words = [a for i, a in enumerate(args) if not a.startswith("-") and (i == 0 or args[i - 1] != "-o")]
+            if words and words[0] == "install":
+                out += words[1:]
+        return out
+
+    def facts(self) -> dict[str, Any]:
+        """What the probe would report for the machine as it is now."""
+        s = self.load()
+        loaded = s.get("loaded")
+        toolkits = sorted(p.name[len("cuda-"):] for p in (self.root / "usr/local").glob("cuda-*"))
+        cudnn = next((p for p in s["packages"] if p.startswith("cudnn9")), None)
+        return {
+            "os_id": "ubuntu", "os_version": self.os_version, "arch": "x86_64", "cpus": 4, "mem_mb": 16000,
+            "disk_free_gb": 80.0, "python": "/usr/bin/python3", "python_version": "3.10.12", "python_venv": True,
+            "gpus": [{"name": s["gpu"]["name"], "memory_mb": s["gpu"]["memory_mb"], "compute_cap": s["gpu"]["cc"]}] if loaded else [],
+            "nvidia_pci": s["pci"], "driver": loaded,
+            "cuda_driver_max": DRIVER_CUDA[loaded.split(".")[0]] if loaded else None,
+            "cuda_toolkits": toolkits, "nvcc": toolkits[-1] if toolkits else None,
+            "cudnn": "9.10.2" if cudnn else None, "frameworks": {}, "is_root": True, "has_sudo": True,
+        }
+
+    # --- running ---------------------------------------------------------------------------
+
+    def env(self, step: Step | None = None, **extra: str) -> dict[str, str]:
+        env = {
+            "PATH": f"{self.bin}:{self.safe}",
+            "HOME": str(self.path),
+            "LANG": "C.UTF-8",
+            "SANDBOX": str(self.path),
+            "CLOUDTRAIN_SYSROOT": str(self.root),
+            "CLOUDTRAIN_OS_RELEASE": str(self.root / "etc/os-release"),
+            "CLOUDTRAIN_LOG_DIR": str(self.logs),
+            "CLOUDTRAIN_NODE_ROOT": str(self.path / "node"),
+            "CLOUDTRAIN_VENV": str(self.path / "venv"),
+            "CLOUDTRAIN_APT_LOCK_POLL": "0.01",
+            "PYTHONPATH": str(self.path / "pyfake"),
+            "TMPDIR": str(self.path),
+            "FAKE_TORCH": json.dumps(self.fake_torch),
+        }
+        if step is not None:
+            env.update(step.env)
+        env.update(extra)
+        return env
+
+    def run(self, step: Step, **extra: str) -> Ran:
+        proc = subprocess.run(
+            ["bash", "-c", "set -euo pipefail\n" + step.script], env=self.env(step, **extra),
+            capture_output=True, text=True, timeout=120,
+        )
+        return Ran(step.name, proc.returncode, proc.stdout + proc.stderr)
+
+    def reboot(self) -> None:
+        subprocess.run([str(self.bin / "reboot")], env=self.env(), check=True, timeout=60)
+
+    def apply(self, steps: list[Step], **extra: str) -> list[Ran]:
+        """Like bootstrap.apply: stop at the first failure, reboot where a step asks, skip done steps."""
+        ran = []
+        for step in steps:
+            if not step.needed or self.fingerprints.get(step.name) == step.fingerprint:
+                continue
+            result = self.run(step, **extra)
+            ran.append(result)
+            if result.returncode != 0:
+                break
+            self.fingerprints[step.name] = step.fingerprint
+            if step.reboot_after:
+                self.reboot()
+        return ran
+
+
+def bash_env_ok() -> bool:
+    return shutil.which("bash") is not None and os.name == "posix"

@@ -102,15 +102,19 @@ def check_quota(quotas, offer: Offer, nodes: int, spot: bool, region: str) -> fl
     return value
 
 
-def check(spec: ClusterSpec, choice: Choice, session: boto3.Session | None = None) -> Choice:
-    """Run every AWS check; return the choice with the zone pinned to one that offers the type."""
+def check(spec: ClusterSpec, choice: Choice, session: boto3.Session | None = None, quotas=None) -> Choice:
+    """Run every AWS check; return the choice with the zone pinned to one that offers the type.
+
+    `session` and `quotas` (a service-quotas client) default to the user's own; tests pass theirs.
+    """
     session = session or boto3.Session(region_name=choice.region)
     credentials(session)
     try:
         ec2 = session.client("ec2", region_name=choice.region)
         zone = offered_zone(ec2, choice.offer, choice.region, choice.zone)
         resolve_ami(ec2, choice.image, choice.region)
-        check_quota(session.client("service-quotas", region_name=choice.region), choice.offer, spec.nodes, spec.spot, choice.region)
+        quotas = quotas or session.client("service-quotas", region_name=choice.region)
+        check_quota(quotas, choice.offer, spec.nodes, spec.spot, choice.region)
     except BotoCoreError as e:
         raise PreflightError(f"cannot reach AWS in {choice.region}: {e}", "check the network") from e
     return replace(choice, zone=zone)

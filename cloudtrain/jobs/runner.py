@@ -99,7 +99,7 @@ class JobRunner:
         archive = pack(spec.workdir, files).getvalue()  # packed once, streamed to every node
         self.say(f"job {job_id}: shipping {len(files)} file(s), {len(archive) / 1024:.0f} KiB, to {len(self.cluster.nodes)} node(s)")
 
-        def launch(rank: int, node: Node) -> None:
+        def prepare(rank: int, node: Node) -> None:
             with SshRemote(node, self.cluster.identity_file) as remote:
                 paths = NodePaths.of(remote)
                 job = paths.job(job_id)
@@ -108,11 +108,18 @@ class JobRunner:
                     self._requirements(remote, paths, job)
                 gpus = len(load_facts(self.cdir, node).get("gpus") or [])
                 remote.write_text(job.run_sh, _run_sh(paths, job, spec, job_env(self.cluster, rank, job_id, job.out, gpus)), mode=0o700)
+
+        def start(rank: int, node: Node) -> None:
+            with SshRemote(node, self.cluster.identity_file) as remote:
+                job = NodePaths.of(remote).job(job_id)
                 q = shlex.quote
                 remote.run(f"cd {q(job.dir)} && touch {q(job.log)} && (setsid nohup bash run.sh > /dev/null 2>&1 < /dev/null & echo $! > {q(job.pid)})")
 
         try:
-            self._each(launch)
+            # Every node is reached and prepared before any starts: a node that fails its host
+            # key check or its install leaves the others untouched, not running a partial job.
+            self._each(prepare)
+            self._each(start)
         except CloudtrainError:
             record.status = "ended"
             record.exit_code = 1
@@ -126,20 +133,22 @@ class JobRunner:
 
     def _requirements(self, remote: SshRemote, paths: NodePaths, job: JobPaths) -> None:
         # Installed once per distinct requirements.txt: a marker in the venv remembers its hash.
+        # pip runs in the workdir so relative paths in the file mean what they meant here.
         q = shlex.quote
-        req = f"{job.work}/requirements.txt"
         script = (
-            f"h=$(sha256sum {q(req)} | cut -c1-16); m={q(paths.venv)}/.cloudtrain-req-$h; "
-            f"if [ ! -e \"$m\" ]; then {q(paths.python)} -m pip install --disable-pip-version-check -q -r {q(req)} && touch \"$m\"; fi"
+            f"cd {q(job.work)} && h=$(sha256sum requirements.txt | cut -c1-16) && m={q(paths.venv)}/.cloudtrain-req-$h && "
+            f"if [ -e \"$m\" ]; then echo unchanged; else "
+            f"{q(paths.python)} -m pip install --disable-pip-version-check -q -r requirements.txt && touch \"$m\" && echo installed; fi"
         )
-        self.say(f"{remote.node.name}: installing requirements.txt (skipped when unchanged)")
         try:
-            remote.run(script, stream=False)
+            result = remote.run(script)
         except CommandFailed as e:
+            lines = (e.result.stderr.strip() or e.result.stdout.strip()).splitlines()
             raise CloudtrainError(
-                f"installing requirements.txt on {remote.node.name} failed: {(e.result.stderr.strip() or e.result.stdout.strip()).splitlines()[-1:]}",
+                f"installing requirements.txt on {remote.node.name} failed: {lines[-1] if lines else 'pip exited ' + str(e.result.exit_code)}",
                 "fix requirements.txt (or pin versions the node can install) and run again",
             ) from e
+        self.say(f"{remote.node.name}: requirements.txt {result.stdout.strip().splitlines()[-1]}")
 
     # -- follow -----------------------------------------------------------------------------
 

@@ -28,6 +28,11 @@ MAX_NODES = 200  # 127.0.0.2 .. 127.0.0.201
 
 
 def find_sshd() -> str:
+    chosen = os.environ.get("CLOUDTRAIN_SSHD")  # a specific sshd binary, e.g. a newer build
+    if chosen:
+        if not os.access(chosen, os.X_OK):
+            raise MissingTool(f"CLOUDTRAIN_SSHD={chosen} is not an executable sshd", "unset it, or install OpenSSH's server: `apt-get install openssh-server`")
+        return chosen
     found = shutil.which("sshd") or next((p for p in ("/usr/sbin/sshd", "/usr/local/sbin/sshd") if os.access(p, os.X_OK)), None)
     if not found:
         raise MissingTool("sshd is not installed", "install OpenSSH's server: `apt-get install openssh-server` (Debian/Ubuntu)")

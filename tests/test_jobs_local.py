@@ -1,0 +1,276 @@
+"""Jobs on a real two-node local cluster (real sshd, real SSH): arguments and environment,
+failures, detached jobs, bootstrap idempotence, plain OpenSSH access with pinned keys."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli, _sshd_pids_under
+
+from cloudtrain.jobs.workdir import sha256_file
+
+ECHO_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    out = os.environ["CLOUDTRAIN_OUTPUT_DIR"]
+    keys = [k for k in os.environ if k.startswith("CLOUDTRAIN_") or k.startswith("MY_")]
+    with open(os.path.join(out, "seen.json"), "w") as f:
+        json.dump({"argv": sys.argv[1:], "env": {k: os.environ[k] for k in keys}, "cwd": os.getcwd()}, f)
+    print("hello from rank", os.environ["CLOUDTRAIN_NODE_RANK"], flush=True)
+    """
+)
+
+FAIL_SCRIPT = textwrap.dedent(
+    """
+    import os, sys
+    out = os.environ["CLOUDTRAIN_OUTPUT_DIR"]
+    open(os.path.join(out, "partial.txt"), "w").write("half done")
+    print("about to fail", flush=True)
+    print("failing on purpose", file=sys.stderr, flush=True)
+    sys.exit(7)
+    """
+)
+
+SLOW_SCRIPT = textwrap.dedent(
+    """
+    import os, time
+    out = os.environ["CLOUDTRAIN_OUTPUT_DIR"]
+    for i in range(6):
+        print("tick", i, flush=True)
+        time.sleep(0.5)
+    open(os.path.join(out, "done.txt"), "w").write("finished")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One ready two-node cluster (framework none) shared by this module's tests."""
+    base = tmp_path_factory.mktemp("jobs")
+    home = base / "home"
+    work = base / "work"
+    work.mkdir()
+    cli = Cli(home, work)
+    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    yield cli
+    down = cli("down", timeout=120)
+    leaked = _sshd_pids_under(home)
+    for pid in leaked:
+        os.kill(pid, 9)
+    assert down.returncode == 0, down.stderr
+    assert not leaked, f"sshd left running after down: {leaked}"
+    assert not (home / "clusters" / "local").exists()
+
+
+def _write(folder: Path, name: str, text: str) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / name
+    path.write_text(text)
+    return path
+
+
+def _job_dirs(cwd: Path) -> list[Path]:
+    return sorted((cwd / "runs").iterdir()) if (cwd / "runs").exists() else []
+
+
+def test_arguments_and_env_reach_every_node_intact(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(tmp_path / "proj", "echo.py", ECHO_SCRIPT)
+    tricky = ["--name", "two words", "quote's \"double\"", "$HOME", "ünïcode", "a=b", ""]
+    out = tmp_path / "out"
+    proc = cluster(
+        "run", str(script), "--env", "MY_SECRET=s3cr=t with spaces", "--env", "MY_EMPTY=", "--output", str(out), "--", *tricky
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert "hello from rank 0" in proc.stdout
+    for seen_file, rank in ((out / "seen.json", "0"), (out / "rank-1" / "seen.json", "1")):
+        seen = json.loads(seen_file.read_text())
+        assert seen["argv"] == tricky
+        env = seen["env"]
+        assert env["MY_SECRET"] == "s3cr=t with spaces"
+        assert env["MY_EMPTY"] == ""
+        assert env["CLOUDTRAIN_NODE_RANK"] == rank
+        assert env["CLOUDTRAIN_NUM_NODES"] == "2"
+        assert env["CLOUDTRAIN_NODE_IPS"] == "127.0.0.2,127.0.0.3"
+        assert env["CLOUDTRAIN_MASTER_ADDR"] == "127.0.0.2"
+        assert env["CLOUDTRAIN_GPUS_PER_NODE"] == "0"
+        assert env["CLOUDTRAIN_JOB_ID"] == json.loads((out / "run.json").read_text())["job_id"]
+    # Secrets passed to jobs never land in cloudtrain's own records.
+    run_json = (out / "run.json").read_text()
+    assert "s3cr=t" not in run_json and "MY_SECRET" in run_json
+    assert "s3cr=t" not in proc.stderr
+
+
+def test_outputs_home_match_manifest(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(
+        tmp_path / "proj",
+        "write.py",
+        "import os\nout = os.environ['CLOUDTRAIN_OUTPUT_DIR']\nos.makedirs(out + '/deep/er', exist_ok=True)\n"
+        "open(out + '/deep/er/blob.bin', 'wb').write(os.urandom(3_000_000))\nopen(out + '/small.txt', 'w').write('x')\n",
+    )
+    out = tmp_path / "out"
+    proc = cluster("run", str(script), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    manifest = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"deep/er/blob.bin", "small.txt", "log.txt", "rank-1/deep/er/blob.bin"} <= set(manifest)
+    for rel, entry in manifest.items():
+        assert sha256_file(out / rel) == entry["sha256"], rel
+        assert (out / rel).stat().st_size == entry["size"]
+
+
+def test_failing_script_exit_code_log_and_partial_outputs_come_home(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(tmp_path / "proj", "fail.py", FAIL_SCRIPT)
+    proc = cluster("run", str(script))
+    assert proc.returncode == 7, proc.stderr
+    assert "exited 7" in proc.stderr
+    [job] = [d for d in _job_dirs(cluster.cwd) if d.name.startswith("fail-")]
+    assert (job / "partial.txt").read_text() == "half done"
+    log = (job / "log.txt").read_text()
+    assert "about to fail" in log and "failing on purpose" in log
+    assert json.loads((job / "run.json").read_text())["exit_code"] == 7
+
+
+def test_workdir_ignores_gitignore_and_cloudtrainignore(cluster: Cli, tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    _write(proj, "list.py", "import os, json\njson.dump(sorted(os.path.relpath(os.path.join(d, f)) for d, _, fs in os.walk('.') for f in fs), open(os.environ['CLOUDTRAIN_OUTPUT_DIR'] + '/files.json', 'w'))\n")
+    _write(proj, ".gitignore", "*.ckpt\nbig/\n")
+    _write(proj, ".cloudtrainignore", "secret.txt\n")
+    _write(proj, "keep.txt", "k")
+    _write(proj, "model.ckpt", "c")
+    _write(proj / "big", "data.bin", "b")
+    _write(proj, "secret.txt", "s")
+    _write(proj / "pkg", "mod.py", "m")
+    out = tmp_path / "out"
+    proc = cluster("run", str(proj / "list.py"), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    files = json.loads((out / "files.json").read_text())
+    assert files == sorted(["list.py", ".gitignore", ".cloudtrainignore", "keep.txt", "pkg/mod.py"])
+
+
+def _tiny_wheel(folder: Path) -> Path:
+    """A real, minimal wheel built by hand, so the install needs no index and no network."""
+    import zipfile
+
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / "tinypkg-1.0-py3-none-any.whl"
+    files = {
+        "tinypkg/__init__.py": "VALUE = 42\n",
+        "tinypkg-1.0.dist-info/METADATA": "Metadata-Version: 2.1\nName: tinypkg\nVersion: 1.0\n",
+        "tinypkg-1.0.dist-info/WHEEL": "Wheel-Version: 1.0\nGenerator: hand\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(path, "w") as z:
+        for name, text in files.items():
+            z.writestr(name, text)
+        z.writestr("tinypkg-1.0.dist-info/RECORD", "".join(f"{n},,\n" for n in files) + "tinypkg-1.0.dist-info/RECORD,,\n")
+    return path
+
+
+def test_requirements_txt_is_installed_once(cluster: Cli, tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    _tiny_wheel(proj / "wheels")
+    _write(proj, "requirements.txt", "--no-index\n./wheels/tinypkg-1.0-py3-none-any.whl\n")
+    script = _write(proj, "use.py", "import tinypkg, os\nopen(os.environ['CLOUDTRAIN_OUTPUT_DIR'] + '/v.txt', 'w').write(str(tinypkg.VALUE))\n")
+    out = tmp_path / "out"
+    proc = cluster("run", str(script), "--output", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "v.txt").read_text() == "42"
+    assert proc.stderr.count("requirements.txt installed") == 2
+    again = cluster("run", str(script), "--output", str(tmp_path / "out2"), timeout=600)
+    assert again.returncode == 0, again.stderr
+    assert again.stderr.count("requirements.txt unchanged") == 2
+    assert "requirements.txt installed" not in again.stderr
+
+
+def test_detached_job_survives_the_client_and_logs_follow_brings_it_home(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(tmp_path / "proj", "slow.py", SLOW_SCRIPT)
+    started = time.monotonic()
+    proc = cluster("run", str(script), "--detach")
+    assert proc.returncode == 0, proc.stderr
+    assert time.monotonic() - started < 30
+    status = json.loads(cluster("status", "--json").stdout)
+    job_id = [j for j in status["jobs"] if j["job_id"].startswith("slow-")][0]["job_id"]
+    # The client process is gone; the job goes on. Follow it from scratch.
+    follow = cluster("logs", job_id, "-f")
+    assert follow.returncode == 0, follow.stderr
+    assert [line for line in follow.stdout.splitlines() if line.startswith("tick")] == [f"tick {i}" for i in range(6)]
+    out = cluster.cwd / "runs" / job_id
+    assert (out / "done.txt").read_text() == "finished"
+    # And the plain log command reads it back after the fact.
+    again = cluster("logs", job_id)
+    assert again.returncode == 0 and "tick 5" in again.stdout
+
+
+def test_second_bootstrap_runs_no_step(cluster: Cli) -> None:
+    proc = cluster("bootstrap")
+    assert proc.returncode == 0, proc.stderr
+    ready = [line for line in proc.stderr.splitlines() if "ready" in line]
+    assert len(ready) == 2 and all("nothing to do" in line for line in ready), proc.stderr
+    plan = cluster("bootstrap", "--plan")
+    assert plan.returncode == 0, plan.stderr
+    assert "nvidia-driver: not needed: no NVIDIA GPU" in plan.stdout
+    assert "cuda-toolkit: not needed: no NVIDIA GPU" in plan.stdout
+
+
+def test_plain_openssh_reaches_nodes_with_strict_host_keys(cluster: Cli, tmp_path: Path) -> None:
+    config = tmp_path / "ssh_config"
+    proc = cluster("ssh-config")
+    assert proc.returncode == 0, proc.stderr
+    config.write_text(proc.stdout)
+    assert "StrictHostKeyChecking yes" in proc.stdout
+    for node in ("local-0", "local-1"):
+        ssh = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", node, "echo", "ok-$CLOUDTRAIN_NODE_ROOT"], capture_output=True, text=True, timeout=60)
+        assert ssh.returncode == 0, ssh.stderr
+        assert ssh.stdout.startswith("ok-/")
+    # scp through the same config.
+    src = _write(tmp_path, "payload.txt", "payload")
+    node_root = cluster.home / "clusters" / "local" / "provider" / "local-1" / "root"
+    scp = subprocess.run(["scp", "-F", str(config), "-o", "BatchMode=yes", str(src), f"local-1:{node_root}/payload-copy.txt"], capture_output=True, text=True, timeout=60)
+    assert scp.returncode == 0, scp.stderr
+    assert (node_root / "payload-copy.txt").read_text() == "payload"
+    # `cloudtrain ssh` runs a command the same way.
+    via = cluster("ssh", "local", "--node", "local-1", "--", "echo", "via-$CLOUDTRAIN_NODE_ROOT")
+    assert via.returncode == 0, via.stderr
+    assert via.stdout.strip() == f"via-{node_root}"
+
+
+def test_wrong_pinned_key_is_refused_by_openssh_and_by_cloudtrain(cluster: Cli, tmp_path: Path) -> None:
+    from cloudtrain import keys
+
+    home = cluster.home / "clusters" / "local"
+    known_hosts = home / "known_hosts"
+    record_path = home / "cluster.json"
+    original_kh, original_record = known_hosts.read_text(), record_path.read_text()
+    _, impostor = keys.generate()
+    try:
+        # OpenSSH with a wrong pinned key: refused, never added.
+        lines = original_kh.splitlines()
+        host = lines[0].split()[0]
+        known_hosts.write_text("\n".join([f"{host} {impostor.split()[0]} {impostor.split()[1]}", *lines[1:]]) + "\n")
+        config = tmp_path / "ssh_config"
+        config.write_text(cluster("ssh-config").stdout)
+        ssh = subprocess.run(["ssh", "-F", str(config), "-o", "BatchMode=yes", "local-0", "true"], capture_output=True, text=True, timeout=60)
+        assert ssh.returncode == 255
+        assert "host key" in ssh.stderr.lower()
+        assert known_hosts.read_text().count("\n") == len(lines)
+        # cloudtrain (paramiko, RejectPolicy) with a wrong pinned key: one line, exit 1, no job.
+        record = json.loads(original_record)
+        record["cluster"]["nodes"][0]["host_key"] = impostor
+        record_path.write_text(json.dumps(record))
+        marker = tmp_path / "ran"
+        script = _write(tmp_path / "proj", "never.py", f"open({str(marker)!r}, 'w')\n")
+        proc = cluster("run", str(script))
+        assert proc.returncode == 1
+        assert "Traceback" not in proc.stderr
+        assert "not the pinned one" in proc.stderr.strip().splitlines()[-1]
+        assert not marker.exists()
+    finally:
+        known_hosts.write_text(original_kh)
+        record_path.write_text(original_record)

@@ -378,3 +378,19 @@ def test_stack_file_runs_the_program_under_mocks(path, tmp_path, monkeypatch):
     assert len(kept) == 1 and kept[0].stat().st_mode & 0o777 == 0o600
     assert json.loads(kept[0].read_text())["public"] == nodes[0]["hostKey"]
     assert yaml.safe_load(user_data(run, vm))["ssh_keys"]["ed25519_private"] == json.loads(kept[0].read_text())["private"]
+
+
+def test_bad_stack_config_is_one_line_not_a_traceback(tmp_path, monkeypatch):
+    path = REPO / "stacks" / "Pulumi.aws-t4.yaml"
+    config = {k: str(v) for k, v in yaml.safe_load(path.read_text())["config"].items()}
+    config["cloudtrain:gpu"] = "k80"
+    monkeypatch.setenv("CLOUDTRAIN_HOME", str(tmp_path))
+
+    def build():
+        pulumi.runtime.set_all_config(config)
+        runpy.run_path(str(REPO / "infra" / "__main__.py"), run_name="__main__")
+
+    with pytest.raises(pulumi.RunError) as e:
+        run_mocked(build)
+    assert "unknown GPU 'k80'" in str(e.value) and "t4" in str(e.value)
+    assert not (tmp_path / "pulumi").exists()  # refused before any host key was made

@@ -48,13 +48,32 @@ def _venv(install: gpu.Install) -> Step:
     )
 
 
+_INDEX_REACHABLE = (
+    'import sys, urllib.request\n'
+    'try:\n'
+    '    urllib.request.urlopen(sys.argv[1].rstrip("/") + "/", timeout=15).close()\n'
+    'except Exception:\n'
+    '    sys.exit(1)\n'
+)
+
+
 def _framework(install: gpu.Install) -> Step:
     if not install.requirements:
         return Step("framework", "deep-learning framework", skip_reason=f"not needed: {install.summary or 'no framework'}")
-    args = ["--index-url", install.index_url] if install.index_url else []
-    pip = " ".join(shlex.quote(a) for a in [*args, *install.requirements])
-    return Step(
-        "framework",
-        f"install {install.summary or ' '.join(install.requirements)}",
-        script=f'"$CLOUDTRAIN_VENV/bin/python" -m pip install --disable-pip-version-check -q {pip}\n',
-    )
+    reqs = " ".join(shlex.quote(r) for r in install.requirements)
+    pip = '"$CLOUDTRAIN_VENV/bin/python" -m pip install --disable-pip-version-check -q'
+    if install.index_url:
+        idx = shlex.quote(install.index_url)
+        # pip retries an unreachable index with backoff for every package, for minutes; look once,
+        # and on a node that cannot reach it use pip's own configured sources (a mirror, local wheels).
+        script = (
+            f'if "$CLOUDTRAIN_VENV/bin/python" -c {shlex.quote(_INDEX_REACHABLE)} {idx}; then\n'
+            f"  {pip} --index-url {idx} {reqs}\n"
+            "else\n"
+            f'  echo "warning: {install.index_url} is unreachable; installing from pip\'s configured indexes" >&2\n'
+            f"  {pip} {reqs}\n"
+            "fi\n"
+        )
+    else:
+        script = f"{pip} {reqs}\n"
+    return Step("framework", f"install {install.summary or ' '.join(install.requirements)}", script=script)

@@ -63,7 +63,7 @@ def select_files(workdir: Path, exclude: list[Path] = ()) -> list[str]:
     if files is None:
         gitignore = workdir / ".gitignore"
         base = gitignore.read_text().splitlines() if gitignore.exists() else []
-        return _walk(workdir, _spec(base + extra))
+        return sorted(_walk(workdir, _spec(base + extra)))
     ignore = _spec(extra)
     return sorted(f for f in files if not ignore.match_file(f))
 

@@ -1,0 +1,108 @@
+"""Small pieces on their own: specs, workdir selection, metrics, the remote's error boundary."""
+
+from __future__ import annotations
+
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import pytest
+
+from cloudtrain import keys
+from cloudtrain.errors import BadInput, RemoteError
+from cloudtrain.jobs import metrics
+from cloudtrain.jobs.workdir import select_files
+from cloudtrain.machine import Node
+from cloudtrain.remote import SshRemote
+from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_env, parse_gpu
+
+
+def test_framework_spec_parsing() -> None:
+    assert FrameworkSpec.parse("torch==2.13.0") == FrameworkSpec("torch", "2.13.0")
+    assert FrameworkSpec.parse("JAX") == FrameworkSpec("jax", None)
+    assert str(FrameworkSpec.parse("tensorflow==2.20.0")) == "tensorflow==2.20.0"
+    for bad in ("caffe", "torch==", "none==1", "torch==;rm -rf /"):
+        with pytest.raises(BadInput):
+            FrameworkSpec.parse(bad)
+
+
+def test_gpu_env_and_spec_validation() -> None:
+    assert parse_gpu("A100:8") == ("a100", 8)
+    assert parse_gpu("t4") == ("t4", 1)
+    for bad in ("a100:0", "a100:x", ":2"):
+        with pytest.raises(BadInput):
+            parse_gpu(bad)
+    assert parse_env(["A=1", "B=x=y", "C="]) == {"A": "1", "B": "x=y", "C": ""}
+    for bad in (["A"], ["1A=2"], ["=v"]):
+        with pytest.raises(BadInput):
+            parse_env(bad)
+    with pytest.raises(BadInput, match="whole internet"):
+        ClusterSpec(name="x", provider="aws", ssh_cidr="0.0.0.0/0")
+    spec = ClusterSpec(name="ok-1", provider="local", nodes=3, framework=FrameworkSpec("torch", "2.13.0"))
+    assert ClusterSpec.from_dict(spec.to_dict()) == spec
+
+
+def test_job_spec_paths(tmp_path: Path) -> None:
+    (tmp_path / "a").mkdir()
+    script = tmp_path / "a" / "train.py"
+    script.write_text("")
+    job = JobSpec.build(script)
+    assert job.workdir == tmp_path / "a" and job.script_rel == "train.py"
+    job = JobSpec.build(script, workdir=tmp_path)
+    assert job.script_rel == "a/train.py"
+    (tmp_path / "b").mkdir()
+    with pytest.raises(BadInput, match="outside"):
+        JobSpec.build(script, workdir=tmp_path / "b")
+
+
+def _make_tree(root: Path) -> None:
+    for rel, text in {
+        "train.py": "", "data/x.csv": "", "data/cache/big.bin": "", "notes.log": "", "keep.log": "",
+        ".venv/lib/site.py": "", "sub/__pycache__/m.pyc": "", "sub/m.py": "", "outs/r.txt": "",
+        ".gitignore": "*.log\n!keep.log\ndata/cache/\n", ".cloudtrainignore": "data/*.csv\n",
+    }.items():
+        path = root / rel
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+
+
+EXPECTED = [".cloudtrainignore", ".gitignore", "keep.log", "sub/m.py", "train.py"]
+
+
+def test_select_files_outside_git(tmp_path: Path) -> None:
+    _make_tree(tmp_path)
+    assert select_files(tmp_path, exclude=[tmp_path / "outs"]) == EXPECTED
+
+
+def test_select_files_in_a_git_repo_uses_git_rules(tmp_path: Path) -> None:
+    _make_tree(tmp_path)
+    (tmp_path / "sub" / ".gitignore").write_text("m.py\n")  # nested rules: only git knows them all
+    subprocess.run(["git", "init", "-q"], cwd=tmp_path, check=True)
+    assert select_files(tmp_path, exclude=[tmp_path / "outs"]) == [".cloudtrainignore", ".gitignore", "keep.log", "sub/.gitignore", "train.py"]
+
+
+def test_metrics_read_and_render(tmp_path: Path) -> None:
+    (tmp_path / "metrics.json").write_text('{"test_accuracy": 0.9712, "device": "cpu"}')
+    (tmp_path / "metrics.jsonl").write_text('{"epoch": 1, "loss": 2.0}\nnot json\n{"epoch": 2, "loss": 1.0}\n{"epoch": 3, "loss": 0.5}\n')
+    summary, series = metrics.read(tmp_path)
+    assert summary["test_accuracy"] == 0.9712 and len(series) == 3
+    lines = metrics.render(summary, series)
+    assert lines[0] == "metrics: test_accuracy=0.9712, device=cpu"
+    assert lines[1].split()[:2] == ["loss", "█▃▁"]
+    assert metrics.read(tmp_path / "missing") == ({}, [])
+
+
+def test_remote_unreachable_becomes_one_actionable_error(tmp_path: Path) -> None:
+    with socket.socket() as s:  # a port nobody listens on
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    identity = tmp_path / "id_ed25519"
+    keys.write_pair(identity)
+    _, host_key = keys.generate()
+    node = Node("n0", "127.0.0.1", port, "nobody", host_key, "127.0.0.1")
+    started = time.monotonic()
+    with pytest.raises(RemoteError) as info:
+        SshRemote(node, identity, connect_timeout=2).run("true")
+    assert time.monotonic() - started < 15
+    assert "cannot reach node n0" in info.value.line() and "\n" not in info.value.line()

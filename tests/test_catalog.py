@@ -151,8 +151,6 @@ def test_missing_gpu_is_refused():
 
 
 def run_cli(capsys, *argv):
-    # cli/__init__.py (not this layer's file) imports click, which typer>=0.20 no longer pulls in.
-    pytest.importorskip("click")
     from cloudtrain.cli import main
 
     with pytest.raises(SystemExit) as e:
@@ -178,3 +176,22 @@ def test_gpus_unknown_provider_is_one_line_exit_2(capsys):
     code, out, err = run_cli(capsys, "gpus", "--provider", "oracle")
     assert code == 2 and out == ""
     assert err.count("\n") == 1 and "aws, gcp, azure" in err
+
+
+@pytest.mark.parametrize(
+    "args, words",
+    [
+        (["--provider", "aws", "--gpu", "k80"], "unknown GPU 'k80'"),
+        (["--provider", "aws", "--gpu", "t4:3"], "t4:1, t4:4"),
+        (["--provider", "gcp", "--gpu", "t4", "--zone", "asia-east1-c"], "us-central1-a"),
+        (["--provider", "azure", "--gpu", "h100", "--disk-gb", "40"], "--disk-gb 64 or more"),
+    ],
+)
+def test_up_refuses_bad_cloud_flags_in_a_real_process(cli, home, args, words):
+    """Through the installed entry point, on a machine with no Pulumi CLI and no credentials."""
+    from conftest import one_line_error
+
+    proc = cli("up", *args, "--ssh-cidr", "198.51.100.7/32", timeout=60)
+    assert proc.returncode == 2
+    assert words in one_line_error(proc)
+    assert not list((home / "clusters").glob("*/cluster.json"))

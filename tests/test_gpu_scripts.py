@@ -8,6 +8,7 @@ the requested CUDA, and no GPU; plus lock waiting, reboot-and-resume and idempot
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 import pytest
@@ -288,3 +289,17 @@ def test_verify_output_mapping() -> None:
         err = gpu.verify_failure(f"x\n{line}\nverify: error: m")
         assert err is not None and err.layer == layer and err.hint == gpu.LAYERS[layer]
     assert gpu.parse_verify("cloudtrain-verify {broken") is None and gpu.verify_failure("") is None
+
+
+@pytest.mark.slow
+def test_verify_names_a_real_cpu_only_tensorflow(tmp_path: Path) -> None:
+    """The verify script against a real tensorflow-cpu (no stand-in framework): set
+    CLOUDTRAIN_TEST_TF_VENV to a venv holding it, e.g. python -m venv v && v/bin/pip install tensorflow-cpu."""
+    venv = os.environ.get("CLOUDTRAIN_TEST_TF_VENV")
+    if not venv or not (Path(venv) / "bin/python").exists():
+        pytest.skip("CLOUDTRAIN_TEST_TF_VENV names no venv with tensorflow-cpu")
+    box = Sandbox(tmp_path, gpu=T4, loaded="580.95.05", toolkits=("12.5",))
+    verify = gpu.verify_step(box.facts(), Request(FrameworkSpec("tensorflow"), gpu="t4"))
+    ran = box.run(verify, CLOUDTRAIN_VENV=venv, PYTHONPATH="")
+    err = gpu.verify_failure(ran.output)
+    assert ran.returncode == 3 and err is not None and err.layer == "framework-without-cuda", ran.output[-2000:]

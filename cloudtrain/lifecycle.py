@@ -7,6 +7,7 @@ every job output still owed, then destroys.
 
 from __future__ import annotations
 
+import dataclasses
 import shutil
 import time
 from typing import Callable
@@ -33,6 +34,10 @@ def check(store: Store, spec: ClusterSpec) -> None:
     cdir = store.cluster_dir(spec.name)
     if cdir.exists():
         existing = cdir.load().spec
+        # Providers fill in what was left to them (region, zone, the caller's /32); a flag left
+        # out again means "whatever was chosen", not a change.
+        filled = {k: getattr(existing, k) for k in ("region", "zone", "ssh_cidr") if getattr(spec, k) is None}
+        spec = dataclasses.replace(spec, **filled)
         if existing != spec:
             mine, theirs = spec.to_dict(), existing.to_dict()
             diff = ", ".join(f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in mine if mine[k] != theirs[k])

@@ -226,17 +226,11 @@ class SshRemote:
                     channel.sendall(chunk)
             channel.shutdown_write()
             err = io.BytesIO()
-            while True:
-                chunk = channel.recv(1 << 20)
-                if not chunk:
-                    break
+            while chunk := channel.recv(1 << 20):
                 yield chunk
-            while not channel.exit_status_ready() or channel.recv_stderr_ready():
-                data = channel.recv_stderr(65536)
-                if not data and channel.exit_status_ready():
-                    break
-                err.write(data)
             code = channel.recv_exit_status()
+            while channel.recv_stderr_ready():  # buffered by paramiko; small for the tools we stream
+                err.write(channel.recv_stderr(65536))
             channel.close()
         except (OSError, paramiko.SSHException, EOFError) as e:
             self.close()

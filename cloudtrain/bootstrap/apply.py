@@ -72,7 +72,11 @@ def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts
     try:
         remote.run(command)
     except CommandFailed as e:
-        tail = remote.read_from(log_path, 0).decode(errors="replace").strip().splitlines()[-5:]
+        log = remote.read_from(log_path, 0, limit=16 << 20).decode(errors="replace")
+        explained = step.explain(log, remote.node.name) if step.explain else None
+        if explained is not None:
+            raise explained from e
+        tail = log.strip().splitlines()[-5:]
         detail = " | ".join(line.strip() for line in tail) or f"exit {e.result.exit_code}"
         raise BootstrapError(
             f"bootstrap step '{step.name}' failed on {remote.node.name}: {detail[-600:]}",

@@ -227,6 +227,7 @@ def verify_step(facts: dict[str, Any], request: Request) -> Step:
         f"a tiny {fw.name} computation on the GPU, reporting the device; a failure names the broken layer",
         script=script("verify"),
         env=_env(res, facts, "verify", CLOUDTRAIN_FRAMEWORK=fw.name),
+        explain=verify_failure,
     )
 
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from typing import Callable, Optional
+
+from cloudtrain.errors import CloudtrainError
 
 
 @dataclass(frozen=True)
@@ -20,6 +23,9 @@ class Step:
     env: dict[str, str] = field(default_factory=dict)  # exported before `script`
     reboot_after: bool = False  # the node must reboot before the next step; apply reconnects
     sudo: bool = False  # run as root (via sudo when the SSH user is not root)
+    # Reads a failed step's whole log and names what is broken (e.g. which GPU layer);
+    # None, or returning None, gives the generic "step failed" error with the log's tail.
+    explain: Optional[Callable[[str, str], Optional[CloudtrainError]]] = field(default=None, compare=False)
 
     @property
     def needed(self) -> bool:

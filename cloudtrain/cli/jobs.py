@@ -15,6 +15,8 @@ from cloudtrain.errors import BadInput, JobFailed
 from cloudtrain.jobs import session
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.jobs.runner import JobRunner
+from cloudtrain.layout import NodePaths
+from cloudtrain.remote import SshRemote
 from cloudtrain.spec import JobSpec
 from cloudtrain.state import Store
 
@@ -80,9 +82,6 @@ def logs(
         return
     runner = _runner(store, record.cluster)
     if not follow:
-        from cloudtrain.layout import NodePaths
-        from cloudtrain.remote import SshRemote
-
         with SshRemote(runner.cluster.head, runner.cluster.identity_file) as remote:
             path = NodePaths.of(remote).job(job).log
             offset = 0
@@ -125,12 +124,12 @@ def launch(
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
-    lifecycle.check(store, spec)
-    lifecycle.up(store, spec, say)
+    cluster = lifecycle.up(store, spec, say).cluster
+    assert cluster is not None  # up returns only ready clusters
     code: int | None = None
     record = None
     try:
-        runner = JobRunner(store, store.cluster_dir(spec.name), store.cluster_dir(spec.name).load().cluster, say=say)  # type: ignore[arg-type]
+        runner = JobRunner(store, store.cluster_dir(spec.name), cluster, say=say)
         record = runner.submit(job)
         say(f"job {record.job_id} started on {', '.join(record.nodes)}")
         code = session.finish(runner, record, say)

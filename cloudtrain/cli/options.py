@@ -7,6 +7,7 @@ from typing import Optional
 
 import typer
 
+from cloudtrain import provisioner
 from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_gpu
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
@@ -30,8 +31,6 @@ def build_spec(
     image: str,
     ssh_cidr: Optional[str],
 ) -> ClusterSpec:
-    from cloudtrain import provisioner
-
     prov = provisioner.get(provider)
     gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
     return ClusterSpec(

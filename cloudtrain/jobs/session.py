@@ -25,13 +25,9 @@ def report(record: JobRecord, output: Path, say: Say) -> None:
 def finish(runner: JobRunner, record: JobRecord, say: Say, offset: int = 0) -> int:
     """Follow to the end, bring the outputs home, report; return the job's exit code.
 
-    Outputs come home even when the job fails or the user interrupts the follow: what exists
-    is never left behind on a machine that may be destroyed next."""
-    try:
-        code = runner.follow(record, offset=offset)
-    except KeyboardInterrupt:
-        say(f"stopped following; job {record.job_id} keeps running. Follow it with `cloudtrain logs {record.job_id} -f`")
-        raise
+    Outputs come home even when the job fails. An interrupted follow leaves the job running
+    on the cluster; `logs -f` or `down` collects it later."""
+    code = runner.follow(record, offset=offset)
     output = runner.collect(record)
     report(record, output, say)
     return code
@@ -43,4 +39,8 @@ def run(store: Store, runner: JobRunner, spec: JobSpec, say: Say) -> tuple[JobRe
         say(f"job {record.job_id} started; follow it with `cloudtrain logs {record.job_id} -f`")
         return record, None
     say(f"job {record.job_id} started on {', '.join(record.nodes)}")
-    return record, finish(runner, record, say)
+    try:
+        return record, finish(runner, record, say)
+    except KeyboardInterrupt:
+        say(f"stopped following; job {record.job_id} keeps running. Follow it with `cloudtrain logs {record.job_id} -f`")
+        raise

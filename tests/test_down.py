@@ -1,0 +1,59 @@
+"""`down` brings home what a still-running job has made, stops every process the cluster
+started (detached jobs included), and leaves no node directory behind."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+
+from conftest import Cli, _sshd_pids_under
+
+
+def _procs_with_env(marker: str) -> list[int]:
+    found = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                if marker.encode() in (entry / "environ").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+    return found
+
+
+def test_down_collects_a_running_detached_job_and_stops_everything(cli: Cli) -> None:
+    assert cli("up", "--provider", "local", "--framework", "none", "--nodes", "2", timeout=300).returncode == 0
+    script = cli.cwd / "forever.py"
+    script.write_text(
+        "import os, time\nout = os.environ['CLOUDTRAIN_OUTPUT_DIR']\n"
+        "open(os.path.join(out, 'checkpoint.txt'), 'w').write('epoch 1')\n"
+        "print('training forever', flush=True)\ntime.sleep(3600)\n"
+    )
+    run = cli("run", str(script), "--detach", "--env", "MY_MARK=down-test")
+    assert run.returncode == 0, run.stderr
+    job_id = json.loads(cli("status", "--json").stdout)["jobs"][0]["job_id"]
+    node_roots = cli.home / "clusters" / "local" / "provider"
+    marker = f"CLOUDTRAIN_NODE_ROOT={node_roots}"
+    deadline = time.monotonic() + 30
+    while time.monotonic() < deadline:
+        if len(_procs_with_env(marker)) >= 2 and all(
+            (node_roots / f"local-{i}" / "root" / "jobs" / job_id / "out" / "checkpoint.txt").exists() for i in (0, 1)
+        ):
+            break
+        time.sleep(0.2)
+    assert _procs_with_env(marker), "the detached job should be running"
+
+    down = cli("down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "still running; stopping it" in down.stderr
+    out = cli.cwd / "runs" / job_id
+    assert (out / "checkpoint.txt").read_text() == "epoch 1"
+    assert (out / "rank-1" / "checkpoint.txt").read_text() == "epoch 1"
+    assert "training forever" in (out / "log.txt").read_text()
+    assert json.loads((out / "run.json").read_text())["exit_code"] != 0
+    assert not _procs_with_env(marker), "a process the cluster started is still running"
+    assert not _sshd_pids_under(cli.home)
+    assert not (cli.home / "clusters" / "local").exists()
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["clusters"] == [] and status["jobs"][0]["status"] == "fetched"

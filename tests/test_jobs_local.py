@@ -5,8 +5,9 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
+import signal
 import subprocess
+import sys
 import textwrap
 import time
 from pathlib import Path
@@ -274,3 +275,44 @@ def test_wrong_pinned_key_is_refused_by_openssh_and_by_cloudtrain(cluster: Cli, 
     finally:
         known_hosts.write_text(original_kh)
         record_path.write_text(original_record)
+
+
+def _children(pid: int) -> list[int]:
+    kids = []
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
+                kids.append(int(entry.name))
+    return kids
+
+
+def test_follow_survives_a_dropped_connection(cluster: Cli, tmp_path: Path) -> None:
+    """Kill the SSH connections under a following `run`: it reconnects, the job never notices,
+    and every line and output still comes home."""
+    script = _write(tmp_path / "proj", "ticks.py", SLOW_SCRIPT.replace("range(6)", "range(16)"))
+    env = {**os.environ, "CLOUDTRAIN_HOME": str(cluster.home)}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudtrain.cli", "run", str(script), "--output", str(tmp_path / "out")],
+        cwd=cluster.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+    )
+    assert proc.stdout is not None
+    seen = []
+    for line in proc.stdout:
+        seen.append(line.rstrip("\n"))
+        if line.startswith("tick 3"):
+            break
+    listener = int((cluster.home / "clusters" / "local" / "provider" / "local-0" / "sshd.pid").read_text())
+    sessions = _children(listener)
+    assert sessions, "the following client should hold a connection"
+    for pid in sessions:  # the per-connection sshd processes: the connection drops
+        os.kill(pid, signal.SIGKILL)
+    rest, err = proc.communicate(timeout=300)
+    seen += rest.splitlines()
+    assert proc.returncode == 0, err
+    assert "reconnecting" in err
+    assert [line for line in seen if line.startswith("tick")] == [f"tick {i}" for i in range(16)]
+    assert (tmp_path / "out" / "done.txt").read_text() == "finished"

@@ -58,7 +58,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             say(f"cluster {spec.name} was left half-made; removing it first")
             prov.destroy(cdir, record)
             cdir.remove()
-        say(f"creating {prov.describe(spec)}")
+        say(f"cluster {spec.name}: {prov.describe(spec)}")
         cdir.create()
         record = ClusterRecord(spec=spec)
         cdir.save(record)  # recorded before the provisioner starts: `down` can always find it
@@ -72,7 +72,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             cdir.save(record)
         except BaseException:
             kept = _keep_logs(store, cdir)
-            say(f"cluster {spec.name} failed to come up; removing everything it made" + (f" (logs kept in {kept})" if kept else ""))
+            say(f"cluster {spec.name} did not come up; removing whatever was made" + (f" (logs kept in {kept})" if kept else ""))
             prov.destroy(cdir, record)
             cdir.remove()
             raise

@@ -57,3 +57,19 @@ def test_down_collects_a_running_detached_job_and_stops_everything(cli: Cli) -> 
     assert not (cli.home / "clusters" / "local").exists()
     status = json.loads(cli("status", "--json").stdout)
     assert status["clusters"] == [] and status["jobs"][0]["status"] == "fetched"
+
+
+def test_up_that_fails_midway_removes_everything_it_made(cli: Cli, tmp_path: Path) -> None:
+    """A real sshd that refuses to run any command: nodes start, bootstrap fails, and `up`
+    stops the sshds and removes the cluster rather than leave a half-made one running."""
+    wrapper = tmp_path / "sshd-refusing"
+    wrapper.write_text('#!/bin/sh\nexec /usr/sbin/sshd -o "ForceCommand=echo refused >&2; exit 97" "$@"\n')
+    wrapper.chmod(0o755)
+    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", env={"CLOUDTRAIN_SSHD": str(wrapper)}, timeout=300)
+    assert proc.returncode == 1, proc.stderr
+    assert "Traceback" not in proc.stderr
+    assert "did not come up; removing whatever was made" in proc.stderr
+    assert "probing node local-" in proc.stderr.strip().splitlines()[-1]
+    assert not _sshd_pids_under(cli.home)
+    assert not (cli.home / "clusters" / "local").exists()
+    assert json.loads(cli("status", "--json").stdout)["clusters"] == []

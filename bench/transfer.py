@@ -64,7 +64,7 @@ def cloudtrain_child(op: str, a: str, b: str) -> int:
     """The cloudtrain side of one measurement, timed in-process (interpreter start and imports
     excluded: a `cloudtrain run` pays them once whatever it ships)."""
     from cloudtrain.jobs import transfer
-    from cloudtrain.jobs.workdir import pack, select_files
+    from cloudtrain.jobs.workdir import select_files
     from cloudtrain.remote import SshRemote
     from cloudtrain.state import Store
 
@@ -74,13 +74,11 @@ def cloudtrain_child(op: str, a: str, b: str) -> int:
     start = time.perf_counter()
     with SshRemote(cluster.head, cluster.identity_file) as remote:
         if op == "upload":
-            # The order runner.submit uses: select and pack first, then connect and stream.
+            # The order runner.submit uses: select the files, then stream them as one tar.
             src = Path(a)
             files = select_files(src)
-            archive = pack(src, files)
-            out["pack_s"] = time.perf_counter() - start
-            out["archive_bytes"] = archive.getbuffer().nbytes
-            transfer.upload_tree(remote, archive, b)
+            out["select_s"] = time.perf_counter() - start
+            transfer.upload_tree(remote, src, files, b)
         elif op == "download":
             manifest = transfer.download_tree(remote, a, Path(b))
             out["files"] = len(manifest)
@@ -249,7 +247,7 @@ def run_bench(base: Path, quick: bool, runs: int) -> None:
                     info = json.loads(out.strip().splitlines()[-1])
                     wall = info["seconds"]
                     if key[1] == "upload" and wall < min(row.seconds, default=float("inf")):  # the best run's split
-                        row.note = f"pack {info['pack_s']:.2f}s, archive {info['archive_bytes'] / MiB:.1f} MiB"
+                        row.note = f"file selection {info['select_s']:.2f}s"
                 got = tree_stats(dst)
                 if got != stats[name]:
                     raise RuntimeError(f"{key[0]} {key[1]} of {name}: got {got} (files, bytes), expected {stats[name]}")

@@ -238,13 +238,15 @@ class SshRemote:
         if code != 0:
             raise CommandFailed(f"command on {self.node.name} exited {code}: {err.getvalue().decode(errors='replace').strip()[:300]}", Result(command, code, "", err.getvalue().decode(errors="replace")))
 
-    def send_stdin(self, command: str, data: IO[bytes], *, env: dict[str, str] | None = None) -> Result:
-        """Run `command` feeding it `data` as stdin in chunks (for uploading tar streams)."""
+    def send_stream(self, command: str, produce: Callable[[IO[bytes]], None], *, env: dict[str, str] | None = None) -> Result:
+        """Run `command` with stdin written by `produce(stream)` as it goes (e.g. a tar being
+        built), so nothing is staged in memory or on disk first."""
         try:
             channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
             channel.exec_command(env_prefix(env) + command)
-            while chunk := data.read(1 << 20):
-                channel.sendall(chunk)
+            writer = io.BufferedWriter(_ChannelWriter(channel), 1 << 20)
+            produce(writer)
+            writer.flush()
             channel.shutdown_write()
             out, err = io.BytesIO(), io.BytesIO()
             code = self._pump(channel, out, err, None, None, None)
@@ -303,6 +305,20 @@ class SshRemote:
         except (OSError, paramiko.SSHException) as e:
             self.close()
             raise RemoteError(f"checking {self.node.name}:{remote} failed: {e}", "run it again") from e
+
+
+class _ChannelWriter(io.RawIOBase):
+    """A channel's stdin as a writable raw stream."""
+
+    def __init__(self, channel: paramiko.Channel) -> None:
+        self._channel = channel
+
+    def writable(self) -> bool:
+        return True
+
+    def write(self, b) -> int:  # type: ignore[override]
+        self._channel.sendall(bytes(b))
+        return len(b)
 
 
 def _writer(stream: IO[str]) -> Sink:

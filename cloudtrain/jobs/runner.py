@@ -7,7 +7,6 @@ log up again by offset and `collect` brings the outputs home whenever it is call
 
 from __future__ import annotations
 
-import io
 import json
 import shlex
 import sys
@@ -20,7 +19,7 @@ from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError, CommandFailed, RemoteError
 from cloudtrain.jobs import metrics, transfer
 from cloudtrain.jobs.record import JobRecord, new_job_id
-from cloudtrain.jobs.workdir import git_commit, pack, select_files, sha256_file
+from cloudtrain.jobs.workdir import git_commit, select_files, sha256_file, total_size
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
@@ -96,14 +95,14 @@ class JobRunner:
         record.status = "starting"
         record.save(self.store)  # before anything runs, so `down` always knows what is owed
         started = time.monotonic()
-        archive = pack(spec.workdir, files).getvalue()  # packed once, streamed to every node
-        self.say(f"job {job_id}: shipping {len(files)} file(s), {len(archive) / 1024:.0f} KiB, to {len(self.cluster.nodes)} node(s)")
+        size = total_size(spec.workdir, files)
+        self.say(f"job {job_id}: shipping {len(files)} file(s), {size / 1024:.0f} KiB, to {len(self.cluster.nodes)} node(s)")
 
         def prepare(rank: int, node: Node) -> None:
             with SshRemote(node, self.cluster.identity_file) as remote:
                 paths = NodePaths.of(remote)
                 job = paths.job(job_id)
-                transfer.upload_tree(remote, io.BytesIO(archive), job.work)
+                transfer.upload_tree(remote, spec.workdir, files, job.work)
                 if "requirements.txt" in files:
                     self._requirements(remote, paths, job)
                 gpus = len(load_facts(self.cdir, node).get("gpus") or [])

@@ -14,8 +14,8 @@ import tarfile
 from pathlib import Path
 from typing import Iterator
 
-from cloudtrain.errors import TransferError
-from cloudtrain.jobs.workdir import sha256_file
+from cloudtrain.errors import RemoteError, TransferError
+from cloudtrain.jobs.workdir import sha256_file, write_tar
 from cloudtrain.remote import SshRemote
 
 # Runs on the node with any python3 (stdlib only): {relative path: {sha256, size}} of a folder.
@@ -59,9 +59,10 @@ class _ChunkReader(io.RawIOBase):
         return n
 
 
-def upload_tree(remote: SshRemote, archive: io.BytesIO, remote_dir: str) -> None:
-    archive.seek(0)
-    remote.send_stdin(f"mkdir -p {shlex.quote(remote_dir)} && tar xzf - -C {shlex.quote(remote_dir)}", archive)
+def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: str) -> None:
+    """Ship `files` of `workdir` into `remote_dir` as one tar stream (one round trip, not one per file)."""
+    q = shlex.quote(remote_dir)
+    remote.send_stream(f"mkdir -p {q} && tar xf - -C {q}", lambda out: write_tar(workdir, files, out))
 
 
 def remote_manifest(remote: SshRemote, remote_dir: str) -> dict[str, dict[str, object]]:
@@ -69,15 +70,25 @@ def remote_manifest(remote: SshRemote, remote_dir: str) -> dict[str, dict[str, o
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
+def _extract(remote: SshRemote, remote_dir: str, dest: Path) -> None:
+    stream = remote.stream_stdout(f"tar cf - -C {shlex.quote(remote_dir)} .")
+    with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as tar:
+        # The "data" filter refuses absolute paths, links out of dest and device files.
+        tar.extractall(dest, filter="data")
+
+
 def download_tree(remote: SshRemote, remote_dir: str, dest: Path) -> dict[str, dict[str, object]]:
     """Copy `remote_dir` into `dest`; return its manifest after checking every file's sha256."""
     manifest = remote_manifest(remote, remote_dir)
     dest.mkdir(parents=True, exist_ok=True)
     if manifest:
-        stream = remote.stream_stdout(f"tar cf - -C {shlex.quote(remote_dir)} .")
-        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as tar:
-            # The "data" filter refuses absolute paths, links out of dest and device files.
-            tar.extractall(dest, filter="data")
+        try:
+            _extract(remote, remote_dir, dest)
+        except RemoteError:
+            # One more try on a fresh connection: paramiko can time out a key re-exchange that
+            # falls on a channel close (every 512 MiB); the files are still on the node.
+            remote.close()
+            _extract(remote, remote_dir, dest)
     for rel, entry in manifest.items():
         local = dest / rel
         if local.is_file() and sha256_file(local) == entry["sha256"]:

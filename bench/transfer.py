@@ -5,7 +5,7 @@
     .venv/bin/python bench/transfer.py --quick    # small sizes, one run each: a smoke check in < 1 min
 
 One local node (`cloudtrain up --provider local`, a real sshd on loopback) serves every tool.
-Upload: cloudtrain's path (select_files + pack + transfer.upload_tree over SshRemote) vs
+Upload: cloudtrain's path (select_files + transfer.upload_tree, one tar written into the channel) vs
 `scp -r` and `rsync -a` through `cloudtrain ssh-config`. Download: transfer.download_tree (tar
 stream home, then sha256 of every file) vs the same tools back. Each timing is the best of N;
 peak RSS comes from a fresh child per measurement (resource.getrusage(RUSAGE_CHILDREN)).

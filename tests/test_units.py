@@ -75,6 +75,19 @@ def test_select_files_outside_git(tmp_path: Path) -> None:
     assert select_files(tmp_path, exclude=[tmp_path / "outs"]) == EXPECTED
 
 
+def test_select_files_outside_git_honours_nested_gitignores_and_skips_tool_caches(tmp_path: Path) -> None:
+    _make_tree(tmp_path)
+    for rel, text in {
+        "sub/.gitignore": "m.py\n/local-only.txt\n", "sub/local-only.txt": "", "sub/deeper/local-only.txt": "",
+        ".mypy_cache/.gitignore": "*\n", ".mypy_cache/3.11/x.json": "", ".pytest_cache/v/cache": "",
+    }.items():
+        (tmp_path / rel).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / rel).write_text(text)
+    assert select_files(tmp_path, exclude=[tmp_path / "outs"]) == [
+        ".cloudtrainignore", ".gitignore", "keep.log", "sub/.gitignore", "sub/deeper/local-only.txt", "train.py",
+    ]
+
+
 def test_select_files_in_a_git_repo_uses_git_rules(tmp_path: Path) -> None:
     _make_tree(tmp_path)
     (tmp_path / "sub" / ".gitignore").write_text("m.py\n")  # nested rules: only git knows them all

@@ -16,7 +16,11 @@ from typing import IO
 
 import pathspec
 
-ALWAYS_IGNORED = [".git/", "__pycache__/", "*.pyc", ".venv/", ".cloudtrain/"]
+# Version control, virtual environments and tool caches: never useful on a node, often large.
+ALWAYS_IGNORED = [
+    ".git/", ".hg/", ".svn/", "__pycache__/", "*.pyc", ".venv/", ".cloudtrain/",
+    ".mypy_cache/", ".ruff_cache/", ".pytest_cache/", ".ipynb_checkpoints/", ".tox/", ".nox/",
+]
 
 
 def _spec(lines: list[str]) -> pathspec.PathSpec:
@@ -38,15 +42,30 @@ def _git_files(workdir: Path) -> list[str] | None:
 
 
 def _walk(workdir: Path, ignore: pathspec.PathSpec) -> list[str]:
+    """Files under workdir not ignored by `ignore` (workdir-relative rules) nor by any .gitignore
+    on the way down, each of which applies to paths relative to its own folder, as in git."""
     found = []
+    nested: list[tuple[Path, pathspec.PathSpec]] = []  # (folder relative to workdir, its rules)
+
+    def ignored(rel: Path, is_dir: bool) -> bool:
+        suffix = "/" if is_dir else ""
+        if ignore.match_file(rel.as_posix() + suffix):
+            return True
+        return any(
+            rel.is_relative_to(folder) and rules.match_file(rel.relative_to(folder).as_posix() + suffix)
+            for folder, rules in nested
+        )
+
     for dirpath, dirnames, filenames in os.walk(workdir):
         rel_dir = Path(dirpath).relative_to(workdir)
+        if rel_dir != Path(".") and ".gitignore" in filenames:
+            nested.append((rel_dir, _spec((Path(dirpath) / ".gitignore").read_text().splitlines())))
         # Prune ignored folders early so a big ignored tree costs nothing.
-        dirnames[:] = sorted(d for d in dirnames if not ignore.match_file(f"{(rel_dir / d).as_posix()}/"))
+        dirnames[:] = sorted(d for d in dirnames if not ignored(rel_dir / d, is_dir=True))
         for name in sorted(filenames):
-            rel = (rel_dir / name).as_posix()
-            if not ignore.match_file(rel) and not os.path.islink(os.path.join(dirpath, name)):
-                found.append(rel)
+            rel = rel_dir / name
+            if not ignored(rel, is_dir=False) and not os.path.islink(os.path.join(dirpath, name)):
+                found.append(rel.as_posix())
     return found
 
 

@@ -123,6 +123,9 @@ class ClusterStack:
         except auto.CommandError as e:
             raise ProvisionError(f"cannot open Pulumi stack {self.name!r}: {_reason(e)}", "check PULUMI_BACKEND_URL and the cloudtrain home") from e
 
+    def _locked(self) -> ProvisionError:
+        return ProvisionError(f"stack {self.name!r} is locked by another update", f"wait for it, or run `pulumi cancel -s {self.name}`")
+
     def _configure(self, stack: auto.Stack, config: dict[str, str], secret_keys: frozenset[str]) -> None:
         stack.set_all_config({k: auto.ConfigValue(value=v, secret=k in secret_keys) for k, v in config.items()})
 
@@ -133,9 +136,7 @@ class ClusterStack:
             self._configure(stack, config, secret_keys)
             result = stack.up(on_output=self.on_output, color="never")
         except auto.ConcurrentUpdateError as e:
-            raise ProvisionError(
-                f"stack {self.name!r} is locked by another update", f"wait for it, or run `pulumi cancel -s {self.name}`"
-            ) from e
+            raise self._locked() from e
         except auto.CommandError as e:
             raise ProvisionError(
                 f"pulumi up failed: {_reason(e)}", f"fix the cause, then rerun; `cloudtrain down --cluster {self.name}` removes what was made"
@@ -174,9 +175,7 @@ class ClusterStack:
             stack.destroy(on_output=self.on_output, color="never")
             stack.workspace.remove_stack(self.name)
         except auto.ConcurrentUpdateError as e:
-            raise ProvisionError(
-                f"stack {self.name!r} is locked by another update", f"wait for it, or run `pulumi cancel -s {self.name}`"
-            ) from e
+            raise self._locked() from e
         except auto.CommandError as e:
             raise ProvisionError(
                 f"pulumi destroy failed: {_reason(e)}", "rerun `cloudtrain down`; resources left behind carry the cloudtrain-cluster tag"

@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
+import json
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -13,9 +15,10 @@ from cloudtrain import keys
 from cloudtrain.errors import BadInput, RemoteError
 from cloudtrain.jobs import metrics
 from cloudtrain.jobs.workdir import select_files
-from cloudtrain.machine import Node
+from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
 from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_env, parse_gpu
+from cloudtrain.state import ClusterRecord, Store
 
 
 def test_framework_spec_parsing() -> None:
@@ -119,3 +122,24 @@ def test_remote_unreachable_becomes_one_actionable_error(tmp_path: Path) -> None
         SshRemote(node, identity, connect_timeout=2).run("true")
     assert time.monotonic() - started < 15
     assert "cannot reach node n0" in info.value.line() and "\n" not in info.value.line()
+
+
+def test_status_shows_what_each_cluster_costs(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A cloud cluster's record alone (no cloud involved: status only reads records) shows its
+    hourly price and what it has cost so far, so a forgotten VM is visible."""
+    monkeypatch.setenv("CLOUDTRAIN_HOME", str(tmp_path / "home"))
+    store = Store()
+    cdir = store.cluster_dir("aws-t4")
+    cdir.create()
+    node = Node("aws-t4-0", "203.0.113.9", 22, "ubuntu", keys.generate()[1], "10.77.0.5")
+    spec = ClusterSpec(name="aws-t4", provider="aws", gpu="t4", nodes=2, region="us-east-1", ssh_cidr="198.51.100.7/32")
+    record = ClusterRecord(spec=spec, cluster=Cluster("aws-t4", (node,), cdir.identity_file), status="ready")
+    record.created_at -= 2 * 3600  # up for two hours
+    cdir.save(record)
+    proc = subprocess.run([sys.executable, "-m", "cloudtrain.cli", "status", "--json"], capture_output=True, text=True)
+    assert proc.returncode == 0, proc.stderr
+    [row] = json.loads(proc.stdout)["clusters"]
+    assert row["price_per_hour"] == pytest.approx(2 * 0.526)
+    assert row["cost_so_far"] == pytest.approx(2 * 0.526 * 2, abs=0.01)
+    text = subprocess.run([sys.executable, "-m", "cloudtrain.cli", "status"], capture_output=True, text=True).stdout
+    assert "$1.05/h, ~$2.10 so far" in text

@@ -16,8 +16,9 @@ from cloudtrain import provisioner as provisioners
 from cloudtrain.bootstrap.cluster import bootstrap_cluster, plan_cluster
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
-from cloudtrain.errors import BadInput, MissingTool, NotFound
+from cloudtrain.errors import BadInput, CloudtrainError, MissingTool, NotFound
 from cloudtrain.jobs.record import JobRecord
+from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, Store
 
 O = UpOptions
@@ -80,6 +81,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     clusters = []
     for name in store.cluster_names():
         record = store.cluster_dir(name).load()
+        price = _hourly_price(record.spec)
+        hours = (time.time() - record.created_at) / 3600
         clusters.append(
             {
                 "name": name,
@@ -89,6 +92,9 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
                 "gpu": f"{record.spec.gpu}:{record.spec.gpu_count}" if record.spec.gpu else None,
                 "nodes": [n.to_dict() for n in record.cluster.nodes] if record.cluster else [],
                 "created_at": record.created_at,
+                # What is billing now, so a forgotten cluster shows up in plain sight.
+                "price_per_hour": price,
+                "cost_so_far": None if price is None else round(price * hours, 2),
             }
         )
     jobs = [JobRecord.load(store, j) for j in store.job_ids()]
@@ -104,12 +110,25 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         print("no clusters")
     for c in clusters:
         age = time.time() - c["created_at"]
-        print(f"{c['name']:<20} {c['provider']:<6} {c['status']:<10} {len(c['nodes'])} node(s)  {c['gpu'] or 'cpu'}  {c['framework']}  up {age / 60:.0f} min")
+        if c["price_per_hour"] is None:
+            cost = "price unknown"
+        elif c["price_per_hour"] == 0:
+            cost = "free"
+        else:
+            cost = f"${c['price_per_hour']:.2f}/h, ~${c['cost_so_far']:.2f} so far"
+        print(f"{c['name']:<20} {c['provider']:<6} {c['status']:<10} {len(c['nodes'])} node(s)  {c['gpu'] or 'cpu'}  {c['framework']}  up {age / 60:.0f} min  {cost}")
     if job_rows:
         print()
         for j in job_rows:
             code = "" if j["exit_code"] is None else f"exit {j['exit_code']}"
             print(f"{j['job_id']:<40} {j['cluster']:<20} {j['status']:<8} {code:<8} {j['output']}")
+
+
+def _hourly_price(spec: ClusterSpec) -> float | None:
+    try:
+        return provisioners.get(spec.provider).hourly_price(spec)
+    except CloudtrainError:  # e.g. a catalog row that changed since the cluster was made
+        return None
 
 
 def _ssh_args(cdir: ClusterDir, node_name: Optional[str]) -> tuple[list[str], str]:

@@ -28,6 +28,10 @@ class Provisioner(ABC):
         """One or more lines: what `create` will make, and its hourly price where it bills."""
         return f"{spec.nodes} node(s) on {self.name}"
 
+    def hourly_price(self, spec: ClusterSpec) -> float | None:
+        """On-demand $/h for the whole cluster; 0 when nothing bills, None when unknown."""
+        return 0.0
+
     def preview(self, spec: ClusterSpec, cdir: ClusterDir) -> str:
         raise NotImplementedError
 

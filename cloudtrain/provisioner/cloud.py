@@ -67,6 +67,10 @@ class CloudProvisioner(Provisioner):
                 lines.append(f"  price: {figure} on demand{caveat}")
         return "\n".join(lines)
 
+    def hourly_price(self, spec: ClusterSpec) -> float | None:
+        per_node = catalog.choose(spec).hourly
+        return None if per_node is None else per_node * spec.nodes
+
     # --- pre-flight: per cloud ----------------------------------------------------------
 
     def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:

@@ -5,6 +5,8 @@ from __future__ import annotations
 import importlib
 import sys
 
+import typer
+
 from cloudtrain.cli.app import app, fail
 from cloudtrain.errors import CloudtrainError
 
@@ -33,7 +35,7 @@ def main(argv: list[str] | None = None) -> None:
         where = f"cloudtrain {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "cloudtrain"
         print(f"cloudtrain: error: {e.format_message()} (see `{where} --help`)", file=sys.stderr)
         code = 2
-    except click_errors.Abort:
+    except (typer.Abort, KeyboardInterrupt):
         print("cloudtrain: interrupted", file=sys.stderr)
         code = 130
     sys.exit(code if isinstance(code, int) else 0)

@@ -148,7 +148,7 @@ def _ssh_args(cdir: ClusterDir, node_name: Optional[str]) -> tuple[list[str], st
     args = [
         ssh, "-i", str(record.cluster.identity_file), "-p", str(node.port),
         "-o", "IdentitiesOnly=yes",
-        "-o", f"UserKnownHostsFile={cdir.known_hosts}",
+        "-o", f'UserKnownHostsFile="{cdir.known_hosts}"',  # quoted: the option takes a list of files
         "-o", "StrictHostKeyChecking=yes",
         "-o", "GlobalKnownHostsFile=/dev/null",
         f"{node.user}@{node.host}",
@@ -195,9 +195,9 @@ def ssh_config(cluster: Optional[str] = ClusterOpt) -> None:
                         f"    HostName {node.host}",
                         f"    Port {node.port}",
                         f"    User {node.user}",
-                        f"    IdentityFile {record.cluster.identity_file}",
+                        f'    IdentityFile "{record.cluster.identity_file}"',
                         "    IdentitiesOnly yes",
-                        f"    UserKnownHostsFile {cdir.known_hosts}",
+                        f'    UserKnownHostsFile "{cdir.known_hosts}"',
                         "    GlobalKnownHostsFile /dev/null",
                         "    StrictHostKeyChecking yes",
                     ]

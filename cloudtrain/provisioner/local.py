@@ -45,14 +45,23 @@ def _free_port(address: str) -> int:
         return s.getsockname()[1]
 
 
+def _pip_cache() -> Path:
+    return Path(os.environ.get("PIP_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pip")
+
+
+def _q(value: object) -> str:
+    # sshd_config splits on whitespace; quoting keeps a home such as "/Users/a b" one argument.
+    return f'"{value}"'
+
+
 def _sshd_config(node_dir: Path, address: str, port: int, user: str) -> str:
-    root = node_dir / "root"
+    env = {"CLOUDTRAIN_NODE_ROOT": node_dir / "root", "HOME": node_dir / "home", "PIP_CACHE_DIR": _pip_cache()}
     return "\n".join(
         [
             f"ListenAddress {address}:{port}",
-            f"HostKey {node_dir / 'ssh_host_ed25519_key'}",
-            f"PidFile {node_dir / 'sshd.pid'}",
-            f"AuthorizedKeysFile {node_dir / 'authorized_keys'}",
+            f"HostKey {_q(node_dir / 'ssh_host_ed25519_key')}",
+            f"PidFile {_q(node_dir / 'sshd.pid')}",
+            f"AuthorizedKeysFile {_q(node_dir / 'authorized_keys')}",
             f"AllowUsers {user}",
             "PubkeyAuthentication yes",
             "PasswordAuthentication no",
@@ -64,7 +73,10 @@ def _sshd_config(node_dir: Path, address: str, port: int, user: str) -> str:
             "X11Forwarding no",
             "AllowTcpForwarding no",
             "PrintMotd no",
-            f"SetEnv CLOUDTRAIN_NODE_ROOT={root}",
+            # A home of its own, as a VM has: what jobs write to ~ (framework configs, caches)
+            # stays in the node's folder and goes with it at `down`. pip's download cache is
+            # shared with this user, as a speed-up only.
+            "SetEnv " + " ".join(_q(f"{k}={v}") for k, v in env.items()),
             "Subsystem sftp internal-sftp",
             "LogLevel ERROR",
             "",
@@ -101,6 +113,7 @@ class LocalProvisioner(Provisioner):
             address = f"127.0.0.{i + 2}"
             node_dir = cdir.provider_dir / name
             (node_dir / "root").mkdir(parents=True, exist_ok=True)
+            (node_dir / "home").mkdir(exist_ok=True)
             os.chmod(node_dir, 0o700)
             host_key = keys.write_pair(node_dir / "ssh_host_ed25519_key", comment=name)
             (node_dir / "authorized_keys").write_text(client_key + "\n")

@@ -194,11 +194,6 @@ class SshRemote:
     def _pump(channel: paramiko.Channel, out: io.BytesIO, err: io.BytesIO, on_out: Sink | None, on_err: Sink | None, timeout: float | None) -> int:
         deadline = None if timeout is None else time.monotonic() + timeout
         while True:
-            readable = channel.recv_ready() or channel.recv_stderr_ready()
-            if not readable:
-                if channel.exit_status_ready() and not channel.recv_ready() and not channel.recv_stderr_ready():
-                    break
-                select.select([channel], [], [], 0.5)
             while channel.recv_ready():
                 chunk = channel.recv(65536)
                 out.write(chunk)
@@ -209,9 +204,15 @@ class SshRemote:
                 err.write(chunk)
                 if on_err:
                     on_err(chunk)
+            # Done at end-of-file, not at exit status: sshd may send the status before the last
+            # of the output, and stopping there truncated it. EOF follows all data in order, so
+            # once it is in, everything left is already buffered (drained just above).
+            if (channel.eof_received or channel.closed) and not channel.recv_ready() and not channel.recv_stderr_ready():
+                break
             if deadline is not None and time.monotonic() > deadline:
                 channel.close()
                 raise socket.timeout(f"command still running after {timeout:.0f}s")
+            select.select([channel], [], [], 0.5)
         code = channel.recv_exit_status()
         channel.close()
         return code

@@ -55,6 +55,9 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
                 say(f"cluster {spec.name} exists; checking it is ready")
                 bootstrap_cluster(record.cluster, request_of(spec), cdir)
                 return record
+            if record.status == "destroying":
+                # A `down` that stopped part-way may still owe outputs: finish it, don't discard them.
+                raise CloudtrainError(f"cluster {spec.name} is part-way through `down`", f"finish it with `cloudtrain down --cluster {spec.name}`")
             say(f"cluster {spec.name} was left half-made; removing it first")
             prov.destroy(cdir, record)
             cdir.remove()
@@ -71,10 +74,12 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             record.status = "ready"
             cdir.save(record)
         except BaseException:
-            kept = _keep_logs(store, cdir)
-            say(f"cluster {spec.name} did not come up; removing whatever was made" + (f" (logs kept in {kept})" if kept else ""))
-            prov.destroy(cdir, record)
-            cdir.remove()
+            try:
+                kept = _keep_logs(store, cdir)
+                say(f"cluster {spec.name} did not come up; removing whatever was made" + (f" (logs kept in {kept})" if kept else ""))
+            finally:  # whatever the logging does (a closed pipe, a full disk), nothing is left running
+                prov.destroy(cdir, record)
+                cdir.remove()
             raise
         say(f"cluster {spec.name} is ready")
         return record
@@ -88,19 +93,34 @@ def _keep_logs(store: Store, cdir: ClusterDir) -> str | None:
     return str(dest)
 
 
-def bring_home_owed(store: Store, cdir: ClusterDir, record: ClusterRecord, say: Say) -> None:
-    """Fetch every job of this cluster whose outputs have not come home yet."""
+def bring_home_owed(store: Store, cdir: ClusterDir, record: ClusterRecord, say: Say, force: bool = False) -> None:
+    """Fetch every job of this cluster whose outputs have not come home yet.
+
+    With `force`, a job whose outputs cannot be fetched is marked abandoned and the rest go on."""
     if record.cluster is None:
         return
     runner = JobRunner(store, cdir, record.cluster, say=say)
-    for job in jobs_of(store, cdir.name):
-        if job.status == "fetched":
+    for job in jobs_of(store, cdir.name, record.created_at):
+        if job.status in ("fetched", "abandoned"):
             continue
-        if job.status in ("running", "starting"):
-            say(f"job {job.job_id} is still running; stopping it and bringing home what exists")
-            runner.stop(job)
-            job.status, job.exit_code = "ended", job.exit_code if job.exit_code is not None else 143
-        path = runner.collect(job)
+        try:
+            if job.status in ("running", "starting"):
+                codes = runner.exit_codes(job)
+                if any(c is None for c in codes):
+                    say(f"job {job.job_id} is still running; stopping it and bringing home what exists")
+                    runner.stop(job)
+                failed = [c for c in codes if c not in (None, 0)]
+                job.exit_code = failed[0] if failed else (0 if all(c == 0 for c in codes) else 143)
+                job.status = "ended"
+                job.save(store)
+            path = runner.collect(job)
+        except Exception as e:  # noqa: BLE001 - with force, any failure must not keep a VM alive
+            if not force:
+                raise
+            job.status = "abandoned"
+            job.save(store)
+            say(f"warning: job {job.job_id}'s outputs were not brought home ({e}); they are lost with the cluster")
+            continue
         say(f"job {job.job_id}: outputs in {path}")
 
 
@@ -117,17 +137,20 @@ def down(store: Store, name: str | None, say: Say, force: bool = False) -> bool:
         if not cdir.exists():  # another `down` finished while we waited for the lock
             return False
         record = cdir.load()
+        was = record.status
         record.status = "destroying"
         cdir.save(record)
         try:
-            bring_home_owed(store, cdir, record, say)
-        except CloudtrainError as e:
-            if not force:
+            bring_home_owed(store, cdir, record, say, force=force)
+        except BaseException as e:
+            record.status = was  # still usable, and `up` will not mistake it for half-destroyed
+            cdir.save(record)
+            if isinstance(e, CloudtrainError):
                 raise CloudtrainError(
                     f"could not bring home the outputs of {cdir.name}: {e.message}",
                     f"the cluster is still up; fix that and run `cloudtrain down --cluster {cdir.name}` again, or add --force to destroy anyway",
                 ) from e
-            say(f"warning: {e.line()} (destroying anyway: --force)")
+            raise
         provisioners.get(record.spec.provider).destroy(cdir, record)
         cdir.remove()
     say(f"cluster {cdir.name} is down")

@@ -156,12 +156,15 @@ class JobSpec:
             raise BadInput(f"--workdir {workdir} is not a directory", "name the folder to ship")
         if not path.is_relative_to(wd):
             raise BadInput(f"script {script} is outside --workdir {wd}", "put the script inside the workdir or choose another --workdir")
+        out = Path(output).expanduser().resolve() if output else None
+        if out is not None and out.exists() and not out.is_dir():
+            raise BadInput(f"--output {output} exists and is not a folder", "name a folder (it is created if missing)")
         return cls(
             script=path,
             workdir=wd,
             args=tuple(args),
             env=parse_env(env or []),
-            output=Path(output).expanduser().resolve() if output else None,
+            output=out,
             detach=detach,
         )
 

@@ -30,6 +30,7 @@ CASES = {
     "script is a directory": (["run", "."], "is a directory"),
     "script outside workdir": (["run", "train.py", "--workdir", "/usr"], "outside --workdir"),
     "env without =": (["run", "train.py", "--env", "NOEQUALS"], "invalid --env"),
+    "output is a file": (["run", "train.py", "--output", "train.py"], "is not a folder"),
     "unknown cluster": (["run", "train.py", "--cluster", "ghost"], "unknown cluster"),
     "no cluster at all": (["run", "train.py"], "no cluster exists"),
     "unknown job": (["logs", "ghost-job"], "unknown job"),

@@ -73,3 +73,31 @@ def test_up_that_fails_midway_removes_everything_it_made(cli: Cli, tmp_path: Pat
     assert not _sshd_pids_under(cli.home)
     assert not (cli.home / "clusters" / "local").exists()
     assert json.loads(cli("status", "--json").stdout)["clusters"] == []
+
+
+def test_down_reports_a_finished_detached_job_with_its_real_exit_code(cli: Cli) -> None:
+    assert cli("up", "--provider", "local", "--framework", "none", timeout=300).returncode == 0
+    script = cli.cwd / "quick.py"
+    script.write_text("import os\nopen(os.environ['CLOUDTRAIN_OUTPUT_DIR'] + '/done.txt', 'w').write('ok')\n")
+    assert cli("run", str(script), "--detach").returncode == 0
+    job_id = json.loads(cli("status", "--json").stdout)["jobs"][0]["job_id"]
+    node_out = cli.home / "clusters" / "local" / "provider" / "local-0" / "root" / "jobs" / job_id / "exit_code"
+    deadline = time.monotonic() + 30
+    while not node_out.exists() and time.monotonic() < deadline:
+        time.sleep(0.2)
+    down = cli("down", timeout=120)
+    assert down.returncode == 0, down.stderr
+    assert "still running" not in down.stderr
+    run = json.loads((cli.cwd / "runs" / job_id / "run.json").read_text())
+    assert run["exit_code"] == 0
+    assert (cli.cwd / "runs" / job_id / "done.txt").read_text() == "ok"
+
+
+def test_jobs_belong_to_one_incarnation_of_a_cluster_name(tmp_path: Path) -> None:
+    from cloudtrain.jobs.record import JobRecord, jobs_of
+    from cloudtrain.state import Store
+
+    store = Store(tmp_path)
+    for job_id, created in (("old-job", 100.0), ("new-job", 200.0)):
+        JobRecord(job_id, "local", str(tmp_path / job_id), "a.py", [], [], str(tmp_path), ["local-0"], cluster_created_at=created).save(store)
+    assert [j.job_id for j in jobs_of(store, "local", 200.0)] == ["new-job"]

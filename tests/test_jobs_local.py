@@ -331,3 +331,45 @@ def test_run_returns_all_output_even_when_exit_status_comes_first(cluster: Cli) 
         err = remote.run("head -c 200000 /dev/zero | tr '\\0' y >&2").stderr
     assert sizes == {300000}
     assert len(err) == 200000
+
+
+def test_first_failing_rank_sets_the_exit_code_and_the_others_are_stopped(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(
+        tmp_path / "proj", "rank_fail.py",
+        "import os, sys, time\nif os.environ['CLOUDTRAIN_NODE_RANK'] == '1':\n    sys.exit(3)\ntime.sleep(120)\n",
+    )
+    started = time.monotonic()
+    proc = cluster("run", str(script))
+    assert proc.returncode == 3, proc.stderr
+    assert "stopping the job on the other nodes" in proc.stderr
+    assert time.monotonic() - started < 60  # rank 0 was stopped, not waited for
+
+
+def test_symlinks_in_outputs_stay_on_the_node_and_the_rest_comes_home(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(
+        tmp_path / "proj", "links.py",
+        "import os\nout = os.environ['CLOUDTRAIN_OUTPUT_DIR']\nopen(out + '/ckpt.bin', 'wb').write(b'w' * 1000)\n"
+        "os.symlink(os.path.abspath(out + '/ckpt.bin'), out + '/latest.bin')\nos.symlink('/etc/passwd', out + '/outside')\n",
+    )
+    out = tmp_path / "out"
+    proc = cluster("run", str(script), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "ckpt.bin").read_bytes() == b"w" * 1000
+    assert not (out / "latest.bin").exists() and not (out / "outside").exists()
+
+
+def test_earlier_runs_are_not_shipped_again(cluster: Cli) -> None:
+    proj = cluster.cwd / "again"
+    _write(proj, "write.py", "import os\nopen(os.environ['CLOUDTRAIN_OUTPUT_DIR'] + '/model.bin', 'wb').write(b'm' * 1000)\n")
+    shipped = []
+    for _ in range(2):
+        proc = cluster("run", "write.py", cwd=proj)
+        assert proc.returncode == 0, proc.stderr
+        shipped += [line for line in proc.stderr.splitlines() if "shipping" in line]
+    assert all("shipping 1 file(s)" in line for line in shipped), shipped
+
+
+def test_ssh_with_only_a_command_uses_the_one_cluster(cluster: Cli) -> None:
+    proc = cluster("ssh", "--", "echo", "only-$CLOUDTRAIN_NODE_ROOT")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.startswith("only-/")

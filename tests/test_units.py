@@ -143,3 +143,13 @@ def test_status_shows_what_each_cluster_costs(tmp_path: Path, monkeypatch: pytes
     assert row["cost_so_far"] == pytest.approx(2 * 0.526 * 2, abs=0.01)
     text = subprocess.run([sys.executable, "-m", "cloudtrain.cli", "status"], capture_output=True, text=True).stdout
     assert "$1.05/h, ~$2.10 so far" in text
+
+
+def test_outputs_named_outside_their_folder_are_refused(tmp_path: Path) -> None:
+    from cloudtrain.errors import TransferError
+    from cloudtrain.jobs.transfer import _safe
+
+    assert _safe(tmp_path, "a/b.txt") == tmp_path / "a" / "b.txt"
+    for bad in ("../../.bashrc", "/etc/passwd", "a/../../x"):
+        with pytest.raises(TransferError):
+            _safe(tmp_path, bad)

@@ -166,7 +166,12 @@ def ssh(
 
     Example: cloudtrain ssh local -- nvidia-smi
     """
-    cdir = Store().resolve(cluster)
+    store = Store()
+    names = store.cluster_names()
+    if cluster is not None and cluster not in names and len(names) == 1:
+        # `cloudtrain ssh -- CMD` with one cluster: the first word is the command, not a cluster.
+        command, cluster = [cluster, *(command or [])], None
+    cdir = store.resolve(cluster)
     args, _ = _ssh_args(cdir, node)
     if command:
         args += ["--", *command]

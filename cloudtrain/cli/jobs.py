@@ -75,7 +75,10 @@ def logs(
     store = Store()
     record = JobRecord.load(store, job)
     local_log = Path(record.output) / "log.txt"
-    if record.status == "fetched" or record.cluster not in store.cluster_names():
+    gone = record.cluster not in store.cluster_names() or record.cluster_created_at not in (
+        None, store.cluster_dir(record.cluster).load().created_at
+    )  # a cluster made again under the same name never ran this job
+    if record.status in ("fetched", "abandoned") or gone:
         if not local_log.exists():
             raise BadInput(f"job {job}'s cluster is gone and its log is not in {record.output}", "nothing more can be fetched")
         sys.stdout.write(local_log.read_text(errors="replace"))

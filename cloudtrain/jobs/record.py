@@ -27,7 +27,8 @@ class JobRecord:
     env_keys: list[str]  # values are never recorded: they may be secrets
     workdir: str
     nodes: list[str]
-    status: str = "running"  # running | ended | fetched
+    cluster_created_at: float | None = None  # which incarnation of the named cluster ran it
+    status: str = "running"  # starting | running | ended | fetched | abandoned
     exit_code: int | None = None
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
@@ -43,6 +44,8 @@ class JobRecord:
         return cls(**store.load_job(job_id))
 
 
-def jobs_of(store: Store, cluster: str) -> list[JobRecord]:
+def jobs_of(store: Store, cluster: str, created_at: float) -> list[JobRecord]:
+    """Jobs that ran on this cluster: same name and same incarnation (a cluster made again
+    under an old name never ran the old one's jobs)."""
     records = [JobRecord.load(store, j) for j in store.job_ids()]
-    return [r for r in records if r.cluster == cluster]
+    return [r for r in records if r.cluster == cluster and r.cluster_created_at in (None, created_at)]

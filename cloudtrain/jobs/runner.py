@@ -80,7 +80,8 @@ class JobRunner:
     def submit(self, spec: JobSpec) -> JobRecord:
         job_id = new_job_id(spec.script)
         output = spec.output or (Path.cwd() / "runs" / job_id)
-        files = select_files(spec.workdir, exclude=[output])
+        # Earlier runs' outputs never travel back up, wherever they landed.
+        files = select_files(spec.workdir, exclude=[output, Path.cwd() / "runs"])
         record = JobRecord(
             job_id=job_id,
             cluster=self.cluster.name,
@@ -90,6 +91,7 @@ class JobRunner:
             env_keys=sorted(spec.env),
             workdir=str(spec.workdir),
             nodes=[n.name for n in self.cluster.nodes],
+            cluster_created_at=self.cdir.load().created_at,
             extra={"script_sha256": sha256_file(spec.script), "git": git_commit(spec.workdir), "files": len(files)},
         )
         record.status = "starting"
@@ -160,6 +162,7 @@ class JobRunner:
         try:
             paths = [NodePaths.of(r).job(record.job_id) for r in remotes]
             codes: list[int | None] = [None] * len(remotes)
+            first_failure: int | None = None  # before stopping the others turns them into 143s
             last_alive_check = time.monotonic()
             while True:
                 chunk = self._retrying(lambda: remotes[0].read_from(paths[0].log, offset))
@@ -175,6 +178,8 @@ class JobRunner:
                         if raw.strip():
                             codes[i] = int(raw.strip())
                 failed = [c for c in codes if c not in (None, 0)]
+                if failed and first_failure is None:
+                    first_failure = failed[0]
                 if all(c is not None for c in codes) or failed:
                     if failed and any(c is None for c in codes):
                         self.say("a node's job failed; stopping the job on the other nodes")
@@ -192,7 +197,7 @@ class JobRunner:
         finally:
             for r in remotes:
                 r.close()
-        code = next((c for c in codes if c != 0), 0)
+        code = first_failure if first_failure is not None else 0
         record.status = "ended"
         record.exit_code = code
         record.ended_at = time.time()
@@ -225,10 +230,27 @@ class JobRunner:
                 r.run(f"echo 137 > {q(paths[i].exit_code)}", check=False)
 
     def _stop(self, remotes: list[SshRemote], paths: list[JobPaths], codes: list[int | None]) -> None:
+        """TERM the job's process group, KILL it if it is still there after 10 s (a job that
+        traps TERM to checkpoint gets that long), and record 143 where it left no status."""
         q = shlex.quote
         for i, r in enumerate(remotes):
             if codes[i] is None:
-                r.run(f"kill -TERM -- -\"$(cat {q(paths[i].pid)})\" 2>/dev/null; sleep 1; test -e {q(paths[i].exit_code)} || echo 143 > {q(paths[i].exit_code)}", check=False)
+                pid, status = q(paths[i].pid), q(paths[i].exit_code)
+                r.run(
+                    f'p=$(cat {pid}); kill -TERM -- "-$p" 2>/dev/null; '
+                    f'for _ in $(seq 20); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.5; done; '
+                    f'kill -KILL -- "-$p" 2>/dev/null; test -e {status} || echo 143 > {status}',
+                    check=False,
+                )
+
+    def exit_codes(self, record: JobRecord) -> list[int | None]:
+        """Each node's exit status for the job, None where it is still running."""
+        codes: list[int | None] = []
+        for node in self.cluster.nodes:
+            with SshRemote(node, self.cluster.identity_file) as remote:
+                raw = remote.read_from(NodePaths.of(remote).job(record.job_id).exit_code, 0).strip()
+                codes.append(int(raw) if raw else None)
+        return codes
 
     def stop(self, record: JobRecord) -> None:
         """Stop a still-running job on every node (used by `down` before pulling what exists)."""

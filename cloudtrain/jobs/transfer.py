@@ -66,31 +66,54 @@ def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: 
 
 
 def remote_manifest(remote: SshRemote, remote_dir: str) -> dict[str, dict[str, object]]:
-    result = remote.run(f"test -d {shlex.quote(remote_dir)} && python3 - {shlex.quote(remote_dir)} || echo '{{}}'", stdin=_MANIFEST.encode())
+    """{relative path: {sha256, size}} of the regular files under `remote_dir` ({} when it is absent).
+
+    Symbolic links are not followed or sent: a link to a file elsewhere on the node would
+    bring home something the job did not write into its output folder."""
+    q = shlex.quote(remote_dir)
+    # if/else rather than `&& ||`: a failing python3 must fail here, not read as "no outputs".
+    result = remote.run(f"if test -d {q}; then python3 - {q}; else echo '{{}}'; fi", stdin=_MANIFEST.encode())
     return json.loads(result.stdout.strip().splitlines()[-1])
 
 
-def _extract(remote: SshRemote, remote_dir: str, dest: Path) -> None:
-    stream = remote.stream_stdout(f"tar cf - -C {shlex.quote(remote_dir)} .")
-    with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as tar:
-        # The "data" filter refuses absolute paths, links out of dest and device files.
-        tar.extractall(dest, filter="data")
+def _extract(remote: SshRemote, remote_dir: str, names: list[str], dest: Path) -> None:
+    # Exactly the manifest's files, listed on stdin: links and special files never travel.
+    listing = io.BytesIO(b"".join(name.encode() + b"\0" for name in names))
+    stream = remote.stream_stdout(f"tar cf - -C {shlex.quote(remote_dir)} --null --no-recursion -T -", stdin=listing)
+    try:
+        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as tar:
+            # The "data" filter refuses absolute paths, links out of dest and device files.
+            tar.extractall(dest, filter="data")
+    except (tarfile.TarError, OSError) as e:
+        raise TransferError(f"outputs from {remote.node.name} could not be unpacked into {dest}: {e}", "free space or fix the destination, then run `cloudtrain down` (or `logs JOB -f`) again; the files are still on the node") from e
+
+
+def _safe(dest: Path, rel: str) -> Path:
+    """`dest / rel`, refusing names that climb out of `dest` (the manifest comes from the node)."""
+    path = Path(rel)
+    if path.is_absolute() or ".." in path.parts:
+        raise TransferError(f"the node listed an output outside its folder: {rel!r}", "the node is not behaving; inspect it with `cloudtrain ssh`")
+    return dest / path
 
 
 def download_tree(remote: SshRemote, remote_dir: str, dest: Path) -> dict[str, dict[str, object]]:
     """Copy `remote_dir` into `dest`; return its manifest after checking every file's sha256."""
     manifest = remote_manifest(remote, remote_dir)
-    dest.mkdir(parents=True, exist_ok=True)
+    targets = {rel: _safe(dest, rel) for rel in manifest}
+    try:
+        dest.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise TransferError(f"cannot create the output folder {dest}: {e}", "choose another --output") from e
     if manifest:
         try:
-            _extract(remote, remote_dir, dest)
+            _extract(remote, remote_dir, list(manifest), dest)
         except RemoteError:
             # One more try on a fresh connection: paramiko can time out a key re-exchange that
             # falls on a channel close (every 512 MiB); the files are still on the node.
             remote.close()
-            _extract(remote, remote_dir, dest)
+            _extract(remote, remote_dir, list(manifest), dest)
     for rel, entry in manifest.items():
-        local = dest / rel
+        local = targets[rel]
         if local.is_file() and sha256_file(local) == entry["sha256"]:
             continue
         remote.get(f"{remote_dir}/{rel}", local)  # one more try, file by file

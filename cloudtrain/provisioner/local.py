@@ -161,9 +161,12 @@ class LocalProvisioner(Provisioner):
     def _stop_pidfile(pidfile: Path) -> None:
         try:
             pid = int(pidfile.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
         except (OSError, ValueError):
             return
-        _terminate([pid])
+        # A stale pid file (after a reboot) may name someone else's process: only ours is stopped.
+        if str(pidfile.parent / "sshd_config").encode() in cmdline:
+            _terminate([pid])
 
 
 def _kill_marked(root: str) -> None:

@@ -373,3 +373,23 @@ def test_ssh_with_only_a_command_uses_the_one_cluster(cluster: Cli) -> None:
     proc = cluster("ssh", "--", "echo", "only-$CLOUDTRAIN_NODE_ROOT")
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.startswith("only-/")
+
+
+def test_a_job_writing_cloudtrains_own_file_names_loses_nothing(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(
+        tmp_path / "proj", "names.py",
+        "import os\nout = os.environ['CLOUDTRAIN_OUTPUT_DIR']\nprint('to stdout', flush=True)\n"
+        "for name in ('log.txt', 'run.json', 'manifest.json'):\n    open(os.path.join(out, name), 'w').write('mine: ' + name)\n",
+    )
+    out = tmp_path / "out"
+    proc = cluster("run", str(script), "--output", str(out))
+    assert proc.returncode == 0, proc.stderr
+    assert (out / "log.from-job.txt").read_text() == "mine: log.txt"
+    assert (out / "run.from-job.json").read_text() == "mine: run.json"
+    assert (out / "manifest.from-job.json").read_text() == "mine: manifest.json"
+    assert (out / "rank-1" / "log.from-job.txt").read_text() == "mine: log.txt"
+    assert "to stdout" in (out / "log.txt").read_text()
+    assert json.loads((out / "run.json").read_text())["exit_code"] == 0
+    manifest = json.loads((out / "manifest.json").read_text())["files"]
+    assert {"log.from-job.txt", "run.from-job.json", "log.txt", "rank-1/log.from-job.txt"} <= set(manifest)
+    assert sha256_file(out / "log.from-job.txt") == manifest["log.from-job.txt"]["sha256"]

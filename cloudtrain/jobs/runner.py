@@ -8,6 +8,7 @@ log up again by offset and `collect` brings the outputs home whenever it is call
 from __future__ import annotations
 
 import json
+import os
 import shlex
 import sys
 import time
@@ -264,6 +265,18 @@ class JobRunner:
 
     # -- collect ----------------------------------------------------------------------------
 
+    def _set_aside_reserved(self, dest: Path, files: dict[str, dict[str, object]], rank: int) -> dict[str, dict[str, object]]:
+        """A job's own log.txt / run.json / manifest.json would be overwritten by cloudtrain's:
+        keep it as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
+        reserved = ("log.txt", "run.json", "manifest.json") if rank == 0 else ("log.txt",)
+        for name in reserved:
+            if name in files:
+                kept = Path(name).stem + ".from-job" + Path(name).suffix
+                os.replace(dest / name, dest / kept)
+                files[kept] = files.pop(name)
+                self.say(f"the job wrote its own {name}; kept as {kept} beside cloudtrain's")
+        return files
+
     def collect(self, record: JobRecord) -> Path:
         """Bring every node's outputs and log home, verified; write manifest.json and run.json."""
         output = Path(record.output)
@@ -273,7 +286,7 @@ class JobRunner:
             dest = output if rank == 0 else output / f"rank-{rank}"
             with SshRemote(node, self.cluster.identity_file) as remote:
                 job = NodePaths.of(remote).job(record.job_id)
-                files = transfer.download_tree(remote, job.out, dest)
+                files = self._set_aside_reserved(dest, transfer.download_tree(remote, job.out, dest), rank)
                 if remote.exists(job.log):
                     remote.get(job.log, dest / "log.txt")
                     files = {**files, "log.txt": {"sha256": sha256_file(dest / "log.txt"), "size": (dest / "log.txt").stat().st_size}}

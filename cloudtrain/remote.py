@@ -26,6 +26,9 @@ from cloudtrain.errors import CommandFailed, HostKeyMismatch, RemoteError
 from cloudtrain.machine import Node
 
 Sink = Callable[[bytes], None]
+# Tar streams move data continuously; this long without a byte means the peer is gone (a
+# dropped NAT mapping leaves TCP open and keepalives unanswered), so fail and retry.
+STALL_TIMEOUT = 300.0
 
 
 @dataclass(frozen=True)
@@ -221,6 +224,7 @@ class SshRemote:
         """Yield the stdout of `command` in chunks (for tar streams); raises on a non-zero exit."""
         try:
             channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+            channel.settimeout(STALL_TIMEOUT)  # a transfer silent this long is a dead peer, not a slow one
             channel.exec_command(env_prefix(env) + command)
             if stdin is not None:
                 while chunk := stdin.read(1 << 20):
@@ -244,6 +248,7 @@ class SshRemote:
         built), so nothing is staged in memory or on disk first."""
         try:
             channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+            channel.settimeout(STALL_TIMEOUT)
             channel.exec_command(env_prefix(env) + command)
             writer = io.BufferedWriter(_ChannelWriter(channel), 1 << 20)
             produce(writer)

@@ -393,3 +393,32 @@ def test_a_job_writing_cloudtrains_own_file_names_loses_nothing(cluster: Cli, tm
     manifest = json.loads((out / "manifest.json").read_text())["files"]
     assert {"log.from-job.txt", "run.from-job.json", "log.txt", "rank-1/log.from-job.txt"} <= set(manifest)
     assert sha256_file(out / "log.from-job.txt") == manifest["log.from-job.txt"]["sha256"]
+
+
+def test_a_silent_peer_fails_a_transfer_instead_of_hanging(cluster: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Freeze the node's side of the connection mid-stream (SIGSTOP: TCP stays open, nothing
+    moves, as with a dropped NAT mapping): the stream fails after the stall timeout."""
+    from cloudtrain import remote as remote_module
+    from cloudtrain.errors import RemoteError
+    from cloudtrain.state import Store
+
+    monkeypatch.setattr(remote_module, "STALL_TIMEOUT", 2.0)
+    record = Store(cluster.home).cluster_dir("local").load()
+    assert record.cluster is not None
+    listener = int((cluster.home / "clusters" / "local" / "provider" / "local-0" / "sshd.pid").read_text())
+    with remote_module.SshRemote(record.cluster.head, record.cluster.identity_file) as r:
+        before = set(_children(listener))
+        stream = r.stream_stdout("head -c 200000000 /dev/zero")
+        next(stream)
+        frozen = [p for p in _children(listener) if p not in before] or _children(listener)
+        for pid in frozen:
+            os.kill(pid, signal.SIGSTOP)
+        started = time.monotonic()
+        try:
+            with pytest.raises(RemoteError):
+                for _ in stream:
+                    pass
+        finally:
+            for pid in frozen:
+                os.kill(pid, signal.SIGCONT)
+        assert time.monotonic() - started < 30

@@ -180,9 +180,7 @@ class SshRemote:
         try:
             channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
             channel.exec_command(full)
-            if stdin is not None:
-                channel.sendall(stdin)
-            channel.shutdown_write()
+            _feed(channel, io.BytesIO(stdin or b""))
             code = self._pump(channel, out, err, on_stdout, on_stderr, timeout)
         except (OSError, paramiko.SSHException, EOFError) as e:
             self.close()
@@ -227,9 +225,9 @@ class SshRemote:
             channel.settimeout(STALL_TIMEOUT)  # a transfer silent this long is a dead peer, not a slow one
             channel.exec_command(env_prefix(env) + command)
             if stdin is not None:
-                while chunk := stdin.read(1 << 20):
-                    channel.sendall(chunk)
-            channel.shutdown_write()
+                _feed(channel, stdin)
+            else:
+                channel.shutdown_write()
             err = io.BytesIO()
             while chunk := channel.recv(1 << 20):
                 yield chunk
@@ -311,6 +309,20 @@ class SshRemote:
         except (OSError, paramiko.SSHException) as e:
             self.close()
             raise RemoteError(f"checking {self.node.name}:{remote} failed: {e}", "run it again") from e
+
+
+def _feed(channel: paramiko.Channel, data: IO[bytes]) -> None:
+    """Send `data` as the command's stdin, then end it.
+
+    A command may finish without reading its input (`test -d X || echo {}`): the node then
+    closes the channel under us, which is the command's business, not a lost connection."""
+    try:
+        while chunk := data.read(1 << 20):
+            channel.sendall(chunk)
+        channel.shutdown_write()
+    except OSError:
+        if not (channel.closed or channel.eof_received or channel.exit_status_ready()):
+            raise
 
 
 class _ChannelWriter(io.RawIOBase):

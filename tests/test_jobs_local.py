@@ -422,3 +422,19 @@ def test_a_silent_peer_fails_a_transfer_instead_of_hanging(cluster: Cli, monkeyp
             for pid in frozen:
                 os.kill(pid, signal.SIGCONT)
         assert time.monotonic() - started < 30
+
+
+def test_a_command_that_ignores_its_input_is_not_a_lost_connection(cluster: Cli) -> None:
+    """`test -d out && python3 - || echo {}` ends without reading the script sent on stdin; the
+    node closes the channel while we still send. That is the command's choice, not a failure
+    (it made a teardown `down` fail now and then before the fix)."""
+    from cloudtrain.remote import SshRemote
+    from cloudtrain.state import Store
+
+    record = Store(cluster.home).cluster_dir("local").load()
+    assert record.cluster is not None
+    payload = b"x" * 3_000_000  # more than the channel window: the send is still going on
+    with SshRemote(record.cluster.head, record.cluster.identity_file) as remote:
+        assert {remote.run("true", stdin=payload).exit_code for _ in range(20)} == {0}
+        outs = {remote.run("if test -d /nonexistent; then cat; else echo '{}'; fi", stdin=payload).stdout for _ in range(20)}
+    assert outs == {"{}\n"}

@@ -79,6 +79,16 @@ def _write(folder: Path, name: str, text: str) -> Path:
     return path
 
 
+def _head_remote(cluster: Cli):
+    """An SshRemote to the first node of the module's cluster, for checks below the CLI."""
+    from cloudtrain.remote import SshRemote
+    from cloudtrain.state import Store
+
+    record = Store(cluster.home).cluster_dir("local").load()
+    assert record.cluster is not None
+    return SshRemote(record.cluster.head, record.cluster.identity_file)
+
+
 def _job_dirs(cwd: Path) -> list[Path]:
     return sorted((cwd / "runs").iterdir()) if (cwd / "runs").exists() else []
 
@@ -321,12 +331,7 @@ def test_follow_survives_a_dropped_connection(cluster: Cli, tmp_path: Path) -> N
 def test_run_returns_all_output_even_when_exit_status_comes_first(cluster: Cli) -> None:
     """sshd may send a command's exit status before the last of its output; run() must wait
     for end-of-file. Reading up to the status truncated ~6% of 300 KB outputs before the fix."""
-    from cloudtrain.remote import SshRemote
-    from cloudtrain.state import Store
-
-    record = Store(cluster.home).cluster_dir("local").load()
-    assert record.cluster is not None
-    with SshRemote(record.cluster.head, record.cluster.identity_file) as remote:
+    with _head_remote(cluster) as remote:
         sizes = {len(remote.run("head -c 300000 /dev/zero | tr '\\0' x").stdout) for _ in range(60)}
         err = remote.run("head -c 200000 /dev/zero | tr '\\0' y >&2").stderr
     assert sizes == {300000}
@@ -400,13 +405,10 @@ def test_a_silent_peer_fails_a_transfer_instead_of_hanging(cluster: Cli, monkeyp
     moves, as with a dropped NAT mapping): the stream fails after the stall timeout."""
     from cloudtrain import remote as remote_module
     from cloudtrain.errors import RemoteError
-    from cloudtrain.state import Store
 
     monkeypatch.setattr(remote_module, "STALL_TIMEOUT", 2.0)
-    record = Store(cluster.home).cluster_dir("local").load()
-    assert record.cluster is not None
     listener = int((cluster.home / "clusters" / "local" / "provider" / "local-0" / "sshd.pid").read_text())
-    with remote_module.SshRemote(record.cluster.head, record.cluster.identity_file) as r:
+    with _head_remote(cluster) as r:
         before = set(_children(listener))
         stream = r.stream_stdout("head -c 200000000 /dev/zero")
         next(stream)
@@ -428,13 +430,8 @@ def test_a_command_that_ignores_its_input_is_not_a_lost_connection(cluster: Cli)
     """`test -d out && python3 - || echo {}` ends without reading the script sent on stdin; the
     node closes the channel while we still send. That is the command's choice, not a failure
     (it made a teardown `down` fail now and then before the fix)."""
-    from cloudtrain.remote import SshRemote
-    from cloudtrain.state import Store
-
-    record = Store(cluster.home).cluster_dir("local").load()
-    assert record.cluster is not None
     payload = b"x" * 3_000_000  # more than the channel window: the send is still going on
-    with SshRemote(record.cluster.head, record.cluster.identity_file) as remote:
+    with _head_remote(cluster) as remote:
         assert {remote.run("true", stdin=payload).exit_code for _ in range(20)} == {0}
         outs = {remote.run("if test -d /nonexistent; then cat; else echo '{}'; fi", stdin=payload).stdout for _ in range(20)}
     assert outs == {"{}\n"}

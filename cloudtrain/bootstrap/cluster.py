@@ -66,9 +66,9 @@ def bootstrap_cluster(cluster: Cluster, request: Request, cdir: ClusterDir) -> l
                 applier.fetch_logs(remote, cdir.logs_dir / node.name)
         (cdir.root / "facts").mkdir(exist_ok=True)
         (cdir.root / "facts" / f"{node.name}.json").write_text(json.dumps(facts, indent=2, sort_keys=True))
-        ran = [o.step.name for o in outcomes if o.status == "ran"]
-        say("ready" + (f" (ran: {', '.join(ran)})" if ran else " (nothing to do)"))
-        return NodeReport(node, facts, steps, outcomes)
+        report = NodeReport(node, facts, steps, outcomes)
+        say("ready" + (f" (ran: {', '.join(report.ran)})" if report.ran else " (nothing to do)"))
+        return report
 
     with ThreadPoolExecutor(max_workers=min(16, len(cluster.nodes))) as pool:
         return list(pool.map(one, cluster.nodes))

@@ -371,7 +371,7 @@ def test_earlier_runs_are_not_shipped_again(cluster: Cli) -> None:
         proc = cluster("run", "write.py", cwd=proj)
         assert proc.returncode == 0, proc.stderr
         shipped += [line for line in proc.stderr.splitlines() if "shipping" in line]
-    assert all("shipping 1 file(s)" in line for line in shipped), shipped
+    assert len(shipped) == 2 and all("shipping 1 file(s)" in line for line in shipped), shipped
 
 
 def test_ssh_with_only_a_command_uses_the_one_cluster(cluster: Cli) -> None:

@@ -341,12 +341,17 @@ def test_run_returns_all_output_even_when_exit_status_comes_first(cluster: Cli) 
 def test_first_failing_rank_sets_the_exit_code_and_the_others_are_stopped(cluster: Cli, tmp_path: Path) -> None:
     script = _write(
         tmp_path / "proj", "rank_fail.py",
-        "import os, sys, time\nif os.environ['CLOUDTRAIN_NODE_RANK'] == '1':\n    sys.exit(3)\ntime.sleep(120)\n",
+        "import os, sys, time\nif os.environ['CLOUDTRAIN_NODE_RANK'] == '1':\n"
+        "    print('rank 1 gives up: no data shard', file=sys.stderr)\n    sys.exit(3)\ntime.sleep(120)\n",
     )
     started = time.monotonic()
     proc = cluster("run", str(script))
     assert proc.returncode == 3, proc.stderr
+    # Only rank 0's log streams: the failing rank is named and its own last lines shown.
+    assert "local-1 (rank 1) exited 3" in proc.stderr
+    assert "[local-1] rank 1 gives up: no data shard" in proc.stderr
     assert "stopping the job on the other nodes" in proc.stderr
+    assert "local-0 (rank 0) exited" not in proc.stderr  # stopped by cloudtrain, not a failure
     assert time.monotonic() - started < 60  # rank 0 was stopped, not waited for
 
 

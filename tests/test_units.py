@@ -14,6 +14,7 @@ import pytest
 from cloudtrain import keys
 from cloudtrain.errors import BadInput, RemoteError
 from cloudtrain.jobs import metrics
+from cloudtrain.jobs.record import exit_meaning
 from cloudtrain.jobs.workdir import select_files
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
@@ -153,3 +154,13 @@ def test_outputs_named_outside_their_folder_are_refused(tmp_path: Path) -> None:
     for bad in ("../../.bashrc", "/etc/passwd", "a/../../x"):
         with pytest.raises(TransferError):
             _safe(tmp_path, bad)
+
+
+def test_exit_codes_from_a_signal_are_named() -> None:
+    # The node's run.sh records the shell's status: 128+N when the job died of signal N.
+    aborted = subprocess.run(["bash", "-c", f"{sys.executable} -c 'import os; os.abort()'; exit $?"]).returncode
+    assert aborted == 134
+    assert exit_meaning(aborted) == " (SIGABRT: the process aborted)"
+    killed = subprocess.run(["bash", "-c", "sleep 30 & kill -KILL $!; wait $!"]).returncode
+    assert "SIGKILL" in exit_meaning(killed) and "out-of-memory" in exit_meaning(killed)
+    assert exit_meaning(3) == exit_meaning(0) == exit_meaning(128) == ""

@@ -13,7 +13,7 @@ from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, JobFailed
 from cloudtrain.jobs import session
-from cloudtrain.jobs.record import JobRecord
+from cloudtrain.jobs.record import JobRecord, exit_meaning
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.layout import NodePaths
 from cloudtrain.remote import SshRemote
@@ -29,7 +29,7 @@ ArgsArg = typer.Argument(None, help="Arguments for the script, after --.")
 
 def _exit_with(code: int, record: JobRecord) -> None:
     if code != 0:
-        raise JobFailed(f"job {record.job_id} exited {code}", code, f"its log and outputs are in {record.output}")
+        raise JobFailed(f"job {record.job_id} exited {code}{exit_meaning(code)}", code, f"its log and outputs are in {record.output}")
 
 
 def _runner(store: Store, cluster: Optional[str]) -> JobRunner:

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import re
 import secrets
+import signal
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -15,6 +16,26 @@ from cloudtrain.state import Store
 def new_job_id(script: Path) -> str:
     stem = re.sub(r"[^a-z0-9]+", "-", script.stem.lower()).strip("-")[:24] or "job"
     return f"{stem}-{time.strftime('%Y%m%d-%H%M%S')}-{secrets.token_hex(2)}"
+
+
+_SIGNAL_HINTS = {
+    signal.SIGKILL: "killed; often the kernel's out-of-memory killer",
+    signal.SIGABRT: "the process aborted",
+    signal.SIGSEGV: "the process crashed",
+    signal.SIGTERM: "stopped",
+}
+
+
+def exit_meaning(code: int) -> str:
+    """' (SIGABRT: the process aborted)' for a shell's 128+N status, '' for anything else."""
+    if not 128 < code < 128 + signal.NSIG:
+        return ""
+    try:
+        sig = signal.Signals(code - 128)
+    except ValueError:
+        return ""
+    hint = _SIGNAL_HINTS.get(sig)
+    return f" ({sig.name}: {hint})" if hint else f" ({sig.name})"
 
 
 @dataclass

@@ -19,13 +19,15 @@ from typing import Callable
 from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError, CommandFailed, RemoteError
 from cloudtrain.jobs import metrics, transfer
-from cloudtrain.jobs.record import JobRecord, new_job_id
+from cloudtrain.jobs.record import JobRecord, exit_meaning, new_job_id
 from cloudtrain.jobs.workdir import git_commit, select_files, sha256_file, total_size
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
 from cloudtrain.spec import JobSpec
 from cloudtrain.state import ClusterDir, Store
+
+FAILURE_TAIL_LINES = 20  # of a failing rank's log, when it is not the streamed rank 0
 
 Say = Callable[[str], None]
 
@@ -178,12 +180,14 @@ class JobRunner:
                         raw = self._retrying(lambda r=r, p=paths[i]: r.read_from(p.exit_code, 0))
                         if raw.strip():
                             codes[i] = int(raw.strip())
-                failed = [c for c in codes if c not in (None, 0)]
+                failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
                 if failed and first_failure is None:
-                    first_failure = failed[0]
+                    first_failure = codes[failed[0]]
+                    for i in failed:  # the ranks that failed on their own, before any stop
+                        self._report_failure(remotes[i], paths[i], i, codes[i])  # type: ignore[arg-type]
                 if all(c is not None for c in codes) or failed:
                     if failed and any(c is None for c in codes):
-                        self.say("a node's job failed; stopping the job on the other nodes")
+                        self.say("stopping the job on the other nodes")
                         self._stop(remotes, paths, codes)
                         continue
                     tail = self._retrying(lambda: remotes[0].read_from(paths[0].log, offset))
@@ -215,6 +219,19 @@ class JobRunner:
                     raise
                 self.say("connection lost; reconnecting (the job keeps running on the node)")
                 time.sleep(2)
+
+    def _report_failure(self, remote: SshRemote, paths: JobPaths, rank: int, code: int) -> None:
+        """Name the failing node; show its log's tail unless it is rank 0's, already streamed."""
+        self.say(f"{remote.node.name} (rank {rank}) exited {code}{exit_meaning(code)}")
+        if rank == 0:
+            return
+        q = shlex.quote
+        try:
+            tail = remote.run(f"tail -n {FAILURE_TAIL_LINES} {q(paths.log)}", check=False).stdout
+        except RemoteError:
+            return  # the log still comes home with the outputs
+        for line in tail.splitlines():
+            self.say(f"  [{remote.node.name}] {line}")
 
     def _check_alive(self, remotes: list[SshRemote], paths: list[JobPaths], codes: list[int | None]) -> None:
         q = shlex.quote

@@ -1,6 +1,6 @@
 """Real MNIST digits for the cloudtrain examples, as numpy arrays (no framework needed).
 
-Shared by mnist.py, mnist_ddp.py (PyTorch) and mnist_keras.py (TensorFlow), which ship
+Shared by mnist.py, mnist_ddp.py (PyTorch), mnist_keras.py (TensorFlow) and mnist_jax.py (JAX), which ship
 together as one workdir, so a plain `import mnist_data` finds this file next to them.
 
 Sources:

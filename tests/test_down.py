@@ -4,6 +4,7 @@ started (detached jobs included), and leaves no node directory behind."""
 from __future__ import annotations
 
 import json
+import shutil
 import time
 from pathlib import Path
 
@@ -101,3 +102,33 @@ def test_jobs_belong_to_one_incarnation_of_a_cluster_name(tmp_path: Path) -> Non
     for job_id, created in (("old-job", 100.0), ("new-job", 200.0)):
         JobRecord(job_id, "local", str(tmp_path / job_id), "a.py", [], [], str(tmp_path), ["local-0"], cluster_created_at=created).save(store)
     assert [j.job_id for j in jobs_of(store, "local", 200.0)] == ["new-job"]
+
+
+def test_down_refuses_while_outputs_cannot_come_home_and_force_destroys(cli: Cli) -> None:
+    """The output folder became a file under a detached job: `down` keeps the cluster (and
+    its status) rather than lose the outputs; `--force` destroys anyway and says what was lost."""
+    assert cli("up", "--provider", "local", "--framework", "none", timeout=300).returncode == 0
+    script = cli.cwd / "sleeper.py"
+    script.write_text("import os, time\nopen(os.environ['CLOUDTRAIN_OUTPUT_DIR'] + '/a.txt', 'w').write('x')\ntime.sleep(3600)\n")
+    assert cli("run", str(script), "--detach", "--output", str(cli.cwd / "out" / "r1")).returncode == 0
+    job_id = json.loads(cli("status", "--json").stdout)["jobs"][0]["job_id"]
+    marker = f"CLOUDTRAIN_NODE_ROOT={cli.home / 'clusters' / 'local' / 'provider'}"
+    shutil.rmtree(cli.cwd / "out", ignore_errors=True)
+    (cli.cwd / "out").write_text("not a folder")
+
+    refused = cli("down", timeout=120)
+    assert refused.returncode == 1, refused.stderr
+    assert "Traceback" not in refused.stderr
+    assert "could not bring home the outputs of local" in refused.stderr and "add --force" in refused.stderr
+    status = json.loads(cli("status", "--json").stdout)
+    assert [c["status"] for c in status["clusters"]] == ["ready"]  # not left "destroying"
+    assert _sshd_pids_under(cli.home)
+
+    forced = cli("down", "--force", timeout=120)
+    assert forced.returncode == 0, forced.stderr
+    assert f"job {job_id}'s outputs were not brought home" in forced.stderr
+    status = json.loads(cli("status", "--json").stdout)
+    assert status["clusters"] == [] and status["jobs"][0]["status"] == "abandoned"
+    assert not _procs_with_env(marker), "the job outlived its cluster"
+    assert not _sshd_pids_under(cli.home)
+    assert (cli.cwd / "out").read_text() == "not a folder"  # the user's file is untouched

@@ -355,6 +355,36 @@ def test_first_failing_rank_sets_the_exit_code_and_the_others_are_stopped(cluste
     assert time.monotonic() - started < 60  # rank 0 was stopped, not waited for
 
 
+def test_a_rank_that_ignores_term_gets_its_grace_then_is_killed(cluster: Cli, tmp_path: Path) -> None:
+    """When rank 1 fails, rank 0 gets TERM; its handler checkpoints (and that comes home),
+    but it then ignores TERM, so KILL follows: nothing of the job is left running."""
+    script = _write(
+        tmp_path / "proj", "stubborn.py",
+        "import os, signal, sys, time\n"
+        "out = os.environ['CLOUDTRAIN_OUTPUT_DIR']\n"
+        "if os.environ['CLOUDTRAIN_NODE_RANK'] == '1':\n"
+        "    time.sleep(1)\n    sys.exit(4)\n"
+        "def on_term(signum, frame):\n"
+        "    open(os.path.join(out, 'checkpoint.txt'), 'w').write('saved on TERM')\n"
+        "signal.signal(signal.SIGTERM, on_term)\n"
+        "while True:\n    time.sleep(0.1)\n",
+    )
+    out = tmp_path / "out"
+    proc = cluster("run", str(script), "--output", str(out), timeout=300)
+    assert proc.returncode == 4, proc.stderr
+    job_id = json.loads((out / "run.json").read_text())["job_id"]
+    assert (out / "checkpoint.txt").read_text() == "saved on TERM"
+    marker = f"CLOUDTRAIN_JOB_ID={job_id}".encode()
+    left = []
+    for entry in Path("/proc").iterdir():
+        try:
+            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
+                left.append(int(entry.name))
+        except OSError:
+            pass
+    assert not left, f"processes of the job still running: {left}"
+
+
 def test_symlinks_in_outputs_stay_on_the_node_and_the_rest_comes_home(cluster: Cli, tmp_path: Path) -> None:
     script = _write(
         tmp_path / "proj", "links.py",

@@ -164,3 +164,26 @@ def test_exit_codes_from_a_signal_are_named() -> None:
     killed = subprocess.run(["bash", "-c", "sleep 30 & kill -KILL $!; wait $!"]).returncode
     assert "SIGKILL" in exit_meaning(killed) and "out-of-memory" in exit_meaning(killed)
     assert exit_meaning(3) == exit_meaning(0) == exit_meaning(128) == ""
+
+
+def test_a_stale_sshd_pid_file_stops_only_our_own_sshd(tmp_path: Path) -> None:
+    """After a reboot the pid in sshd.pid may belong to an unrelated process: it is left
+    alone; a process whose command line names this node's sshd_config is stopped."""
+    from cloudtrain.provisioner.local import LocalProvisioner
+
+    node_dir = tmp_path / "local-0"
+    node_dir.mkdir()
+    pidfile = node_dir / "sshd.pid"
+    stranger = subprocess.Popen(["sleep", "60"])
+    ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(node_dir / "sshd_config")])
+    try:
+        pidfile.write_text(f"{stranger.pid}\n")
+        LocalProvisioner._stop_pidfile(pidfile)
+        assert stranger.poll() is None, "an unrelated process was stopped"
+        pidfile.write_text(f"{ours.pid}\n")
+        LocalProvisioner._stop_pidfile(pidfile)
+        assert ours.wait(timeout=10) is not None
+    finally:
+        for p in (stranger, ours):
+            p.kill()
+            p.wait()

@@ -95,16 +95,23 @@ def apt_get():
                 sys.exit(100)
             packages["cuda-keyring"] = "1.1-1"
             continue
-        nvidia_repo = p.startswith(("cuda-", "nvidia-open", "cudnn"))
+        nvidia_repo = p.startswith(("cuda-", "nvidia-open", "nvidia-driver-pinning-", "cudnn"))
         if nvidia_repo and "cuda-keyring" not in packages:
             print(f"E: Unable to locate package {p}", file=sys.stderr)
             sys.exit(100)
         packages[p] = "1"
+        if p.startswith("nvidia-driver-pinning-"):
+            state["pinned"] = p.rsplit("-", 1)[1]
         if p in state["driver_packages"]:
             version = state["driver_packages"][p]
-            branch = version.split(".")[0]
             flavour = "-open" if p.startswith("nvidia-open") else ""
-            for dep in (f"nvidia-driver-{branch}{flavour}", f"libnvidia-compute-{branch}", f"nvidia-kernel-common-{branch}"):
+            if isinstance(version, dict):  # R590+ names carry no branch: the pinned one, else the newest
+                version = version.get(state.get("pinned") or "", max(version.values()))
+                deps = (f"nvidia-dkms{flavour}", "libnvidia-compute", "nvidia-kernel-common")
+            else:
+                branch = version.split(".")[0]
+                deps = (f"nvidia-driver-{branch}{flavour}", f"libnvidia-compute-{branch}", f"nvidia-kernel-common-{branch}")
+            for dep in deps:
                 packages[dep] = version
             state["installed_driver"] = version
         if p.startswith("cuda-toolkit-"):
@@ -270,8 +277,9 @@ class Sandbox:
             "secure_boot": secure_boot,
             "reboots": 0,
             # What installing each driver package from NVIDIA's repository gives.
+            # From R590 the names carry no branch: what comes depends on the pinning package.
             "driver_packages": {"nvidia-open-580": "580.95.05", "cuda-drivers-580": "580.95.05",
-                                "nvidia-open-590": "590.48.01", "nvidia-open-595": "595.58.03"},
+                                "nvidia-open": {"590": "590.48.01", "595": "595.58.03", "610": "610.12"}},
             "driver_cuda": DRIVER_CUDA,
         }
         self.save()

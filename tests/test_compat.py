@@ -47,7 +47,12 @@ def assert_consistent(res, gpu: str, fw: str, os: str) -> None:
     if res.driver_source == "install":
         branch = next(b for b in tables.branches() if b.name == res.driver)
         assert versions.at_least(branch.max_cuda, res.cuda), "driver branch too old for the toolkit"
-        assert res.driver_package == (f"nvidia-open-{res.driver}" if res.kernel_modules == "open" else f"cuda-drivers-{res.driver}")
+        if int(res.driver) <= 580:  # the branch is in the package name
+            assert res.driver_package == (f"nvidia-open-{res.driver}" if res.kernel_modules == "open" else f"cuda-drivers-{res.driver}")
+            assert res.driver_pin_package is None
+        else:  # R590+: unbranched names, the branch chosen by a pinning package
+            assert res.driver_package == ("nvidia-open" if res.kernel_modules == "open" else "cuda-drivers")
+            assert res.driver_pin_package == f"nvidia-driver-pinning-{res.driver}"
     else:
         assert versions.at_least(res.driver, info.min_driver), "kept a driver too old for the toolkit"
     assert res.kernel_modules == ("open" if versions.at_least(cc, "7.5") else "proprietary")

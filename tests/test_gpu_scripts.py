@@ -119,6 +119,25 @@ def test_bare_v100_on_24_04_gets_proprietary_modules_and_cuda_12(tmp_path: Path)
     assert e.value.hint == "use --cuda 12.6"
 
 
+def test_r590_and_later_pin_the_branch_before_the_unbranched_driver(tmp_path: Path) -> None:
+    """From R590 NVIDIA's Ubuntu packages drop the branch from their names (nvidia-open, not
+    nvidia-open-595): the branch CUDA 13.2 needs is chosen by installing its pinning package
+    first; without it apt would take whatever branch is newest."""
+    box = Sandbox(tmp_path, os_version="24.04", gpu=T4, packages=KERNEL_PKGS)
+    request = Request(FrameworkSpec("torch"), cuda="13.2", gpu="t4")
+    steps = plan(box, request)
+    assert "R595 with open kernel modules (nvidia-driver-pinning-595 then nvidia-open)" in steps[0].summary
+    install = gpu.framework_install(box.facts(), request)
+    assert install.index_url == "https://download.pytorch.org/whl/cu132"
+    box.fake_torch = {"version": install.requirements[0].split("==")[1] + "+cu132", "cuda": "13.2"}
+    ran = box.apply(steps)
+    assert all(r.returncode == 0 for r in ran), ran[-1].output
+    assert [i for i in box.installs() if not i.endswith(".deb")][2:] == [
+        "nvidia-driver-pinning-595", "nvidia-open", "cuda-toolkit-13-2", "cudnn9-cuda-13"]
+    assert {"nvidia-driver-pinning-595", "nvidia-open", "libnvidia-compute"} <= set(box.load()["held"])
+    assert report(ran[-1].output)["driver"] == "595.58.03"  # the pinned branch, not the newest (610)
+
+
 def test_reboot_and_resume_after_an_interrupted_driver_step(tmp_path: Path) -> None:
     box = Sandbox(tmp_path, gpu=T4)
     request = Request(FrameworkSpec("torch"), gpu="t4")

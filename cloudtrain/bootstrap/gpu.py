@@ -140,11 +140,12 @@ def _driver_step(res: Resolution, facts: dict[str, Any]) -> Step:
                     skip_reason=f"kept: driver {res.driver} already loaded (CUDA {res.cuda} needs >= {res.driver_min})")
     return Step(
         "nvidia-driver",
-        f"install NVIDIA driver R{res.driver} with {res.kernel_modules} kernel modules ({res.driver_package}) "
+        f"install NVIDIA driver R{res.driver} with {res.kernel_modules} kernel modules "
+        f"({res.driver_pin_package + ' then ' if res.driver_pin_package else ''}{res.driver_package}) "
         f"for {res.gpu}, hold driver and kernel packages, then reboot",
         script=script("nvidia-driver"),
         env=_env(res, facts, "nvidia-driver", CLOUDTRAIN_DRIVER_PACKAGE=res.driver_package or "",
-                 CLOUDTRAIN_KERNEL_MODULES=res.kernel_modules),
+                 CLOUDTRAIN_DRIVER_PIN=res.driver_pin_package or "", CLOUDTRAIN_KERNEL_MODULES=res.kernel_modules),
         reboot_after=True,
         sudo=True,
     )

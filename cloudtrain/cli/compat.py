@@ -38,7 +38,7 @@ def compat(
     driver_line = (
         f"{res.driver} (already on the node; CUDA {res.cuda} needs >= {res.driver_min})"
         if res.driver_source == "preinstalled"
-        else f"R{res.driver} via {res.driver_package} (>= {res.driver_min} for CUDA {res.cuda})"
+        else f"R{res.driver} via {(res.driver_pin_package + ' + ') if res.driver_pin_package else ''}{res.driver_package} (>= {res.driver_min} for CUDA {res.cuda})"
     )
     rows = [
         ("GPU", f"{res.gpu} (compute capability {res.compute_cap}) on {res.os}"),

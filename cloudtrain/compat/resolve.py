@@ -45,6 +45,7 @@ class Resolution:
     driver_min: str  # the oldest driver the chosen CUDA accepts
     driver_source: str  # "install" | "preinstalled"
     driver_package: str | None
+    driver_pin_package: str | None  # R590+: nvidia-driver-pinning-<branch>, installed first
     kernel_modules: str  # "open" | "proprietary"
     cuda: str  # toolkit "X.Y"
     cuda_source: str
@@ -302,12 +303,13 @@ def _build(gpu: Gpu, os_name: str, fw: FrameworkSpec, release: Release, version:
     assert info is not None
     notes = []
     if node.driver:
-        driver, driver_source, driver_package = node.driver, "preinstalled", None
+        driver, driver_source, driver_package, driver_pin = node.driver, "preinstalled", None, None
     else:
         branch = _branch_for(toolkit, gpu)
         assert branch is not None
         driver, driver_source = branch.name, "install"
         driver_package = branch.package(gpu.open_modules)
+        driver_pin = branch.pin_package
         if branch.supported_until:
             notes.append(f"driver branch R{branch.name} ({branch.kind}) is supported until {branch.supported_until}")
     cuda_kept = toolkit in node.cuda_toolkits
@@ -329,6 +331,7 @@ def _build(gpu: Gpu, os_name: str, fw: FrameworkSpec, release: Release, version:
         driver_min=info.min_driver,
         driver_source=driver_source,
         driver_package=driver_package,
+        driver_pin_package=driver_pin,
         kernel_modules="open" if gpu.open_modules else "proprietary",
         cuda=toolkit,
         cuda_source="preinstalled" if cuda_kept else "install",

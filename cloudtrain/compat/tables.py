@@ -107,9 +107,21 @@ class Branch:
     kind: str
     supported_until: str | None
 
+    @property
+    def branch_in_name(self) -> bool:
+        """Up to R580 the package names carry the branch; from R590 a pinning package picks it."""
+        return versions.key(self.name) <= versions.key(load("drivers")["branch_in_name_until"])
+
     def package(self, open_modules: bool) -> str:
         data = load("drivers")
-        return (data["open_package"] if open_modules else data["proprietary_package"]).format(branch=self.name)
+        if self.branch_in_name:
+            return (data["open_package"] if open_modules else data["proprietary_package"]).format(branch=self.name)
+        return data["open_package_unbranched"] if open_modules else data["proprietary_package_unbranched"]
+
+    @property
+    def pin_package(self) -> str | None:
+        """Installed before the driver from R590 on, so apt stays on this branch."""
+        return None if self.branch_in_name else load("drivers")["pin_package"].format(branch=self.name)
 
 
 def branches() -> list[Branch]:

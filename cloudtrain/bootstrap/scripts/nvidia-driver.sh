@@ -2,7 +2,9 @@
 # Step nvidia-driver: kernel headers, NVIDIA's repository, the driver branch with the planned
 # kernel-module flavour, then hold driver and kernel packages so unattended upgrades can't
 # break the DKMS module. The bootstrap reboots after this step (Step.reboot_after).
-# Inputs: CLOUDTRAIN_DRIVER_PACKAGE (nvidia-open-580 | cuda-drivers-580),
+# Inputs: CLOUDTRAIN_DRIVER_PACKAGE (nvidia-open-580 | cuda-drivers-580; from R590 on the
+# unbranched nvidia-open | cuda-drivers), CLOUDTRAIN_DRIVER_PIN (from R590 on:
+# nvidia-driver-pinning-<branch>, installed first so apt picks that branch; else empty),
 # CLOUDTRAIN_KERNEL_MODULES (open | proprietary), CLOUDTRAIN_MIN_DRIVER, CLOUDTRAIN_CUDA.
 
 hold_driver_and_kernel() {
@@ -70,6 +72,9 @@ apt_get update
 apt_get install --no-install-recommends "linux-headers-$(uname -r)" dkms
 blacklist_nouveau
 ensure_cuda_repo
+if [[ -n "${CLOUDTRAIN_DRIVER_PIN:-}" ]]; then
+    apt_get install "$CLOUDTRAIN_DRIVER_PIN"
+fi
 apt_get install "$CLOUDTRAIN_DRIVER_PACKAGE"
 hold_driver_and_kernel
 log "driver installed; the node reboots now to load it"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under
+from conftest import Cli, _sshd_pids_under, one_line_error
 
 from cloudtrain.jobs.workdir import sha256_file
 
@@ -217,6 +217,24 @@ def test_detached_job_survives_the_client_and_logs_follow_brings_it_home(cluster
     # And the plain log command reads it back after the fact.
     again = cluster("logs", job_id)
     assert again.returncode == 0 and "tick 5" in again.stdout
+
+
+def test_logs_rank_prints_another_nodes_log_live_and_after_it_came_home(cluster: Cli, tmp_path: Path) -> None:
+    script = _write(tmp_path / "proj", "ranks_echo.py", ECHO_SCRIPT)
+    assert cluster("run", str(script), "--detach").returncode == 0
+    status = json.loads(cluster("status", "--json").stdout)
+    job_id = [j for j in status["jobs"] if j["job_id"].startswith("ranks-echo-")][0]["job_id"]
+    deadline = time.monotonic() + 30
+    while "hello from rank 1" not in (live := cluster("logs", job_id, "--rank", "1")).stdout and time.monotonic() < deadline:
+        time.sleep(0.5)
+    assert live.returncode == 0 and "hello from rank 1" in live.stdout and "rank 0" not in live.stdout  # read on node 1
+    for bad, says in ((["--rank", "2"], "ran on 2 node(s); --rank 2"), (["-f", "--rank", "1"], "-f follows rank 0")):
+        refused = cluster("logs", job_id, *bad)
+        assert refused.returncode == 2 and says in one_line_error(refused)
+    assert cluster("logs", job_id, "-f").returncode == 0  # brings it home; the nodes are no longer asked
+    home = cluster("logs", job_id, "-r", "1")
+    assert home.returncode == 0 and home.stdout == (cluster.cwd / "runs" / job_id / "rank-1" / "log.txt").read_text()
+    assert "hello from rank 1" in home.stdout
 
 
 def test_second_bootstrap_runs_no_step(cluster: Cli) -> None:

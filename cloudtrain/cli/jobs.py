@@ -67,6 +67,7 @@ def run(
 def logs(
     job: str = typer.Argument(..., help="Job id (see `cloudtrain status`)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends, then bring outputs home."),
+    rank: int = typer.Option(0, "--rank", "-r", help="Whose log to print on a multi-node job (default 0, the one -f streams)."),
 ) -> None:
     """Print a job's log; with -f follow it to the end and bring its outputs home.
 
@@ -74,7 +75,11 @@ def logs(
     """
     store = Store()
     record = JobRecord.load(store, job)
-    local_log = Path(record.output) / "log.txt"
+    if not 0 <= rank < len(record.nodes):
+        raise BadInput(f"job {job} ran on {len(record.nodes)} node(s); --rank {rank} is not one of them", f"pass --rank 0..{len(record.nodes) - 1}")
+    if follow and rank != 0:
+        raise BadInput("-f follows rank 0's log, which decides when the job has ended", f"drop -f to print rank {rank}'s log so far")
+    local_log = Path(record.output) / (f"rank-{rank}/log.txt" if rank else "log.txt")
     gone = record.cluster not in store.cluster_names() or record.cluster_created_at not in (
         None, store.cluster_dir(record.cluster).load().created_at
     )  # a cluster made again under the same name never ran this job
@@ -85,7 +90,7 @@ def logs(
         return
     runner = _runner(store, record.cluster)
     if not follow:
-        with SshRemote(runner.cluster.head, runner.cluster.identity_file) as remote:
+        with SshRemote(runner.cluster.nodes[rank], runner.cluster.identity_file) as remote:
             path = NodePaths.of(remote).job(job).log
             offset = 0
             while chunk := remote.read_from(path, offset):

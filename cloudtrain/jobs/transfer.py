@@ -12,7 +12,7 @@ import json
 import shlex
 import tarfile
 from pathlib import Path
-from typing import Iterator
+from typing import BinaryIO, Iterator
 
 from cloudtrain.errors import RemoteError, TransferError
 from cloudtrain.jobs.workdir import sha256_file, write_tar
@@ -81,11 +81,27 @@ def _extract(remote: SshRemote, remote_dir: str, names: list[str], dest: Path) -
     listing = io.BytesIO(b"".join(name.encode() + b"\0" for name in names))
     stream = remote.stream_stdout(f"tar cf - -C {shlex.quote(remote_dir)} --null --no-recursion -T -", stdin=listing)
     try:
-        with tarfile.open(fileobj=io.BufferedReader(_ChunkReader(stream), 1 << 20), mode="r|") as tar:
-            # The "data" filter refuses absolute paths, links out of dest and device files.
-            tar.extractall(dest, filter="data")
+        unpack(io.BufferedReader(_ChunkReader(stream), 1 << 20), dest)
     except (tarfile.TarError, OSError) as e:
         raise TransferError(f"outputs from {remote.node.name} could not be unpacked into {dest}: {e}", "free space or fix the destination, then run `cloudtrain down` (or `logs JOB -f`) again; the files are still on the node") from e
+
+
+# Extraction filters came in Python 3.12 and in patch releases of older ones (3.11.4,
+# 3.10.12); Debian 12's 3.11.2 lacks them, so unpack() checks every member itself either way.
+_HAS_TAR_FILTERS = hasattr(tarfile, "data_filter")
+
+
+def unpack(stream: BinaryIO, dest: Path) -> None:
+    """Extract a tar stream into `dest`: regular files and folders only, none outside `dest`."""
+    with tarfile.open(fileobj=stream, mode="r|") as tar:
+        for member in tar:
+            if not (member.isreg() or member.isdir()):
+                raise TransferError(f"the node sent {member.name!r}, which is not a regular file", "the node is not behaving; inspect it with `cloudtrain ssh`")
+            _safe(dest, member.name)
+            if _HAS_TAR_FILTERS:
+                tar.extract(member, dest, filter="data")
+            else:
+                tar.extract(member, dest, set_attrs=False)  # no owners or odd modes from the node
 
 
 def _safe(dest: Path, rel: str) -> Path:

@@ -145,11 +145,11 @@ def down(store: Store, name: str | None, say: Say, force: bool = False) -> bool:
         except BaseException as e:
             record.status = was  # still usable, and `up` will not mistake it for half-destroyed
             cdir.save(record)
+            still_up = f"the cluster is still up; fix that and run `cloudtrain down --cluster {cdir.name}` again, or add --force to destroy anyway"
             if isinstance(e, CloudtrainError):
-                raise CloudtrainError(
-                    f"could not bring home the outputs of {cdir.name}: {e.message}",
-                    f"the cluster is still up; fix that and run `cloudtrain down --cluster {cdir.name}` again, or add --force to destroy anyway",
-                ) from e
+                raise CloudtrainError(f"could not bring home the outputs of {cdir.name}: {e.message}", still_up) from e
+            if isinstance(e, Exception):  # a bug: keep its traceback, but say what state things are in
+                say(f"bringing home the outputs of {cdir.name} failed unexpectedly; {still_up}")
             raise
         provisioners.get(record.spec.provider).destroy(cdir, record)
         cdir.remove()

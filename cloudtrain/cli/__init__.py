@@ -15,14 +15,9 @@ try:  # recent typer vendors click; older ones depend on it
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
-# Command modules register themselves on `app` when imported. The catalog and compat
-# modules belong to the cloud and GPU-stack work; until they exist they just don't register.
+# Command modules register themselves on `app` when imported.
 for _name in ("cluster", "jobs", "catalog", "compat"):
-    try:
-        importlib.import_module(f"cloudtrain.cli.{_name}")
-    except ModuleNotFoundError as _e:
-        if _e.name != f"cloudtrain.cli.{_name}":
-            raise
+    importlib.import_module(f"cloudtrain.cli.{_name}")
 
 
 def main(argv: list[str] | None = None) -> None:

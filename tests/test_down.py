@@ -4,6 +4,7 @@ started (detached jobs included), and leaves no node directory behind."""
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import time
 from pathlib import Path
@@ -132,3 +133,36 @@ def test_down_refuses_while_outputs_cannot_come_home_and_force_destroys(cli: Cli
     assert not _procs_with_env(marker), "the job outlived its cluster"
     assert not _sshd_pids_under(cli.home)
     assert (cli.cwd / "out").read_text() == "not a folder"  # the user's file is untouched
+
+
+def test_down_stops_a_child_the_job_started_with_an_empty_environment(cli: Cli) -> None:
+    """The environment mark misses a child started with env={} (a helper server, say); the
+    job's session (it starts with setsid) still ties that child to the node."""
+    assert cli("up", "--provider", "local", "--framework", "none", timeout=300).returncode == 0
+    script = cli.cwd / "spawner.py"
+    script.write_text(
+        "import subprocess\n"
+        "subprocess.Popen(['/bin/sleep', '3600.0417'], env={}, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)\n"
+        "print('started a helper', flush=True)\n"
+    )
+    assert cli("run", str(script)).returncode == 0
+
+    def helpers() -> list[int]:
+        found = []
+        for entry in Path("/proc").iterdir():
+            try:
+                if entry.name.isdigit() and b"3600.0417" in (entry / "cmdline").read_bytes():
+                    found.append(int(entry.name))
+            except OSError:
+                pass
+        return found
+
+    survivors = helpers()
+    assert survivors, "the helper should outlive the job"
+    assert all(b"CLOUDTRAIN_NODE_ROOT" not in Path(f"/proc/{p}/environ").read_bytes() for p in survivors)
+    try:
+        assert cli("down", timeout=120).returncode == 0
+        assert not helpers(), "down left the job's helper running"
+    finally:
+        for pid in helpers():
+            os.kill(pid, 9)

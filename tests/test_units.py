@@ -177,6 +177,9 @@ def test_a_stale_sshd_pid_file_stops_only_our_own_sshd(tmp_path: Path) -> None:
     stranger = subprocess.Popen(["sleep", "60"])
     ours = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)", str(node_dir / "sshd_config")])
     try:
+        deadline = time.monotonic() + 10  # until the child has exec'd: before, it shows our own command line
+        while str(node_dir).encode() not in Path(f"/proc/{ours.pid}/cmdline").read_bytes() and time.monotonic() < deadline:
+            time.sleep(0.01)
         pidfile.write_text(f"{stranger.pid}\n")
         LocalProvisioner._stop_pidfile(pidfile)
         assert stranger.poll() is None, "an unrelated process was stopped"
@@ -223,3 +226,35 @@ def test_unpack_takes_regular_files_and_refuses_links_and_escapes(tmp_path: Path
         with pytest.raises(TransferError):
             transfer.unpack(stream(bad), dest)
     assert not (tmp_path / "escaped.txt").exists()
+
+
+def test_a_job_session_id_is_trusted_only_where_it_cannot_be_someone_elses(tmp_path: Path) -> None:
+    """Pids are reused (pid_max is 32768 on small machines), so a job's recorded pid only
+    ties processes to the node when its session could not belong to anyone else."""
+    import os
+
+    from cloudtrain.provisioner.local_processes import JobSession, Proc, belongs, job_sessions
+
+    root = tmp_path / "root"
+    marker = f"CLOUDTRAIN_NODE_ROOT={root}".encode()
+    ours = b"PATH=/bin\0" + marker + b"\0"
+    job = JobSession(sid=4242, started=1000.0, ended=1100.0)
+    orphan = Proc(pid=5000, sid=4242, started=1050.0, environ=b"")  # env={} child; its leader has exited
+    assert belongs(orphan, marker, [job], [orphan])
+    assert belongs(Proc(6000, 1, 1.0, ours), marker, [], [])  # the environment mark alone suffices
+    later = Proc(pid=5001, sid=4242, started=1200.0, environ=b"")  # born after the job ended: a reused sid
+    assert not belongs(later, marker, [job], [later])
+    stranger_leader = Proc(pid=4242, sid=4242, started=1050.0, environ=b"PATH=/bin\0")
+    assert not belongs(orphan, marker, [job], [orphan, stranger_leader])
+    assert belongs(orphan, marker, [job], [orphan, Proc(4242, 4242, 1001.0, ours)])
+    assert not belongs(Proc(os.getpid(), 4242, 1050.0, ours), marker, [job], [])  # never cloudtrain itself
+
+    # Pid files: one written in this boot counts, one from before the last boot does not.
+    for job_id, pid, age in (("fresh", "4242", 0.0), ("stale", "4343", 10 * 365 * 86400.0)):
+        d = root / "jobs" / job_id
+        d.mkdir(parents=True)
+        (d / "pid").write_text(pid + "\n")
+        os.utime(d / "pid", (time.time() - age, time.time() - age))
+    (root / "jobs" / "fresh" / "exit_code").write_text("0\n")
+    [found] = job_sessions(root)
+    assert found.sid == 4242 and found.ended is not None

@@ -11,7 +11,6 @@ from __future__ import annotations
 import getpass
 import os
 import shutil
-import signal
 import socket
 import subprocess
 import time
@@ -21,6 +20,7 @@ from cloudtrain import keys
 from cloudtrain.errors import BadInput, MissingTool, ProvisionError
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.provisioner.base import Provisioner
+from cloudtrain.provisioner.local_processes import stop_node_processes, terminate
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, ClusterRecord
 
@@ -154,7 +154,7 @@ class LocalProvisioner(Provisioner):
         for entry in record.provider_state.get("node_dirs", []):
             node_dir = Path(entry)
             self._stop_pidfile(node_dir / "sshd.pid")
-            _kill_marked(str(node_dir / "root"))
+            stop_node_processes(node_dir / "root")
             shutil.rmtree(node_dir, ignore_errors=True)
 
     @staticmethod
@@ -166,58 +166,4 @@ class LocalProvisioner(Provisioner):
             return
         # A stale pid file (after a reboot) may name someone else's process: only ours is stopped.
         if str(pidfile.parent / "sshd_config").encode() in cmdline:
-            _terminate([pid])
-
-
-def _kill_marked(root: str) -> None:
-    """Stop every process started through this node's sessions: each carries the node's
-    CLOUDTRAIN_NODE_ROOT in its environment (sshd's SetEnv), detached jobs included."""
-    marker = f"CLOUDTRAIN_NODE_ROOT={root}".encode()
-    pids = []
-    for entry in Path("/proc").iterdir() if Path("/proc").is_dir() else []:
-        if not entry.name.isdigit() or int(entry.name) == os.getpid():
-            continue
-        try:
-            environ = (entry / "environ").read_bytes()
-        except OSError:
-            continue
-        if marker in environ.split(b"\0"):
-            pids.append(int(entry.name))
-    _terminate(pids)
-
-
-def _terminate(pids: list[int], grace: float = 5.0) -> None:
-    alive = []
-    for pid in pids:
-        try:
-            os.kill(pid, signal.SIGTERM)
-            alive.append(pid)
-        except ProcessLookupError:
-            pass
-    deadline = time.monotonic() + grace
-    while alive and time.monotonic() < deadline:
-        alive = [p for p in alive if _alive(p)]
-        if alive:
-            time.sleep(0.05)
-    for pid in alive:
-        try:
-            os.kill(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
-
-
-def _alive(pid: int) -> bool:
-    try:
-        # Reap it if it is our child (sshd daemonizes, so normally it is not).
-        os.waitpid(pid, os.WNOHANG)
-    except ChildProcessError:
-        pass
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().split(")")[-1].split()[0]
-        return state != "Z"
-    except OSError:
-        return True
+            terminate([pid])

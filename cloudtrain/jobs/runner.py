@@ -183,7 +183,7 @@ class JobRunner:
                 failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
                 if failed and first_failure is None:
                     first_failure = codes[failed[0]]
-                    for i in failed:  # the ranks that failed on their own, before any stop
+                    for i in failed if len(remotes) > 1 else []:  # ranks that failed on their own, before any stop
                         self._report_failure(remotes[i], paths[i], i, codes[i])  # type: ignore[arg-type]
                 if all(c is not None for c in codes) or failed:
                     if failed and any(c is None for c in codes):

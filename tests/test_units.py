@@ -258,3 +258,30 @@ def test_a_job_session_id_is_trusted_only_where_it_cannot_be_someone_elses(tmp_p
     (root / "jobs" / "fresh" / "exit_code").write_text("0\n")
     [found] = job_sessions(root)
     assert found.sid == 4242 and found.ended is not None
+
+
+def test_reusing_a_framework_preinstalled_in_a_venv_makes_it_importable(tmp_path: Path) -> None:
+    """Deep-learning images often install the framework in a venv that python3 resolves to.
+    A job venv made --system-site-packages from it would see only the base interpreter's
+    packages; the venv step names the parent venv's packages too. Real venvs, real bash."""
+    import os
+
+    from cloudtrain.bootstrap import gpu, plan
+
+    parent = tmp_path / "opt-pytorch"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(parent)], check=True)
+    purelib = subprocess.run([str(parent / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    Path(purelib, "preinstalled_fw.py").write_text("VERSION = '2.11.0+cu130'\n")
+
+    def job_venv(reuse: bool) -> subprocess.CompletedProcess:
+        venv = tmp_path / ("reusing" if reuse else "fresh")
+        step = plan._venv(gpu.Install((), system_site_packages=reuse))
+        env = {**os.environ, "PATH": f"{parent / 'bin'}:{os.environ['PATH']}", "CLOUDTRAIN_VENV": str(venv)}
+        ran = subprocess.run(["bash", "-c", "set -euo pipefail\n" + step.script], env=env, capture_output=True, text=True)
+        assert ran.returncode == 0, ran.stderr
+        return subprocess.run([str(venv / "bin/python"), "-c", "import preinstalled_fw; print(preinstalled_fw.VERSION)"],
+                              capture_output=True, text=True)
+
+    assert job_venv(reuse=True).stdout.strip() == "2.11.0+cu130"
+    assert job_venv(reuse=False).returncode != 0  # a fresh venv stays isolated

@@ -34,17 +34,32 @@ def _python_venv_package(facts: dict[str, Any]) -> Step:
     )
 
 
+# --system-site-packages reaches the base interpreter's packages only. Where python3 is itself
+# a venv (a deep-learning image's /opt/pytorch, say), its packages are named in a .pth file.
+_SEE_PARENT_VENV = (
+    'import site, sys\n'
+    'if sys.prefix != sys.base_prefix:\n'
+    '    print("\\n".join(site.getsitepackages()))\n'
+)
+_PURELIB = 'import sysconfig; print(sysconfig.get_paths()["purelib"])'
+
+
 def _venv(install: gpu.Install) -> Step:
     flag = " --system-site-packages" if install.system_site_packages else ""
+    script = (
+        'if [ ! -x "$CLOUDTRAIN_VENV/bin/python" ]; then\n'
+        f'  python3 -m venv{flag} "$CLOUDTRAIN_VENV"\n'
+        "fi\n"
+    )
+    if install.system_site_packages:
+        script += (
+            f'python3 -c {shlex.quote(_SEE_PARENT_VENV)} > "$("$CLOUDTRAIN_VENV/bin/python" -c {shlex.quote(_PURELIB)})/cloudtrain-preinstalled.pth"\n'
+        )
+    script += '"$CLOUDTRAIN_VENV/bin/python" -m pip --version\n'
     return Step(
         "venv",
         f"a Python virtual environment for jobs{' (reusing the preinstalled framework)' if flag else ''}",
-        script=(
-            'if [ ! -x "$CLOUDTRAIN_VENV/bin/python" ]; then\n'
-            f'  python3 -m venv{flag} "$CLOUDTRAIN_VENV"\n'
-            "fi\n"
-            '"$CLOUDTRAIN_VENV/bin/python" -m pip --version\n'
-        ),
+        script=script,
     )
 
 

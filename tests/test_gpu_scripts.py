@@ -322,3 +322,33 @@ def test_verify_names_a_real_cpu_only_tensorflow(tmp_path: Path) -> None:
     ran = box.run(verify, CLOUDTRAIN_VENV=venv, PYTHONPATH="")
     err = gpu.verify_failure(ran.output)
     assert ran.returncode == 3 and err is not None and err.layer == "framework-without-cuda", ran.output[-2000:]
+
+
+def test_cudnn_that_came_with_a_preinstalled_framework_is_kept(tmp_path: Path) -> None:
+    """An image whose only cuDNN is the pip package its torch brought (nvidia-cudnn-cu13):
+    the real probe, in a real venv, reports it, and the plan keeps it instead of reaching
+    for apt (which an offline image cannot)."""
+    import subprocess
+    import sys
+
+    from cloudtrain.bootstrap.node import probe as node_probe
+
+    venv = tmp_path / "opt-torch"
+    subprocess.run([sys.executable, "-m", "venv", "--without-pip", str(venv)], check=True)
+    purelib = subprocess.run([str(venv / "bin/python"), "-c", "import sysconfig; print(sysconfig.get_paths()['purelib'])"],
+                             capture_output=True, text=True, check=True).stdout.strip()
+    dist = Path(purelib, "nvidia_cudnn_cu13-9.10.2.21.dist-info")
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: nvidia-cudnn-cu13\nVersion: 9.10.2.21\n")
+    facts = json.loads(subprocess.run([str(venv / "bin/python"), node_probe.__file__], capture_output=True, text=True, check=True).stdout)
+    if Path("/usr/include/cudnn_version.h").exists() or "libcudnn" in subprocess.run(["ldconfig", "-p"], capture_output=True, text=True).stdout:
+        pytest.skip("this machine has a system cuDNN, which the probe rightly reports first")
+    assert facts["cudnn"] == "9.10.2.21"
+
+    box = Sandbox(tmp_path / "box", os_version="24.04", gpu={"name": "NVIDIA H200", "memory_mb": 143771, "cc": "9.0"},
+                  loaded="580.159.04", toolkits=("13.0",))
+    image = {**box.facts(), "cudnn": facts["cudnn"], "frameworks": {"torch": "2.11.0+cu130"}}
+    steps = gpu.gpu_steps(image, Request(FrameworkSpec("torch")))
+    assert [s.skip_reason is not None for s in steps] == [True, True, True], [s.plan_line() for s in steps]
+    assert "cuDNN 9.10.2.21" in steps[2].plan_line()
+    assert gpu.framework_install(image, Request(FrameworkSpec("torch"))).requirements == ()  # torch reused, nothing fetched

@@ -81,7 +81,15 @@ def cudnn():
         parts = [re.search(rf"#define CUDNN_{k}\s+(\d+)", text) for k in ("MAJOR", "MINOR", "PATCHLEVEL")]
         if all(parts):
             return ".".join(p.group(1) for p in parts)
-    return m.group(1) if m else None
+    if m:
+        return m.group(1)
+    # A framework's CUDA wheels bring cuDNN as a pip package; a deep-learning image may have no
+    # other, and the jobs that reuse that framework load this one.
+    for dist in ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12"):
+        found = sh(sys.executable, "-c", f"import importlib.metadata as m; print(m.version({dist!r}))")
+        if found and found.strip():
+            return found.strip()
+    return None
 
 
 def frameworks():

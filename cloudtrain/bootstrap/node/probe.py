@@ -5,6 +5,7 @@ The os-release path can be overridden (CLOUDTRAIN_OS_RELEASE) so tests can stage
 """
 
 import glob
+import importlib.metadata
 import json
 import os
 import platform
@@ -85,20 +86,24 @@ def cudnn():
         return m.group(1)
     # A framework's CUDA wheels bring cuDNN as a pip package; a deep-learning image may have no
     # other, and the jobs that reuse that framework load this one.
-    for dist in ("nvidia-cudnn-cu13", "nvidia-cudnn-cu12"):
-        found = sh(sys.executable, "-c", f"import importlib.metadata as m; print(m.version({dist!r}))")
-        if found and found.strip():
-            return found.strip()
-    return None
+    return dist_version("nvidia-cudnn-cu13") or dist_version("nvidia-cudnn-cu12")
+
+
+def dist_version(name):
+    """The installed version of a distribution this python3 sees (metadata only: nothing is
+    imported, so a broken or heavy package costs nothing), or None."""
+    try:
+        return importlib.metadata.version(name)
+    except importlib.metadata.PackageNotFoundError:
+        return None
 
 
 def frameworks():
     found = {}
     for name in ("torch", "tensorflow", "jax"):
-        code = f"import importlib.metadata as m; print(m.version({name!r}))"
-        out = sh(sys.executable, "-c", code)
-        if out and out.strip():
-            found[name] = out.strip()
+        version = dist_version(name)
+        if version:
+            found[name] = version
     return found
 
 

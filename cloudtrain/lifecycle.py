@@ -105,14 +105,7 @@ def bring_home_owed(store: Store, cdir: ClusterDir, record: ClusterRecord, say: 
             continue
         try:
             if job.status in ("running", "starting"):
-                codes = runner.exit_codes(job)
-                if any(c is None for c in codes):
-                    say(f"job {job.job_id} is still running; stopping it and bringing home what exists")
-                    runner.stop(job)
-                failed = [c for c in codes if c not in (None, 0)]
-                job.exit_code = failed[0] if failed else (0 if all(c == 0 for c in codes) else 143)
-                job.status = "ended"
-                job.save(store)
+                runner.end(job)
             path = runner.collect(job)
         except Exception as e:  # noqa: BLE001 - with force, any failure must not keep a VM alive
             if not force:

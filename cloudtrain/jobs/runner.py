@@ -270,8 +270,20 @@ class JobRunner:
                 codes.append(int(raw) if raw else None)
         return codes
 
+    def end(self, record: JobRecord) -> None:
+        """Record the exit code of a job nobody followed to its end (`down` before collecting),
+        stopping it first where it still runs: a failing rank's code, else 0, else 143."""
+        codes = self.exit_codes(record)
+        if any(c is None for c in codes):
+            self.say(f"job {record.job_id} is still running; stopping it and bringing home what exists")
+            self.stop(record)
+        failed = [c for c in codes if c not in (None, 0)]
+        record.exit_code = failed[0] if failed else (0 if all(c == 0 for c in codes) else 143)
+        record.status = "ended"
+        record.save(self.store)
+
     def stop(self, record: JobRecord) -> None:
-        """Stop a still-running job on every node (used by `down` before pulling what exists)."""
+        """Stop a still-running job on every node, keeping what it wrote."""
         remotes = [SshRemote(n, self.cluster.identity_file) for n in self.cluster.nodes]
         try:
             paths = [NodePaths.of(r).job(record.job_id) for r in remotes]

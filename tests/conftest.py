@@ -6,25 +6,31 @@ import os
 import subprocess
 import sys
 from pathlib import Path
+from typing import Callable
 
 import pytest
 
 REPO = Path(__file__).resolve().parent.parent
 
 
-def _sshd_pids_under(root: Path) -> list[int]:
-    """sshd daemons whose command line names a config under `root` (the local provider's)."""
+def pids_where(name: str, test: Callable[[bytes], bool]) -> list[int]:
+    """Processes whose /proc/PID/<name> (cmdline, environ, stat) passes `test`."""
     pids = []
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
-            cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
+            data = (entry / name).read_bytes()
         except OSError:
             continue
-        if "sshd" in cmd and str(root) in cmd:
+        if test(data):
             pids.append(int(entry.name))
     return pids
+
+
+def _sshd_pids_under(root: Path) -> list[int]:
+    """sshd daemons whose command line names a config under `root` (the local provider's)."""
+    return pids_where("cmdline", lambda cmd: b"sshd" in cmd and str(root).encode() in cmd)
 
 
 @pytest.fixture

@@ -15,23 +15,14 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Cli, _sshd_pids_under
+from conftest import REPO, Cli, _sshd_pids_under, pids_where
 
 pytestmark = pytest.mark.slow
 
 
 def _pids_mentioning(root: Path) -> list[int]:
     """Any process (sshd, the nodes' python) whose command line names a path under root."""
-    pids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                cmd = (entry / "cmdline").read_bytes().replace(b"\0", b" ").decode(errors="replace")
-            except OSError:
-                continue
-            if str(root) in cmd:
-                pids.append(int(entry.name))
-    return pids
+    return pids_where("cmdline", lambda cmd: str(root).encode() in cmd)
 
 
 def test_ddp_two_nodes_train_in_sync_on_disjoint_shards(cli: Cli) -> None:

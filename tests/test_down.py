@@ -9,19 +9,11 @@ import shutil
 import time
 from pathlib import Path
 
-from conftest import Cli, _sshd_pids_under
+from conftest import Cli, _sshd_pids_under, pids_where
 
 
 def _procs_with_env(marker: str) -> list[int]:
-    found = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                if marker.encode() in (entry / "environ").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-    return found
+    return pids_where("environ", lambda env: marker.encode() in env)
 
 
 def test_down_collects_a_running_detached_job_and_stops_everything(cli: Cli) -> None:
@@ -148,14 +140,7 @@ def test_down_stops_a_child_the_job_started_with_an_empty_environment(cli: Cli) 
     assert cli("run", str(script)).returncode == 0
 
     def helpers() -> list[int]:
-        found = []
-        for entry in Path("/proc").iterdir():
-            try:
-                if entry.name.isdigit() and b"3600.0417" in (entry / "cmdline").read_bytes():
-                    found.append(int(entry.name))
-            except OSError:
-                pass
-        return found
+        return pids_where("cmdline", lambda cmd: b"3600.0417" in cmd)
 
     survivors = helpers()
     assert survivors, "the helper should outlive the job"

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under, one_line_error
+from conftest import Cli, _sshd_pids_under, one_line_error, pids_where
 
 from cloudtrain.jobs.workdir import sha256_file
 
@@ -306,16 +306,7 @@ def test_wrong_pinned_key_is_refused_by_openssh_and_by_cloudtrain(cluster: Cli, 
 
 
 def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:
-                kids.append(int(entry.name))
-    return kids
+    return pids_where("stat", lambda stat: int(stat.rsplit(b")", 1)[1].split()[1]) == pid)
 
 
 def test_follow_survives_a_dropped_connection(cluster: Cli, tmp_path: Path) -> None:
@@ -393,13 +384,7 @@ def test_a_rank_that_ignores_term_gets_its_grace_then_is_killed(cluster: Cli, tm
     job_id = json.loads((out / "run.json").read_text())["job_id"]
     assert (out / "checkpoint.txt").read_text() == "saved on TERM"
     marker = f"CLOUDTRAIN_JOB_ID={job_id}".encode()
-    left = []
-    for entry in Path("/proc").iterdir():
-        try:
-            if entry.name.isdigit() and marker in (entry / "environ").read_bytes():
-                left.append(int(entry.name))
-        except OSError:
-            pass
+    left = pids_where("environ", lambda env: marker in env)
     assert not left, f"processes of the job still running: {left}"
 
 

@@ -378,9 +378,9 @@ class Sandbox:
             ran.append(result)
             if result.returncode != 0:
                 break
-            self.fingerprints[step.name] = step.fingerprint
             if step.reboot_after:
                 self.reboot()
+            self.fingerprints[step.name] = step.fingerprint
         return ran
 
 

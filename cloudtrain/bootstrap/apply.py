@@ -16,11 +16,14 @@ from pathlib import Path
 from typing import Any, Callable
 
 from cloudtrain.bootstrap.steps import Step
-from cloudtrain.errors import BootstrapError, CommandFailed, RemoteError
+from cloudtrain.errors import BootstrapError, CommandFailed, HostKeyMismatch, RemoteError
 from cloudtrain.layout import NodePaths
 from cloudtrain.remote import SshRemote
 
 Say = Callable[[str], None]
+# A GPU VM's reboot (shutdown, firmware, a new kernel module) takes one to a few minutes.
+REBOOT_TIMEOUT = 900.0
+REBOOT_POLL = 5.0
 
 
 @dataclass(frozen=True)
@@ -53,12 +56,14 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
         say(f"{step.name}: {step.summary} ...")
         started = time.monotonic()
         _run_step(remote, paths, index, step, facts)
+        say(f"{step.name}: done in {time.monotonic() - started:.1f}s")
+        if step.reboot_after:
+            # Recorded only once the node is back: a step whose reboot never happened is
+            # not done, so the next bootstrap runs it (idempotently) and reboots again.
+            _reboot(remote, facts, say)
         state[step.name] = step.fingerprint
         remote.write_text(paths.state, json.dumps(state, indent=2, sort_keys=True))
         outcomes.append(Outcome(step, "ran", time.monotonic() - started))
-        say(f"{step.name}: done in {time.monotonic() - started:.1f}s")
-        if step.reboot_after:
-            _reboot(remote, facts, say)
     return outcomes
 
 
@@ -85,7 +90,19 @@ def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts
         ) from e
 
 
+def _boot_id(remote: SshRemote) -> str:
+    # CLOUDTRAIN_SYSROOT prefixes the files the bootstrap reads, as in common.sh.
+    return remote.run('cat "${CLOUDTRAIN_SYSROOT:-}/proc/sys/kernel/random/boot_id"', timeout=30).stdout.strip()
+
+
 def _reboot(remote: SshRemote, facts: dict[str, Any], say: Say) -> None:
+    """Reboot the node and return once it answers from a new boot.
+
+    Waiting a fixed time is not enough: shutdown can take longer (unattended-upgrades holds it
+    while it finishes), and a reconnect to the old boot would start the next step just before
+    the node goes down under it. So the boot id must change.
+    """
+    before = _boot_id(remote)
     say("rebooting; will reconnect and resume")
     runner = "" if facts.get("is_root") else "sudo -n "
     try:
@@ -94,16 +111,34 @@ def _reboot(remote: SshRemote, facts: dict[str, Any], say: Say) -> None:
     except RemoteError:
         pass  # the node went down mid-command, as intended
     remote.close()
-    time.sleep(15)
-    remote.client()  # retries with backoff until the node answers again
+    deadline = time.monotonic() + REBOOT_TIMEOUT
+    old_boot_answers = True
+    while time.monotonic() < deadline:
+        time.sleep(REBOOT_POLL)
+        try:
+            if _boot_id(remote) != before:
+                return
+            old_boot_answers = True
+        except HostKeyMismatch:
+            raise  # another machine answering is never "back"
+        except RemoteError:
+            old_boot_answers = False  # going down, down, or not yet answering
+        remote.close()  # still the old boot, or a dead connection: ask afresh
+    minutes = f"{REBOOT_TIMEOUT / 60:.0f} minutes"
+    if old_boot_answers:
+        message = f"{remote.node.name} did not reboot: after {minutes} it still answers from the same boot"
+        hint = f"reboot it by hand (`cloudtrain ssh -- {runner}reboot`), then `cloudtrain bootstrap` resumes"
+    else:
+        message = f"{remote.node.name} did not come back from its reboot within {minutes}"
+        hint = "check the machine in its cloud's console; once it answers, `cloudtrain bootstrap` resumes"
+    raise BootstrapError(message, hint, layer="reboot")
 
 
 def fetch_logs(remote: SshRemote, dest: Path) -> None:
     """Bring the node's bootstrap logs home (best effort: a missing folder just means no steps ran)."""
-    paths = NodePaths.of(remote)
     try:
-        names = remote.sftp().listdir(paths.logs)
-    except OSError:
-        return
-    for name in names:
-        remote.get(f"{paths.logs}/{name}", dest / name)
+        paths = NodePaths.of(remote)
+        for name in remote.sftp().listdir(paths.logs):
+            remote.get(f"{paths.logs}/{name}", dest / name)
+    except (OSError, RemoteError):
+        pass  # it runs after a failure too, which an unreachable node must not hide

@@ -1,7 +1,7 @@
 """A sandbox where the GPU step scripts run for real with bash, against stand-in system commands.
 
 This machine has no NVIDIA GPU, so nvidia-smi, lspci, apt-get, apt-mark, dpkg-query, fuser,
-modprobe, reboot, update-initramfs, uname, curl and mokutil are stand-ins: one Python program
+modprobe, modinfo, reboot, update-initramfs, uname, curl and mokutil are stand-ins: one Python program
 (STANDIN below) under each name, first on PATH. They record every call and answer from a
 state file that plays the machine: which packages are installed, whether a driver module is
 loaded (only after a reboot following its install), whether unattended-upgrades holds the
@@ -27,7 +27,7 @@ from cloudtrain.bootstrap.steps import Step
 
 STANDINS = (
     "nvidia-smi", "lspci", "apt-get", "apt-mark", "dpkg-query", "fuser", "modprobe", "reboot",
-    "update-initramfs", "uname", "curl", "mokutil",
+    "update-initramfs", "uname", "curl", "mokutil", "modinfo",
 )
 REAL_TOOLS = ("bash", "cat", "date", "tee", "sort", "head", "mkdir", "mktemp", "rm", "dirname", "sleep", "env")
 
@@ -176,9 +176,18 @@ def mokutil():
     out("SecureBoot enabled" if state.get("secure_boot") else "SecureBoot disabled")
 
 
+def modinfo():
+    # `modinfo -F version nvidia`: the installed module's version, loaded or not.
+    if not state.get("installed_driver"):
+        print("modinfo: ERROR: Module nvidia not found.", file=sys.stderr)
+        sys.exit(1)
+    out(state["installed_driver"])
+
+
 handlers = {
     "nvidia-smi": nvidia_smi, "apt-get": apt_get, "dpkg-query": dpkg_query, "apt-mark": apt_mark,
     "fuser": fuser, "lspci": lspci, "reboot": reboot, "uname": uname, "curl": curl, "mokutil": mokutil,
+    "modinfo": modinfo,
 }
 handlers.get(name, lambda: None)()
 '''

@@ -2,7 +2,8 @@
 
 See tests/gpu_sandbox.py for what is stood in and how. Scenarios: bare T4 on Ubuntu 22.04,
 bare V100 on 24.04, a deep-learning image with driver 580 and CUDA 12.9, a driver too old for
-the requested CUDA, and no GPU; plus lock waiting, reboot-and-resume and idempotence.
+the requested CUDA, and no GPU; plus lock waiting, a driver installed at first boot by the
+image, reboot-and-resume and idempotence.
 """
 
 from __future__ import annotations
@@ -157,6 +158,35 @@ def test_reboot_and_resume_after_an_interrupted_driver_step(tmp_path: Path) -> N
     box.reboot()
     assert [box.run(s).returncode for s in (toolkit, cudnn, verify)] == [0, 0, 0]
     assert box.load()["loaded"] == "580.95.05"
+
+
+def test_a_first_boot_driver_install_is_waited_for_and_kept_not_doubled(tmp_path: Path) -> None:
+    # A deep-learning image whose own installer (GCP's install-nvidia-driver) still holds the
+    # dpkg lock when cloudtrain probes, and leaves its driver installed but not yet loaded.
+    box = Sandbox(tmp_path, gpu=T4, lock_busy=2, packages={"nvidia-driver-580-open": "580.82.07"})
+    request = Request(FrameworkSpec("torch"), gpu="t4")
+    driver, toolkit, cudnn, verify = plan(box, request)
+    assert driver.needed  # the probe saw no driver loaded
+    box.set(installed_driver="580.82.07")
+    ran = box.run(driver)
+    assert ran.returncode == 0, ran.output
+    # It waited for the lock before deciding, then installed nothing beside the image's driver.
+    names = [c[0] for c in box.calls()]
+    assert names.index("fuser") < names.index("modinfo") and len(box.commands("fuser")) >= 3 and box.installs() == []
+    assert "driver 580.82.07 is installed but not loaded yet; the reboot that follows loads it" in ran.output
+    box.reboot()
+    assert [box.run(s).returncode for s in (toolkit, cudnn, verify)] == [0, 0, 0]
+    assert box.load()["loaded"] == "580.82.07"
+
+    # An image driver too old for the planned CUDA is refused before any reboot, not replaced.
+    old = Sandbox(tmp_path / "old", gpu=T4, packages={"nvidia-driver-535": "535.247.01"})
+    driver = plan(old, request)[0]
+    old.set(installed_driver="535.247.01")
+    refused = old.run(driver)
+    assert refused.returncode == 1 and old.installs() == []
+    assert refused.output.strip().splitlines()[-1].startswith(
+        "nvidia-driver: error: driver 535.247.01 is installed (not yet loaded) but CUDA 13.0 needs >= 580.65.06; "
+        "cloudtrain never replaces a driver it did not install")
 
 
 def test_waits_for_the_dpkg_lock_held_by_unattended_upgrades(tmp_path: Path) -> None:

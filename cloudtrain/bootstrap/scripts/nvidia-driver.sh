@@ -50,6 +50,9 @@ secure_boot_check() {
 
 os_check
 nvidia_pci || die "no NVIDIA GPU visible: lspci -n shows no 10de device (is a GPU attached to this VM?)"
+# Whatever installs at first boot (unattended-upgrades, the cloud's own driver installer)
+# finishes before anything here is decided.
+wait_for_apt
 
 if driver_loaded; then
     have="$(driver_version)"
@@ -60,10 +63,16 @@ if driver_loaded; then
     die "driver $have is loaded but CUDA $CLOUDTRAIN_CUDA needs >= $CLOUDTRAIN_MIN_DRIVER; cloudtrain never replaces a driver it did not install: use an image with a newer driver or an older --cuda (see: cloudtrain compat --driver $have)"
 fi
 
-if pkg_installed "$CLOUDTRAIN_DRIVER_PACKAGE"; then
-    # Installed by an earlier run that was cut off before its reboot: the reboot loads it.
-    log "$CLOUDTRAIN_DRIVER_PACKAGE is installed but not loaded yet; the reboot that follows loads it"
-    exit 0
+# A driver installed but not loaded yet: ours, from a run cut off before its reboot, or the
+# image's own first-boot install (GCP's install-nvidia-driver). The reboot loads it; installing
+# a second one beside it would fight it.
+installed="$(modinfo -F version nvidia 2>/dev/null || true)"
+if [[ -n "$installed" ]]; then
+    if version_ge "$installed" "$CLOUDTRAIN_MIN_DRIVER"; then
+        log "driver $installed is installed but not loaded yet; the reboot that follows loads it"
+        exit 0
+    fi
+    die "driver $installed is installed (not yet loaded) but CUDA $CLOUDTRAIN_CUDA needs >= $CLOUDTRAIN_MIN_DRIVER; cloudtrain never replaces a driver it did not install: use an image with a newer driver or an older --cuda (see: cloudtrain compat --driver $installed)"
 fi
 
 secure_boot_check

@@ -9,7 +9,8 @@ image, reboot-and-resume and idempotence.
 from __future__ import annotations
 
 import json
-import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -340,27 +341,39 @@ def test_verify_output_mapping() -> None:
     assert gpu.parse_verify("cloudtrain-verify {broken") is None and gpu.verify_failure("") is None
 
 
+@pytest.fixture(scope="module")
+def cpu_frameworks(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One venv with real CPU builds of all three frameworks (about a minute from the registry)."""
+    venv = tmp_path_factory.mktemp("cpu-frameworks") / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
+    # torch pinned: unpinned, pip would fetch the multi-GB CUDA build.
+    proc = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "torch==2.13.0", "jax", "tensorflow-cpu"],
+                          capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return venv
+
+
 @pytest.mark.slow
-def test_verify_names_a_real_cpu_only_tensorflow(tmp_path: Path) -> None:
-    """The verify script against a real tensorflow-cpu (no stand-in framework): set
-    CLOUDTRAIN_TEST_TF_VENV to a venv holding it, e.g. python -m venv v && v/bin/pip install tensorflow-cpu."""
-    venv = os.environ.get("CLOUDTRAIN_TEST_TF_VENV")
-    if not venv or not (Path(venv) / "bin/python").exists():
-        pytest.skip("CLOUDTRAIN_TEST_TF_VENV names no venv with tensorflow-cpu")
+@pytest.mark.parametrize("framework, message", [
+    ("torch", "torch 2.13.0+cpu is built without CUDA (a CPU wheel)"),
+    ("tensorflow", "is built without CUDA (tensorflow-cpu?); install tensorflow[and-cuda]"),
+    ("jax", "has no CUDA plugin; install jax[cuda12] or jax[cuda13]"),
+])
+def test_verify_names_a_real_cpu_build_of_each_framework(cpu_frameworks: Path, tmp_path: Path, framework: str, message: str) -> None:
+    """The verify script's framework checks against the real frameworks, not the stand-in torch:
+    each CPU build is named as such, with the layer, and nothing crashes on an API it calls."""
     box = Sandbox(tmp_path, gpu=T4, loaded="580.95.05", toolkits=("12.5",))
-    verify = gpu.verify_step(box.facts(), Request(FrameworkSpec("tensorflow"), gpu="t4"))
-    ran = box.run(verify, CLOUDTRAIN_VENV=venv, PYTHONPATH="")
-    err = gpu.verify_failure(ran.output)
+    verify = gpu.verify_step(box.facts(), Request(FrameworkSpec(framework), gpu="t4"))
+    ran = box.run(verify, CLOUDTRAIN_VENV=str(cpu_frameworks), PYTHONPATH="")
+    err = gpu.verify_failure(ran.output, "node-0")
     assert ran.returncode == 3 and err is not None and err.layer == "framework-without-cuda", ran.output[-2000:]
+    assert message in err.message and "node-0" in err.message and "Traceback" not in ran.output
 
 
 def test_cudnn_that_came_with_a_preinstalled_framework_is_kept(tmp_path: Path) -> None:
     """An image whose only cuDNN is the pip package its torch brought (nvidia-cudnn-cu13):
     the real probe, in a real venv, reports it, and the plan keeps it instead of reaching
     for apt (which an offline image cannot)."""
-    import subprocess
-    import sys
-
     from cloudtrain.bootstrap.node import probe as node_probe
 
     venv = tmp_path / "opt-torch"

@@ -9,6 +9,7 @@ image, reboot-and-resume and idempotence.
 from __future__ import annotations
 
 import json
+import os
 import subprocess
 import sys
 from pathlib import Path
@@ -284,17 +285,22 @@ def test_no_gpu(tmp_path: Path) -> None:
     # A GPU was rented but none is attached: planning says so, naming the layer.
     with pytest.raises(BootstrapError) as e:
         plan(box, Request(FrameworkSpec("torch"), gpu="t4"))
-    assert e.value.layer == "no-gpu" and "lspci shows no NVIDIA device" in e.value.message
+    assert e.value.layer == "no-gpu" and "no PCI device from NVIDIA (vendor 10de)" in e.value.message
     # The scripts check for themselves too.
     steps = plan(Sandbox(tmp_path / "gpu", gpu=T4), Request(FrameworkSpec("torch"), gpu="t4"))
     ran = box.run(steps[0])
     assert ran.returncode == 1 and box.installs() == []
     assert ran.output.strip().splitlines()[-1] == (
-        "nvidia-driver: error: no NVIDIA GPU visible: lspci -n shows no 10de device (is a GPU attached to this VM?)"
+        "nvidia-driver: error: no NVIDIA GPU visible: no PCI device from NVIDIA (vendor 10de) is attached (is a GPU attached to this VM?)"
     )
     checked = box.run(steps[-1])
     err = gpu.verify_failure(checked.output)
     assert checked.returncode == 3 and err is not None and err.layer == "no-gpu"
+    # A GPU that only sysfs shows (a minimal image has no lspci) is seen: the driver goes in.
+    vendor = box.root / "sys/bus/pci/devices/0000:00:1e.0/vendor"
+    vendor.parent.mkdir(parents=True)
+    vendor.write_text("0x10de\n")
+    assert box.run(steps[0]).returncode == 0 and "nvidia-open-580" in box.installs()
     # Without a GPU asked for, it is a CPU node and nothing GPU-related is planned.
     facts = box.facts()
     cpu = Request(FrameworkSpec("torch"))
@@ -368,6 +374,27 @@ def test_verify_names_a_real_cpu_build_of_each_framework(cpu_frameworks: Path, t
     err = gpu.verify_failure(ran.output, "node-0")
     assert ran.returncode == 3 and err is not None and err.layer == "framework-without-cuda", ran.output[-2000:]
     assert message in err.message and "node-0" in err.message and "Traceback" not in ran.output
+
+
+def test_the_real_probe_sees_an_nvidia_pci_device_in_sysfs(tmp_path: Path) -> None:
+    """The probe finds a GPU with no driver through sysfs, without lspci, as on a minimal image."""
+    from cloudtrain.bootstrap.node import probe as node_probe
+
+    def probe(**env: str) -> dict:
+        run = subprocess.run([sys.executable, node_probe.__file__], capture_output=True, text=True, check=True,
+                             env={**os.environ, "PATH": "/usr/bin:/bin", **env})
+        return json.loads(run.stdout)
+
+    devices = tmp_path / "sys/bus/pci/devices"
+    for slot, vendor in (("0000:00:00.0", "0x8086"), ("0000:00:04.0", "0x1af4")):
+        (devices / slot).mkdir(parents=True)
+        (devices / slot / "vendor").write_text(vendor + "\n")
+    if probe()["nvidia_pci"]:
+        pytest.skip("this machine has an NVIDIA device of its own")
+    assert probe(CLOUDTRAIN_SYSROOT=str(tmp_path))["nvidia_pci"] is False
+    (devices / "0000:00:1e.0").mkdir()
+    (devices / "0000:00:1e.0/vendor").write_text("0x10de\n")
+    assert probe(CLOUDTRAIN_SYSROOT=str(tmp_path))["nvidia_pci"] is True
 
 
 def test_cudnn_that_came_with_a_preinstalled_framework_is_kept(tmp_path: Path) -> None:

@@ -5,11 +5,11 @@ Interface used by `bootstrap.plan` (keep these signatures):
     framework_install(facts, request) -> Install   what pip installs into the node's venv
     verify_step(facts, request) -> Step            a tiny computation in the installed framework
 
-A node is a GPU node when nvidia-smi lists a GPU, or lspci shows an NVIDIA device (vendor 10de:
-a bare OS with no driver yet), or the request names a catalog GPU. The choice of versions is
-`cloudtrain.compat.resolve`'s; this module turns it into steps whose scripts are package data
-(bootstrap/scripts/*.sh, each prefixed with common.sh). Anything already on the node that fits
-is kept: those steps are planned as skipped with the reason.
+A node is a GPU node when nvidia-smi lists a GPU, or a PCI device from NVIDIA is attached
+(vendor 10de: a bare OS with no driver yet), or the request names a catalog GPU. The choice of
+versions is `cloudtrain.compat.resolve`'s; this module turns it into steps whose scripts are
+package data (bootstrap/scripts/*.sh, each prefixed with common.sh). Anything already on the
+node that fits is kept: those steps are planned as skipped with the reason.
 
 Verify output -> BootstrapError layer. On a GPU node the verify step prints one line
     cloudtrain-verify {"ok": false, "layer": "<layer>", "message": "..."}
@@ -83,7 +83,7 @@ def resolution(facts: dict[str, Any], request: Request) -> Resolution | None:
             raise BadInput(f"unknown GPU {request.gpu!r}", f"choose one of {', '.join(tables.gpu_names())}")
         if not facts.get("nvidia_pci"):
             raise BootstrapError(
-                f"no NVIDIA GPU visible on the node though --gpu {request.gpu} was asked: lspci shows no NVIDIA device",
+                f"no NVIDIA GPU visible on the node though --gpu {request.gpu} was asked: no PCI device from NVIDIA (vendor 10de) is attached",
                 LAYERS["no-gpu"],
                 layer="no-gpu",
             )

@@ -1,7 +1,8 @@
 """Runs ON the node with its system python3 (stdlib only): prints the node's facts as JSON.
 
 Keys are the contract the planner and the GPU resolver read (see cloudtrain/bootstrap/probe.py).
-The os-release path can be overridden (CLOUDTRAIN_OS_RELEASE) so tests can stage an OS.
+The os-release path (CLOUDTRAIN_OS_RELEASE) and a prefix for /sys (CLOUDTRAIN_SYSROOT, as in
+the step scripts) can be overridden so tests can stage a machine.
 """
 
 import glob
@@ -54,6 +55,20 @@ def gpus():
         if len(parts) >= 3:
             found.append({"name": parts[0], "memory_mb": int(float(parts[1])) if parts[1].replace(".", "").isdigit() else None, "compute_cap": parts[2]})
     return found
+
+
+def nvidia_pci():
+    """A PCI device from NVIDIA (vendor 0x10de) is attached, driver or not. sysfs first: minimal
+    images lack lspci (pciutils)."""
+    root = os.environ.get("CLOUDTRAIN_SYSROOT", "")
+    for vendor in glob.glob(f"{root}/sys/bus/pci/devices/*/vendor"):
+        try:
+            with open(vendor) as f:
+                if f.read().strip() == "0x10de":
+                    return True
+        except OSError:
+            continue
+    return "10de:" in (sh("lspci", "-n") or "")
 
 
 def driver():
@@ -122,7 +137,7 @@ def main():
         # Debian/Ubuntu ship venv's ensurepip separately (python3-venv); bootstrap installs it if absent.
         "python_venv": sh(sys.executable, "-c", "import ensurepip, venv") is not None,
         "gpus": gpus(),
-        "nvidia_pci": "10de:" in (sh("lspci", "-n") or ""),
+        "nvidia_pci": nvidia_pci(),
         "driver": driver(),
         "cuda_driver_max": cuda_driver_max(),
         "cuda_toolkits": sorted(

@@ -44,10 +44,16 @@ os_check() {
     fi
 }
 
-# An NVIDIA PCI device (vendor 10de) is attached. No pipe into grep -q: with pipefail an
-# early-exiting grep can fail the pipeline.
+# A PCI device from NVIDIA (vendor 10de) is attached, driver or not. sysfs first: minimal
+# images lack lspci. No pipe into grep -q: with pipefail an early-exiting grep can fail the
+# pipeline.
 nvidia_pci() {
-    local devices
+    local vendor devices
+    for vendor in "$ROOT"/sys/bus/pci/devices/*/vendor; do
+        if [[ -r "$vendor" && "$(< "$vendor")" == "0x10de" ]]; then
+            return 0
+        fi
+    done
     devices="$(lspci -n 2>/dev/null || true)"
     [[ "$devices" == *" 10de:"* ]]
 }

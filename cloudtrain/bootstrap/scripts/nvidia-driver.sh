@@ -49,7 +49,7 @@ secure_boot_check() {
 }
 
 os_check
-nvidia_pci || die "no NVIDIA GPU visible: lspci -n shows no 10de device (is a GPU attached to this VM?)"
+nvidia_pci || die "no NVIDIA GPU visible: no PCI device from NVIDIA (vendor 10de) is attached (is a GPU attached to this VM?)"
 # Whatever installs at first boot (unattended-upgrades, the cloud's own driver installer)
 # finishes before anything here is decided.
 wait_for_apt

@@ -16,9 +16,9 @@ report_failure() {
 
 if ! driver_loaded; then
     if nvidia_pci; then
-        report_failure driver-not-loaded "an NVIDIA GPU is attached (lspci) but no driver answers (nvidia-smi fails): the driver is not installed or its module did not load; see the nvidia-driver step log, Secure Boot and dmesg"
+        report_failure driver-not-loaded "an NVIDIA GPU is attached (PCI vendor 10de) but no driver answers (nvidia-smi fails): the driver is not installed or its module did not load; see the nvidia-driver step log, Secure Boot and dmesg"
     fi
-    report_failure no-gpu "no NVIDIA GPU visible: lspci -n shows no 10de device and nvidia-smi fails (is a GPU attached to this VM?)"
+    report_failure no-gpu "no NVIDIA GPU visible: no PCI device from NVIDIA (vendor 10de) and nvidia-smi fails (is a GPU attached to this VM?)"
 fi
 driver="$(driver_version)"
 if [[ -n "${CLOUDTRAIN_MIN_DRIVER:-}" ]] && ! version_ge "$driver" "$CLOUDTRAIN_MIN_DRIVER"; then

@@ -18,6 +18,7 @@ import pytest
 
 from cloudtrain.bootstrap import gpu
 from cloudtrain.bootstrap.gpu import Request
+from cloudtrain.bootstrap.plan import plan as plan_steps
 from cloudtrain.errors import BadInput, BootstrapError
 from cloudtrain.spec import FrameworkSpec
 
@@ -201,6 +202,17 @@ def test_waits_for_the_dpkg_lock_held_by_unattended_upgrades(tmp_path: Path) -> 
     names = [c[0] for c in box.calls()]
     assert names.count("fuser") >= 4 and names.index("apt-get") > 3
     assert "apt/dpkg lock free after" in (box.logs / "nvidia-driver.log").read_text()
+
+
+def test_python_venv_waits_for_the_lock_too(tmp_path: Path) -> None:
+    # Often the first apt use on a fresh VM: it waits for unattended-upgrades like the GPU steps.
+    box = Sandbox(tmp_path, gpu=T4, lock_busy=2)
+    step = plan_steps({**box.facts(), "python_venv": False}, Request(FrameworkSpec("torch"), gpu="t4"))[0]
+    assert step.name == "python-venv" and step.sudo
+    ran = box.run(step)
+    assert ran.returncode == 0, ran.output
+    assert "waiting for the apt/dpkg lock" in ran.output and box.installs() == ["python3-venv"]
+    assert "+ apt-get" in (box.logs / "python-venv.log").read_text()
 
 
 def test_gives_up_on_a_lock_that_stays_held(tmp_path: Path) -> None:

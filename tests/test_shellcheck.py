@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtrain.bootstrap import gpu
+from cloudtrain.bootstrap.steps import script
 
 REPO = Path(__file__).resolve().parent.parent
 SHELLCHECK = shutil.which("shellcheck", path=str(Path(sys.executable).parent)) or shutil.which("shellcheck")
@@ -36,7 +36,7 @@ def scripts() -> list[Path]:
 
 def test_there_are_scripts_to_check() -> None:
     names = {p.name for p in scripts()}
-    assert {"common.sh", "nvidia-driver.sh", "cuda-toolkit.sh", "cudnn.sh", "verify.sh"} <= names
+    assert {"common.sh", "python-venv.sh", "nvidia-driver.sh", "cuda-toolkit.sh", "cudnn.sh", "verify.sh"} <= names
 
 
 @pytest.mark.parametrize("path", scripts(), ids=lambda p: str(p.relative_to(REPO)))
@@ -45,8 +45,8 @@ def test_script_passes_shellcheck(path: Path) -> None:
     assert out.returncode == 0, out.stdout + out.stderr
 
 
-@pytest.mark.parametrize("step", ["nvidia-driver", "cuda-toolkit", "cudnn", "verify"])
+@pytest.mark.parametrize("step", ["python-venv", "nvidia-driver", "cuda-toolkit", "cudnn", "verify"])
 def test_composed_step_passes_shellcheck(step: str) -> None:
     # What runs on the node is common.sh followed by the step's script.
-    out = subprocess.run([SHELLCHECK, "--shell=bash", "-"], input=gpu.script(step), capture_output=True, text=True)
+    out = subprocess.run([SHELLCHECK, "--shell=bash", "-"], input=script(step), capture_output=True, text=True)
     assert out.returncode == 0, out.stdout + out.stderr

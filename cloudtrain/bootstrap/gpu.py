@@ -27,11 +27,9 @@ from __future__ import annotations
 
 import json
 from dataclasses import dataclass
-from functools import lru_cache
-from importlib import resources
 from typing import Any
 
-from cloudtrain.bootstrap.steps import Step
+from cloudtrain.bootstrap.steps import Step, script
 from cloudtrain.compat import Node, Resolution, identify, resolve, tables
 from cloudtrain.errors import BadInput, BootstrapError
 from cloudtrain.spec import FrameworkSpec
@@ -98,16 +96,6 @@ def resolution(facts: dict[str, Any], request: Request) -> Resolution | None:
         frameworks=dict(facts.get("frameworks") or {}),
     )
     return resolve(gpu, f"{facts.get('os_id')}-{facts.get('os_version')}", request.framework, request.cuda, node)
-
-
-@lru_cache(maxsize=None)
-def _text(name: str) -> str:
-    return resources.files("cloudtrain.bootstrap").joinpath(f"scripts/{name}.sh").read_text()
-
-
-def script(name: str) -> str:
-    """A step's full bash text: the shared helpers, then the step's own script."""
-    return _text("common") + "\n" + _text(name)
 
 
 def _env(res: Resolution, facts: dict[str, Any], step: str, **extra: str) -> dict[str, str]:

@@ -7,7 +7,7 @@ from typing import Any
 
 from cloudtrain.bootstrap import gpu
 from cloudtrain.bootstrap.gpu import Request
-from cloudtrain.bootstrap.steps import Step
+from cloudtrain.bootstrap.steps import Step, script
 
 
 def plan(facts: dict[str, Any], request: Request) -> list[Step]:
@@ -27,9 +27,8 @@ def _python_venv_package(facts: dict[str, Any]) -> Step:
     return Step(
         "python-venv",
         "install python3-venv (Debian/Ubuntu ship venv separately)",
-        script="export DEBIAN_FRONTEND=noninteractive\n"
-        "apt-get -o DPkg::Lock::Timeout=600 update -q\n"
-        "apt-get -o DPkg::Lock::Timeout=600 install -y -q python3-venv\n",
+        script=script("python-venv"),
+        env={"CLOUDTRAIN_STEP": "python-venv"},
         sudo=True,
     )
 

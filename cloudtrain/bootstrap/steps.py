@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import hashlib
 from dataclasses import dataclass, field
+from functools import lru_cache
+from importlib import resources
 from typing import Callable, Optional
 
 from cloudtrain.errors import CloudtrainError
@@ -42,3 +44,14 @@ class Step:
 
     def plan_line(self) -> str:
         return f"{self.name}: {self.summary}" if self.needed else f"{self.name}: {self.skip_reason}"
+
+
+@lru_cache(maxsize=None)
+def _text(name: str) -> str:
+    return resources.files("cloudtrain.bootstrap").joinpath(f"scripts/{name}.sh").read_text()
+
+
+def script(name: str) -> str:
+    """A packaged step's full bash text (bootstrap/scripts/NAME.sh): the shared helpers of
+    common.sh, then the step's own script."""
+    return _text("common") + "\n" + _text(name)

@@ -162,7 +162,7 @@ def test_a_node_that_never_comes_back_fails_the_bootstrap_and_its_step_stays_und
     finally:
         node.start_sshd_if_down()
     assert "did not come back from its reboot" in str(raised.value) and raised.value.layer == "reboot"
-    assert "cloudtrain bootstrap" in (raised.value.hint or "")
+    assert "serial console" in (raised.value.hint or "")
     # The driver step ran, but with its reboot unfinished it is not recorded as done, and the
     # step after the reboot never ran.
     assert "gone-driver" not in node.applied()
@@ -180,4 +180,5 @@ def test_a_reboot_that_does_nothing_is_named_as_such(node: Node, quick_polls: No
     assert time.monotonic() - started < 60
     assert node.reboots() == before + 1
     assert "did not reboot" in str(raised.value) and "same boot" in str(raised.value)
+    assert "`reboot` had no effect" in (raised.value.hint or "")
     assert "stuck-driver" not in node.applied() and len((node.root / "boots-stuck").read_text().split()) == 1

@@ -125,12 +125,13 @@ def _reboot(remote: SshRemote, facts: dict[str, Any], say: Say) -> None:
             old_boot_answers = False  # going down, down, or not yet answering
         remote.close()  # still the old boot, or a dead connection: ask afresh
     minutes = f"{REBOOT_TIMEOUT / 60:.0f} minutes"
+    # The hints hold for `up` (which then removes the machine) and `bootstrap` (which leaves it) alike.
     if old_boot_answers:
         message = f"{remote.node.name} did not reboot: after {minutes} it still answers from the same boot"
-        hint = f"reboot it by hand (`cloudtrain ssh -- {runner}reboot`), then `cloudtrain bootstrap` resumes"
+        hint = f"`{runner}reboot` had no effect there: the SSH user must be able to run it (sudo without a password)"
     else:
         message = f"{remote.node.name} did not come back from its reboot within {minutes}"
-        hint = "check the machine in its cloud's console; once it answers, `cloudtrain bootstrap` resumes"
+        hint = "the machine's serial console in its cloud shows where its boot stopped"
     raise BootstrapError(message, hint, layer="reboot")
 
 

@@ -48,6 +48,11 @@ secure_boot_check() {
     fi
 }
 
+# refuse_driver VERSION STATE: a driver already there is too old for the planned CUDA.
+refuse_driver() {
+    die "driver $1 $2 but CUDA $CLOUDTRAIN_CUDA needs >= $CLOUDTRAIN_MIN_DRIVER; cloudtrain never replaces a driver it did not install: use an image with a newer driver or an older --cuda (see: cloudtrain compat --driver $1)"
+}
+
 os_check
 nvidia_pci || die "no NVIDIA GPU visible: no PCI device from NVIDIA (vendor 10de) is attached (is a GPU attached to this VM?)"
 # Whatever installs at first boot (unattended-upgrades, the cloud's own driver installer)
@@ -60,7 +65,7 @@ if driver_loaded; then
         log "driver $have already loaded (CUDA $CLOUDTRAIN_CUDA needs >= $CLOUDTRAIN_MIN_DRIVER): nothing to install"
         exit 0
     fi
-    die "driver $have is loaded but CUDA $CLOUDTRAIN_CUDA needs >= $CLOUDTRAIN_MIN_DRIVER; cloudtrain never replaces a driver it did not install: use an image with a newer driver or an older --cuda (see: cloudtrain compat --driver $have)"
+    refuse_driver "$have" "is loaded"
 fi
 
 # A driver installed but not loaded yet: ours, from a run cut off before its reboot, or the
@@ -72,7 +77,7 @@ if [[ -n "$installed" ]]; then
         log "driver $installed is installed but not loaded yet; the reboot that follows loads it"
         exit 0
     fi
-    die "driver $installed is installed (not yet loaded) but CUDA $CLOUDTRAIN_CUDA needs >= $CLOUDTRAIN_MIN_DRIVER; cloudtrain never replaces a driver it did not install: use an image with a newer driver or an older --cuda (see: cloudtrain compat --driver $installed)"
+    refuse_driver "$installed" "is installed (not yet loaded)"
 fi
 
 secure_boot_check

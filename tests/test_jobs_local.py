@@ -473,3 +473,22 @@ def test_a_command_that_ignores_its_input_is_not_a_lost_connection(cluster: Cli)
         assert {remote.run("true", stdin=payload).exit_code for _ in range(20)} == {0}
         outs = {remote.run("if test -d /nonexistent; then cat; else echo '{}'; fi", stdin=payload).stdout for _ in range(20)}
     assert outs == {"{}\n"}
+
+
+def test_a_local_node_keeps_this_machines_pip_configuration(cli: Cli, tmp_path: Path) -> None:
+    """A node has a HOME of its own, yet its pip must see where this machine's pip gets packages
+    (a local wheel folder, a mirror): the user's pip config file and PIP_* variables."""
+    user = tmp_path / "user"
+    (user / ".config/pip").mkdir(parents=True)
+    (user / ".config/pip/pip.conf").write_text("[global]\nfind-links = /srv/wheels-for-a-test\n")
+    env = {"HOME": str(user), "XDG_CONFIG_HOME": "", "PIP_DEFAULT_TIMEOUT": "42"}
+    up = cli("up", "--provider", "local", "--framework", "none", env=env, timeout=300)
+    assert up.returncode == 0, up.stderr
+    try:
+        seen = cli("ssh", "--", 'echo "home=$HOME"; python3 -m pip config list', env=env)
+        assert seen.returncode == 0, seen.stderr
+        assert "global.find-links='/srv/wheels-for-a-test'" in seen.stdout
+        assert ":env:.default-timeout='42'" in seen.stdout
+        assert f"home={user}" not in seen.stdout and "home=" + str(cli.home) in seen.stdout  # still its own HOME
+    finally:
+        assert cli("down", env=env).returncode == 0

@@ -45,8 +45,19 @@ def _free_port(address: str) -> int:
         return s.getsockname()[1]
 
 
-def _pip_cache() -> Path:
-    return Path(os.environ.get("PIP_CACHE_DIR") or Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pip")
+def _pip_env() -> dict[str, object]:
+    """This machine's pip configuration, for the node's pip: a local node is this machine, but
+    with a HOME of its own, which would hide the user's pip config file, and sshd passes on no
+    PIP_* variables. So both are handed over: where packages come from (a mirror, local wheels,
+    a pinned index) is the same as for the user's own `pip install`."""
+    env: dict[str, object] = {k: v for k, v in os.environ.items() if k.startswith("PIP_") and '"' not in v and "\n" not in v}
+    config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
+    user_config = next((f for f in (config_home / "pip/pip.conf", Path.home() / ".pip/pip.conf") if f.is_file()), None)
+    if user_config and "PIP_CONFIG_FILE" not in env:
+        env["PIP_CONFIG_FILE"] = user_config
+    # The download cache is shared, as a speed-up only.
+    env.setdefault("PIP_CACHE_DIR", Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pip")
+    return env
 
 
 def _q(value: object) -> str:
@@ -55,7 +66,7 @@ def _q(value: object) -> str:
 
 
 def _sshd_config(node_dir: Path, address: str, port: int, user: str) -> str:
-    env = {"CLOUDTRAIN_NODE_ROOT": node_dir / "root", "HOME": node_dir / "home", "PIP_CACHE_DIR": _pip_cache()}
+    env = {"CLOUDTRAIN_NODE_ROOT": node_dir / "root", "HOME": node_dir / "home", **_pip_env()}
     return "\n".join(
         [
             f"ListenAddress {address}:{port}",
@@ -74,8 +85,8 @@ def _sshd_config(node_dir: Path, address: str, port: int, user: str) -> str:
             "AllowTcpForwarding no",
             "PrintMotd no",
             # A home of its own, as a VM has: what jobs write to ~ (framework configs, caches)
-            # stays in the node's folder and goes with it at `down`. pip's download cache is
-            # shared with this user, as a speed-up only.
+            # stays in the node's folder and goes with it at `down`. pip keeps this machine's
+            # configuration (_pip_env).
             "SetEnv " + " ".join(_q(f"{k}={v}") for k, v in env.items()),
             "Subsystem sftp internal-sftp",
             "LogLevel ERROR",

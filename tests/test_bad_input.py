@@ -37,7 +37,8 @@ CASES = {
     "unknown option": (["up", "--colour", "blue"], "No such option"),
     "launch unknown provider": (["launch", "train.py", "--provider", "nimbus"], "unknown provider"),
     "launch nodes below 1": (["launch", "train.py", "--nodes", "0"], "--nodes must be at least 1"),
-    "ssh unknown cluster": (["ssh", "ghost"], "unknown cluster"),
+    "ssh with no cluster": (["ssh", "ghost"], "no cluster exists"),
+    "ssh a command with no cluster": (["ssh", "--", "ls -la /"], "no cluster exists"),
 }
 
 

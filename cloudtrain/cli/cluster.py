@@ -168,8 +168,9 @@ def ssh(
     """
     store = Store()
     names = store.cluster_names()
-    if cluster is not None and cluster not in names and len(names) == 1:
-        # `cloudtrain ssh -- CMD` with one cluster: the first word is the command, not a cluster.
+    if cluster is not None and cluster not in names and len(names) <= 1:
+        # `cloudtrain ssh -- CMD` with one cluster (or none, which resolve then names): the first
+        # word is the command, not a cluster.
         command, cluster = [cluster, *(command or [])], None
     cdir = store.resolve(cluster)
     args, _ = _ssh_args(cdir, node)

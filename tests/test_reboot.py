@@ -37,6 +37,7 @@ REBOOT = textwrap.dedent(
       sleep "$DELAY"
       listener=$(cat "$NODE_DIR/sshd.pid")
       pkill -KILL -P "$listener"; kill "$listener"   # the node is down: sessions and sshd
+      while kill -0 "$listener" 2>/dev/null; do sleep 0.2; done
       sleep 3
       [ "$COME_BACK" = yes ] || exit 0
       echo "boot-$(date +%s%N)" > "$SYSROOT/BOOT_ID"
@@ -88,8 +89,10 @@ class Node:
     def start_sshd_if_down(self) -> None:
         try:
             os.kill(self.listener(), 0)
+            return
         except (OSError, ValueError):
-            subprocess.run([find_sshd(), "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")], check=True)
+            pass
+        subprocess.run([find_sshd(), "-f", str(self.dir / "sshd_config"), "-E", str(self.dir / "sshd.log")], check=True)
 
     def remote(self, connect_timeout: float = 120.0) -> SshRemote:
         return SshRemote(self.cluster.head, self.cluster.identity_file, connect_timeout=connect_timeout)
@@ -127,9 +130,12 @@ def quick_polls(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(applier, "REBOOT_POLL", 1.0)
 
 
-def test_the_next_step_waits_for_the_new_boot_even_when_shutdown_is_slow(node: Node, quick_polls: None) -> None:
+def test_the_next_step_waits_for_the_new_boot_even_when_shutdown_is_slow(
+    node: Node, quick_polls: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
     # The node keeps answering from its old boot for 17 s after `reboot`, longer than a
     # fixed wait would allow; the step after the reboot must still run on the new boot.
+    monkeypatch.setattr(applier, "REBOOT_TIMEOUT", 180.0)  # a failure fails in minutes, not 15
     node.stand_in(delay=17, come_back=True)
     before = node.reboots()
     said: list[str] = []

@@ -1,4 +1,4 @@
-"""Submit, follow and collect a job on every node of a cluster.
+"""A job on every node of a cluster: submit here; follow (follow.py) and collect (collect.py).
 
 A job runs detached from the SSH session (setsid + nohup); its pid, log and exit status are
 files on the node, so a dropped connection or a closed laptop loses nothing: `follow` picks the
@@ -7,8 +7,6 @@ log up again by offset and `collect` brings the outputs home whenever it is call
 
 from __future__ import annotations
 
-import json
-import os
 import shlex
 import sys
 import time
@@ -17,17 +15,17 @@ from pathlib import Path
 from typing import Callable
 
 from cloudtrain.bootstrap.cluster import load_facts
-from cloudtrain.errors import CloudtrainError, CommandFailed, RemoteError
-from cloudtrain.jobs import metrics, transfer
-from cloudtrain.jobs.record import JobRecord, exit_meaning, new_job_id
+from cloudtrain.errors import CloudtrainError, CommandFailed
+from cloudtrain.jobs import collect as collecting
+from cloudtrain.jobs import follow as following
+from cloudtrain.jobs import transfer
+from cloudtrain.jobs.record import JobRecord, new_job_id
 from cloudtrain.jobs.workdir import git_commit, select_files, sha256_file, total_size
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
 from cloudtrain.spec import JobSpec
 from cloudtrain.state import ClusterDir, Store
-
-FAILURE_TAIL_LINES = 20  # of a failing rank's log, when it is not the streamed rank 0
 
 Say = Callable[[str], None]
 
@@ -154,199 +152,19 @@ class JobRunner:
             ) from e
         self.say(f"{remote.node.name}: requirements.txt {result.stdout.strip().splitlines()[-1]}")
 
-    # -- follow -----------------------------------------------------------------------------
+    # -- follow, stop, collect: their own modules; the runner is what they share ------------
 
     def follow(self, record: JobRecord, stream: bool = True, offset: int = 0) -> int:
-        """Stream rank 0's log until every node's job has ended; return the job's exit code.
-
-        The first failing rank's code wins; when one rank fails, the others are stopped so a
-        distributed job does not hang waiting for a dead peer."""
-        remotes = [SshRemote(n, self.cluster.identity_file) for n in self.cluster.nodes]
-        try:
-            paths = [NodePaths.of(r).job(record.job_id) for r in remotes]
-            codes: list[int | None] = [None] * len(remotes)
-            first_failure: int | None = None  # before stopping the others turns them into 143s
-            last_alive_check = time.monotonic()
-            while True:
-                chunk = self._retrying(lambda: remotes[0].read_from(paths[0].log, offset))
-                if chunk:
-                    offset += len(chunk)
-                    if stream:
-                        sys.stdout.buffer.write(chunk)
-                        sys.stdout.flush()
-                    continue  # drain before checking status
-                for i, r in enumerate(remotes):
-                    if codes[i] is None:
-                        raw = self._retrying(lambda r=r, p=paths[i]: r.read_from(p.exit_code, 0))
-                        if raw.strip():
-                            codes[i] = int(raw.strip())
-                failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
-                if failed and first_failure is None:
-                    first_failure = codes[failed[0]]
-                    for i in failed if len(remotes) > 1 else []:  # ranks that failed on their own, before any stop
-                        self._report_failure(remotes[i], paths[i], i, codes[i])  # type: ignore[arg-type]
-                if all(c is not None for c in codes) or failed:
-                    if failed and any(c is None for c in codes):
-                        self.say("stopping the job on the other nodes")
-                        self._stop(remotes, paths, codes)
-                        continue
-                    tail = self._retrying(lambda: remotes[0].read_from(paths[0].log, offset))
-                    if stream and tail:
-                        sys.stdout.buffer.write(tail)
-                        sys.stdout.flush()
-                    break
-                if time.monotonic() - last_alive_check > 5:
-                    last_alive_check = time.monotonic()
-                    self._check_alive(remotes, paths, codes)
-                time.sleep(0.25)
-        finally:
-            for r in remotes:
-                r.close()
-        code = first_failure if first_failure is not None else 0
-        record.status = "ended"
-        record.exit_code = code
-        record.ended_at = time.time()
-        record.save(self.store)
-        return int(code)  # type: ignore[arg-type]
-
-    def _retrying(self, fn: Callable[[], bytes], patience: float = 300.0) -> bytes:
-        deadline = time.monotonic() + patience
-        while True:
-            try:
-                return fn()
-            except RemoteError:
-                if time.monotonic() > deadline:
-                    raise
-                self.say("connection lost; reconnecting (the job keeps running on the node)")
-                time.sleep(2)
-
-    def _report_failure(self, remote: SshRemote, paths: JobPaths, rank: int, code: int) -> None:
-        """Name the failing node; show its log's tail unless it is rank 0's, already streamed."""
-        self.say(f"{remote.node.name} (rank {rank}) exited {code}{exit_meaning(code)}")
-        if rank == 0:
-            return
-        q = shlex.quote
-        try:
-            tail = remote.run(f"tail -n {FAILURE_TAIL_LINES} {q(paths.log)}", check=False).stdout
-        except RemoteError:
-            return  # the log still comes home with the outputs
-        for line in tail.splitlines():
-            self.say(f"  [{remote.node.name}] {line}")
-
-    def _check_alive(self, remotes: list[SshRemote], paths: list[JobPaths], codes: list[int | None]) -> None:
-        q = shlex.quote
-        for i, r in enumerate(remotes):
-            if codes[i] is not None:
-                continue
-            probe = f"test -e {q(paths[i].exit_code)} || kill -0 \"$(cat {q(paths[i].pid)})\" 2>/dev/null"
-            try:
-                gone = not r.run(probe, check=False).ok
-            except RemoteError:
-                continue
-            if gone:
-                self.say(f"the job's process on {r.node.name} vanished without an exit status")
-                r.run(f"echo 137 > {q(paths[i].exit_code)}", check=False)
-
-    def _stop(self, remotes: list[SshRemote], paths: list[JobPaths], codes: list[int | None]) -> None:
-        """TERM the job's process group, KILL it if it is still there after 10 s (a job that
-        traps TERM to checkpoint gets that long), and record 143 where it left no status."""
-        q = shlex.quote
-        for i, r in enumerate(remotes):
-            if codes[i] is None:
-                pid, status = q(paths[i].pid), q(paths[i].exit_code)
-                r.run(
-                    f'p=$(cat {pid}); kill -TERM -- "-$p" 2>/dev/null; '
-                    f'for _ in $(seq 20); do kill -0 -- "-$p" 2>/dev/null || break; sleep 0.5; done; '
-                    f'kill -KILL -- "-$p" 2>/dev/null; test -e {status} || echo 143 > {status}',
-                    check=False,
-                )
+        return following.follow(self, record, stream=stream, offset=offset)
 
     def exit_codes(self, record: JobRecord) -> list[int | None]:
-        """Each node's exit status for the job, None where it is still running."""
-        codes: list[int | None] = []
-        for node in self.cluster.nodes:
-            with SshRemote(node, self.cluster.identity_file) as remote:
-                raw = remote.read_from(NodePaths.of(remote).job(record.job_id).exit_code, 0).strip()
-                codes.append(int(raw) if raw else None)
-        return codes
+        return following.exit_codes(self, record)
 
     def end(self, record: JobRecord) -> None:
-        """Record the exit code of a job nobody followed to its end (`down` before collecting),
-        stopping it first where it still runs: a failing rank's code, else 0, else 143."""
-        codes = self.exit_codes(record)
-        if any(c is None for c in codes):
-            self.say(f"job {record.job_id} is still running; stopping it and bringing home what exists")
-            self.stop(record)
-        failed = [c for c in codes if c not in (None, 0)]
-        record.exit_code = failed[0] if failed else (0 if all(c == 0 for c in codes) else 143)
-        record.status = "ended"
-        record.save(self.store)
+        following.end(self, record)
 
     def stop(self, record: JobRecord) -> None:
-        """Stop a still-running job on every node, keeping what it wrote."""
-        remotes = [SshRemote(n, self.cluster.identity_file) for n in self.cluster.nodes]
-        try:
-            paths = [NodePaths.of(r).job(record.job_id) for r in remotes]
-            self._stop(remotes, paths, [None] * len(remotes))
-        finally:
-            for r in remotes:
-                r.close()
-
-    # -- collect ----------------------------------------------------------------------------
-
-    def _set_aside_reserved(self, dest: Path, files: dict[str, dict[str, object]], rank: int) -> dict[str, dict[str, object]]:
-        """A job's own log.txt / run.json / manifest.json would be overwritten by cloudtrain's:
-        keep it as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
-        reserved = ("log.txt", "run.json", "manifest.json") if rank == 0 else ("log.txt",)
-        for name in reserved:
-            if name in files:
-                kept = Path(name).stem + ".from-job" + Path(name).suffix
-                os.replace(dest / name, dest / kept)
-                files[kept] = files.pop(name)
-                self.say(f"the job wrote its own {name}; kept as {kept} beside cloudtrain's")
-        return files
+        following.stop(self, record)
 
     def collect(self, record: JobRecord) -> Path:
-        """Bring every node's outputs and log home, verified; write manifest.json and run.json."""
-        output = Path(record.output)
-        started = time.monotonic()
-
-        def fetch(rank: int, node: Node) -> dict[str, dict[str, object]]:
-            dest = output if rank == 0 else output / f"rank-{rank}"
-            with SshRemote(node, self.cluster.identity_file) as remote:
-                job = NodePaths.of(remote).job(record.job_id)
-                files = self._set_aside_reserved(dest, transfer.download_tree(remote, job.out, dest), rank)
-                if remote.exists(job.log):
-                    remote.get(job.log, dest / "log.txt")
-                    files = {**files, "log.txt": {"sha256": sha256_file(dest / "log.txt"), "size": (dest / "log.txt").stat().st_size}}
-            prefix = "" if rank == 0 else f"rank-{rank}/"
-            return {prefix + k: v for k, v in files.items()}
-
-        manifest: dict[str, dict[str, object]] = {}
-        for part in self._each(fetch):
-            manifest.update(part)  # type: ignore[arg-type]
-        (output / "manifest.json").write_text(json.dumps({"files": manifest}, indent=2, sort_keys=True) + "\n")
-        record.timings["fetch_s"] = round(time.monotonic() - started, 3)
-        summary, series = metrics.read(output)
-        run = {
-            "job_id": record.job_id,
-            "cluster": record.cluster,
-            "script": record.script,
-            "args": record.args,
-            "env_keys": record.env_keys,
-            "workdir": record.workdir,
-            "script_sha256": record.extra.get("script_sha256"),
-            "git": record.extra.get("git"),
-            "nodes": [{"name": n.name, "facts": load_facts(self.cdir, n)} for n in self.cluster.nodes],
-            "exit_code": record.exit_code,
-            "submitted_at": record.submitted_at,
-            "started_at": record.started_at,
-            "ended_at": record.ended_at,
-            "timings": {**record.timings, **({"run_s": round(record.ended_at - record.started_at, 3)} if record.ended_at and record.started_at else {})},
-            "metrics": summary,
-            "metrics_points": len(series),
-        }
-        (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
-        record.status = "fetched"
-        record.save(self.store)
-        return output
+        return collecting.collect(self, record)

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import ipaddress
 import re
+from os import path as os_path
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -127,14 +128,43 @@ def parse_env(pairs: list[str]) -> dict[str, str]:
     return env
 
 
+OUTPUT_MODES = ("merge", "replace")
+_SIZE = re.compile(r"^\s*([0-9]+(?:\.[0-9]+)?)\s*([kmgt]?)(?:i?b)?\s*$", re.IGNORECASE)
+
+
+def parse_size(text: str, flag: str = "--max-upload") -> int:
+    """'500M' -> 500 MiB in bytes; K/M/G/T are powers of 1024 (a trailing 'B' or 'iB' is allowed)."""
+    m = _SIZE.match(text)
+    if not m:
+        raise BadInput(f"invalid {flag} {text!r}", f"write a size such as 500M or 2G, e.g. {flag} 2G")
+    size = int(float(m.group(1)) * 1024 ** " kmgt".index(m.group(2).lower() or " "))
+    if size <= 0:
+        raise BadInput(f"{flag} {text} is not a positive size", f"write a size such as 500M or 2G, e.g. {flag} 2G")
+    return size
+
+
+def check_output(output: str | Path | None, mode: str | None) -> Path | None:
+    """--output as an absolute path (None: the default ./runs/<job-id>) and its --output-mode."""
+    out = Path(output).expanduser().resolve() if output else None
+    if out is not None and out.exists() and not out.is_dir():
+        raise BadInput(f"--output {output} exists and is not a folder", "name a folder (it is created if missing)")
+    if mode is not None and mode not in OUTPUT_MODES:
+        raise BadInput(f"unknown --output-mode {mode!r}", "choose merge (keep other files) or replace (empty a folder cloudtrain made)")
+    if mode is not None and out is None:
+        raise BadInput("--output-mode needs --output", "the default ./runs/<job-id> is new for every job; pass --output DIR with it")
+    return out
+
+
 @dataclass(frozen=True)
 class JobSpec:
-    script: Path  # absolute path on this machine, inside workdir
+    script: Path  # absolute path on this machine, inside workdir; a link stays a link (its folder ships)
     workdir: Path  # absolute; shipped to the node
     args: tuple[str, ...] = ()
     env: dict[str, str] = field(default_factory=dict)
     output: Path | None = None  # default ./runs/<job-id>
     detach: bool = False
+    max_upload: int | None = None  # bytes; a bigger workdir is refused before anything ships
+    output_mode: str | None = None  # None: --output must be empty or new; else one of OUTPUT_MODES
 
     @classmethod
     def build(
@@ -145,20 +175,25 @@ class JobSpec:
         env: list[str] | None = None,
         output: str | Path | None = None,
         detach: bool = False,
+        max_upload: str | None = None,
+        output_mode: str | None = None,
     ) -> "JobSpec":
-        path = Path(script).expanduser().resolve()
+        # The folder the user named is resolved, the script's own name is not: `run link.py`
+        # means "the folder link.py is in", never the folder its target happens to live in.
+        plain = Path(os_path.abspath(Path(script).expanduser()))
+        path = plain.parent.resolve() / plain.name if plain.name else plain
         if not path.exists():
             raise BadInput(f"script {script} does not exist", "check the path")
         if path.is_dir():
             raise BadInput(f"script {script} is a directory", "name the Python file to run")
+        if not path.is_file():
+            raise BadInput(f"script {script} is not a regular file", "name the Python file to run")
         wd = Path(workdir).expanduser().resolve() if workdir else path.parent
         if not wd.is_dir():
             raise BadInput(f"--workdir {workdir} is not a directory", "name the folder to ship")
         if not path.is_relative_to(wd):
             raise BadInput(f"script {script} is outside --workdir {wd}", "put the script inside the workdir or choose another --workdir")
-        out = Path(output).expanduser().resolve() if output else None
-        if out is not None and out.exists() and not out.is_dir():
-            raise BadInput(f"--output {output} exists and is not a folder", "name a folder (it is created if missing)")
+        out = check_output(output, output_mode)
         return cls(
             script=path,
             workdir=wd,
@@ -166,6 +201,8 @@ class JobSpec:
             env=parse_env(env or []),
             output=out,
             detach=detach,
+            max_upload=parse_size(max_upload) if max_upload is not None else None,
+            output_mode=output_mode,
         )
 
     @property

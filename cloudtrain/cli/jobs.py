@@ -12,18 +12,20 @@ from cloudtrain import lifecycle
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, JobFailed
-from cloudtrain.jobs import session
+from cloudtrain.jobs import session, shipment
 from cloudtrain.jobs.record import JobRecord, exit_meaning
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.layout import NodePaths
 from cloudtrain.remote import SshRemote
-from cloudtrain.spec import JobSpec
+from cloudtrain.spec import JobSpec, check_output
 from cloudtrain.state import Store
 
 O = UpOptions
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Folder to ship (default: the script's folder).")
 EnvOpt = typer.Option(None, "--env", "-e", help="K=V set in the job's environment; repeatable.")
 OutputOpt = typer.Option(None, "--output", "-o", help="Where outputs land (default: ./runs/<job-id>).")
+OutputModeOpt = typer.Option(None, "--output-mode", help="When --output is not empty: merge (keep other files, overwrite same names) | replace (empty a folder cloudtrain filled).")
+MaxUploadOpt = typer.Option(None, "--max-upload", help="Refuse a workdir bigger than this, e.g. 500M or 2G (powers of 1024).")
 ArgsArg = typer.Argument(None, help="Arguments for the script, after --.")
 
 
@@ -48,6 +50,8 @@ def run(
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
     output: Optional[Path] = OutputOpt,
+    output_mode: Optional[str] = OutputModeOpt,
+    max_upload: Optional[str] = MaxUploadOpt,
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the job and return; follow with `cloudtrain logs`."),
 ) -> None:
     """Ship the workdir, run SCRIPT on every node, stream its output, bring outputs home.
@@ -55,10 +59,10 @@ def run(
 
     Example: cloudtrain run examples/mnist.py --env SEED=1 -- --epochs 3
     """
-    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach)
+    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode)
     store = Store()
     runner = _runner(store, cluster)
-    record, code = session.run(store, runner, spec, say)
+    record, code = session.run(store, runner, shipment.prepare(spec, say), say)
     if code is not None:
         _exit_with(code, record)
 
@@ -68,6 +72,8 @@ def logs(
     job: str = typer.Argument(..., help="Job id (see `cloudtrain status`)."),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends, then bring outputs home."),
     rank: int = typer.Option(0, "--rank", "-r", help="Whose log to print on a multi-node job (default 0, the one -f streams)."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="With -f: bring the outputs into this folder instead of the recorded one."),
+    output_mode: Optional[str] = OutputModeOpt,
 ) -> None:
     """Print a job's log; with -f follow it to the end and bring its outputs home.
 
@@ -79,11 +85,16 @@ def logs(
         raise BadInput(f"job {job} ran on {len(record.nodes)} node(s); --rank {rank} is not one of them", f"pass --rank 0..{len(record.nodes) - 1}")
     if follow and rank != 0:
         raise BadInput("-f follows rank 0's log, which decides when the job has ended", f"drop -f to print rank {rank}'s log so far")
+    if (output is not None or output_mode is not None) and not follow:
+        raise BadInput("--output says where -f brings the outputs", f"write `cloudtrain logs {job} -f --output DIR`")
+    new_output = check_output(output, output_mode)
     local_log = Path(record.output) / (f"rank-{rank}/log.txt" if rank else "log.txt")
     gone = record.cluster not in store.cluster_names() or record.cluster_created_at not in (
         None, store.cluster_dir(record.cluster).load().created_at
     )  # a cluster made again under the same name never ran this job
     if record.status in ("fetched", "abandoned") or gone:
+        if output is not None:
+            raise BadInput(f"job {job} owes no outputs any more ({'cluster gone' if gone else record.status}; what came home is in {record.output})", "drop --output")
         if not local_log.exists():
             raise BadInput(f"job {job}'s cluster is gone and its log is not in {record.output}", "nothing more can be fetched")
         sys.stdout.write(local_log.read_text(errors="replace"))
@@ -98,6 +109,8 @@ def logs(
                 offset += len(chunk)
         sys.stdout.flush()
         return
+    if new_output is not None:
+        session.redirect(store, record, new_output, output_mode, say)
     code = session.finish(runner, record, say)
     _exit_with(code, record)
 
@@ -121,6 +134,8 @@ def launch(
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
     output: Optional[Path] = OutputOpt,
+    output_mode: Optional[str] = OutputModeOpt,
+    max_upload: Optional[str] = MaxUploadOpt,
 ) -> None:
     """up + run + down in one go. Tears down even when the job fails or is interrupted,
     after bringing home what exists.
@@ -128,7 +143,7 @@ def launch(
     Example: cloudtrain launch examples/mnist.py --provider local --framework torch==2.13.0
     """
     store = Store()
-    job = JobSpec.build(script, workdir, args or [], env or [], output, detach=False)
+    job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode), say)
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")

@@ -20,7 +20,10 @@ from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs import follow as following
 from cloudtrain.jobs import transfer
 from cloudtrain.jobs.record import JobRecord, new_job_id
-from cloudtrain.jobs.workdir import git_commit, select_files, sha256_file, total_size
+from cloudtrain.jobs import destination
+from cloudtrain.jobs import shipment as shipping
+from cloudtrain.jobs.shipment import Shipment
+from cloudtrain.jobs.workdir import git_commit, sha256_file
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
@@ -78,11 +81,17 @@ class JobRunner:
 
     # -- submit -----------------------------------------------------------------------------
 
-    def submit(self, spec: JobSpec) -> JobRecord:
+    def submit(self, job: Shipment | JobSpec) -> JobRecord:
+        """Claim the outputs folder, record the job, ship and start it on every node.
+
+        `job` is best planned with `shipment.prepare` before anything else happens (so a refusal
+        costs nothing); a bare JobSpec is planned here."""
+        shipment = job if isinstance(job, Shipment) else shipping.prepare(job, self.say)
+        spec, files = shipment.spec, shipment.files
         job_id = new_job_id(spec.script)
         output = spec.output or (Path.cwd() / "runs" / job_id)
-        # Earlier runs' outputs never travel back up, wherever they landed.
-        files = select_files(spec.workdir, exclude=[output, Path.cwd() / "runs"])
+        # Before the record: a folder that cannot take this job's outputs must not end up owed them.
+        destination.claim(output, spec.output_mode, job_id, spec.workdir, explicit=spec.output is not None)
         record = JobRecord(
             job_id=job_id,
             cluster=self.cluster.name,
@@ -98,8 +107,7 @@ class JobRunner:
         record.status = "starting"
         record.save(self.store)  # before anything runs, so `down` always knows what is owed
         started = time.monotonic()
-        size = total_size(spec.workdir, files)
-        self.say(f"job {job_id}: shipping {len(files)} file(s), {size / 1024:.0f} KiB, to {len(self.cluster.nodes)} node(s)")
+        self.say(f"job {job_id}: shipping {len(files)} file(s), {shipment.size / 1024:.0f} KiB, to {len(self.cluster.nodes)} node(s)")
 
         def prepare(rank: int, node: Node) -> None:
             with SshRemote(node, self.cluster.identity_file) as remote:

@@ -2,24 +2,49 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Callable
 
-from cloudtrain.jobs import metrics
+from cloudtrain.jobs import destination, metrics
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.jobs.runner import JobRunner
+from cloudtrain.jobs.shipment import Shipment
 from cloudtrain.spec import JobSpec
 from cloudtrain.state import Store
 
 Say = Callable[[str], None]
 
 
+def verified_count(output: Path) -> int | None:
+    """How many files this job's manifest lists (what was verified), None without a readable one.
+
+    Counted from the manifest, never from the folder: a merged --output holds other files too."""
+    try:
+        files = json.loads((output / "manifest.json").read_text())["files"]
+    except (OSError, ValueError, KeyError, TypeError):
+        return None
+    return len(files) if isinstance(files, dict) else None
+
+
 def report(record: JobRecord, output: Path, say: Say) -> None:
-    files = sum(1 for p in output.rglob("*") if p.is_file())
-    say(f"job {record.job_id} exited {record.exit_code}; {files} file(s) in {output} (sha256 verified)")
+    count = verified_count(output)
+    files = f"{count} file(s) in {output} (sha256 verified)" if count is not None else f"no readable manifest.json in {output}"
+    say(f"job {record.job_id} exited {record.exit_code}; {files}")
     summary, series = metrics.read(output)
     for line in metrics.render(summary, series):
         say(line)
+
+
+def redirect(store: Store, record: JobRecord, output: Path, mode: str | None, say: Say) -> None:
+    """Bring an owed job's outputs into `output` instead of the folder first recorded (one that
+    turned out unwritable or full, say); checked and claimed like a new job's --output."""
+    if output == Path(record.output):
+        return
+    destination.claim(output, mode, record.job_id, Path(record.workdir))
+    record.output = str(output)
+    record.save(store)
+    say(f"job {record.job_id}: outputs now land in {output}")
 
 
 def finish(runner: JobRunner, record: JobRecord, say: Say, offset: int = 0) -> int:
@@ -33,9 +58,9 @@ def finish(runner: JobRunner, record: JobRecord, say: Say, offset: int = 0) -> i
     return code
 
 
-def run(store: Store, runner: JobRunner, spec: JobSpec, say: Say) -> tuple[JobRecord, int | None]:
-    record = runner.submit(spec)
-    if spec.detach:
+def run(store: Store, runner: JobRunner, job: JobSpec | Shipment, say: Say) -> tuple[JobRecord, int | None]:
+    record = runner.submit(job)
+    if (job.spec if isinstance(job, Shipment) else job).detach:
         say(f"job {record.job_id} started; follow it with `cloudtrain logs {record.job_id} -f`")
         return record, None
     say(f"job {record.job_id} started on {', '.join(record.nodes)}")

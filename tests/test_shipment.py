@@ -62,7 +62,7 @@ def test_the_rule_that_leaves_a_file_out_is_named(tmp_path: Path) -> None:
     assert str(wd / ".gitignore") in ignored_by(wd, "build/x.py")
     assert "'/gen_*.py' in " + str(wd / "sub" / ".gitignore") in ignored_by(wd, "sub/gen_1.py")
     assert "built-in rule '.venv/'" in ignored_by(wd, ".venv/bin/x.py")
-    assert "output folder" in ignored_by(wd, "out/run.py", exclude=[wd / "out"])
+    assert "outputs never ship back up" in ignored_by(wd, "out/run.py", exclude=[wd / "out"])
     assert ignored_by(wd, "train.py") is None
     subprocess.run(["git", "init", "-q"], cwd=wd, check=True)  # in a repository git itself says which
     assert "'/gen_*.py' in " + str(wd / "sub" / ".gitignore") + " (line 1)" in ignored_by(wd, "sub/gen_1.py")

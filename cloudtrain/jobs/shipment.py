@@ -54,27 +54,30 @@ def holds_private_key(path: Path) -> bool:
         return False  # unreadable: tar will say so when it ships
 
 
-def _protected() -> list[tuple[Path, str]]:
+Roots = list[tuple[Path, str]]  # folders that never ship, and what each is
+
+
+def _protected() -> Roots:
     return [(state.home(), "the cloudtrain home"), (Path("~/.ssh").expanduser().resolve(), "your SSH folder")]
 
 
-def _protected_entry(workdir: Path, rel: str, path: Path) -> str | None:
-    for root, what in _protected():
+def _protected_entry(roots: Roots, workdir: Path, rel: str, path: Path) -> str | None:
+    for root, what in roots:
         if path.is_relative_to(root):
             return f"{root.relative_to(workdir).as_posix()}/ ({what})" if root.is_relative_to(workdir) else f"{rel} ({what})"
     return None
 
 
-def _guarded(workdir: Path, rel: str, real: Path) -> str | None:
+def _guarded(roots: Roots, workdir: Path, rel: str, real: Path) -> str | None:
     """Why the file `rel` (at `real`) must never ship, as a left-out entry; None when it may."""
-    if entry := _protected_entry(workdir, rel, real):
+    if entry := _protected_entry(roots, workdir, rel, real):
         return entry
     return f"{rel} (a private key)" if holds_private_key(real) else None
 
 
 def plan(spec: JobSpec, exclude: list[Path], say: Say) -> Shipment:
     """Decide what ships; BadInput (nothing shipped, nothing created) when it cannot be what was meant."""
-    wd, script = spec.workdir, spec.script_rel
+    wd, script, roots = spec.workdir, spec.script_rel, _protected()
     names = candidates(wd, exclude)
     if script not in names:
         why = ignored_by(wd, script, exclude) or "the workdir's ignore rules"
@@ -85,33 +88,36 @@ def plan(spec: JobSpec, exclude: list[Path], say: Say) -> Shipment:
     for rel in names:
         if os.path.islink(wd / rel):
             links.append(rel)
-        elif entry := _guarded(wd, rel, wd / rel):
+        elif entry := _guarded(roots, wd, rel, wd / rel):
             left_out[entry] = None
         else:
             files.append(rel)
     shipped = set(files)
     for rel in links:
         real = Path(os.path.realpath(wd / rel))
-        if entry := _protected_entry(wd, rel, wd / rel):
+        if entry := _protected_entry(roots, wd, rel, wd / rel):
             left_out[entry] = None
         elif link_target(wd, rel, shipped) is not None:
             files.append(rel)
         elif rel == script:  # what the user asked to run ships as the file it names
-            if entry := _guarded(wd, rel, real):
+            if entry := _guarded(roots, wd, rel, real):
                 raise BadInput(f"script {script} points at {real}, which never ships: {entry}", "run a copy of the script that holds no secret")
             files.append(rel)
         else:
             where = "something that does not ship" if real.is_relative_to(wd) else "outside the workdir"
             left_out[f"{rel} -> {os.readlink(wd / rel)} (a link to {where}; not followed)"] = None
     if script not in files:
-        raise BadInput(f"script {script} never ships: {_guarded(wd, script, wd / script)}", "run a script that holds no secret, outside the cloudtrain home and ~/.ssh")
+        raise BadInput(f"script {script} never ships: {_guarded(roots, wd, script, wd / script)}", "run a script that holds no secret, outside the cloudtrain home and ~/.ssh")
     files.sort()
     size = total_size(wd, files)
-    by_size = sorted(files, key=lambda r: -(wd / r).stat().st_size)[:3]
-    biggest = ", ".join(f"{rel} {human((wd / rel).stat().st_size)}" for rel in by_size)
+
+    def biggest() -> str:
+        by_size = sorted(files, key=lambda r: -(wd / r).stat().st_size)[:3]
+        return ", ".join(f"{rel} {human((wd / rel).stat().st_size)}" for rel in by_size)
+
     if spec.max_upload is not None and size > spec.max_upload:
         raise BadInput(
-            f"the workdir {wd} is {human(size)} to ship, over --max-upload {human(spec.max_upload)} (biggest: {biggest})",
+            f"the workdir {wd} is {human(size)} to ship, over --max-upload {human(spec.max_upload)} (biggest: {biggest()})",
             "leave big files out with .cloudtrainignore, choose a smaller --workdir, or raise --max-upload",
         )
     # Said only once nothing is refused: a refusal is one line.
@@ -120,7 +126,7 @@ def plan(spec: JobSpec, exclude: list[Path], say: Say) -> Shipment:
         more = f", and {len(named) - _MAX_NAMED} more" if len(named) > _MAX_NAMED else ""
         say(f"warning: left out of the upload: {', '.join(named[:_MAX_NAMED])}{more}")
     if size > ANNOUNCE_OVER:
-        say(f"the workdir {wd} is {human(size)} to ship to each node (biggest: {biggest}); cap it with --max-upload or leave files out with .cloudtrainignore")
+        say(f"the workdir {wd} is {human(size)} to ship to each node (biggest: {biggest()}); cap it with --max-upload or leave files out with .cloudtrainignore")
     return Shipment(spec=spec, files=files, size=size, left_out=list(left_out))
 
 

@@ -45,7 +45,8 @@ def _git_files(workdir: Path) -> list[str] | None:
     proc = _git(workdir, "ls-files", "--cached", "--others", "--exclude-standard", "-z", "--", ".")
     if proc is None or proc.returncode != 0:
         return None
-    return [p for p in proc.stdout.decode().split("\0") if p and (os.path.islink(workdir / p) or (workdir / p).is_file())]
+    # fsdecode, as os.walk does: a name that is not UTF-8 must not become a traceback.
+    return [p for p in os.fsdecode(proc.stdout).split("\0") if p and (os.path.islink(workdir / p) or (workdir / p).is_file())]
 
 
 def _walk(workdir: Path, ignore: pathspec.PathSpec) -> list[str]:
@@ -117,7 +118,7 @@ def ignored_by(workdir: Path, rel: str, exclude: Iterable[Path] = ()) -> str | N
             return f"cloudtrain's built-in rule {line!r} (tool caches and environments never ship)"
     for path in exclude:
         if path.is_relative_to(workdir) and path != workdir and (workdir / rel).is_relative_to(path):
-            return f"being inside the output folder {path}"
+            return f"being inside {path} (outputs never ship back up)"
     local = workdir / ".cloudtrainignore"
     if line := _matching_line(_rules(local), rel):
         return f"the rule {line!r} in {local}"

@@ -204,6 +204,10 @@ def test_logs_follow_brings_outputs_into_another_folder(cluster: Cli, tmp_path: 
     assert (second / "model.bin").read_bytes() == b"m" * 100 and (second / "manifest.json").exists()
     assert not (first / "model.bin").exists()
     assert json.loads((cluster.home / "jobs" / f"{job_id}.json").read_text())["output"] == str(second)
+    for extra, says in ((["--output", str(tmp_path / "third")], "-f"), (["-f", "--output", str(tmp_path / "third")], "owes no outputs")):
+        refused = cluster("logs", job_id, *extra)
+        assert refused.returncode == 2 and says in one_line_error(refused)
+    assert not (tmp_path / "third").exists()
 
 
 def test_launch_refuses_before_creating_anything(cli: Cli, tmp_path: Path) -> None:
@@ -215,3 +219,16 @@ def test_launch_refuses_before_creating_anything(cli: Cli, tmp_path: Path) -> No
         assert proc.returncode == 2, proc.stderr
         assert says in one_line_error(proc)
         assert not (cli.home / "clusters").exists() or not any((cli.home / "clusters").iterdir())
+
+
+@pytest.mark.parametrize("extra,says", [
+    (["--max-upload", "lots"], "invalid --max-upload"),
+    (["--max-upload", "0"], "not a positive size"),
+    (["--output-mode", "overwrite", "--output", "o"], "unknown --output-mode"),
+    (["--output-mode", "merge"], "--output-mode needs --output"),
+])
+def test_bad_shipping_and_output_flags_are_one_line_exit_2(cli: Cli, extra: list[str], says: str) -> None:
+    script = _write(cli.cwd / "train.py", WRITE_ONE)
+    proc = cli("run", str(script), *extra, timeout=60)
+    assert proc.returncode == 2 and says in one_line_error(proc)
+    assert sorted(p.name for p in cli.cwd.iterdir()) == ["train.py"]

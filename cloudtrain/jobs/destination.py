@@ -63,8 +63,11 @@ def check(output: Path, mode: str | None, workdir: Path, explicit: bool = True) 
     free = st.f_bavail * st.f_frsize
     if free < MIN_FREE:
         raise BadInput(f"{what} has {free // 1024} KiB free, under the {MIN_FREE // 1024**2} MiB a job needs at least", "free some space or choose another --output")
-    if not explicit or not output.is_dir() or not any(output.iterdir()):
-        return
+    try:
+        if not explicit or not output.is_dir() or not any(output.iterdir()):
+            return
+    except OSError as e:
+        raise BadInput(f"{what} cannot be read: {e.strerror or e}", "choose a folder you can read and write as --output") from e
     if mode is None:
         raise BadInput(f"{what} is not empty", _MODES_HINT)
     if mode == "replace":

@@ -202,7 +202,7 @@ def test_logs_follow_brings_outputs_into_another_folder(cluster: Cli, tmp_path: 
     proc = cluster("logs", job_id, "-f", "--output", str(second))
     assert proc.returncode == 0, proc.stderr
     assert (second / "model.bin").read_bytes() == b"m" * 100 and (second / "manifest.json").exists()
-    assert not (first / "model.bin").exists()
+    assert not first.exists(), "the folder claimed first, holding nothing else, is tidied away"
     assert json.loads((cluster.home / "jobs" / f"{job_id}.json").read_text())["output"] == str(second)
     for extra, says in ((["--output", str(tmp_path / "third")], "-f"), (["-f", "--output", str(tmp_path / "third")], "owes no outputs")):
         refused = cluster("logs", job_id, *extra)

@@ -107,3 +107,14 @@ def claim(output: Path, mode: str | None, job_id: str, workdir: Path, explicit: 
         raise BadInput(f"{what} cannot be written: {e.strerror or e}", "choose a folder you can write to as --output") from e
     with os.fdopen(fd, "w") as f:
         f.write(json.dumps({"job_id": job_id}) + "\n")
+
+
+def release(output: Path, job_id: str) -> None:
+    """Undo `claim` for a job whose outputs go elsewhere: remove `output` if it holds nothing but
+    this job's marker; leave it alone otherwise (anything else in it is someone's)."""
+    try:
+        if [p.name for p in output.iterdir()] == [MARKER] and json.loads((output / MARKER).read_text()).get("job_id") == job_id:
+            (output / MARKER).unlink()
+            output.rmdir()
+    except (OSError, ValueError, AttributeError):
+        pass  # a folder we cannot read or tidy stays as it is; nothing is lost

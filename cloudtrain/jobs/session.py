@@ -42,8 +42,9 @@ def redirect(store: Store, record: JobRecord, output: Path, mode: str | None, sa
     if output == Path(record.output):
         return
     destination.claim(output, mode, record.job_id, Path(record.workdir))
-    record.output = str(output)
+    previous, record.output = Path(record.output), str(output)
     record.save(store)
+    destination.release(previous, record.job_id)
     say(f"job {record.job_id}: outputs now land in {output}")
 
 

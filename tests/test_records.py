@@ -7,6 +7,7 @@ fake engine at the pulumi.automation boundary, as tests/test_stack.py does.
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import stat
@@ -106,12 +107,33 @@ def test_down_force_finds_a_local_cluster_whose_record_and_pid_files_are_gone(cl
     assert not _alive(pids) and not root.exists()
 
 
+def _lock_waiters(lock: Path) -> int:
+    """How many processes wait for a flock on `lock` (the kernel's own list, /proc/locks)."""
+    inode = os.stat(lock).st_ino
+    waiting = 0
+    for line in Path("/proc/locks").read_text().splitlines():
+        fields = line.split()
+        if "->" in fields and any(f.count(":") == 2 and f.rsplit(":", 1)[1] == str(inode) for f in fields):
+            waiting += 1
+    return waiting
+
+
 def test_two_concurrent_ups_of_one_name_with_different_specs_one_wins(cli: Cli) -> None:
+    """Both `up`s are let through their early checks while the test holds the cluster's lock,
+    so both reach the lock before either has made anything: the race, every time."""
+    lock = cli.home / "clusters" / ".same.lock"
+    lock.parent.mkdir(parents=True)
     env = {**os.environ, "CLOUDTRAIN_HOME": str(cli.home)}
-    procs = [
-        subprocess.Popen([sys.executable, "-m", "cloudtrain.cli", *UP, "--name", "same", *extra], cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
-        for extra in ((), ("--nodes", "2"))
-    ]
+    with open(lock, "w") as held:
+        fcntl.flock(held, fcntl.LOCK_EX)
+        procs = [
+            subprocess.Popen([sys.executable, "-m", "cloudtrain.cli", *UP, "--name", "same", *extra], cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+            for extra in ((), ("--nodes", "2"))
+        ]
+        deadline = time.monotonic() + 120  # a bound on the wait, not a speed check
+        while _lock_waiters(lock) < 2 and all(p.poll() is None for p in procs) and time.monotonic() < deadline:
+            time.sleep(0.1)
+        fcntl.flock(held, fcntl.LOCK_UN)
     results = [(p.wait(timeout=300), p.stderr.read()) for p in procs]
     for p in procs:
         p.stdout.close()

@@ -63,7 +63,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             record = cdir.load()
             if record.status == "ready" and record.cluster:
                 say(f"cluster {spec.name} exists; checking it is ready")
-                _bootstrap(record.cluster, spec, cdir)
+                run_bootstrap(record.cluster, spec, cdir)
                 return record
             if record.status == "destroying":
                 # A `down` that stopped part-way may still owe outputs: finish it, don't discard them.
@@ -81,7 +81,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             record.cluster = prov.create(spec, cdir, record)
             cdir.save(record)
             say(f"{len(record.cluster.nodes)} node(s) up in {time.monotonic() - started:.1f}s; bootstrapping")
-            _bootstrap(record.cluster, spec, cdir)
+            run_bootstrap(record.cluster, spec, cdir)
             record.status = "ready"
             cdir.save(record)
         except BaseException:
@@ -96,7 +96,8 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
         return record
 
 
-def _bootstrap(cluster: Cluster, spec: ClusterSpec, cdir: ClusterDir) -> None:
+def run_bootstrap(cluster: Cluster, spec: ClusterSpec, cdir: ClusterDir) -> None:
+    """Make the nodes ready (idempotent)."""
     # Its logs and facts land in the cluster's folder: private, whatever the user's umask.
     with safefile.private_umask():
         bootstrap_cluster(cluster, request_of(spec), cdir)
@@ -221,8 +222,10 @@ def _destroy_unrecorded(store: Store, cdir: ClusterDir, say: Say) -> None:
         name = next((p for p in provisioners.PROVIDERS if provisioners.get(p).recognizes(cdir)), None)
     if name is None and cdir.provider_dir.is_dir() and any(cdir.provider_dir.iterdir()):
         raise ProvisionError(f"cannot tell which provider made cluster {cdir.name}", f"remove its machines by hand, then delete {cdir.root}")
-    say(f"warning: the record of cluster {cdir.name} is damaged; destroying what the {name or 'unknown'} provider can find")
-    if name is not None:
+    if name is None:
+        say(f"warning: the record of cluster {cdir.name} is damaged; its provider had made nothing yet")
+    else:
+        say(f"warning: the record of cluster {cdir.name} is damaged; destroying what the {name} provider can find")
         provisioners.get(name).destroy_found(cdir)
     for job in all_jobs(store, warn=say):
         if job.cluster == cdir.name and job.status not in ("fetched", "abandoned"):

@@ -59,6 +59,9 @@ def test_a_damaged_cluster_record_hides_nothing_else_and_down_force_removes_it(c
         text = cli("status")
         assert text.returncode == 0 and "good" in text.stdout and "damaged" in text.stdout, (kind, text.stderr)
 
+        config = cli("ssh-config")
+        assert config.returncode == 0 and "Host good-0" in config.stdout and "skipping cluster bad" in config.stderr, (kind, config.stderr)
+
         run = cli("run", "train.py", "--cluster", "good", "--output", str(cli.cwd / "out" / kind.replace(" ", "-")))
         assert run.returncode == 0, f"{kind}: {run.stderr}"
         assert (cli.cwd / "out" / kind.replace(" ", "-") / "out.txt").read_text() == "ok"

@@ -14,7 +14,7 @@ import typer
 
 from cloudtrain import lifecycle
 from cloudtrain import provisioner as provisioners
-from cloudtrain.bootstrap.cluster import bootstrap_cluster, plan_cluster
+from cloudtrain.bootstrap.cluster import plan_cluster
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
@@ -203,7 +203,13 @@ def ssh_config(cluster: Optional[str] = ClusterOpt) -> None:
     blocks = []
     for name in names:
         cdir = store.cluster_dir(name)
-        record = cdir.load()
+        try:
+            record = cdir.load()
+        except (DamagedRecord, NotFound) as e:
+            if cluster:  # asked for by name: its error is the answer
+                raise
+            say(f"warning: skipping cluster {name}: {e.line()}")  # the others stay reachable
+            continue
         for node in record.cluster.nodes if record.cluster else ():
             blocks.append(
                 "\n".join(
@@ -244,6 +250,6 @@ def bootstrap(
                 print(f"  {step.plan_line()}")
         return
     with cdir.lock():
-        bootstrap_cluster(record.cluster, request, cdir)
+        lifecycle.run_bootstrap(record.cluster, record.spec, cdir)
 
 

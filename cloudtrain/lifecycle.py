@@ -218,7 +218,7 @@ def _destroy_unrecorded(store: Store, cdir: ClusterDir, say: Say) -> None:
     """`down --force` of a cluster whose record is damaged or missing: its provider (from the
     marker, else from the files it left) removes what it can find; its owed jobs are abandoned."""
     name = cdir.provider_name()
-    if name is None:
+    if name not in provisioners.PROVIDERS:  # absent, or as damaged as the record
         name = next((p for p in provisioners.PROVIDERS if provisioners.get(p).recognizes(cdir)), None)
     if name is None and cdir.provider_dir.is_dir() and any(cdir.provider_dir.iterdir()):
         raise ProvisionError(f"cannot tell which provider made cluster {cdir.name}", f"remove its machines by hand, then delete {cdir.root}")

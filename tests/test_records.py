@@ -45,6 +45,9 @@ def test_a_damaged_cluster_record_hides_nothing_else_and_down_force_removes_it(c
     (cli.home / "jobs").mkdir(exist_ok=True)
     (cli.home / "jobs" / "old-job-20260101-000000-abcd.json").write_bytes(b'{"job_id": "old-job-2026')
 
+    logs = cli("logs", "old-job-20260101-000000-abcd")
+    assert logs.returncode == 1 and "old-job-20260101-000000-abcd.json" in one_line_error(logs)
+
     for kind, data in DAMAGE.items():
         (bad_dir / "cluster.json").write_bytes(data)
 
@@ -94,12 +97,12 @@ def test_a_damaged_cluster_record_hides_nothing_else_and_down_force_removes_it(c
 
 
 def test_down_force_finds_a_local_cluster_whose_record_and_pid_files_are_gone(cli: Cli) -> None:
-    """No marker, no record, no pid file: the node folders alone say it was the local provider."""
+    """No readable marker, record or pid file: the node folders alone say it was the local provider."""
     assert cli(*UP, "--name", "lost", timeout=300).returncode == 0
     root = cli.home / "clusters" / "lost"
     pids = _sshd_pids_under(root)
     (root / "cluster.json").write_bytes(b"\x00" * 10)
-    (root / "provider.txt").unlink(missing_ok=True)
+    (root / "provider.txt").write_bytes(b"\xff\x00lo")  # the marker as damaged as the record
     for pidfile in (root / "provider").glob("*/sshd.pid"):
         pidfile.write_text("garbage")
     forced = cli("down", "--force", "--cluster", "lost", timeout=120)
@@ -187,17 +190,18 @@ def test_files_under_the_home_are_private_whatever_the_umask(cli: Cli) -> None:
         assert cli("run", "train.py").returncode == 0
         while_up = _modes(cli.home)
         assert cli("down", timeout=120).returncode == 0
-        # A failed up keeps its logs in the home: those too.
-        refusing = cli.cwd.parent / "sshd-refusing"
-        refusing.write_text('#!/bin/sh\nexec /usr/sbin/sshd -o "ForceCommand=exit 97" "$@"\n')
-        refusing.chmod(0o755)
-        assert cli(*UP, "--name", "fails", env={"CLOUDTRAIN_SSHD": str(refusing)}, timeout=300).returncode == 1
+        # A cluster removed without its record keeps its bootstrap logs in the home: those too.
+        assert cli(*UP, "--name", "spare", timeout=300).returncode == 0
+        (cli.home / "clusters" / "spare" / "cluster.json").write_bytes(b"{")
+        forced = cli("down", "--force", "--cluster", "spare", timeout=120)
+        assert forced.returncode == 0 and "logs kept in" in forced.stderr, forced.stderr
     finally:
         os.umask(old)
     assert not while_up, while_up
     after = _modes(cli.home)
     assert not after, after
-    assert list((cli.home / "jobs").glob("*.json")) and (cli.home / "clusters" / ".destroyed").is_dir()
+    assert list((cli.home / "jobs").glob("*.json")) and list((cli.home / "clusters" / ".destroyed").glob("*.json"))
+    assert list((cli.home / "logs").glob("spare-*/*/*.log")), "the kept logs were checked"
 
 
 def test_down_output_brings_outputs_elsewhere_when_the_recorded_one_cannot_be_written(cli: Cli) -> None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import shutil
 import stat
 import subprocess
 import sys
@@ -213,8 +214,6 @@ def test_down_output_brings_outputs_elsewhere_when_the_recorded_one_cannot_be_wr
     job_id = json.loads(cli("status", "--json").stdout)["jobs"][0]["job_id"]
     # The recorded output becomes unwritable (even for root): its parent is now a file.
     if (cli.cwd / "outs").is_dir():
-        import shutil
-
         shutil.rmtree(cli.cwd / "outs")
     (cli.cwd / "outs").write_text("not a folder")
 

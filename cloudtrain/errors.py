@@ -39,6 +39,15 @@ class NotFound(BadInput):
     """An unknown cluster, job or file named by the user."""
 
 
+class DamagedRecord(CloudtrainError):
+    """A record in the cloudtrain home cannot be read (truncated, garbled, wrong shape).
+    Exit 1: the user did nothing wrong; the line names the file and what to do."""
+
+    def __init__(self, message: str, hint: str | None = None, path: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.path = path
+
+
 class MissingTool(CloudtrainError):
     """A program cloudtrain needs on this machine is absent (sshd, the Pulumi CLI)."""
 

@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import shutil
 import time
+from pathlib import Path
 from typing import Callable
 
 from cloudtrain import provisioner as provisioners
+from cloudtrain import safefile
 from cloudtrain.bootstrap.cluster import bootstrap_cluster
 from cloudtrain.bootstrap.gpu import Request
-from cloudtrain.errors import BadInput, CloudtrainError
-from cloudtrain.jobs.record import jobs_of
+from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, ProvisionError
+from cloudtrain.jobs.record import JobRecord, all_jobs, jobs_of
 from cloudtrain.jobs.runner import JobRunner
+from cloudtrain.machine import Cluster
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, ClusterRecord, Store
 
@@ -29,9 +32,14 @@ def request_of(spec: ClusterSpec) -> Request:
 
 
 def check(store: Store, spec: ClusterSpec) -> None:
-    """Everything that can be refused is refused here, before anything is created."""
+    """Everything that can be refused is refused here, before anything is created. `up` runs
+    the part about an existing cluster again under the cluster's lock."""
     provisioners.get(spec.provider).check(spec)
-    cdir = store.cluster_dir(spec.name)
+    check_existing(store.cluster_dir(spec.name), spec)
+
+
+def check_existing(cdir: ClusterDir, spec: ClusterSpec) -> None:
+    """A cluster of this name must have this spec (BadInput otherwise)."""
     if cdir.exists():
         existing = cdir.load().spec
         # Providers fill in what was left to them (region, zone, the caller's /32); a flag left
@@ -49,11 +57,13 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
     prov = provisioners.get(spec.provider)
     cdir = store.cluster_dir(spec.name)
     with cdir.lock():
+        # Again, under the lock: another `up` of this name may have made it while we waited.
+        check_existing(cdir, spec)
         if cdir.exists():
             record = cdir.load()
             if record.status == "ready" and record.cluster:
                 say(f"cluster {spec.name} exists; checking it is ready")
-                bootstrap_cluster(record.cluster, request_of(spec), cdir)
+                run_bootstrap(record.cluster, spec, cdir)
                 return record
             if record.status == "destroying":
                 # A `down` that stopped part-way may still owe outputs: finish it, don't discard them.
@@ -62,7 +72,8 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             prov.destroy(cdir, record)
             cdir.remove()
         say(f"cluster {spec.name}: {prov.describe(spec)}")
-        cdir.create()
+        cdir.create(provider=spec.provider)  # the marker: `down --force` finds the provider without the record
+        store.unbury(spec.name)
         record = ClusterRecord(spec=spec)
         cdir.save(record)  # recorded before the provisioner starts: `down` can always find it
         try:
@@ -70,7 +81,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             record.cluster = prov.create(spec, cdir, record)
             cdir.save(record)
             say(f"{len(record.cluster.nodes)} node(s) up in {time.monotonic() - started:.1f}s; bootstrapping")
-            bootstrap_cluster(record.cluster, request_of(spec), cdir)
+            run_bootstrap(record.cluster, spec, cdir)
             record.status = "ready"
             cdir.save(record)
         except BaseException:
@@ -85,25 +96,42 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
         return record
 
 
+def run_bootstrap(cluster: Cluster, spec: ClusterSpec, cdir: ClusterDir) -> None:
+    """Make the nodes ready (idempotent)."""
+    # Its logs and facts land in the cluster's folder: private, whatever the user's umask.
+    with safefile.private_umask():
+        bootstrap_cluster(cluster, request_of(spec), cdir)
+    safefile.private_tree(cdir.logs_dir)
+
+
 def _keep_logs(store: Store, cdir: ClusterDir) -> str | None:
     if not cdir.logs_dir.is_dir() or not any(cdir.logs_dir.iterdir()):
         return None
-    dest = store.root / "logs" / f"{cdir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
+    dest = safefile.private_dir(store.root / "logs") / f"{cdir.name}-{time.strftime('%Y%m%d-%H%M%S')}"
     shutil.copytree(cdir.logs_dir, dest)
+    safefile.private_tree(dest)
     return str(dest)
 
 
-def bring_home_owed(store: Store, cdir: ClusterDir, record: ClusterRecord, say: Say, force: bool = False) -> None:
+def bring_home_owed(
+    store: Store, cdir: ClusterDir, record: ClusterRecord, say: Say, force: bool = False, output: Path | None = None
+) -> None:
     """Fetch every job of this cluster whose outputs have not come home yet.
 
-    With `force`, a job whose outputs cannot be fetched is marked abandoned and the rest go on."""
+    With `output`, each owed job comes home into output/<job-id> instead of its recorded
+    folder (the record updated first). With `force`, a job whose outputs cannot be fetched is
+    marked abandoned and the rest go on."""
     if record.cluster is None:
         return
     runner = JobRunner(store, cdir, record.cluster, say=say)
-    for job in jobs_of(store, cdir.name, record.created_at):
+    for job in jobs_of(store, cdir.name, record.created_at, warn=say):
         if job.status in ("fetched", "abandoned"):
             continue
         try:
+            if output is not None and Path(job.output) != output / job.job_id:
+                job.output = str(output / job.job_id)
+                job.save(store)
+            _check_writable(job)
             if job.status in ("running", "starting"):
                 runner.end(job)
             path = runner.collect(job)
@@ -117,34 +145,94 @@ def bring_home_owed(store: Store, cdir: ClusterDir, record: ClusterRecord, say: 
         say(f"job {job.job_id}: outputs in {path}")
 
 
-def down(store: Store, name: str | None, say: Say, force: bool = False) -> bool:
-    """Destroy a cluster after bringing its owed outputs home. False when there was nothing to do."""
+def _check_writable(job: JobRecord) -> None:
+    """Refuse, before stopping or fetching anything, an output folder that cannot be made."""
+    try:
+        Path(job.output).mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise CloudtrainError(
+            f"job {job.job_id}'s outputs cannot be written to {job.output} ({e.strerror or e})",
+            "pass `--output DIR` to bring them somewhere else",
+        ) from e
+
+
+def down(store: Store, name: str | None, say: Say, force: bool = False, output: Path | None = None) -> bool:
+    """Destroy a cluster after bringing its owed outputs home. False when there was nothing to do.
+
+    A name never created is BadInput (a typo must not look like success while the real
+    cluster bills); a name already destroyed (its tombstone) is nothing to do."""
     if name is None and not store.cluster_names():
         say("no cluster exists; nothing to do")
         return False
-    if name is not None and not store.cluster_dir(name).exists():
-        say(f"cluster {name} does not exist; nothing to do")
-        return False
+    if name is not None and not store.cluster_dir(name).found():
+        return _gone(store, name, say)
     cdir = store.resolve(name)
     with cdir.lock():
-        if not cdir.exists():  # another `down` finished while we waited for the lock
-            return False
-        record = cdir.load()
+        if not cdir.found():  # another `down` finished while we waited for the lock
+            return _gone(store, cdir.name, say)
+        try:
+            record = cdir.load()
+        except (DamagedRecord, BadInput) as e:  # BadInput: a marker without a record
+            if not force:
+                raise DamagedRecord(
+                    f"cannot bring home the outputs of {cdir.name}: {e.message}",
+                    f"`cloudtrain down --force --cluster {cdir.name}` destroys it from what its provider can find (owed outputs are then lost)",
+                ) from e
+            _destroy_unrecorded(store, cdir, say)
+            return True
         was = record.status
         record.status = "destroying"
         cdir.save(record)
         try:
-            bring_home_owed(store, cdir, record, say, force=force)
+            bring_home_owed(store, cdir, record, say, force=force, output=output)
         except BaseException as e:
             record.status = was  # still usable, and `up` will not mistake it for half-destroyed
             cdir.save(record)
-            still_up = f"the cluster is still up; fix that and run `cloudtrain down --cluster {cdir.name}` again, or add --force to destroy anyway"
+            still_up = (
+                f"the cluster is still up; fix that and run `cloudtrain down --cluster {cdir.name}` again "
+                "(`--output DIR` brings the outputs elsewhere), or add --force to destroy anyway"
+            )
             if isinstance(e, CloudtrainError):
                 raise CloudtrainError(f"could not bring home the outputs of {cdir.name}: {e.message}", still_up) from e
             if isinstance(e, Exception):  # a bug: keep its traceback, but say what state things are in
                 say(f"bringing home the outputs of {cdir.name} failed unexpectedly; {still_up}")
             raise
         provisioners.get(record.spec.provider).destroy(cdir, record)
+        store.bury(cdir.name, {"provider": record.spec.provider, "created_at": record.created_at})
         cdir.remove()
     say(f"cluster {cdir.name} is down")
     return True
+
+
+def _gone(store: Store, name: str, say: Say) -> bool:
+    stone = store.tombstone(name)
+    if stone is None:
+        raise store.unknown_cluster(name)
+    when = stone.get("destroyed_at")
+    at = f" at {time.strftime('%Y-%m-%d %H:%M:%S', time.localtime(when))}" if isinstance(when, (int, float)) else ""
+    say(f"cluster {name} was already destroyed{at}; nothing to do")
+    return False
+
+
+def _destroy_unrecorded(store: Store, cdir: ClusterDir, say: Say) -> None:
+    """`down --force` of a cluster whose record is damaged or missing: its provider (from the
+    marker, else from the files it left) removes what it can find; its owed jobs are abandoned."""
+    name = cdir.provider_name()
+    if name not in provisioners.PROVIDERS:  # absent, or as damaged as the record
+        name = next((p for p in provisioners.PROVIDERS if provisioners.get(p).recognizes(cdir)), None)
+    if name is None and cdir.provider_dir.is_dir() and any(cdir.provider_dir.iterdir()):
+        raise ProvisionError(f"cannot tell which provider made cluster {cdir.name}", f"remove its machines by hand, then delete {cdir.root}")
+    if name is None:
+        say(f"warning: the record of cluster {cdir.name} is damaged; its provider had made nothing yet")
+    else:
+        say(f"warning: the record of cluster {cdir.name} is damaged; destroying what the {name} provider can find")
+        provisioners.get(name).destroy_found(cdir)
+    for job in all_jobs(store, warn=say):
+        if job.cluster == cdir.name and job.status not in ("fetched", "abandoned"):
+            job.status = "abandoned"
+            job.save(store)
+            say(f"warning: job {job.job_id}'s outputs were not brought home (its cluster's record is damaged); they are lost with the cluster")
+    kept = _keep_logs(store, cdir)
+    store.bury(cdir.name, {"provider": name, "damaged": True})
+    cdir.remove()
+    say(f"cluster {cdir.name} is down" + (f" (logs kept in {kept})" if kept else ""))

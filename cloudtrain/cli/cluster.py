@@ -7,17 +7,18 @@ import os
 import shutil
 import sys
 import time
+from pathlib import Path
 from typing import List, Optional
 
 import typer
 
 from cloudtrain import lifecycle
 from cloudtrain import provisioner as provisioners
-from cloudtrain.bootstrap.cluster import bootstrap_cluster, plan_cluster
+from cloudtrain.bootstrap.cluster import plan_cluster
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
-from cloudtrain.errors import BadInput, CloudtrainError, MissingTool, NotFound
-from cloudtrain.jobs.record import JobRecord
+from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
+from cloudtrain.jobs.record import all_jobs
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, Store
 
@@ -62,13 +63,15 @@ def up(
 @app.command()
 def down(
     cluster: Optional[str] = ClusterOpt,
-    force: bool = typer.Option(False, "--force", help="Destroy even if some outputs could not be brought home."),
+    force: bool = typer.Option(False, "--force", help="Destroy even if some outputs could not be brought home, or the record is damaged."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Bring owed outputs into DIR/<job-id> instead of each job's recorded --output."),
 ) -> None:
-    """Bring home any outputs still owed, then destroy the cluster. Running it twice is harmless.
+    """Bring home any outputs still owed, then destroy the cluster. Running it twice is harmless;
+    a name never created is an error (exit 2).
 
-    Example: cloudtrain down --cluster local
+    Example: cloudtrain down --cluster local --output /data/runs
     """
-    lifecycle.down(Store(), cluster, say, force=force)
+    lifecycle.down(Store(), cluster, say, force=force, output=output.absolute() if output else None)
 
 
 @app.command()
@@ -78,9 +81,15 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     Example: cloudtrain status --json
     """
     store = Store()
-    clusters = []
+    clusters, damaged = [], []
     for name in store.cluster_names():
-        record = store.cluster_dir(name).load()
+        try:
+            record = store.cluster_dir(name).load()
+        except (DamagedRecord, NotFound) as e:  # NotFound: a marker whose record never got written
+            # One bad record hides nothing else: name it, with what to do, and list the rest.
+            damaged.append({"name": name, "status": "damaged", "error": e.line()})
+            say(f"warning: {e.line()}")
+            continue
         price = _hourly_price(record.spec)
         hours = (time.time() - record.created_at) / 3600
         clusters.append(
@@ -97,17 +106,19 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
                 "cost_so_far": None if price is None else round(price * hours, 2),
             }
         )
-    jobs = [JobRecord.load(store, j) for j in store.job_ids()]
+    jobs = all_jobs(store, warn=say)
     jobs.sort(key=lambda j: j.submitted_at)
     job_rows = [
         {"job_id": j.job_id, "cluster": j.cluster, "status": j.status, "exit_code": j.exit_code, "output": j.output}
         for j in jobs[-20:]
     ]
     if as_json:
-        print(json.dumps({"clusters": clusters, "jobs": job_rows}, indent=2))
+        print(json.dumps({"clusters": clusters, "damaged": damaged, "jobs": job_rows}, indent=2))
         return
-    if not clusters:
+    if not clusters and not damaged:
         print("no clusters")
+    for d in damaged:
+        print(f"{d['name']:<20} {'?':<6} {'damaged':<10} {d['error']}")
     for c in clusters:
         age = time.time() - c["created_at"]
         if c["price_per_hour"] is None:
@@ -192,7 +203,13 @@ def ssh_config(cluster: Optional[str] = ClusterOpt) -> None:
     blocks = []
     for name in names:
         cdir = store.cluster_dir(name)
-        record = cdir.load()
+        try:
+            record = cdir.load()
+        except (DamagedRecord, NotFound) as e:
+            if cluster:  # asked for by name: its error is the answer
+                raise
+            say(f"warning: skipping cluster {name}: {e.line()}")  # the others stay reachable
+            continue
         for node in record.cluster.nodes if record.cluster else ():
             blocks.append(
                 "\n".join(
@@ -233,6 +250,6 @@ def bootstrap(
                 print(f"  {step.plan_line()}")
         return
     with cdir.lock():
-        bootstrap_cluster(record.cluster, request, cdir)
+        lifecycle.run_bootstrap(record.cluster, record.spec, cdir)
 
 

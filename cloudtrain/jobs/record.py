@@ -5,11 +5,13 @@ from __future__ import annotations
 import re
 import secrets
 import signal
+import sys
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
+from cloudtrain.errors import DamagedRecord
 from cloudtrain.state import Store
 
 
@@ -62,11 +64,38 @@ class JobRecord:
 
     @classmethod
     def load(cls, store: Store, job_id: str) -> "JobRecord":
-        return cls(**store.load_job(job_id))
+        data = store.load_job(job_id)
+        try:
+            record = cls(**data)
+        except TypeError as e:  # fields missing or unknown: cut off, or not a job record
+            path = store.jobs_dir / f"{job_id}.json"
+            raise DamagedRecord(f"the record of job {job_id} {path} is damaged (not a job record: {e})", f"delete {path} if the job's outputs are home", str(path)) from e
+        if not isinstance(record.output, str) or not isinstance(record.cluster, str):
+            path = store.jobs_dir / f"{job_id}.json"
+            raise DamagedRecord(f"the record of job {job_id} {path} is damaged (no cluster or output)", f"delete {path} if the job's outputs are home", str(path))
+        return record
 
 
-def jobs_of(store: Store, cluster: str, created_at: float) -> list[JobRecord]:
+Warn = Callable[[str], None]
+
+
+def _to_stderr(text: str) -> None:
+    print(f"cloudtrain: {text}", file=sys.stderr, flush=True)
+
+
+def all_jobs(store: Store, warn: Warn = _to_stderr) -> list[JobRecord]:
+    """Every readable job record; a damaged one is skipped with a warning, so one bad file
+    never stops `status` or `down` for everything else."""
+    records = []
+    for job_id in store.job_ids():
+        try:
+            records.append(JobRecord.load(store, job_id))
+        except DamagedRecord as e:
+            warn(f"warning: skipping job {job_id}: {e.line()}")
+    return records
+
+
+def jobs_of(store: Store, cluster: str, created_at: float, warn: Warn = _to_stderr) -> list[JobRecord]:
     """Jobs that ran on this cluster: same name and same incarnation (a cluster made again
     under an old name never ran the old one's jobs)."""
-    records = [JobRecord.load(store, j) for j in store.job_ids()]
-    return [r for r in records if r.cluster == cluster and r.cluster_created_at in (None, created_at)]
+    return [r for r in all_jobs(store, warn) if r.cluster == cluster and r.cluster_created_at in (None, created_at)]

@@ -5,6 +5,7 @@ from __future__ import annotations
 from abc import ABC, abstractmethod
 from typing import ClassVar
 
+from cloudtrain.errors import ProvisionError
 from cloudtrain.machine import Cluster
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, ClusterRecord
@@ -43,3 +44,16 @@ class Provisioner(ABC):
     @abstractmethod
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
         """Remove everything `create` made. Idempotent: a second call is harmless."""
+
+    def recognizes(self, cdir: ClusterDir) -> bool:
+        """Whether the files in `cdir.provider_dir` look like this provider's (a cluster made
+        before the provider marker existed, whose record is damaged)."""
+        return False
+
+    def destroy_found(self, cdir: ClusterDir) -> None:
+        """Remove what this provider can find of a cluster whose record is damaged or missing,
+        from the cluster's name and its provider folder alone. Idempotent."""
+        raise ProvisionError(
+            f"the {self.name} provider cannot find cluster {cdir.name}'s machines without its record",
+            f"remove them by hand, then delete {cdir.root}",
+        )

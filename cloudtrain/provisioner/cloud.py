@@ -103,9 +103,9 @@ class CloudProvisioner(Provisioner):
         record.spec = spec
         host_keys = hostkeys.load_or_create(cdir.provider_dir / "host-keys", program.node_names(spec))
         config = program.stack_config(spec, choice, cdir.client_public_key()) | extra
-        stack = ClusterStack(
+        stack = ClusterStack.of_cluster(
             cdir.name,
-            cdir.provider_dir / "pulumi",
+            cdir.provider_dir,
             program=lambda: program.run(host_keys),
             command=command,
             on_output=self.on_output,
@@ -121,6 +121,15 @@ class CloudProvisioner(Provisioner):
         if not record.provider_state.get("stack"):
             return  # create never got as far as a stack: nothing to remove
         stack = ClusterStack.from_state(record.provider_state, command=pulumi_cli.require(), on_output=self.on_output)
+        stack.destroy()
+
+    def recognizes(self, cdir: ClusterDir) -> bool:
+        return (cdir.provider_dir / "pulumi").is_dir() or (cdir.provider_dir / "host-keys").is_dir()
+
+    def destroy_found(self, cdir: ClusterDir) -> None:
+        # The record is gone, not the stack: it is named after the cluster. Every cloud's stack
+        # is destroyed the same way, so which cloud made it does not matter here.
+        stack = ClusterStack.of_cluster(cdir.name, cdir.provider_dir, command=pulumi_cli.require(), on_output=self.on_output)
         stack.destroy()
 
 

@@ -178,3 +178,37 @@ class LocalProvisioner(Provisioner):
         # A stale pid file (after a reboot) may name someone else's process: only ours is stopped.
         if str(pidfile.parent / "sshd_config").encode() in cmdline:
             terminate([pid])
+
+    # --- a node set found on disk without a record (the record damaged or missing) -----
+
+    def recognizes(self, cdir: ClusterDir) -> bool:
+        return any((d / "sshd_config").exists() or (d / "root").is_dir() for d in _subdirs(cdir.provider_dir))
+
+    def destroy_found(self, cdir: ClusterDir) -> None:
+        """Every sshd whose config lies in the provider folder (its pid file may be as damaged
+        as the record), then every process marked with a node root there, then the folders."""
+        terminate(_sshd_pids_under(cdir.provider_dir))
+        for node_dir in _subdirs(cdir.provider_dir):
+            stop_node_processes(node_dir / "root")
+            shutil.rmtree(node_dir, ignore_errors=True)
+
+
+def _subdirs(folder: Path) -> list[Path]:
+    return sorted(p for p in folder.iterdir() if p.is_dir() and not p.is_symlink()) if folder.is_dir() else []
+
+
+def _sshd_pids_under(provider_dir: Path) -> list[int]:
+    """Processes started with `-f <node folder>/sshd_config` for a node folder in `provider_dir`.
+    Matched as a substring: sshd rewrites its command line into one string."""
+    needles = [str(d / "sshd_config").encode() for d in _subdirs(provider_dir)]
+    found = []
+    for entry in Path("/proc").iterdir() if needles else ():
+        if not entry.name.isdigit() or int(entry.name) == os.getpid():
+            continue
+        try:
+            cmdline = (entry / "cmdline").read_bytes()
+        except OSError:
+            continue
+        if any(n in cmdline for n in needles):
+            found.append(int(entry.name))
+    return found

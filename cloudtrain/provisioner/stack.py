@@ -86,6 +86,13 @@ class ClusterStack:
         self.backend = backend or backend_url()
         self.on_output = on_output
 
+    @classmethod
+    def of_cluster(cls, name: str, provider_dir: Path, **kw: Any) -> "ClusterStack":
+        """The stack of cluster `name`: named after it, its work folder in the cluster's provider
+        folder. Derivable from the name alone, so a cluster whose record is damaged can still be
+        destroyed (on the current backend: PULUMI_BACKEND_URL if set, else the home's)."""
+        return cls(name, provider_dir / "pulumi", **kw)
+
     # What destroy needs after a crash; saved in the cluster record before anything is created.
     def state(self) -> dict[str, Any]:
         return {"stack": self.name, "project": PROJECT, "backend_url": self.backend, "work_dir": str(self.work_dir)}

@@ -11,7 +11,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Any
 
 
-PROBE_TIMEOUT_S = 3.0  # per node, all at once: `status` waits this long at most
+PROBE_TIMEOUT_S = 2.0  # per node, all at once: `status` waits this long at most
 
 
 def why_silent(host: str, port: int, timeout: float) -> str | None:

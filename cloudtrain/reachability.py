@@ -21,7 +21,7 @@ def why_silent(host: str, port: int, timeout: float) -> str | None:
             s.settimeout(timeout)
             banner = s.recv(256)
     except socket.timeout:
-        return f"no answer within {timeout:.0f}s"
+        return f"no answer within {timeout:g}s"
     except OSError as e:
         return e.strerror or str(e)
     if not banner.startswith(b"SSH-"):

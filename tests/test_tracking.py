@@ -176,3 +176,31 @@ def test_a_bad_patience_setting_is_refused_before_the_job_starts(cli: Cli) -> No
     assert "CLOUDTRAIN_NODE_PATIENCE='soon' is not a number of seconds" in _error_line(proc.stderr)
     assert not list((_node_dir(cli) / "root" / "jobs").glob("*/pid"))
     assert cli("down", timeout=120).returncode == 0
+
+
+def test_status_probe_tells_a_silent_or_foreign_listener_from_an_ssh_server() -> None:
+    """Real sockets on loopback: a port that accepts but never speaks, and one that speaks
+    something other than SSH, are both 'not answering'; the probe is bounded by its timeout."""
+    import socket
+    import threading
+
+    from cloudtrain.reachability import why_silent
+
+    silent, foreign = socket.socket(), socket.socket()
+    for s in (silent, foreign):
+        s.bind(("127.0.0.1", 0))
+        s.listen(1)
+
+    def speak() -> None:
+        conn, _ = foreign.accept()
+        conn.sendall(b"HTTP/1.1 400 Bad Request\r\n\r\n")
+        conn.close()
+
+    threading.Thread(target=speak, daemon=True).start()
+    try:
+        assert why_silent("127.0.0.1", silent.getsockname()[1], timeout=0.5) == "no answer within 0.5s"
+        assert why_silent("127.0.0.1", foreign.getsockname()[1], timeout=5) == "something other than SSH answers there"
+    finally:
+        silent.close()
+        foreign.close()
+    assert why_silent("127.0.0.1", 1, timeout=1)  # nothing listens on port 1: refused

@@ -8,6 +8,7 @@ every process of it has ended, and stopping it signals the whole session.
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import sys
@@ -36,7 +37,7 @@ def _seconds(name: str, default: float) -> float:
         value = float(raw)
     except ValueError:
         value = -1.0
-    if value < 0:
+    if not math.isfinite(value) or value < 0:
         raise BadInput(f"{name}={raw!r} is not a number of seconds", f"set it to e.g. {default:.0f}, or unset it")
     return value
 
@@ -222,13 +223,16 @@ def _stop(runner: "JobRunner", remotes: list[SshRemote], paths: list[JobPaths], 
     for i, r in enumerate(remotes):
         if codes[i] is None:
             pid, status = q(paths[i].pid), q(paths[i].exit_code)
-            r.run(
-                f'p=$(cat {pid} 2>/dev/null); [ -n "$p" ] || exit 0; '
-                f'kill -TERM -- "-$p" 2>/dev/null; pkill -TERM -s "$p"; '
-                f"for _ in $(seq 20); do {alive} || break; sleep 0.5; done; "
-                f'kill -KILL -- "-$p" 2>/dev/null; pkill -KILL -s "$p"; sleep 0.2; test -e {status} || echo 143 > {status}',
-                check=False,
-            )
+            try:
+                r.run(
+                    f'p=$(cat {pid} 2>/dev/null); [ -n "$p" ] || exit 0; '
+                    f'kill -TERM -- "-$p" 2>/dev/null; pkill -TERM -s "$p"; '
+                    f"for _ in $(seq 20); do {alive} || break; sleep 0.5; done; "
+                    f'kill -KILL -- "-$p" 2>/dev/null; pkill -KILL -s "$p"; test -e {status} || echo 143 > {status}',
+                    check=False,
+                )
+            except RemoteError as e:  # the others are still stopped; `down` tries this one again
+                runner.say(f"could not stop the job on {r.node.name} ({e.message}); `cloudtrain down` stops it")
 
 
 def exit_codes(runner: "JobRunner", record: JobRecord) -> list[int | None]:

@@ -4,7 +4,9 @@
     bootstrap/state.json      fingerprints of applied steps
     bootstrap/steps/, logs/   each step's script and output
     jobs/<job-id>/            work/ (shipped files), out/ ($CLOUDTRAIN_OUTPUT_DIR), log.txt,
-                              run.sh, pid, exit_code
+                              run.sh, track.py (the job's session leader), pid (its pid = the
+                              job's session id), main_pid and main_exit (the program's),
+                              exit_code (written once every process of the job has ended)
 """
 
 from __future__ import annotations
@@ -78,3 +80,15 @@ class JobPaths:
     @property
     def exit_code(self) -> str:
         return f"{self.dir}/exit_code"
+
+    @property
+    def tracker(self) -> str:
+        return f"{self.dir}/track.py"
+
+    @property
+    def main_pid(self) -> str:
+        return f"{self.dir}/main_pid"
+
+    @property
+    def main_exit(self) -> str:
+        return f"{self.dir}/main_exit"

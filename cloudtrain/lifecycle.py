@@ -63,6 +63,8 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             record = cdir.load()
             if record.status == "ready" and record.cluster:
                 say(f"cluster {spec.name} exists; checking it is ready")
+                for line in prov.repair(cdir, record):
+                    say(line)
                 run_bootstrap(record.cluster, spec, cdir)
                 return record
             if record.status == "destroying":

@@ -135,7 +135,7 @@ def test_status_shows_what_each_cluster_costs(tmp_path: Path, monkeypatch: pytes
     node = Node("aws-t4-0", "203.0.113.9", 22, "ubuntu", keys.generate()[1], "10.77.0.5")
     spec = ClusterSpec(name="aws-t4", provider="aws", gpu="t4", nodes=2, region="us-east-1", ssh_cidr="198.51.100.7/32")
     record = ClusterRecord(spec=spec, cluster=Cluster("aws-t4", (node,), cdir.identity_file), status="ready")
-    record.created_at -= 2 * 3600  # up for two hours
+    record.created_at -= 2 * 3600 - 10  # up for two hours, less the seconds the status calls below take (a node probe each)
     cdir.save(record)
     proc = subprocess.run([sys.executable, "-m", "cloudtrain.cli", "status", "--json"], capture_output=True, text=True)
     assert proc.returncode == 0, proc.stderr

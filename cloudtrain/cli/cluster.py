@@ -19,6 +19,7 @@ from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
 from cloudtrain.jobs.record import all_jobs
+from cloudtrain.reachability import mark_silent_nodes, silent_line
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, Store
 
@@ -106,6 +107,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
                 "cost_so_far": None if price is None else round(price * hours, 2),
             }
         )
+    mark_silent_nodes(clusters)  # a quick SSH-banner probe of each ready cluster's nodes
     jobs = all_jobs(store, warn=say)
     jobs.sort(key=lambda j: j.submitted_at)
     job_rows = [
@@ -128,6 +130,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         else:
             cost = f"${c['price_per_hour']:.2f}/h, ~${c['cost_so_far']:.2f} so far"
         print(f"{c['name']:<20} {c['provider']:<6} {c['status']:<10} {len(c['nodes'])} node(s)  {c['gpu'] or 'cpu'}  {c['framework']}  up {age / 60:.0f} min  {cost}")
+        if silent := silent_line(c):
+            print(silent)
     if job_rows:
         print()
         for j in job_rows:

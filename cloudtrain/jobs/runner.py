@@ -61,10 +61,12 @@ def _run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str])
         f"{exports}"
         "export PYTHONUNBUFFERED=1\n"
         f"mkdir -p {q(job.out)}\n"
-        f"{argv} >> {q(job.log)} 2>&1 < /dev/null\n"
+        # The program's pid, for the session leader (track.py): it execs in place of this
+        # inner shell, in the foreground, so it keeps the default signal handling.
+        f"bash -c 'echo $$ > \"$0\" && exec \"$@\"' {q(job.main_pid)} {argv} >> {q(job.log)} 2>&1 < /dev/null\n"
         "code=$?\n"
-        # Written then renamed, so a reader never sees a half-written status.
-        f"echo \"$code\" > {q(job.exit_code)}.tmp && mv {q(job.exit_code)}.tmp {q(job.exit_code)}\n"
+        # The program's status; track.py writes `exit_code` once the whole session has ended.
+        f"echo \"$code\" > {q(job.main_exit)}.tmp && mv {q(job.main_exit)}.tmp {q(job.main_exit)}\n"
     )
 
 
@@ -121,9 +123,18 @@ class JobRunner:
 
         def start(rank: int, node: Node) -> None:
             with SshRemote(node, self.cluster.identity_file) as remote:
-                job = NodePaths.of(remote).job(job_id)
+                paths = NodePaths.of(remote)
+                job = paths.job(job_id)
                 q = shlex.quote
-                remote.run(f"cd {q(job.dir)} && touch {q(job.log)} && (setsid nohup bash run.sh > /dev/null 2>&1 < /dev/null & echo $! > {q(job.pid)})")
+                linger = following.linger_s()
+                following.patience_s()  # a bad setting is refused before the job starts, not after
+                remote.write_text(job.tracker, Path(__file__).with_name("node_track.py").read_text(), mode=0o600)
+                # The session leader's pid is the job's session id: every process of the job
+                # carries it, whatever becomes of the wrapper (track.py).
+                remote.run(
+                    f"cd {q(job.dir)} && touch {q(job.log)} && (setsid nohup {q(paths.python)} -I -S track.py . {linger} "
+                    f"> /dev/null 2>&1 < /dev/null & echo $! > {q(job.pid)})"
+                )
 
         try:
             # Every node is reached and prepared before any starts: a node that fails its host

@@ -41,6 +41,11 @@ class Provisioner(ABC):
         """Make the machines and return how to reach them. May fill `record.provider_state`
         (saved by the caller) so `destroy` can find everything even after a crash."""
 
+    def repair(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        """Bring back what a ready cluster lost where this provider can (a local node whose
+        sshd died), before `up` re-checks its bootstrap; one line per repair. Default: none."""
+        return []
+
     @abstractmethod
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
         """Remove everything `create` made. Idempotent: a second call is harmless."""

@@ -3,7 +3,9 @@
 Node i listens on 127.0.0.(i+2) and a free port, accepts only the cluster's key, and presents a
 host key cloudtrain generated (so it is pinned before first contact, like a cloud node's
 cloud-init key). Its files live under the cluster's provider folder; `CLOUDTRAIN_NODE_ROOT`
-is set for every session so node-side code keeps to that folder. No root needed.
+is set for every session so node-side code keeps to that folder. No root needed. Each sshd
+runs under a keeper (local_keeper.py) that keeps all the node starts in view for `down`;
+`up` of an existing cluster restarts an sshd that died (`repair`).
 """
 
 from __future__ import annotations
@@ -13,6 +15,7 @@ import os
 import shutil
 import socket
 import subprocess
+import sys
 import time
 from pathlib import Path
 
@@ -141,14 +144,59 @@ class LocalProvisioner(Provisioner):
         for attempt in range(5):  # a free port can be taken between probing and binding
             port = _free_port(address)
             config.write_text(_sshd_config(node_dir, address, port, user))
-            # Absolute paths throughout: sshd re-executes itself and must find its config again.
-            proc = subprocess.run([sshd, "-f", str(config), "-E", str(node_dir / "sshd.log")], capture_output=True, text=True)
-            if proc.returncode == 0 and self._wait_listening(address, port):
+            try:
+                self._launch(sshd, node_dir, address, port)
                 return port
-            self._stop_pidfile(node_dir / "sshd.pid")
+            except ProvisionError as e:
+                failure = e
+        raise failure
+
+    def _launch(self, sshd: str, node_dir: Path, address: str, port: int) -> None:
+        """Start the node's sshd from its config under a keeper (local_keeper.py), which keeps
+        every process the node starts among its descendants, so `down` can find them all."""
+        config = node_dir / "sshd_config"
+        keeper = Path(__file__).with_name("local_keeper.py")
+        # Absolute paths throughout: sshd re-executes itself and must find its config again.
+        argv = [sys.executable, "-I", "-S", str(keeper), sshd, "-f", str(config), "-E", str(node_dir / "sshd.log")]
+        proc = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.PIPE, stderr=subprocess.DEVNULL, cwd="/", start_new_session=True, text=True)
+        assert proc.stdout is not None
+        line = proc.stdout.readline().strip()  # sshd's start-up status, then end-of-file
+        proc.stdout.close()
+        status, _, detail = line.partition(" ")
+        if status == "0" and self._wait_listening(address, port):
+            return
+        self._stop_pidfile(node_dir / "sshd.pid")
         log = (node_dir / "sshd.log").read_text(errors="replace").strip().splitlines()[-1:] if (node_dir / "sshd.log").exists() else []
-        detail = (proc.stderr.strip() or (log[0] if log else "no output")).splitlines()[-1]
+        if status == "no-subreaper":
+            detail = "this kernel refuses PR_SET_CHILD_SUBREAPER (Linux 3.4 or later is needed)"
+        detail = (detail or (log[0] if log else "no output")).splitlines()[-1]
         raise ProvisionError(f"sshd for {node_dir.name} did not start: {detail}", f"see {node_dir / 'sshd.log'}")
+
+    def repair(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        """Restart the sshd of every node whose sshd is gone, from its own config: same port,
+        same client key and host key, so the cluster's record stays true."""
+        if record.cluster is None:
+            return []
+        done = []
+        for node, entry in zip(record.cluster.nodes, record.provider_state.get("node_dirs", [])):
+            node_dir = Path(entry)
+            if self._sshd_running(node_dir):
+                continue
+            if not (node_dir / "sshd_config").is_file() or not (node_dir / "ssh_host_ed25519_key").is_file():
+                raise ProvisionError(f"node {node.name}'s files are gone from {node_dir}", f"recreate the cluster: `cloudtrain down --cluster {record.spec.name} --force`, then `cloudtrain up`")
+            self._launch(find_sshd(), node_dir, node.host, node.port)
+            done.append(f"{node.name}: its sshd was not running; restarted it (same address, port and keys)")
+        return done
+
+    @staticmethod
+    def _sshd_running(node_dir: Path) -> bool:
+        try:
+            pid = int((node_dir / "sshd.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, ValueError, IndexError):
+            return False
+        return str(node_dir / "sshd_config").encode() in cmdline and state != "Z"
 
     @staticmethod
     def _wait_listening(address: str, port: int, timeout: float = 10.0) -> bool:

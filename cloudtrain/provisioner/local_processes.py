@@ -1,7 +1,9 @@
 """Which processes on this machine belong to a local node, and stopping them.
 
 A local node is not a VM that can be switched off, so `down` must find everything the node
-started. Two marks, read from /proc (Linux):
+started. Its sshd runs under a keeper (local_keeper.py), a child subreaper: every process the
+node starts stays a descendant of a keeper, however it daemonizes (`setsid env -i` and a double
+fork included). Two more marks, read from /proc (Linux), cover processes from before keepers:
   * the environment: sshd's SetEnv gives every session CLOUDTRAIN_NODE_ROOT=<node root>, and
     children inherit it;
   * the session: each job starts with setsid, so its pid (the node's jobs/<id>/pid) is the
@@ -30,6 +32,8 @@ class Proc:
     sid: int
     started: float  # wall-clock seconds
     environ: bytes
+    ppid: int = 0
+    cmdline: bytes = b""
 
 
 @dataclass(frozen=True)
@@ -40,11 +44,41 @@ class JobSession:
 
 
 def stop_node_processes(root: Path) -> None:
-    """TERM, then KILL, every process that belongs to the node whose root folder is `root`."""
+    """TERM, then KILL, every process that belongs to the node whose root folder is `root`:
+    first the keepers' descendants and the marked ones (again, for any that forked meanwhile),
+    then the keepers, which end by themselves once they have no child left."""
     marker = f"CLOUDTRAIN_NODE_ROOT={root}".encode()
-    procs = list(_processes())
-    sessions = job_sessions(root)
-    terminate([p.pid for p in procs if belongs(p, marker, sessions, procs)])
+    config = str(root.parent / "sshd_config").encode()
+    keepers: set[int] = set()
+    for _ in range(5):
+        procs = list(_processes())
+        keepers |= {p.pid for p in procs if is_keeper(p, config)}
+        sessions = job_sessions(root)
+        doomed = descendants(keepers, procs) | {p.pid for p in procs if belongs(p, marker, sessions, procs)}
+        doomed -= keepers | {os.getpid()}
+        if not doomed:
+            break
+        terminate(sorted(doomed))
+    terminate(sorted(keepers))
+
+
+def is_keeper(proc: Proc, config: bytes) -> bool:
+    args = proc.cmdline.split(b"\0")
+    return any(a.endswith(b"local_keeper.py") for a in args) and config in args
+
+
+def descendants(roots: set[int], procs: list[Proc]) -> set[int]:
+    children: dict[int, list[int]] = {}
+    for p in procs:
+        children.setdefault(p.ppid, []).append(p.pid)
+    found: set[int] = set()
+    todo = list(roots)
+    while todo:
+        for child in children.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found
 
 
 def belongs(proc: Proc, marker: bytes, sessions: list[JobSession], procs: list[Proc]) -> bool:
@@ -101,9 +135,10 @@ def _processes():
             # Fields after the command name, which may itself hold spaces and parentheses.
             fields = (entry / "stat").read_text().rsplit(")", 1)[1].split()
             environ = (entry / "environ").read_bytes()
+            cmdline = (entry / "cmdline").read_bytes()
         except (OSError, IndexError):
             continue
-        yield Proc(int(entry.name), int(fields[3]), boot + int(fields[19]) / ticks, environ)
+        yield Proc(int(entry.name), int(fields[3]), boot + int(fields[19]) / ticks, environ, int(fields[1]), cmdline)
 
 
 def terminate(pids: list[int], grace: float = 5.0) -> None:

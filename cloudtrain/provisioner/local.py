@@ -233,11 +233,14 @@ class LocalProvisioner(Provisioner):
         return any((d / "sshd_config").exists() or (d / "root").is_dir() for d in _subdirs(cdir.provider_dir))
 
     def destroy_found(self, cdir: ClusterDir) -> None:
-        """Every sshd whose config lies in the provider folder (its pid file may be as damaged
-        as the record), then every process marked with a node root there, then the folders."""
-        terminate(_sshd_pids_under(cdir.provider_dir))
-        for node_dir in _subdirs(cdir.provider_dir):
+        """Every node's processes (its keeper's descendants, then the keeper), then any sshd
+        whose config lies in the provider folder (its pid file may be as damaged as the record),
+        then the folders. Keepers go last: one stopped early would orphan its daemons to init."""
+        node_dirs = _subdirs(cdir.provider_dir)
+        for node_dir in node_dirs:
             stop_node_processes(node_dir / "root")
+        terminate(_sshd_pids_under(cdir.provider_dir))
+        for node_dir in node_dirs:
             shutil.rmtree(node_dir, ignore_errors=True)
 
 

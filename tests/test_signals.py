@@ -1,0 +1,168 @@
+"""SIGTERM and SIGHUP on real CLI processes over a real local cluster: `launch` brings home what
+exists and tears down, and a second signal cannot cut the teardown short. Real signals, a real
+closed terminal (a pty whose master is closed)."""
+
+from __future__ import annotations
+
+import fcntl
+import os
+import select
+import signal
+import subprocess
+import sys
+import termios
+import textwrap
+import time
+from pathlib import Path
+from typing import Callable, Iterator
+
+import pytest
+
+from conftest import Cli, pids_where
+
+SLOW_JOB = textwrap.dedent(
+    """
+    import os, time
+    out = os.environ["CLOUDTRAIN_OUTPUT_DIR"]
+    open(os.path.join(out, "partial.txt"), "w").write("half done")
+    print("working", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def _env(cli: Cli, extra: dict[str, str] | None = None) -> dict[str, str]:
+    return {**os.environ, "CLOUDTRAIN_HOME": str(cli.home), **(extra or {})}
+
+
+def _start(cli: Cli, *args: str, env: dict[str, str] | None = None) -> subprocess.Popen:
+    return subprocess.Popen(
+        [sys.executable, "-m", "cloudtrain.cli", *args],
+        cwd=cli.cwd, env=env or _env(cli), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+
+
+def _read_until(proc: subprocess.Popen, wanted: str, seen: list[str]) -> None:
+    assert proc.stderr is not None
+    for line in proc.stderr:
+        seen.append(line)
+        if wanted in line:
+            return
+    raise AssertionError(f"{wanted!r} never came; stderr: {''.join(seen)}")
+
+
+def _node_processes(home: Path, also: Callable[[bytes], bool] = lambda cmd: True) -> list[int]:
+    """Processes started on the home's local nodes (their sessions carry the node-root mark)."""
+    mark = f"CLOUDTRAIN_NODE_ROOT={home}".encode()
+    marked = set(pids_where("environ", lambda env: any(v.startswith(mark) for v in env.split(b"\0"))))
+    return sorted(marked & set(pids_where("cmdline", also)))
+
+
+def _wait_for(found: Callable[[], list[int]], what: str, limit: float = 120.0) -> None:
+    deadline = time.monotonic() + limit  # a bound on a wait, not a speed check
+    while not found():
+        assert time.monotonic() < deadline, f"{what} never started"
+        time.sleep(0.2)
+
+
+@pytest.fixture
+def cleanup(cli: Cli) -> Iterator[list[subprocess.Popen]]:
+    """Whatever a test leaves (on the old code: a cluster, its job, a hung CLI) is removed."""
+    procs: list[subprocess.Popen] = []
+    yield procs
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    if (cli.home / "clusters").is_dir() and any((cli.home / "clusters").iterdir()):
+        cli("down", "--force", timeout=120)
+    for pid in _node_processes(cli.home):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _assert_torn_down(cli: Cli) -> None:
+    assert not (cli.home / "clusters" / "local").exists(), "the cluster is still recorded"
+    assert "no clusters" in cli("status").stdout
+    assert _node_processes(cli.home) == [], "processes of the node are still running"
+
+
+def test_sigterm_during_launch_brings_outputs_home_and_tears_down_even_when_signalled_again(cli: Cli, cleanup: list) -> None:
+    script = cli.cwd / "proj" / "slow.py"
+    script.parent.mkdir()
+    script.write_text(SLOW_JOB)
+    proc = _start(cli, "launch", str(script), "--framework", "none")
+    cleanup.append(proc)
+    seen: list[str] = []
+    _read_until(proc, " started on ", seen)
+    _wait_for(lambda: _node_processes(cli.home, lambda cmd: b"slow.py" in cmd), "the job")
+    proc.send_signal(signal.SIGTERM)
+    _read_until(proc, "stopping it and bringing home what exists", seen)
+    proc.send_signal(signal.SIGTERM)  # during the teardown the first one started
+    _, rest = proc.communicate(timeout=180)
+    err = "".join(seen) + rest
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert err.count("already stopping") == 1
+    job_id = next(line.split()[2] for line in seen if " started on " in line).rstrip(":")
+    assert (cli.cwd / "runs" / job_id / "partial.txt").read_text() == "half done"
+    assert "working" in (cli.cwd / "runs" / job_id / "log.txt").read_text()
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("cloudtrain: stopped by SIGTERM;") and "cluster local is down" in last, last
+    _assert_torn_down(cli)
+
+
+def test_closed_terminal_during_launch_still_brings_outputs_home_and_tears_down(cli: Cli, cleanup: list) -> None:
+    """The CLI runs on a pty as its controlling terminal; closing the terminal's master side
+    is what closing a terminal window does: SIGHUP, then every write to it fails (EIO)."""
+    script = cli.cwd / "proj" / "slow.py"
+    script.parent.mkdir()
+    script.write_text(SLOW_JOB)
+    master, slave = os.openpty()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "cloudtrain.cli", "launch", str(script), "--framework", "none"],
+        cwd=cli.cwd, env=_env(cli), stdin=slave, stdout=slave, stderr=slave,
+        start_new_session=True, preexec_fn=lambda: fcntl.ioctl(0, termios.TIOCSCTTY, 0),
+    )
+    cleanup.append(proc)
+    os.close(slave)
+    shown = b""
+    deadline = time.monotonic() + 180
+    try:
+        while b"working" not in shown:  # the job's first line, streamed to the terminal
+            assert time.monotonic() < deadline, shown.decode(errors="replace")
+            if select.select([master], [], [], 1.0)[0]:
+                shown += os.read(master, 65536)
+    finally:
+        os.close(master)  # the terminal goes away
+    assert proc.wait(timeout=180) == 129
+    job_id = next(w for line in shown.decode().splitlines() if " started on " in line for w in line.split() if w.startswith("slow-"))
+    assert (cli.cwd / "runs" / job_id / "partial.txt").read_text() == "half done"
+    _assert_torn_down(cli)
+
+
+def test_sigterm_during_run_detaches_and_the_job_keeps_running(cli: Cli, cleanup: list) -> None:
+    up = cli("up", "--framework", "none", timeout=300)
+    assert up.returncode == 0, up.stderr
+    script = cli.cwd / "proj" / "slow.py"
+    script.parent.mkdir()
+    script.write_text(SLOW_JOB)
+    proc = _start(cli, "run", str(script))
+    cleanup.append(proc)
+    seen: list[str] = []
+    _read_until(proc, " started on ", seen)
+    _wait_for(lambda: _node_processes(cli.home, lambda cmd: b"slow.py" in cmd), "the job")
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=90)
+    err = "".join(seen) + rest
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    job_id = next(line.split()[2] for line in seen if " started on " in line)
+    assert f"keeps running. Follow it with `cloudtrain logs {job_id} -f`" in err
+    assert err.strip().splitlines()[-1] == "cloudtrain: stopped by SIGTERM"
+    assert _node_processes(cli.home, lambda cmd: b"slow.py" in cmd), "the job should still run"
+    down = cli("down", timeout=180)  # collects it: what it wrote so far comes home
+    assert down.returncode == 0, down.stderr
+    assert (cli.cwd / "runs" / job_id / "partial.txt").read_text() == "half done"

@@ -1,6 +1,7 @@
-"""SIGTERM and SIGHUP on real CLI processes over a real local cluster: `launch` brings home what
-exists and tears down, and a second signal cannot cut the teardown short. Real signals, a real
-closed terminal (a pty whose master is closed)."""
+"""SIGTERM, SIGHUP and Ctrl-C on real CLI processes over a real local cluster: `launch` brings
+home what exists and tears down, `up` removes what it made without waiting for its bootstrap
+to finish, `bootstrap` ends its step on the node, and a second signal cannot cut a teardown
+short. Real signals, a real closed terminal (a pty whose master is closed), real pip."""
 
 from __future__ import annotations
 
@@ -8,6 +9,7 @@ import fcntl
 import os
 import select
 import signal
+import socket
 import subprocess
 import sys
 import termios
@@ -141,6 +143,59 @@ def test_closed_terminal_during_launch_still_brings_outputs_home_and_tears_down(
     job_id = next(w for line in shown.decode().splitlines() if " started on " in line for w in line.split() if w.startswith("slow-"))
     assert (cli.cwd / "runs" / job_id / "partial.txt").read_text() == "half done"
     _assert_torn_down(cli)
+
+
+@pytest.fixture
+def silent_index() -> Iterator[str]:
+    """A package index that accepts connections and never answers: pip hangs in it."""
+    with socket.socket() as server:
+        server.bind(("127.0.0.1", 0))
+        server.listen(64)  # the kernel completes the handshakes; nobody ever reads
+        yield f"http://127.0.0.1:{server.getsockname()[1]}/simple/"
+
+
+@pytest.mark.parametrize("sig", [signal.SIGTERM, signal.SIGINT], ids=["SIGTERM", "SIGINT"])
+def test_signal_during_up_stops_the_bootstrap_step_and_removes_the_cluster(cli: Cli, cleanup: list, silent_index: str, sig: int) -> None:
+    # Only this index, pip's config files skipped, no retries and a long read timeout: the
+    # framework step hangs for ten minutes unless cloudtrain ends it.
+    env = {k: v for k, v in _env(cli).items() if not k.startswith("PIP_")}
+    env.update(PIP_CONFIG_FILE=os.devnull, PIP_INDEX_URL=silent_index, PIP_DEFAULT_TIMEOUT="600", PIP_RETRIES="0")
+    proc = _start(cli, "up", "--framework", "tensorflow", env=env)
+    cleanup.append(proc)
+    seen: list[str] = []
+    _read_until(proc, "framework: install", seen)
+    _wait_for(lambda: _node_processes(cli.home, lambda cmd: b"pip\0install" in cmd), "pip")
+    proc.send_signal(sig)
+    _, rest = proc.communicate(timeout=90)  # bounds the wait; the old code waited for pip
+    err = "".join(seen) + rest
+    assert proc.returncode == 128 + sig, err
+    assert "Traceback" not in err
+    assert "did not come up; removing whatever was made" in err
+    assert err.strip().splitlines()[-1] == ("cloudtrain: interrupted" if sig == signal.SIGINT else "cloudtrain: stopped by SIGTERM")
+    _assert_torn_down(cli)
+
+
+def test_sigterm_during_bootstrap_ends_the_step_on_the_node_and_keeps_the_cluster(cli: Cli, cleanup: list) -> None:
+    """`bootstrap` leaves the machine up, so the step it was running must be ended there."""
+    up = cli("up", "--framework", "none", timeout=300)
+    assert up.returncode == 0, up.stderr
+    root = cli.home / "clusters" / "local" / "provider" / "local-0" / "root"
+    (root / "bootstrap" / "state.json").unlink()  # forget the applied steps: `venv` runs again
+    # ... and hangs, as a step waiting on a dead mirror would: the venv's python never returns.
+    python = root / "venv" / "bin" / "python"
+    python.unlink()
+    python.write_text("#!/bin/sh\nexec sleep 3600\n")
+    python.chmod(0o755)
+    proc = _start(cli, "bootstrap")
+    cleanup.append(proc)
+    _wait_for(lambda: _node_processes(cli.home, lambda cmd: cmd.startswith(b"sleep\x003600")), "the step")
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=90)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert _node_processes(cli.home, lambda cmd: b"sleep" in cmd) == [], f"the step still runs on the node: {err}"
+    assert "local" in cli("status").stdout
+    assert not list((root / "bootstrap" / "steps").glob("*.pid"))
 
 
 def test_sigterm_during_run_detaches_and_the_job_keeps_running(cli: Cli, cleanup: list) -> None:

@@ -26,18 +26,21 @@ _shielded = 0  # > 0 while a teardown that must finish runs
 _deferred = False  # a signal came in while shielded and nothing was raised for it yet
 _told = False  # "already stopping" was said
 _outcome: str | None = None  # what the stopped command did, for the last line
+_holding = False  # the command is over and cloudtrain is exiting: signals change nothing now
 
 
 def install() -> None:
     """Handle SIGINT, SIGTERM and SIGHUP in this process (call from the main thread)."""
-    global _first, _deferred, _told, _outcome
-    _first, _deferred, _told, _outcome = None, False, False, None
+    global _first, _deferred, _told, _outcome, _holding
+    _first, _deferred, _told, _outcome, _holding = None, False, False, None, False
     for sig in SIGNALS:
         signal.signal(sig, _handle)
 
 
 def _handle(signum: int, frame: object) -> None:
     global _first, _deferred, _told
+    if _holding:
+        return
     if _first is None and not _shielded:
         _first = signum
         raise KeyboardInterrupt
@@ -55,6 +58,12 @@ def _raw(data: bytes) -> None:
         os.write(2, data)
     except OSError:
         pass
+
+
+def hold() -> None:
+    """The command is over: a signal from now on must not raise while the exit is reported."""
+    global _holding
+    _holding = True
 
 
 def signalled() -> int | None:

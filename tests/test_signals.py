@@ -221,3 +221,27 @@ def test_sigterm_during_run_detaches_and_the_job_keeps_running(cli: Cli, cleanup
     down = cli("down", timeout=180)  # collects it: what it wrote so far comes home
     assert down.returncode == 0, down.stderr
     assert (cli.cwd / "runs" / job_id / "partial.txt").read_text() == "half done"
+
+
+def test_a_signal_during_a_teardown_is_taken_after_it(tmp_path: Path) -> None:
+    """A teardown not started by a signal (launch's `down` after its job ended) is shielded:
+    a signal during it is said and taken once it is over, never in its middle."""
+    program = textwrap.dedent(
+        """
+        import os, signal
+        from cloudtrain import interrupts
+        interrupts.install()
+        steps = []
+        try:
+            with interrupts.shielded():
+                os.kill(os.getpid(), signal.SIGTERM)
+                os.kill(os.getpid(), signal.SIGHUP)
+                steps.append("teardown finished")
+        except KeyboardInterrupt:
+            steps.append("then stopped")
+        print(steps, interrupts.exit_code())
+        """
+    )
+    proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=tmp_path)
+    assert proc.stdout.strip() == "['teardown finished', 'then stopped'] 143", proc.stderr
+    assert proc.stderr.count("already stopping") == 1

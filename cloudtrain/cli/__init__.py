@@ -28,7 +28,10 @@ def main(argv: list[str] | None = None) -> None:
     128 + the signal, after whatever cleanup the command does on the way out."""
     interrupts.install()
     try:
-        code = app(args=argv, standalone_mode=False)
+        try:
+            code = app(args=argv, standalone_mode=False)
+        finally:
+            interrupts.hold()  # done: a signal now would only turn the exit into a traceback
         if interrupts.signalled() is not None:
             code = _interrupted()  # typer turns the KeyboardInterrupt into a plain 130
     except CloudtrainError as e:

@@ -34,7 +34,10 @@ def install() -> None:
     global _first, _deferred, _told, _outcome, _holding
     _first, _deferred, _told, _outcome, _holding = None, False, False, None, False
     for sig in SIGNALS:
-        signal.signal(sig, _handle)
+        # An ignored signal stays ignored: `nohup cloudtrain launch ...` must outlive its
+        # terminal, and a shell's background job does not take the terminal's Ctrl-C.
+        if signal.getsignal(sig) != signal.SIG_IGN:
+            signal.signal(sig, _handle)
 
 
 def _handle(signum: int, frame: object) -> None:

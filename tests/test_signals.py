@@ -245,3 +245,31 @@ def test_a_signal_during_a_teardown_is_taken_after_it(tmp_path: Path) -> None:
     proc = subprocess.run([sys.executable, "-c", program], capture_output=True, text=True, timeout=60, cwd=tmp_path)
     assert proc.stdout.strip() == "['teardown finished', 'then stopped'] 143", proc.stderr
     assert proc.stderr.count("already stopping") == 1
+
+
+def test_under_nohup_a_closed_terminal_does_not_stop_the_command(cli: Cli, cleanup: list) -> None:
+    """`nohup` (SIGHUP ignored) means: outlive the terminal. Handling SIGHUP must not undo it.
+    (This one passes on the code before SIGHUP was handled too: it guards that contract.)"""
+    up = cli("up", "--framework", "none", timeout=300)
+    assert up.returncode == 0, up.stderr
+    script = cli.cwd / "proj" / "short.py"
+    script.parent.mkdir()
+    script.write_text(
+        "import os, time\nwhile not os.path.exists(os.environ['HUP_SENT']):\n    time.sleep(0.1)\n"
+        "open(os.path.join(os.environ['CLOUDTRAIN_OUTPUT_DIR'], 'done.txt'), 'w').write('finished')\n"
+    )
+    flag = cli.cwd / "hup-sent"  # the node is this machine: the job sees the flag file
+    proc = subprocess.Popen(
+        ["nohup", sys.executable, "-m", "cloudtrain.cli", "run", str(script), "--env", f"HUP_SENT={flag}"],
+        cwd=cli.cwd, env=_env(cli), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True,
+    )
+    cleanup.append(proc)
+    seen: list[str] = []
+    _read_until(proc, " started on ", seen)
+    proc.send_signal(signal.SIGHUP)
+    flag.touch()
+    _, rest = proc.communicate(timeout=120)
+    assert proc.returncode == 0, "".join(seen) + rest
+    job_id = next(line.split()[2] for line in seen if " started on " in line)
+    assert (cli.cwd / "runs" / job_id / "done.txt").read_text() == "finished"
+    assert cli("down", timeout=180).returncode == 0

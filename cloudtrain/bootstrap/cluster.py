@@ -15,7 +15,7 @@ from cloudtrain.bootstrap.gpu import Request
 from cloudtrain.bootstrap.plan import plan
 from cloudtrain.bootstrap.probe import probe, summary
 from cloudtrain.bootstrap.steps import Step
-from cloudtrain.errors import RemoteError
+from cloudtrain.errors import BootstrapError, RemoteError
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
 from cloudtrain.state import ClusterDir
@@ -63,7 +63,7 @@ def plan_cluster(cluster: Cluster, request: Request) -> list[tuple[Node, dict[st
 def bootstrap_cluster(cluster: Cluster, request: Request, cdir: ClusterDir) -> list[NodeReport]:
     """Probe, plan and apply on every node; facts and logs land in the cluster's folder."""
 
-    stop = threading.Event()
+    stop, left = threading.Event(), threading.Event()
 
     def one(node: Node) -> NodeReport:
         say = _say(node, stop)
@@ -74,7 +74,12 @@ def bootstrap_cluster(cluster: Cluster, request: Request, cdir: ClusterDir) -> l
             try:
                 outcomes = applier.apply(remote, steps, facts, say=say, stop=stop)
             finally:
-                applier.fetch_logs(remote, cdir.logs_dir / node.name)
+                # Once the interrupt has moved on, `up` may be removing the cluster's folder:
+                # writing into it then would leave a ghost of the cluster behind.
+                if not left.is_set():
+                    applier.fetch_logs(remote, cdir.logs_dir / node.name)
+        if left.is_set():
+            raise BootstrapError(f"bootstrap of {node.name} was stopped", "run `cloudtrain bootstrap` to finish it")
         (cdir.root / "facts").mkdir(exist_ok=True)
         (cdir.root / "facts" / f"{node.name}.json").write_text(json.dumps(facts, indent=2, sort_keys=True))
         report = NodeReport(node, facts, steps, outcomes)
@@ -84,7 +89,7 @@ def bootstrap_cluster(cluster: Cluster, request: Request, cdir: ClusterDir) -> l
     def end_steps(nodes: list[Node]) -> None:
         _each_node(nodes, lambda node: _end_steps(cluster, node), threading.Event(), wait=3 * STOP_GRACE)
 
-    return _each_node(cluster.nodes, one, stop, on_interrupt=end_steps)
+    return _each_node(cluster.nodes, one, stop, on_interrupt=end_steps, left=left)
 
 
 def _end_steps(cluster: Cluster, node: Node) -> None:
@@ -101,6 +106,7 @@ def _each_node(
     stop: threading.Event,
     on_interrupt: Callable[[list[Node]], None] | None = None,
     wait: float | None = None,
+    left: threading.Event | None = None,
 ) -> list[T]:
     """`work(node)` for every node at once (at most MAX_PARALLEL), results in node order; the
     first failure in node order is raised once all are done.
@@ -108,8 +114,9 @@ def _each_node(
     An interrupt (Ctrl-C, or SIGTERM/SIGHUP made into one) stops the waiting at once rather than
     when every worker is done, as ThreadPoolExecutor's exit would (a whole torch install):
     `stop` is set, `on_interrupt(nodes still busy)` ends what they run, and they get a few
-    seconds to finish before the interrupt goes on. The workers are daemon threads, so one
-    stuck on a dead node never holds the process. With `wait`, give up waiting after that long."""
+    seconds to finish before the interrupt goes on, with `left` set. The workers are daemon
+    threads, so one stuck on a dead node never holds the process. With `wait`, give up waiting
+    after that long."""
     results: list[Any] = [None] * len(nodes)
     errors: list[BaseException | None] = [None] * len(nodes)
     slots = threading.Semaphore(MAX_PARALLEL)
@@ -141,6 +148,8 @@ def _each_node(
                 break
             on_interrupt(busy)  # type: ignore[misc]
             _wait(finished, time.monotonic() + STOP_GRACE)
+        if left is not None:
+            left.set()  # whoever still runs now runs unwaited for
         raise
     for e in errors:
         if e is not None:

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import shlex
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -41,7 +42,8 @@ def _read_state(remote: SshRemote, paths: NodePaths) -> dict[str, str]:
         return {}  # a damaged record only costs a rerun of idempotent steps
 
 
-def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say = print) -> list[Outcome]:
+def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say = print, stop: threading.Event | None = None) -> list[Outcome]:
+    """Run the steps not yet applied, in order; with `stop` set (an interrupt), start no more."""
     paths = NodePaths.of(remote)
     remote.run(f"mkdir -p {shlex.quote(paths.steps)} {shlex.quote(paths.logs)}")
     state = _read_state(remote, paths)
@@ -53,6 +55,8 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
         if state.get(step.name) == step.fingerprint:
             outcomes.append(Outcome(step, "done before"))
             continue
+        if stop is not None and stop.is_set():
+            raise BootstrapError(f"bootstrap of {remote.node.name} stopped before '{step.name}'", "run `cloudtrain bootstrap` to finish it", layer=step.name)
         say(f"{step.name}: {step.summary} ...")
         started = time.monotonic()
         _run_step(remote, paths, index, step, facts)
@@ -73,7 +77,13 @@ def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**paths.env(), **step.env}.items())
     remote.write_text(script_path, f"#!/usr/bin/env bash\nset -euo pipefail\n{exports}{step.script}", mode=0o700)
     runner = "bash" if not step.sudo or facts.get("is_root") else "sudo -n bash"
-    command = f"{runner} {shlex.quote(script_path)} > {shlex.quote(log_path)} 2>&1"
+    # In a session of its own whose id is on the node while it runs, so that an interrupted
+    # bootstrap can end the step and all it started from a fresh connection (`end_steps`).
+    pid_path = f"{paths.steps}/{base}.pid"
+    command = (
+        f"setsid -w bash -c 'echo $$ > \"$0\"; exec \"$@\"' {shlex.quote(pid_path)} {runner} {shlex.quote(script_path)}"
+        f" > {shlex.quote(log_path)} 2>&1; rc=$?; rm -f {shlex.quote(pid_path)}; exit $rc"
+    )
     try:
         remote.run(command)
     except CommandFailed as e:
@@ -88,6 +98,35 @@ def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts
             f"full log on the node at {log_path} (copied into the cluster's logs/)",
             layer=step.name,
         ) from e
+
+
+# Ends every step still running on the node: each `NN-x.pid` names the session of a step whose
+# leader still runs its `NN-x.sh` (checked, so a stale file never names someone else's
+# processes). TERM, a few seconds' grace, then KILL; `sudo -n` where the step runs as root.
+_END_STEPS = r"""
+cd "$1" 2>/dev/null || exit 0
+groups=""
+for f in *.pid; do
+  [ -e "$f" ] || continue
+  pg=$(cat "$f" 2>/dev/null)
+  case "$pg" in ''|*[!0-9]*) continue ;; esac
+  if tr '\0' ' ' < "/proc/$pg/cmdline" 2>/dev/null | grep -qF "$PWD/${f%.pid}.sh"; then
+    groups="$groups $pg"
+  fi
+done
+[ -n "$groups" ] || exit 0
+signal_all() { for pg in $groups; do kill -"$1" -- "-$pg" 2>/dev/null || sudo -n kill -"$1" -- "-$pg" 2>/dev/null || true; done; }
+alive() { for pg in $groups; do pgrep -g "$pg" >/dev/null 2>&1 && return 0; done; return 1; }
+signal_all TERM
+for _ in $(seq 50); do alive || exit 0; sleep 0.1; done
+signal_all KILL
+"""
+
+
+def end_steps(remote: SshRemote, timeout: float = 30.0) -> None:
+    """End the bootstrap step running on this node, if any, with what it started."""
+    paths = NodePaths.of(remote)
+    remote.run(f"bash -c {shlex.quote(_END_STEPS)} end-steps {shlex.quote(paths.steps)}", timeout=timeout)
 
 
 def _boot_id(remote: SshRemote) -> str:

@@ -5,26 +5,36 @@ from __future__ import annotations
 import json
 import sys
 import threading
-from concurrent.futures import ThreadPoolExecutor
+import time
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Callable, TypeVar
 
+from cloudtrain import interrupts
 from cloudtrain.bootstrap import apply as applier
 from cloudtrain.bootstrap.gpu import Request
 from cloudtrain.bootstrap.plan import plan
 from cloudtrain.bootstrap.probe import probe, summary
 from cloudtrain.bootstrap.steps import Step
+from cloudtrain.errors import BootstrapError, RemoteError
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
 from cloudtrain.state import ClusterDir
 
+T = TypeVar("T")
+MAX_PARALLEL = 16
+# After an interrupt, how long the workers get to see their step ended and bring its log home.
+STOP_GRACE = 5.0
+STOP_ROUNDS = 2  # a step that started just as the first round looked gets a second
+
 _print_lock = threading.Lock()
 
 
-def _say(node: Node):
+def _say(node: Node, stop: threading.Event):
     def say(text: str) -> None:
+        if stop.is_set():
+            return  # stopping: the main thread speaks now, and a worker may outlive the process
         with _print_lock:
-            print(f"[{node.name}] {text}", file=sys.stderr, flush=True)
+            interrupts.write(f"[{node.name}] {text}", sys.stderr)
 
     return say
 
@@ -47,31 +57,111 @@ def plan_cluster(cluster: Cluster, request: Request) -> list[tuple[Node, dict[st
             facts = probe(remote)
         return node, facts, plan(facts, request)
 
-    with ThreadPoolExecutor(max_workers=min(16, len(cluster.nodes))) as pool:
-        return list(pool.map(one, cluster.nodes))
+    return _each_node(cluster.nodes, one, threading.Event())
 
 
 def bootstrap_cluster(cluster: Cluster, request: Request, cdir: ClusterDir) -> list[NodeReport]:
     """Probe, plan and apply on every node; facts and logs land in the cluster's folder."""
 
+    stop, left = threading.Event(), threading.Event()
+
     def one(node: Node) -> NodeReport:
-        say = _say(node)
+        say = _say(node, stop)
         with SshRemote(node, cluster.identity_file) as remote:
             facts = probe(remote)
             say(summary(facts))
             steps = plan(facts, request)
             try:
-                outcomes = applier.apply(remote, steps, facts, say=say)
+                outcomes = applier.apply(remote, steps, facts, say=say, stop=stop)
             finally:
-                applier.fetch_logs(remote, cdir.logs_dir / node.name)
+                # Once the interrupt has moved on, `up` may be removing the cluster's folder:
+                # writing into it then would leave a ghost of the cluster behind.
+                if not left.is_set():
+                    applier.fetch_logs(remote, cdir.logs_dir / node.name)
+        if left.is_set():
+            raise BootstrapError(f"bootstrap of {node.name} was stopped", "run `cloudtrain bootstrap` to finish it")
         (cdir.root / "facts").mkdir(exist_ok=True)
         (cdir.root / "facts" / f"{node.name}.json").write_text(json.dumps(facts, indent=2, sort_keys=True))
         report = NodeReport(node, facts, steps, outcomes)
         say("ready" + (f" (ran: {', '.join(report.ran)})" if report.ran else " (nothing to do)"))
         return report
 
-    with ThreadPoolExecutor(max_workers=min(16, len(cluster.nodes))) as pool:
-        return list(pool.map(one, cluster.nodes))
+    def end_steps(nodes: list[Node]) -> None:
+        _each_node(nodes, lambda node: _end_steps(cluster, node), threading.Event(), wait=3 * STOP_GRACE)
+
+    return _each_node(cluster.nodes, one, stop, on_interrupt=end_steps, left=left)
+
+
+def _end_steps(cluster: Cluster, node: Node) -> None:
+    try:
+        with SshRemote(node, cluster.identity_file, connect_timeout=2 * STOP_GRACE) as remote:
+            applier.end_steps(remote, timeout=STOP_GRACE * 2)
+    except RemoteError:
+        pass  # an unreachable node runs nothing we could end; `up` goes on to remove it
+
+
+def _each_node(
+    nodes: "tuple[Node, ...] | list[Node]",
+    work: Callable[[Node], T],
+    stop: threading.Event,
+    on_interrupt: Callable[[list[Node]], None] | None = None,
+    wait: float | None = None,
+    left: threading.Event | None = None,
+) -> list[T]:
+    """`work(node)` for every node at once (at most MAX_PARALLEL), results in node order; the
+    first failure in node order is raised once all are done.
+
+    An interrupt (Ctrl-C, or SIGTERM/SIGHUP made into one) stops the waiting at once rather than
+    when every worker is done, as ThreadPoolExecutor's exit would (a whole torch install):
+    `stop` is set, `on_interrupt(nodes still busy)` ends what they run, and they get a few
+    seconds to finish before the interrupt goes on, with `left` set. The workers are daemon
+    threads, so one stuck on a dead node never holds the process. With `wait`, give up waiting
+    after that long."""
+    results: list[Any] = [None] * len(nodes)
+    errors: list[BaseException | None] = [None] * len(nodes)
+    slots = threading.Semaphore(MAX_PARALLEL)
+
+    # Each worker's own "finished" event, not Thread.join: on Python 3.11 a join interrupted by
+    # a signal can mark the thread as ended while it still runs (bpo-45274's change to
+    # Thread._wait_for_tstate_lock), and then nobody would end its step.
+    finished = [threading.Event() for _ in nodes]
+
+    def target(i: int, node: Node) -> None:
+        try:
+            with slots:
+                if not stop.is_set():  # a node still queued when the interrupt came is left alone
+                    results[i] = work(node)
+        except BaseException as e:  # noqa: BLE001 - handed to the main thread
+            errors[i] = e
+        finally:
+            finished[i].set()
+
+    for i, node in enumerate(nodes):
+        threading.Thread(target=target, args=(i, node), name=f"node-{node.name}", daemon=True).start()
+    try:
+        _wait(finished, None if wait is None else time.monotonic() + wait)
+    except BaseException:
+        stop.set()
+        for _ in range(STOP_ROUNDS if on_interrupt else 0):
+            busy = [n for n, done in zip(nodes, finished) if not done.is_set()]
+            if not busy:
+                break
+            on_interrupt(busy)  # type: ignore[misc]
+            _wait(finished, time.monotonic() + STOP_GRACE)
+        if left is not None:
+            left.set()  # whoever still runs now runs unwaited for
+        raise
+    for e in errors:
+        if e is not None:
+            raise e
+    return results
+
+
+def _wait(finished: list[threading.Event], deadline: float | None) -> None:
+    # Short waits: a signal then reaches the main thread's handler within half a second.
+    for done in finished:
+        while not done.is_set() and (deadline is None or time.monotonic() < deadline):
+            done.wait(0.5)
 
 
 def load_facts(cdir: ClusterDir, node: Node) -> dict[str, Any]:

@@ -7,7 +7,8 @@ import sys
 
 import typer
 
-from cloudtrain.cli.app import app, fail
+from cloudtrain import interrupts
+from cloudtrain.cli.app import app
 from cloudtrain.errors import CloudtrainError
 
 try:  # recent typer vendors click; older ones depend on it
@@ -21,19 +22,44 @@ for _name in ("cluster", "jobs", "catalog", "compat"):
 
 
 def main(argv: list[str] | None = None) -> None:
-    """Entry point: every user-facing failure becomes one line and an exit code."""
+    """Entry point: every user-facing failure becomes one line and an exit code.
+
+    SIGTERM and SIGHUP take Ctrl-C's path (see `cloudtrain.interrupts`); the exit code is then
+    128 + the signal, after whatever cleanup the command does on the way out."""
+    interrupts.install()
     try:
-        code = app(args=argv, standalone_mode=False)
+        try:
+            code = app(args=argv, standalone_mode=False)
+        finally:
+            interrupts.hold()  # done: a signal now would only turn the exit into a traceback
+        if interrupts.signalled() is not None:
+            code = _interrupted()  # typer turns the KeyboardInterrupt into a plain 130
     except CloudtrainError as e:
-        code = fail(e).exit_code
+        _error(e.line())
+        code = e.exit_code
     except click_errors.UsageError as e:
         where = f"cloudtrain {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "cloudtrain"
-        print(f"cloudtrain: error: {e.format_message()} (see `{where} --help`)", file=sys.stderr)
+        _error(f"{e.format_message()} (see `{where} --help`)")
         code = 2
     except (typer.Abort, KeyboardInterrupt):
-        print("cloudtrain: interrupted", file=sys.stderr)
-        code = 130
+        code = _interrupted()
+    except OSError:
+        # click echoes a newline to stderr on Ctrl-C; after a hang-up that write fails, and the
+        # OSError replaces the interrupt that caused it.
+        if interrupts.signalled() is None:
+            raise
+        code = _interrupted()
+    interrupts.flush_std()
     sys.exit(code if isinstance(code, int) else 0)
+
+
+def _error(line: str) -> None:
+    interrupts.write(f"cloudtrain: error: {line}", sys.stderr)
+
+
+def _interrupted() -> int:
+    interrupts.write(f"cloudtrain: {interrupts.last_line()}", sys.stderr)
+    return interrupts.exit_code()
 
 
 __all__ = ["app", "main"]

@@ -8,10 +8,10 @@ from typing import List, Optional
 
 import typer
 
-from cloudtrain import lifecycle
+from cloudtrain import interrupts, lifecycle
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
-from cloudtrain.errors import BadInput, JobFailed
+from cloudtrain.errors import BadInput, CloudtrainError, JobFailed
 from cloudtrain.jobs import session, shipment
 from cloudtrain.jobs.record import JobRecord, exit_meaning
 from cloudtrain.jobs.runner import JobRunner
@@ -147,17 +147,33 @@ def launch(
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
-    cluster = lifecycle.up(store, spec, say).cluster
-    assert cluster is not None  # up returns only ready clusters
     code: int | None = None
     record = None
     try:
+        # Inside the try: a signal just after `up` returns must still tear the cluster down.
+        cluster = lifecycle.up(store, spec, say).cluster
+        assert cluster is not None  # up returns only ready clusters
         runner = JobRunner(store, store.cluster_dir(spec.name), cluster, say=say)
         record = runner.submit(job)
         say(f"job {record.job_id} started on {', '.join(record.nodes)}")
         code = session.finish(runner, record, say)
     finally:
-        # `down` brings home whatever is still owed (a failed or interrupted job included).
-        lifecycle.down(store, spec.name, say, force=False)
+        # `down` brings home whatever is still owed (a failed or interrupted job included);
+        # a second signal must not cut it short and leave a machine billing.
+        if _made_by_up(store, spec.name):
+            with interrupts.shielded():
+                lifecycle.down(store, spec.name, say, force=False)
+            if interrupts.signalled():
+                owed = f"outputs of job {record.job_id} are in {record.output}; " if record is not None else ""
+                interrupts.note(f"{owed}cluster {spec.name} is down")
     if record is not None and code is not None:
         _exit_with(code, record)
+
+
+def _made_by_up(store: Store, name: str) -> bool:
+    """Whether `up` finished making the cluster (a failed `up` removes what it made itself)."""
+    cdir = store.cluster_dir(name)
+    try:
+        return cdir.exists() and cdir.load().status == "ready"
+    except (CloudtrainError, ValueError):
+        return cdir.exists()  # a damaged record: let `down` try, it says what is wrong

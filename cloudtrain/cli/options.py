@@ -7,14 +7,15 @@ from typing import Optional
 
 import typer
 
-from cloudtrain import provisioner
+from cloudtrain import interrupts, provisioner
 from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_gpu
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
 
 
 def say(text: str) -> None:
-    print(f"cloudtrain: {text}", file=sys.stderr, flush=True)
+    # A closed terminal must not turn the teardown this may be reporting into a crash.
+    interrupts.write(f"cloudtrain: {text}", sys.stderr)
 
 
 def build_spec(

@@ -198,6 +198,8 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
                 raise CloudtrainError(f"could not bring home the outputs of {cdir.name}: {e.message}", still_up) from e
             if isinstance(e, Exception):  # a bug: keep its traceback, but say what state things are in
                 say(f"bringing home the outputs of {cdir.name} failed unexpectedly; {still_up}")
+            elif isinstance(e, KeyboardInterrupt):  # Ctrl-C, SIGTERM or SIGHUP: nothing was destroyed
+                say(f"stopped before destroying {cdir.name}; {still_up}")
             raise
         provisioners.get(record.spec.provider).destroy(cdir, record)
         store.bury(cdir.name, {"provider": record.spec.provider, "created_at": record.created_at})

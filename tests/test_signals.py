@@ -223,6 +223,42 @@ def test_sigterm_during_run_detaches_and_the_job_keeps_running(cli: Cli, cleanup
     assert (cli.cwd / "runs" / job_id / "partial.txt").read_text() == "half done"
 
 
+STUBBORN_JOB = textwrap.dedent(
+    """
+    import os, signal, time
+    signal.signal(signal.SIGTERM, lambda *_: print("ignoring TERM", flush=True))
+    open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "partial.txt"), "w").write("half done")
+    print("working", flush=True)
+    time.sleep(3600)
+    """
+)
+
+
+def test_sigterm_during_down_keeps_the_cluster_and_says_how_to_finish(cli: Cli, cleanup: list) -> None:
+    up = cli("up", "--framework", "none", timeout=300)
+    assert up.returncode == 0, up.stderr
+    script = cli.cwd / "proj" / "stubborn.py"
+    script.parent.mkdir()
+    script.write_text(STUBBORN_JOB)
+    started = cli("run", str(script), "--detach")
+    assert started.returncode == 0, started.stderr
+    _wait_for(lambda: _node_processes(cli.home, lambda cmd: b"stubborn.py" in cmd), "the job")
+    proc = _start(cli, "down")  # stops the job first: TERM, which it ignores, then 10 s to KILL
+    cleanup.append(proc)
+    seen: list[str] = []
+    _read_until(proc, "stopping it", seen)
+    proc.send_signal(signal.SIGTERM)
+    _, rest = proc.communicate(timeout=90)
+    err = "".join(seen) + rest
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err
+    assert "the cluster is still up" in err and "cloudtrain down --cluster local" in err, err
+    assert '"status": "ready"' in cli("status", "--json").stdout
+    again = cli("down", timeout=180)
+    assert again.returncode == 0, again.stderr
+    assert list((cli.cwd / "runs").glob("*/partial.txt")), "the job's outputs never came home"
+
+
 def test_a_signal_during_a_teardown_is_taken_after_it(tmp_path: Path) -> None:
     """A teardown not started by a signal (launch's `down` after its job ended) is shielded:
     a signal during it is said and taken once it is over, never in its middle."""

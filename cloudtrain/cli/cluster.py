@@ -12,9 +12,7 @@ from typing import List, Optional
 
 import typer
 
-from cloudtrain import lifecycle
 from cloudtrain import provisioner as provisioners
-from cloudtrain.bootstrap.cluster import plan_cluster
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
@@ -46,6 +44,8 @@ def up(
 
     Example: cloudtrain up --provider local --nodes 2 --framework torch==2.13.0
     """
+    from cloudtrain import lifecycle  # here, not at the top: `--help` and `status` stay fast
+
     store = Store()
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
     if preview:
@@ -72,6 +72,8 @@ def down(
 
     Example: cloudtrain down --cluster local --output /data/runs
     """
+    from cloudtrain import lifecycle
+
     lifecycle.down(Store(), cluster, say, force=force, output=output.absolute() if output else None)
 
 
@@ -242,6 +244,9 @@ def bootstrap(
 
     Example: cloudtrain bootstrap --cluster local --plan
     """
+    from cloudtrain import lifecycle
+    from cloudtrain.bootstrap.cluster import plan_cluster
+
     cdir = Store().resolve(cluster)
     record = cdir.load()
     if record.cluster is None:

@@ -4,21 +4,20 @@ from __future__ import annotations
 
 import sys
 from pathlib import Path
-from typing import List, Optional
+from typing import TYPE_CHECKING, List, Optional
 
 import typer
 
-from cloudtrain import interrupts, lifecycle
+from cloudtrain import interrupts
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, JobFailed
-from cloudtrain.jobs import session, shipment
 from cloudtrain.jobs.record import JobRecord, exit_meaning
-from cloudtrain.jobs.runner import JobRunner
-from cloudtrain.layout import NodePaths
-from cloudtrain.remote import SshRemote
 from cloudtrain.spec import JobSpec, check_output
 from cloudtrain.state import Store
+
+if TYPE_CHECKING:
+    from cloudtrain.jobs.runner import JobRunner
 
 O = UpOptions
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Folder to ship (default: the script's folder).")
@@ -34,7 +33,9 @@ def _exit_with(code: int, record: JobRecord) -> None:
         raise JobFailed(f"job {record.job_id} exited {code}{exit_meaning(code)}", code, f"its log and outputs are in {record.output}")
 
 
-def _runner(store: Store, cluster: Optional[str]) -> JobRunner:
+def _runner(store: Store, cluster: Optional[str]) -> "JobRunner":
+    from cloudtrain.jobs.runner import JobRunner  # paramiko and the bootstrap load only for commands that reach nodes
+
     cdir = store.resolve(cluster)
     record = cdir.load()
     if record.status != "ready" or record.cluster is None:
@@ -59,6 +60,8 @@ def run(
 
     Example: cloudtrain run examples/mnist.py --env SEED=1 -- --epochs 3
     """
+    from cloudtrain.jobs import session, shipment
+
     spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode)
     store = Store()
     runner = _runner(store, cluster)
@@ -79,6 +82,10 @@ def logs(
 
     Example: cloudtrain logs mnist-20261129-101500-ab12 -f
     """
+    from cloudtrain.jobs import session
+    from cloudtrain.layout import NodePaths
+    from cloudtrain.remote import SshRemote
+
     store = Store()
     record = JobRecord.load(store, job)
     if not 0 <= rank < len(record.nodes):
@@ -142,6 +149,10 @@ def launch(
 
     Example: cloudtrain launch examples/mnist.py --provider local --framework torch==2.13.0
     """
+    from cloudtrain import lifecycle
+    from cloudtrain.jobs import session, shipment
+    from cloudtrain.jobs.runner import JobRunner
+
     store = Store()
     job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode), say)
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)

@@ -136,11 +136,14 @@ def stdout_of(ssh: OpenSsh, command: str, stdin: IO[bytes] | None = None) -> Ite
         raise Exited(code, err.getvalue())
 
 
-def run_with_input(ssh: OpenSsh, command: str, produce: Callable[[IO[bytes]], None]) -> tuple[int, bytes, bytes]:
-    """Run `command` with stdin written by `produce(stream)`; (status, stdout, stderr)."""
-    proc = ssh.popen(command, stdin=subprocess.PIPE, stdout=subprocess.PIPE)
+def run_with_input(ssh: OpenSsh, command: str, produce: Callable[[IO[bytes]], None], source: IO[bytes] | None = None) -> tuple[int, bytes, bytes]:
+    """Run `command` with stdin written by `produce(stream)`, or read by ssh itself straight
+    from `source` (a pipe from another process: no copy through Python); (status, stdout, stderr)."""
+    proc = ssh.popen(command, stdin=source if source is not None else subprocess.PIPE, stdout=subprocess.PIPE)
     out, err = io.BytesIO(), io.BytesIO()
     threads = [_drain(proc.stdout, out), _drain(proc.stderr, err)]  # type: ignore[arg-type]
+    if source is not None:
+        return _finish(proc, threads), out.getvalue(), err.getvalue()
     try:
         try:
             produce(proc.stdin)  # type: ignore[arg-type]

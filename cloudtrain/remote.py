@@ -225,13 +225,14 @@ class SshRemote:
             self.close()
             raise RemoteError(f"lost the connection to {self._where()} during a transfer: {e}", "run it again") from e
 
-    def send_stream(self, command: str, produce: Callable[[IO[bytes]], None], *, env: dict[str, str] | None = None) -> Result:
+    def send_stream(self, command: str, produce: Callable[[IO[bytes]], None], *, env: dict[str, str] | None = None, source: IO[bytes] | None = None) -> Result:
         """Run `command` with stdin written by `produce(stream)` as it goes (e.g. a tar being
-        built), so nothing is staged in memory or on disk first."""
+        built), so nothing is staged in memory or on disk first. With `source` (a pipe that
+        `produce` would copy), OpenSSH reads it directly."""
         full = env_prefix(env) + command
         try:
             if (ssh := self.openssh()) is not None:
-                code, out, err = openssh.run_with_input(ssh, full, produce)
+                code, out, err = openssh.run_with_input(ssh, full, produce, source)
             else:
                 channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
                 channel.settimeout(STALL_TIMEOUT)
@@ -247,7 +248,8 @@ class SshRemote:
     def _exited(self, command: str, code: int, stderr: str, during: str) -> RemoteError:
         # No status (paramiko's -1), ssh killed (-N) or ssh's own 255: the link failed, not the command.
         if code < 0 or (code == openssh.SSH_FAILED and self._openssh is not None):
-            return RemoteError(f"lost the connection to {self._where()} during {during}: {stderr[:300] or 'ssh exited 255'}", "run it again")
+            last = [line.strip() for line in stderr.splitlines() if line.strip()][-1:] or [f"ssh exited {code}"]
+            return RemoteError(f"lost the connection to {self._where()} during {during}: {last[0][:300]}", "run it again")
         return CommandFailed(f"command on {self.node.name} exited {code}: {stderr[:300]}", Result(command, code, "", stderr))
 
     def openssh(self) -> openssh.OpenSsh | None:

@@ -327,3 +327,23 @@ def test_a_512_mib_output_comes_home_while_the_cores_are_busy(cluster: Cli, tmp_
     assert proc.returncode == 0, proc.stderr
     assert (out / "model.bin").stat().st_size == 512 * MiB
     assert sha256_file(out / "model.bin") == (out / "model.sha256").read_text()
+
+
+def test_bulk_streams_refuse_a_node_presenting_another_host_key(cluster: Cli, tmp_path: Path) -> None:
+    """OpenSSH carries the bulk data with the pinned key only: a node whose key is not the
+    pinned one is refused, never trusted on first use."""
+    from dataclasses import replace
+
+    from cloudtrain import keys
+    from cloudtrain.errors import RemoteError
+    from cloudtrain.remote import SshRemote
+
+    if openssh.client() is None:
+        pytest.skip("no OpenSSH client here")
+    with _remote(cluster) as good:
+        wrong = replace(good.node, host_key=keys.generate()[1])
+        identity = good.identity_file
+        assert b"".join(good.stream_stdout("echo pinned")) == b"pinned\n"
+    with SshRemote(wrong, identity) as remote, pytest.raises(RemoteError) as info:
+        list(remote.stream_stdout("echo should-not-run"))
+    assert "Host key verification failed" in info.value.line() and "\n" not in info.value.line()

@@ -31,6 +31,7 @@ from cloudtrain.remote import SshRemote
 
 PARTIAL = ".cloudtrain-partial"
 PASSES = 4  # streams per download: the first, and resumes after a cut or a damaged file
+RESUMABLE = 4 << 20  # files from this size resume where a cut left them; smaller ones start over
 _UNSTORABLE = {errno.EILSEQ, errno.EINVAL, errno.ENAMETOOLONG}  # names a local filesystem refuses
 
 
@@ -59,20 +60,19 @@ class _ChunkReader(io.RawIOBase):
 def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: str) -> None:
     """Ship `files` of `workdir` into `remote_dir` as one tar stream (one round trip, not one per file)."""
     q = shlex.quote(remote_dir)
+    command = f"mkdir -p {q} && tar xf - -C {q}"
     tar = shutil.which("tar")
-    produce = (lambda out: _gnu_tar(tar, workdir, files, out)) if tar else (lambda out: write_tar(workdir, files, out))
-    remote.send_stream(f"mkdir -p {q} && tar xf - -C {q}", produce)
-
-
-def _gnu_tar(tar: str, workdir: Path, files: list[str], out: IO[bytes]) -> None:
-    # The system tar packs in C at disk speed; Python's tarfile costs more CPU than the cipher.
+    if tar is None:
+        remote.send_stream(command, lambda out: write_tar(workdir, files, out))
+        return
+    # The system tar packs in C at disk speed (Python's tarfile costs more CPU than the cipher),
+    # and OpenSSH reads its output straight from the pipe.
     with tempfile.NamedTemporaryFile("wb", prefix="cloudtrain-files-") as listing:
         listing.write(b"".join(os.fsencode(f) + b"\0" for f in files))
         listing.flush()
         proc = subprocess.Popen([tar, "-C", str(workdir), "--null", "--no-recursion", "-T", listing.name, "-cf", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            while chunk := proc.stdout.read(1 << 20):  # type: ignore[union-attr]
-                out.write(chunk)
+            remote.send_stream(command, lambda out: shutil.copyfileobj(proc.stdout, out, 1 << 20), source=proc.stdout)  # type: ignore[arg-type]
         finally:
             proc.stdout.close()  # type: ignore[union-attr]
             err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
@@ -117,6 +117,8 @@ class _Home:
             self.partial.mkdir(parents=True, exist_ok=True)
         except OSError as e:
             raise TransferError(f"cannot create the output folder {dest}: {e.strerror or e}", "choose another --output, or free space and run again") from e
+        self._ledgers: dict[str, IO[str]] = {}
+        self._made: set[Path] = {dest}
         self.started = self._lines("started.jsonl")  # staging name -> file id
         self.verified = {e["id"]: e for e in self._lines("verified.jsonl").values()}
 
@@ -136,8 +138,10 @@ class _Home:
         return found
 
     def _append(self, name: str, entry: dict) -> None:
-        with open(self.partial / name, "a") as f:
-            f.write(json.dumps(entry) + "\n")
+        # Held open for the whole download: thousands of small files cost one write each.
+        if name not in self._ledgers:
+            self._ledgers[name] = open(self.partial / name, "a", buffering=1)
+        self._ledgers[name].write(json.dumps(entry) + "\n")
 
     def staging(self, fid: str) -> Path:
         return self.partial / hashlib.sha256(fid.encode()).hexdigest()[:32]
@@ -163,11 +167,11 @@ class _Home:
                 continue
         return found
 
-    def begin(self, fid: str, start: int) -> tuple[int, "hashlib._Hash"]:
+    def begin(self, fid: str, start: int, size: int) -> tuple[int, "hashlib._Hash"]:
         """Open the partial file for `fid` at `start`, with the hash of what it already holds."""
         path = self.staging(fid)
         key = path.name
-        if key not in self.started:
+        if key not in self.started and size >= RESUMABLE:
             self._append("started.jsonl", {"key": key, "id": fid})
             self.started[key] = {"key": key, "id": fid}
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
@@ -193,7 +197,9 @@ class _Home:
         for name in (local, _escaped(local)):
             final = self.dest / os.fsdecode(name)
             try:
-                final.parent.mkdir(parents=True, exist_ok=True)
+                if final.parent not in self._made:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    self._made.add(final.parent)
                 os.replace(self.staging(fid), final)
                 break
             except OSError as e:
@@ -203,14 +209,27 @@ class _Home:
         self.verified[fid] = {"id": fid, "local": name.hex(), "size": size, "mtime_ns": mtime_ns, "sha256": sha256}
         return name
 
-    def close(self) -> None:
-        shutil.rmtree(self.partial, ignore_errors=True)
+    def close(self, done: bool) -> None:
+        for f in self._ledgers.values():
+            try:
+                f.close()
+            except OSError:
+                pass
+        if done:
+            shutil.rmtree(self.partial, ignore_errors=True)
 
 
 def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict[str, str] | None = None, rename: dict[str, str] | None = None) -> Fetched:
     """Bring `remote_dir`'s regular files (and `extra`: {local name: node path}) into `dest`,
     every one checked against the node's sha256; resume across cuts and later calls."""
     home = _Home(dest)
+    try:
+        return _download(remote, remote_dir, home, extra or {}, rename or {})
+    finally:
+        home.close(done=False)
+
+
+def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, str], rename: dict[str, str]) -> Fetched:
     names = {"x" + os.fsencode(k).hex(): os.fsencode(k) for k in (extra or {})}
     renames = {os.fsencode(k): os.fsencode(v) for k, v in (rename or {}).items()}
     fetched = Fetched()
@@ -227,7 +246,7 @@ def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict
             remote.close()
             continue
         if complete:
-            home.close()
+            home.close(done=True)
             return fetched
         last = TransferError(f"{', '.join(sorted(damaged))} from {remote.node.name} arrived damaged (sha256 mismatch)", "fetch it again with `cloudtrain logs JOB -f`; it is still on the node")
     if isinstance(last, TransferError):
@@ -266,7 +285,7 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
                     continue
                 if start:
                     fetched.resumed[display(local)] = start
-                fd, h = _begin(home, fid, start)
+                fd, h = _begin(home, fid, start, size)
             elif tag == b"H":
                 fid, local, size, mtime_ns = current  # type: ignore[misc]
                 os.close(fd)
@@ -294,9 +313,9 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
     return not redo
 
 
-def _begin(home: _Home, fid: str, start: int) -> tuple[int, "hashlib._Hash"]:
+def _begin(home: _Home, fid: str, start: int, size: int) -> tuple[int, "hashlib._Hash"]:
     try:
-        return home.begin(fid, start)
+        return home.begin(fid, start, size)
     except OSError as e:
         raise _local_error(home.dest, e) from e
 

@@ -35,28 +35,6 @@ RESUMABLE = 4 << 20  # files from this size resume where a cut left them; smalle
 _UNSTORABLE = {errno.EILSEQ, errno.EINVAL, errno.ENAMETOOLONG}  # names a local filesystem refuses
 
 
-class _ChunkReader(io.RawIOBase):
-    """A file-like view of an iterator of byte chunks."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = memoryview(b"")
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        while not self._buf:
-            try:
-                self._buf = memoryview(next(self._chunks))
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
-
-
 def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: str) -> None:
     """Ship `files` of `workdir` into `remote_dir` as one tar stream (one round trip, not one per file)."""
     q = shlex.quote(remote_dir)
@@ -257,10 +235,9 @@ def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, 
 def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, bytes], renames: dict[bytes, bytes], fetched: Fetched, damaged: dict[str, int]) -> bool:
     """One stream of everything still owed; True when nothing is left to fetch."""
     stream = remote.stream_stdout(f"python3 -c {shlex.quote(wire.SENDER)}", stdin=io.BytesIO(json.dumps(request).encode()))
-    reader = io.BufferedReader(_ChunkReader(stream), 1 << 20)
     fd, h, current, redo = -1, hashlib.sha256(), None, False
     try:
-        for tag, payload in wire.read_frames(reader):
+        for tag, payload in wire.read_frames(stream):
             if tag == b"D":
                 h.update(payload)
                 try:

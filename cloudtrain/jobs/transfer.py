@@ -254,7 +254,8 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
                 local = names.get(fid) or _safe(bytes.fromhex(fid[1:]))
                 if fid.startswith("o") and local in renames:
                     local = renames[local]
-                    fetched.renamed.append((display(bytes.fromhex(fid[1:])), display(local)))
+                    if (pair := (display(bytes.fromhex(fid[1:])), display(local))) not in fetched.renamed:  # once, whatever the passes
+                        fetched.renamed.append(pair)
                 current = (fid, local, size, mtime_ns)
                 if start == -1:
                     e = home.verified[fid]

@@ -42,14 +42,29 @@ def write():
         item = frames.get()
         if item is None:
             return
-        view = memoryview(item[0] + struct.pack(">I", len(item[1])) + item[1]) if len(item[1]) < 65536 else None
-        for part in ([view] if view is not None else [item[0] + struct.pack(">I", len(item[1])), memoryview(item[1])]):
+        for part in item:
+            part = memoryview(part)
             while part:
                 part = part[out.write(part):]
 thread = threading.Thread(target=writer)
 thread.start()
+small = bytearray()
 def frame(tag, payload):
-    frames.put((tag, payload))
+    # Small frames are batched: one hand-over to the writer thread per MiB, not per file.
+    global small
+    head = tag + struct.pack(">I", len(payload))
+    if len(payload) < 65536:
+        small += head + payload
+        if len(small) >= 1 << 20:
+            flush()
+    else:
+        flush()
+        frames.put((head, payload))
+def flush():
+    global small
+    if small:
+        frames.put((bytes(small),))
+        small = bytearray()
 def send(fid, path):
     try:
         fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
@@ -102,6 +117,7 @@ for fid, path in sorted(req["extra"].items()):
     if os.path.lexists(bytes.fromhex(path)):
         send(fid, bytes.fromhex(path))
 frame(b"Z", b"")
+flush()
 frames.put(None)
 thread.join()
 """

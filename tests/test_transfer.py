@@ -347,3 +347,32 @@ def test_bulk_streams_refuse_a_node_presenting_another_host_key(cluster: Cli, tm
     with SshRemote(wrong, identity) as remote, pytest.raises(RemoteError) as info:
         list(remote.stream_stdout("echo should-not-run"))
     assert "Host key verification failed" in info.value.line() and "\n" not in info.value.line()
+
+
+def test_a_name_this_filesystem_refuses_comes_home_escaped_and_listed(cluster: Cli, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Filesystems that insist on UTF-8 names (vfat, strict-casefold ext4) refuse the node's
+    name with EILSEQ. None can be mounted here (no loop devices), so the refusal is the one
+    stand-in: every other step is the real transfer."""
+    import errno
+
+    real_replace = os.replace
+
+    def strict_replace(src, dst) -> None:  # type: ignore[no-untyped-def]
+        try:
+            os.fsencode(dst).decode("utf-8")
+        except UnicodeDecodeError:
+            raise OSError(errno.EILSEQ, "Invalid or incomplete multibyte or wide character", dst) from None
+        real_replace(src, dst)
+
+    node_dir = tmp_path / "node-out"
+    node_dir.mkdir()
+    open(os.path.join(os.fsencode(node_dir), b"bad\xff\xfe.txt"), "wb").write(b"odd name")
+    (node_dir / "model.pt").write_bytes(b"weights")
+    dest = tmp_path / "home"
+    monkeypatch.setattr(transfer.os, "replace", strict_replace)
+    with _remote(cluster) as remote:
+        got = transfer.download_tree(remote, str(node_dir), dest)
+    entry = got.files["bad%FF%FE.txt"]
+    assert (dest / "bad%FF%FE.txt").read_bytes() == b"odd name"
+    assert bytes.fromhex(entry["name_hex"]) == b"bad\xff\xfe.txt" and entry["stored_as"] == "bad%FF%FE.txt"
+    assert (dest / "model.pt").read_bytes() == b"weights" and "stored_as" not in got.files["model.pt"]

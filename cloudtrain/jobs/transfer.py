@@ -22,7 +22,7 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO, Iterator
+from typing import IO
 
 from cloudtrain.errors import CommandFailed, RemoteError, TransferError
 from cloudtrain.jobs import wire

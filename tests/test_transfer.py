@@ -376,3 +376,15 @@ def test_a_name_this_filesystem_refuses_comes_home_escaped_and_listed(cluster: C
     assert (dest / "bad%FF%FE.txt").read_bytes() == b"odd name"
     assert bytes.fromhex(entry["name_hex"]) == b"bad\xff\xfe.txt" and entry["stored_as"] == "bad%FF%FE.txt"
     assert (dest / "model.pt").read_bytes() == b"weights" and "stored_as" not in got.files["model.pt"]
+
+
+def test_the_paramiko_fallback_streams_past_the_512_mib_rekey_point(cluster: Cli, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Where `ssh` is absent paramiko carries bulk data too. It used to start a re-key every
+    512 MiB and race itself (paramiko#822): back-to-back streams and commands on one connection
+    then timed out ("Key-exchange timed out waiting for key negotiation"). Now only the OpenSSH
+    server re-keys, on its own schedule."""
+    monkeypatch.setattr(openssh, "client", lambda: None)
+    with _remote(cluster) as remote:
+        for _ in range(3):  # 768 MiB on one connection, a channel opened after each stream
+            assert sum(len(c) for c in remote.stream_stdout("head -c 268435456 /dev/zero")) == 256 * MiB
+            assert remote.run("echo ok").stdout == "ok\n"

@@ -51,7 +51,7 @@ class OpenSsh:
             ssh, "-F", "/dev/null", "-T", "-x", "-a",
             "-i", str(identity_file), "-p", str(node.port),
             "-o", "IdentitiesOnly=yes", "-o", "IdentityAgent=none", "-o", "BatchMode=yes",
-            "-o", f"UserKnownHostsFile={known}", "-o", "GlobalKnownHostsFile=/dev/null",
+            "-o", f'UserKnownHostsFile="{known}"', "-o", "GlobalKnownHostsFile=/dev/null",  # quoted: a list of files
             "-o", "StrictHostKeyChecking=yes", "-o", "CheckHostIP=no", "-o", "UpdateHostKeys=no",
             "-o", "ConnectTimeout=20", "-o", "Compression=no", "-o", f"Ciphers={_CIPHERS}",
             "-o", "LogLevel=ERROR", *alive,

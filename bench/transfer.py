@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """cloudtrain's file transfer against OpenSSH's own tools, measured in the same run.
 
-    .venv/bin/python bench/transfer.py            # full: 256 MiB file, 2,000 small files, mixed workdir
+    .venv/bin/python bench/transfer.py            # full: 256 MiB file, 512 MiB output, 2,000 small files, mixed workdir
     .venv/bin/python bench/transfer.py --quick    # small sizes, one run each: a smoke check in < 1 min
+    .venv/bin/python bench/transfer.py --json out.json   # also write the ratios and the table as JSON
 
 One local node (`cloudtrain up --provider local`, a real sshd on loopback) serves every tool.
 Upload: cloudtrain's path (select_files + transfer.upload_tree, one tar written into the channel) vs
@@ -32,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 CLUSTER = "bench"
+DOWNLOAD_ONLY = {"big-output"}
 MiB = 1 << 20
 HERE = Path(__file__).resolve()
 STARTED = time.monotonic()
@@ -80,8 +82,8 @@ def cloudtrain_child(op: str, a: str, b: str) -> int:
             out["select_s"] = time.perf_counter() - start
             transfer.upload_tree(remote, src, files, b)
         elif op == "download":
-            manifest = transfer.download_tree(remote, a, Path(b))
-            out["files"] = len(manifest)
+            got = transfer.download_tree(remote, a, Path(b))
+            out["files"] = len(got.files)
         elif op == "idle":  # baseline: interpreter + cloudtrain + paramiko, connected, nothing moved
             remote.run("true")
         else:
@@ -108,9 +110,11 @@ def make_datasets(root: Path, quick: bool) -> dict[str, Path]:
     rng = random.Random(1234)  # the same bytes every run
     big_size = (16 if quick else 256) * MiB
     n_small = 200 if quick else 2000
-    sets = {"big-file": root / "big-file", "small-files": root / "small-files", "mixed": root / "mixed"}
+    sets = {"big-file": root / "big-file", "big-output": root / "big-output", "small-files": root / "small-files", "mixed": root / "mixed"}
 
     _write_random(sets["big-file"] / "blob.bin", big_size, rng)
+    # Downloads only: a model-sized output (512 MiB: where paramiko used to re-key and stall).
+    _write_random(sets["big-output"] / "model.bin", 2 * big_size, rng)
 
     for i in range(n_small):  # 100 per folder, as a dataset of shards or images would be laid out
         _write_random(sets["small-files"] / f"d{i // 100:02d}" / f"f{i:05d}.bin", 4096, rng)
@@ -198,7 +202,7 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def run_bench(base: Path, quick: bool, runs: int) -> None:
+def run_bench(base: Path, quick: bool, runs: int) -> dict:
     say(f"building datasets in {base}")
     sets = make_datasets(base / "data", quick)
     stats = {name: tree_stats(path) for name, path in sets.items()}
@@ -234,9 +238,13 @@ def run_bench(base: Path, quick: bool, runs: int) -> None:
             ("cloudtrain", "download"): (down_dst, [*me, "download", str(down_src), str(down_dst)]),
             ("scp", "download"): (down_dst, ["scp", "-q", "-r", "-F", str(config), f"{host}:{down_src}", str(down_dst)]),
         }
+        if name in DOWNLOAD_ONLY:
+            plan = {k: v for k, v in plan.items() if k[1] == "download"}
         if rsync:
             plan[("rsync", "upload")] = (up_dst, [rsync, "-a", "-e", ssh, f"{src}/", f"{host}:{up_dst}/"])
             plan[("rsync", "download")] = (down_dst, [rsync, "-a", "-e", ssh, f"{host}:{down_src}/", f"{down_dst}/"])
+            if name in DOWNLOAD_ONLY:
+                del plan[("rsync", "upload")]
         by_key = {key: Row(name, key[1], key[0]) for key in plan}
         for rep in range(runs):
             for key, (dst, cmd) in plan.items():
@@ -260,6 +268,36 @@ def run_bench(base: Path, quick: bool, runs: int) -> None:
         rows += sorted(by_key.values(), key=lambda r: (r.direction != "upload", ["cloudtrain", "scp", "rsync"].index(r.tool)))
 
     print_table(rows, stats, idle_mib, connect_s, runs, rsync)
+    return summary(rows, stats, idle_mib, connect_s, runs)
+
+
+def summary(rows: list[Row], stats: dict[str, tuple[int, int]], idle_mib: float, connect_s: float, runs: int) -> dict:
+    """The three figures the transfer contract names, plus every row, for --json."""
+    by = {(r.dataset, r.direction, r.tool): r for r in rows}
+
+    def ratio(dataset: str, direction: str) -> float:
+        return min(by[(dataset, direction, "cloudtrain")].seconds) / min(by[(dataset, direction, "scp")].seconds)
+
+    ours = [r for r in rows if r.tool == "cloudtrain"]
+    result = {
+        "download_big_output_vs_scp": round(ratio("big-output", "download"), 3),
+        "upload_big_file_vs_scp": round(ratio("big-file", "upload"), 3),
+        "peak_rss_mib": {"min": round(min(r.peak_mib for r in ours), 1), "max": round(max(r.peak_mib for r in ours), 1), "idle": round(idle_mib, 1)},
+    }
+    print()
+    print(f"download {stats['big-output'][1] / MiB:.0f} MiB vs scp: {result['download_big_output_vs_scp']:.2f}x   "
+          f"upload {stats['big-file'][1] / MiB:.0f} MiB vs scp: {result['upload_big_file_vs_scp']:.2f}x   "
+          f"cloudtrain peak RSS {result['peak_rss_mib']['min']:.0f}-{result['peak_rss_mib']['max']:.0f} MiB whatever the size")
+    return {
+        **result,
+        "when": f"{dt.datetime.now():%Y-%m-%d %H:%M}",
+        "cpus": os.cpu_count(),
+        "load_1min_at_end": round(os.getloadavg()[0], 2),
+        "runs": runs,
+        "ssh_connect_s": round(connect_s, 3),
+        "datasets": {n: {"files": f, "bytes": b} for n, (f, b) in stats.items()},
+        "rows": [{"dataset": r.dataset, "direction": r.direction, "tool": r.tool, "seconds": r.seconds, "peak_mib": round(r.peak_mib, 1)} for r in rows],
+    }
 
 
 def print_table(rows: list[Row], stats: dict[str, tuple[int, int]], idle_mib: float, connect_s: float, runs: int, rsync: str | None) -> None:
@@ -309,6 +347,7 @@ def main() -> int:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--quick", action="store_true", help="small datasets and one run each (under a minute)")
     parser.add_argument("--runs", type=int, help="runs per tool and dataset; the best counts (default 3, --quick 1)")
+    parser.add_argument("--json", type=Path, help="write the ratios, peak memory and every timing to this JSON file")
     args = parser.parse_args()
     runs = args.runs or (1 if args.quick else 3)
 
@@ -320,7 +359,10 @@ def main() -> int:
     ssh_version = subprocess.run(["ssh", "-V"], capture_output=True, text=True).stderr.strip()
     print(f"{dt.datetime.now():%Y-%m-%d %H:%M}  {os.cpu_count()} CPUs  load {os.getloadavg()[0]:.2f}  {ssh_version}  Python {platform.python_version()}", flush=True)
     try:
-        run_bench(base, args.quick, runs)
+        result = run_bench(base, args.quick, runs)
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+            print(f"wrote {args.json}")
     finally:
         # Always give the node back, so no sshd outlives the benchmark, then drop every temp file.
         try:

@@ -1,8 +1,9 @@
-"""Talking to a node over SSH, on paramiko: one `run()` returning one `Result`, plus file transfer.
+"""Talking to a node over SSH: control on paramiko (one `run()` returning one `Result`), bulk
+streams on OpenSSH's `ssh` where it is installed (openssh.py), paramiko otherwise.
 
 Host keys are pinned: the client knows the node's key before the first packet and rejects any
 other (RejectPolicy); there is no trust-on-first-use. Connections open lazily, retry with backoff
-while a node boots, and close as context managers. paramiko and socket errors become
+while a node boots, and close as context managers. paramiko, ssh and socket errors become
 `RemoteError`s here, at the boundary.
 """
 
@@ -10,9 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
-import select
 import shlex
-import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -21,14 +20,18 @@ from typing import IO, Callable, Iterator
 
 import paramiko
 
-from cloudtrain import keys
+from cloudtrain import channels, keys, openssh
 from cloudtrain.errors import CommandFailed, HostKeyMismatch, RemoteError
 from cloudtrain.machine import Node
 
-Sink = Callable[[bytes], None]
+Sink = channels.Sink
 # Tar streams move data continuously; this long without a byte means the peer is gone (a
 # dropped NAT mapping leaves TCP open and keepalives unanswered), so fail and retry.
 STALL_TIMEOUT = 300.0
+# paramiko re-keys every 2^29 bytes and races itself doing so (paramiko#822: a channel opened
+# while the re-key is pending times out). OpenSSH servers re-key on their own schedule
+# (RekeyLimit), so paramiko never starts one.
+_NEVER_REKEY = 1 << 62
 
 
 @dataclass(frozen=True)
@@ -68,6 +71,7 @@ class SshRemote:
         self.connect_timeout = connect_timeout
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
+        self._openssh: openssh.OpenSsh | None = None
 
     # -- connection -------------------------------------------------------------------------
 
@@ -78,6 +82,9 @@ class SshRemote:
         self.close()
 
     def close(self) -> None:
+        if self._openssh is not None:
+            self._openssh.close()
+            self._openssh = None
         if self._sftp is not None:
             self._sftp.close()
             self._sftp = None
@@ -119,6 +126,9 @@ class SshRemote:
                 transport = client.get_transport()
                 assert transport is not None
                 transport.set_keepalive(15)
+                packetizer = transport.packetizer
+                packetizer.REKEY_BYTES = packetizer.REKEY_PACKETS = _NEVER_REKEY
+                packetizer.REKEY_BYTES_OVERFLOW_MAX = packetizer.REKEY_PACKETS_OVERFLOW_MAX = _NEVER_REKEY
                 self._client = client
                 return client
             except paramiko.BadHostKeyException as e:
@@ -174,14 +184,14 @@ class SshRemote:
         """
         full = env_prefix(env) + command
         if stream:
-            on_stdout = on_stdout or _writer(sys.stdout)
-            on_stderr = on_stderr or _writer(sys.stderr)
+            on_stdout = on_stdout or channels.writer(sys.stdout)
+            on_stderr = on_stderr or channels.writer(sys.stderr)
         out, err = io.BytesIO(), io.BytesIO()
         try:
             channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
             channel.exec_command(full)
-            _feed(channel, io.BytesIO(stdin or b""))
-            code = self._pump(channel, out, err, on_stdout, on_stderr, timeout)
+            channels.feed(channel, io.BytesIO(stdin or b""))
+            code = channels.pump(channel, out, err, on_stdout, on_stderr, timeout)
         except (OSError, paramiko.SSHException, EOFError) as e:
             self.close()
             raise RemoteError(f"lost the connection to {self._where()} while running a command: {e}", "run it again; check the node with `cloudtrain status`") from e
@@ -191,76 +201,62 @@ class SshRemote:
             raise CommandFailed(f"command on {self.node.name} exited {code}: {tail[0][:300]}", result)
         return result
 
-    @staticmethod
-    def _pump(channel: paramiko.Channel, out: io.BytesIO, err: io.BytesIO, on_out: Sink | None, on_err: Sink | None, timeout: float | None) -> int:
-        deadline = None if timeout is None else time.monotonic() + timeout
-        while True:
-            while channel.recv_ready():
-                chunk = channel.recv(65536)
-                out.write(chunk)
-                if on_out:
-                    on_out(chunk)
-            while channel.recv_stderr_ready():
-                chunk = channel.recv_stderr(65536)
-                err.write(chunk)
-                if on_err:
-                    on_err(chunk)
-            # Done at end-of-file, not at exit status: sshd may send the status before the last
-            # of the output, and stopping there truncated it. EOF follows all data in order, so
-            # once it is in, everything left is already buffered (drained just above).
-            if (channel.eof_received or channel.closed) and not channel.recv_ready() and not channel.recv_stderr_ready():
-                break
-            if deadline is not None and time.monotonic() > deadline:
-                channel.close()
-                raise socket.timeout(f"command still running after {timeout:.0f}s")
-            select.select([channel], [], [], 0.5)
-        code = channel.recv_exit_status()
-        channel.close()
-        return code
-
     def stream_stdout(self, command: str, *, env: dict[str, str] | None = None, stdin: IO[bytes] | None = None) -> Iterator[bytes]:
-        """Yield the stdout of `command` in chunks (for tar streams); raises on a non-zero exit."""
+        """Yield the stdout of `command` in chunks (bulk streams); raises on a non-zero exit."""
+        full = env_prefix(env) + command
         try:
+            if (ssh := self.openssh()) is not None:
+                try:
+                    yield from openssh.stdout_of(ssh, full, stdin)
+                except openssh.Exited as e:
+                    raise self._exited(command, e.code, e.stderr, "a transfer") from e
+                return
             channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
             channel.settimeout(STALL_TIMEOUT)  # a transfer silent this long is a dead peer, not a slow one
-            channel.exec_command(env_prefix(env) + command)
-            if stdin is not None:
-                _feed(channel, stdin)
-            else:
-                channel.shutdown_write()
-            err = io.BytesIO()
-            while chunk := channel.recv(1 << 20):
-                yield chunk
-            code = channel.recv_exit_status()
-            while channel.recv_stderr_ready():  # buffered by paramiko; small for the tools we stream
-                err.write(channel.recv_stderr(65536))
-            channel.close()
+            channel.exec_command(full)
+            for item in channels.stdout_of(channel, stdin):
+                if isinstance(item, tuple):
+                    code, err = item
+                    if code != 0:
+                        raise self._exited(command, code, err.decode(errors="replace").strip(), "a transfer")
+                else:
+                    yield item
         except (OSError, paramiko.SSHException, EOFError) as e:
             self.close()
             raise RemoteError(f"lost the connection to {self._where()} during a transfer: {e}", "run it again") from e
-        if code != 0:
-            raise CommandFailed(f"command on {self.node.name} exited {code}: {err.getvalue().decode(errors='replace').strip()[:300]}", Result(command, code, "", err.getvalue().decode(errors="replace")))
 
-    def send_stream(self, command: str, produce: Callable[[IO[bytes]], None], *, env: dict[str, str] | None = None) -> Result:
+    def send_stream(self, command: str, produce: Callable[[IO[bytes]], None], *, env: dict[str, str] | None = None, source: IO[bytes] | None = None) -> Result:
         """Run `command` with stdin written by `produce(stream)` as it goes (e.g. a tar being
-        built), so nothing is staged in memory or on disk first."""
+        built), so nothing is staged in memory or on disk first. With `source` (a pipe that
+        `produce` would copy), OpenSSH reads it directly."""
+        full = env_prefix(env) + command
         try:
-            channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
-            channel.settimeout(STALL_TIMEOUT)
-            channel.exec_command(env_prefix(env) + command)
-            writer = io.BufferedWriter(_ChannelWriter(channel), 1 << 20)
-            produce(writer)
-            writer.flush()
-            channel.shutdown_write()
-            out, err = io.BytesIO(), io.BytesIO()
-            code = self._pump(channel, out, err, None, None, None)
+            if (ssh := self.openssh()) is not None:
+                code, out, err = openssh.run_with_input(ssh, full, produce, source)
+            else:
+                channel = self.client().get_transport().open_session()  # type: ignore[union-attr]
+                channel.settimeout(STALL_TIMEOUT)
+                channel.exec_command(full)
+                code, out, err = channels.send(channel, produce)
         except (OSError, paramiko.SSHException, EOFError) as e:
             self.close()
             raise RemoteError(f"lost the connection to {self._where()} during an upload: {e}", "run it again") from e
-        result = Result(command, code, out.getvalue().decode(errors="replace"), err.getvalue().decode(errors="replace"))
-        if not result.ok:
-            raise CommandFailed(f"command on {self.node.name} exited {code}: {result.stderr.strip()[:300]}", result)
-        return result
+        if code != 0:
+            raise self._exited(command, code, err.decode(errors="replace").strip(), "an upload")
+        return Result(command, code, out.decode(errors="replace"), err.decode(errors="replace"))
+
+    def _exited(self, command: str, code: int, stderr: str, during: str) -> RemoteError:
+        # No status (paramiko's -1), ssh killed (-N) or ssh's own 255: the link failed, not the command.
+        if code < 0 or (code == openssh.SSH_FAILED and self._openssh is not None):
+            last = [line.strip() for line in stderr.splitlines() if line.strip()][-1:] or [f"ssh exited {code}"]
+            return RemoteError(f"lost the connection to {self._where()} during {during}: {last[0][:300]}", "run it again")
+        return CommandFailed(f"command on {self.node.name} exited {code}: {stderr[:300]}", Result(command, code, "", stderr))
+
+    def openssh(self) -> openssh.OpenSsh | None:
+        """OpenSSH's `ssh` for bulk data when this machine has it; None: paramiko carries it."""
+        if self._openssh is None and (ssh := openssh.client()) is not None:
+            self._openssh = openssh.OpenSsh(self.node, self.identity_file, ssh, stall_timeout=STALL_TIMEOUT)
+        return self._openssh
 
     # -- files ------------------------------------------------------------------------------
 
@@ -309,47 +305,6 @@ class SshRemote:
         except (OSError, paramiko.SSHException) as e:
             self.close()
             raise RemoteError(f"checking {self.node.name}:{remote} failed: {e}", "run it again") from e
-
-
-def _feed(channel: paramiko.Channel, data: IO[bytes]) -> None:
-    """Send `data` as the command's stdin, then end it.
-
-    A command may finish without reading its input (`test -d X || echo {}`): the node then
-    closes the channel under us, which is the command's business, not a lost connection."""
-    try:
-        while chunk := data.read(1 << 20):
-            channel.sendall(chunk)
-        channel.shutdown_write()
-    except OSError:
-        if not (channel.closed or channel.eof_received or channel.exit_status_ready()):
-            raise
-
-
-class _ChannelWriter(io.RawIOBase):
-    """A channel's stdin as a writable raw stream."""
-
-    def __init__(self, channel: paramiko.Channel) -> None:
-        self._channel = channel
-
-    def writable(self) -> bool:
-        return True
-
-    def write(self, b) -> int:  # type: ignore[override]
-        self._channel.sendall(bytes(b))
-        return len(b)
-
-
-def _writer(stream: IO[str]) -> Sink:
-    buffer = getattr(stream, "buffer", None)
-
-    def write(chunk: bytes) -> None:
-        if buffer is not None:
-            buffer.write(chunk)
-        else:
-            stream.write(chunk.decode(errors="replace"))
-        stream.flush()
-
-    return write
 
 
 __all__ = ["Result", "SshRemote", "env_prefix"]

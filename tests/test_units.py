@@ -150,10 +150,11 @@ def test_outputs_named_outside_their_folder_are_refused(tmp_path: Path) -> None:
     from cloudtrain.errors import TransferError
     from cloudtrain.jobs.transfer import _safe
 
-    assert _safe(tmp_path, "a/b.txt") == tmp_path / "a" / "b.txt"
-    for bad in ("../../.bashrc", "/etc/passwd", "a/../../x"):
+    # Names are the node's bytes (any encoding); only their shape is checked.
+    assert _safe(b"a/b\xff.txt") == b"a/b\xff.txt"
+    for bad in (b"../../.bashrc", b"/etc/passwd", b"a/../../x", b"a//b", b"./a"):
         with pytest.raises(TransferError):
-            _safe(tmp_path, bad)
+            _safe(bad)
 
 
 def test_exit_codes_from_a_signal_are_named() -> None:
@@ -190,42 +191,6 @@ def test_a_stale_sshd_pid_file_stops_only_our_own_sshd(tmp_path: Path) -> None:
         for p in (stranger, ours):
             p.kill()
             p.wait()
-
-
-@pytest.mark.parametrize("filters", [True, False], ids=["tar-filters", "python-without-tar-filters"])
-def test_unpack_takes_regular_files_and_refuses_links_and_escapes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, filters: bool) -> None:
-    """Outputs arrive as a tar stream from the node. Pythons before 3.11.4 (Debian 12 ships
-    3.11.2) have no extraction filters, so the same checks must hold without them."""
-    import io
-    import tarfile
-
-    from cloudtrain.errors import TransferError
-    from cloudtrain.jobs import transfer
-
-    monkeypatch.setattr(transfer, "_HAS_TAR_FILTERS", filters and hasattr(tarfile, "data_filter"))
-
-    def stream(*members: tuple[str, bytes | None, str | None]) -> io.BytesIO:
-        buf = io.BytesIO()
-        with tarfile.open(fileobj=buf, mode="w") as tar:
-            for name, data, link in members:
-                info = tarfile.TarInfo(name)
-                if link is not None:
-                    info.type, info.linkname = tarfile.SYMTYPE, link
-                    tar.addfile(info)
-                else:
-                    info.size = len(data or b"")
-                    tar.addfile(info, io.BytesIO(data or b""))
-        buf.seek(0)
-        return buf
-
-    good = tmp_path / "good"
-    transfer.unpack(stream(("model.pt", b"weights", None), ("sub/metrics.json", b"{}", None)), good)
-    assert (good / "model.pt").read_bytes() == b"weights" and (good / "sub/metrics.json").read_text() == "{}"
-    for bad in (("../escaped.txt", b"x", None), ("link", None, "/etc/passwd")):
-        dest = tmp_path / f"bad-{len(list(tmp_path.iterdir()))}"
-        with pytest.raises(TransferError):
-            transfer.unpack(stream(bad), dest)
-    assert not (tmp_path / "escaped.txt").exists()
 
 
 def test_a_job_session_id_is_trusted_only_where_it_cannot_be_someone_elses(tmp_path: Path) -> None:

@@ -9,9 +9,9 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from cloudtrain.bootstrap.cluster import load_facts
+from cloudtrain.errors import CloudtrainError
 from cloudtrain.jobs import metrics, transfer
 from cloudtrain.jobs.record import JobRecord
-from cloudtrain.jobs.workdir import sha256_file
 from cloudtrain.layout import NodePaths
 from cloudtrain.machine import Node
 from cloudtrain.remote import SshRemote
@@ -20,39 +20,67 @@ if TYPE_CHECKING:
     from cloudtrain.jobs.runner import JobRunner
 
 
-def _set_aside_reserved(runner: "JobRunner", dest: Path, files: dict[str, dict[str, object]], rank: int) -> dict[str, dict[str, object]]:
+def _reserved(rank: int) -> dict[str, str]:
     """A job's own log.txt / run.json / manifest.json would be overwritten by cloudtrain's:
-    keep it as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
-    reserved = ("log.txt", "run.json", "manifest.json") if rank == 0 else ("log.txt",)
-    for name in reserved:
-        if name in files:
-            kept = Path(name).stem + ".from-job" + Path(name).suffix
-            os.replace(dest / name, dest / kept)
-            files[kept] = files.pop(name)
-            runner.say(f"the job wrote its own {name}; kept as {kept} beside cloudtrain's")
-    return files
+    it comes home as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
+    names = ("log.txt", "run.json", "manifest.json") if rank == 0 else ("log.txt",)
+    return {n: Path(n).stem + ".from-job" + Path(n).suffix for n in names}
+
+
+def _write_manifest(output: Path, manifest: dict, missing: dict[str, str], error: str | None) -> None:
+    data: dict[str, object] = {"files": manifest, "complete": not missing and error is None}
+    if missing:
+        data["missing"] = missing  # the node could not send these (vanished, unreadable)
+    if error is not None:
+        data["error"] = error  # a later `logs -f` / `down` resumes; the job is still owed
+    tmp = output / ".manifest.json.tmp"
+    try:  # written then renamed: a full disk leaves the old manifest or none, never half of one
+        tmp.write_text(json.dumps(data, indent=2, sort_keys=True) + "\n")
+        os.replace(tmp, output / "manifest.json")
+    except OSError:  # e.g. the full disk that stopped the transfer; the error says what to do
+        try:
+            tmp.unlink()
+        except OSError:
+            pass
 
 
 def collect(runner: "JobRunner", record: JobRecord) -> Path:
-    """Bring every node's outputs and log home, verified; write manifest.json and run.json."""
+    """Bring every node's outputs and log home, verified; write manifest.json and run.json.
+
+    A file the node cannot send is reported and the rest still come home; a failure here (a
+    full disk, a lost node) raises after recording what did come home, and the job stays owed."""
     output = Path(record.output)
     started = time.monotonic()
 
-    def fetch(rank: int, node: Node) -> dict[str, dict[str, object]]:
+    def fetch(rank: int, node: Node) -> tuple[dict, dict[str, str]] | CloudtrainError:
         dest = output if rank == 0 else output / f"rank-{rank}"
-        with SshRemote(node, runner.cluster.identity_file) as remote:
-            job = NodePaths.of(remote).job(record.job_id)
-            files = _set_aside_reserved(runner, dest, transfer.download_tree(remote, job.out, dest), rank)
-            if remote.exists(job.log):
-                remote.get(job.log, dest / "log.txt")
-                files = {**files, "log.txt": {"sha256": sha256_file(dest / "log.txt"), "size": (dest / "log.txt").stat().st_size}}
         prefix = "" if rank == 0 else f"rank-{rank}/"
-        return {prefix + k: v for k, v in files.items()}
+        try:
+            with SshRemote(node, runner.cluster.identity_file) as remote:
+                job = NodePaths.of(remote).job(record.job_id)
+                got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank))
+        except CloudtrainError as e:
+            return e
+        for theirs, ours in got.renamed:
+            runner.say(f"the job wrote its own {prefix}{theirs}; kept as {prefix}{ours} beside cloudtrain's")
+        return {prefix + k: v for k, v in got.files.items()}, {prefix + k: v for k, v in got.missing.items()}
 
     manifest: dict[str, dict[str, object]] = {}
+    missing: dict[str, str] = {}
+    errors: list[CloudtrainError] = []
     for part in runner._each(fetch):
-        manifest.update(part)  # type: ignore[arg-type]
-    (output / "manifest.json").write_text(json.dumps({"files": manifest}, indent=2, sort_keys=True) + "\n")
+        if isinstance(part, CloudtrainError):
+            errors.append(part)
+            continue
+        manifest.update(part[0])  # type: ignore[index]
+        missing.update(part[1])  # type: ignore[index]
+    _write_manifest(output, manifest, missing, errors[0].line() if errors else None)
+    if errors:
+        raise errors[0]
+    if missing:
+        shown = ", ".join(f"{name} ({why})" for name, why in sorted(missing.items())[:5])
+        runner.say(f"warning: {len(missing)} output file(s) could not be brought home, the rest did: {shown}{' ...' if len(missing) > 5 else ''}")
+        record.extra["outputs_incomplete"] = sorted(missing)
     record.timings["fetch_s"] = round(time.monotonic() - started, 3)
     summary, series = metrics.read(output)
     run = {
@@ -72,6 +100,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "timings": {**record.timings, **({"run_s": round(record.ended_at - record.started_at, 3)} if record.ended_at and record.started_at else {})},
         "metrics": summary,
         "metrics_points": len(series),
+        "outputs": {"complete": not missing, **({"missing": missing} if missing else {})},
     }
     (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     record.status = "fetched"

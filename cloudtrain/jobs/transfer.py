@@ -1,138 +1,323 @@
 """Moving files between here and a node: the workdir out as a tar stream, outputs home verified.
 
-Outputs come home as one tar stream, then every file is checked against the sha256 the node
-computed before sending; a damaged file is fetched again on its own, and a file that stays
-damaged is an error, never a silent loss.
+Outputs come home in one stream (wire.py) that resumes: each file lands in `.cloudtrain-partial/`
+under the output folder until its sha256 matches the node's, and only then takes its name, so a
+cut connection, a full disk or a killed client never leaves a truncated file that looks whole.
+The next attempt (the automatic retry, or a later `logs -f` / `down`) asks the node only for
+what is still owed, from where each partial file stopped; a file whose hash differs is fetched
+again from its start. A file the node cannot read (vanished, unreadable) is reported by name and
+never stops the rest.
 """
 
 from __future__ import annotations
 
+import errno
+import hashlib
 import io
 import json
+import os
 import shlex
-import tarfile
+import shutil
+import subprocess
+import tempfile
+from dataclasses import dataclass, field
 from pathlib import Path
-from typing import BinaryIO, Iterator
+from typing import IO
 
-from cloudtrain.errors import RemoteError, TransferError
-from cloudtrain.jobs.workdir import sha256_file, write_tar
+from cloudtrain.errors import CommandFailed, RemoteError, TransferError
+from cloudtrain.jobs import wire
+from cloudtrain.jobs.workdir import write_tar
 from cloudtrain.remote import SshRemote
 
-# Runs on the node with any python3 (stdlib only): {relative path: {sha256, size}} of a folder.
-_MANIFEST = """
-import hashlib, json, os, sys
-root = sys.argv[1]
-found = {}
-for dirpath, _, names in os.walk(root):
-    for name in names:
-        path = os.path.join(dirpath, name)
-        if os.path.islink(path) or not os.path.isfile(path):
-            continue
-        h = hashlib.sha256()
-        with open(path, "rb") as f:
-            for chunk in iter(lambda: f.read(1 << 20), b""):
-                h.update(chunk)
-        found[os.path.relpath(path, root).replace(os.sep, "/")] = {"sha256": h.hexdigest(), "size": os.path.getsize(path)}
-print(json.dumps(found))
-"""
-
-
-class _ChunkReader(io.RawIOBase):
-    """A file-like view of an iterator of byte chunks, for tarfile's stream mode."""
-
-    def __init__(self, chunks: Iterator[bytes]) -> None:
-        self._chunks = chunks
-        self._buf = b""
-
-    def readable(self) -> bool:
-        return True
-
-    def readinto(self, b) -> int:  # type: ignore[override]
-        while not self._buf:
-            try:
-                self._buf = next(self._chunks)
-            except StopIteration:
-                return 0
-        n = min(len(b), len(self._buf))
-        b[:n] = self._buf[:n]
-        self._buf = self._buf[n:]
-        return n
+PARTIAL = ".cloudtrain-partial"
+PASSES = 4  # streams per download: the first, and resumes after a cut or a damaged file
+RESUMABLE = 4 << 20  # files from this size resume where a cut left them; smaller ones start over
+_UNSTORABLE = {errno.EILSEQ, errno.EINVAL, errno.ENAMETOOLONG}  # names a local filesystem refuses
 
 
 def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: str) -> None:
     """Ship `files` of `workdir` into `remote_dir` as one tar stream (one round trip, not one per file)."""
     q = shlex.quote(remote_dir)
-    remote.send_stream(f"mkdir -p {q} && tar xf - -C {q}", lambda out: write_tar(workdir, files, out))
-
-
-def remote_manifest(remote: SshRemote, remote_dir: str) -> dict[str, dict[str, object]]:
-    """{relative path: {sha256, size}} of the regular files under `remote_dir` ({} when it is absent).
-
-    Symbolic links are not followed or sent: a link to a file elsewhere on the node would
-    bring home something the job did not write into its output folder."""
-    q = shlex.quote(remote_dir)
-    # if/else rather than `&& ||`: a failing python3 must fail here, not read as "no outputs".
-    result = remote.run(f"if test -d {q}; then python3 - {q}; else echo '{{}}'; fi", stdin=_MANIFEST.encode())
-    return json.loads(result.stdout.strip().splitlines()[-1])
-
-
-def _extract(remote: SshRemote, remote_dir: str, names: list[str], dest: Path) -> None:
-    # Exactly the manifest's files, listed on stdin: links and special files never travel.
-    listing = io.BytesIO(b"".join(name.encode() + b"\0" for name in names))
-    stream = remote.stream_stdout(f"tar cf - -C {shlex.quote(remote_dir)} --null --no-recursion -T -", stdin=listing)
-    try:
-        unpack(io.BufferedReader(_ChunkReader(stream), 1 << 20), dest)
-    except (tarfile.TarError, OSError) as e:
-        raise TransferError(f"outputs from {remote.node.name} could not be unpacked into {dest}: {e}", "free space or fix the destination, then run `cloudtrain down` (or `logs JOB -f`) again; the files are still on the node") from e
-
-
-# Extraction filters came in Python 3.12 and in patch releases of older ones (3.11.4,
-# 3.10.12); Debian 12's 3.11.2 lacks them, so unpack() checks every member itself either way.
-_HAS_TAR_FILTERS = hasattr(tarfile, "data_filter")
-
-
-def unpack(stream: BinaryIO, dest: Path) -> None:
-    """Extract a tar stream into `dest`: regular files and folders only, none outside `dest`."""
-    with tarfile.open(fileobj=stream, mode="r|") as tar:
-        for member in tar:
-            if not (member.isreg() or member.isdir()):
-                raise TransferError(f"the node sent {member.name!r}, which is not a regular file", "the node is not behaving; inspect it with `cloudtrain ssh`")
-            _safe(dest, member.name)
-            if _HAS_TAR_FILTERS:
-                tar.extract(member, dest, filter="data")
-            else:
-                tar.extract(member, dest, set_attrs=False)  # no owners or odd modes from the node
-
-
-def _safe(dest: Path, rel: str) -> Path:
-    """`dest / rel`, refusing names that climb out of `dest` (the manifest comes from the node)."""
-    path = Path(rel)
-    if path.is_absolute() or ".." in path.parts:
-        raise TransferError(f"the node listed an output outside its folder: {rel!r}", "the node is not behaving; inspect it with `cloudtrain ssh`")
-    return dest / path
-
-
-def download_tree(remote: SshRemote, remote_dir: str, dest: Path) -> dict[str, dict[str, object]]:
-    """Copy `remote_dir` into `dest`; return its manifest after checking every file's sha256."""
-    manifest = remote_manifest(remote, remote_dir)
-    targets = {rel: _safe(dest, rel) for rel in manifest}
-    try:
-        dest.mkdir(parents=True, exist_ok=True)
-    except OSError as e:
-        raise TransferError(f"cannot create the output folder {dest}: {e}", "choose another --output") from e
-    if manifest:
+    command = f"mkdir -p {q} && tar xf - -C {q}"
+    tar = shutil.which("tar")
+    if tar is None:
+        remote.send_stream(command, lambda out: write_tar(workdir, files, out))
+        return
+    # The system tar packs in C at disk speed (Python's tarfile costs more CPU than the cipher),
+    # and OpenSSH reads its output straight from the pipe.
+    with tempfile.NamedTemporaryFile("wb", prefix="cloudtrain-files-") as listing:
+        listing.write(b"".join(os.fsencode(f) + b"\0" for f in files))
+        listing.flush()
+        proc = subprocess.Popen([tar, "-C", str(workdir), "--null", "--no-recursion", "-T", listing.name, "-cf", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
         try:
-            _extract(remote, remote_dir, list(manifest), dest)
-        except RemoteError:
-            # One more try on a fresh connection: paramiko can time out a key re-exchange that
-            # falls on a channel close (every 512 MiB); the files are still on the node.
+            remote.send_stream(command, lambda out: shutil.copyfileobj(proc.stdout, out, 1 << 20), source=proc.stdout)  # type: ignore[arg-type]
+        finally:
+            proc.stdout.close()  # type: ignore[union-attr]
+            err = proc.stderr.read().decode(errors="replace").strip()  # type: ignore[union-attr]
+            code = proc.wait()
+        if code != 0:
+            raise TransferError(f"packing the workdir {workdir} failed: {err.splitlines()[-1] if err else f'tar exited {code}'}", "check that its files are readable")
+
+
+@dataclass
+class Fetched:
+    files: dict[str, dict[str, object]] = field(default_factory=dict)  # manifest entries by local name
+    missing: dict[str, str] = field(default_factory=dict)  # name -> why the node could not send it
+    resumed: dict[str, int] = field(default_factory=dict)  # name -> the byte a cut transfer resumed from
+    renamed: list[tuple[str, str]] = field(default_factory=list)  # (the job's name, the name it got here)
+
+
+def display(name: bytes) -> str:
+    """A name as text: itself when it is UTF-8, else with its odd bytes as \\xNN."""
+    return name.decode("utf-8", "backslashreplace")
+
+
+def _safe(rel: bytes) -> bytes:
+    """`rel`, refusing names that climb out of the output folder (the names come from the node)."""
+    parts = rel.split(b"/")
+    if rel.startswith(b"/") or any(p in (b"", b".", b"..") for p in parts):
+        raise TransferError(f"the node listed an output outside its folder: {display(rel)!r}", "the node is not behaving; inspect it with `cloudtrain ssh`")
+    return rel
+
+
+def _escaped(name: bytes) -> bytes:
+    """A name any filesystem holds: bytes outside printable ASCII (and %) as %XX."""
+    return b"".join(bytes([c]) if 32 <= c < 127 and c != 0x25 else b"%%%02X" % c for c in name)
+
+
+class _Home:
+    """The output folder's side: partial files, the ledger of verified ones, and final names."""
+
+    def __init__(self, dest: Path) -> None:
+        self.dest = dest
+        self.partial = dest / PARTIAL
+        try:
+            self.partial.mkdir(parents=True, exist_ok=True)
+        except OSError as e:
+            raise TransferError(f"cannot create the output folder {dest}: {e.strerror or e}", "choose another --output, or free space and run again") from e
+        self._ledgers: dict[str, IO[str]] = {}
+        self._made: set[Path] = {dest}
+        self.started = self._lines("started.jsonl")  # staging name -> file id
+        self.verified = {e["id"]: e for e in self._lines("verified.jsonl").values()}
+
+    def _lines(self, name: str) -> dict[str, dict]:
+        found: dict[str, dict] = {}
+        try:
+            for line in (self.partial / name).read_text().splitlines():
+                try:
+                    entry = json.loads(line)
+                    found[entry["key"]] = entry
+                except (ValueError, KeyError, TypeError):
+                    continue  # a line cut by a full disk or a kill: that file is fetched again
+        except FileNotFoundError:
+            pass
+        except OSError as e:
+            raise TransferError(f"cannot read {self.partial / name}: {e.strerror or e}", f"remove {self.partial} and run again") from e
+        return found
+
+    def _append(self, name: str, entry: dict) -> None:
+        # Held open for the whole download: thousands of small files cost one write each.
+        if name not in self._ledgers:
+            self._ledgers[name] = open(self.partial / name, "a", buffering=1)
+        self._ledgers[name].write(json.dumps(entry) + "\n")
+
+    def staging(self, fid: str) -> Path:
+        return self.partial / hashlib.sha256(fid.encode()).hexdigest()[:32]
+
+    def have(self) -> dict[str, int]:
+        """{file id: bytes already here} for partial files."""
+        found = {}
+        for key, entry in self.started.items():
+            try:
+                found[entry["id"]] = (self.partial / key).stat().st_size
+            except FileNotFoundError:
+                continue
+        return found
+
+    def done(self) -> dict[str, list[int]]:
+        """{file id: [size, mtime_ns] on the node} of files verified earlier and still here whole."""
+        found = {}
+        for fid, e in self.verified.items():
+            try:
+                if (self.dest / os.fsdecode(bytes.fromhex(e["local"]))).stat().st_size == e["size"]:
+                    found[fid] = [e["size"], e["mtime_ns"]]
+            except OSError:
+                continue
+        return found
+
+    def begin(self, fid: str, start: int, size: int) -> tuple[int, "hashlib._Hash"]:
+        """Open the partial file for `fid` at `start`, with the hash of what it already holds."""
+        path = self.staging(fid)
+        key = path.name
+        if key not in self.started and size >= RESUMABLE:
+            self._append("started.jsonl", {"key": key, "id": fid})
+            self.started[key] = {"key": key, "id": fid}
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
+        os.ftruncate(fd, start)
+        h = hashlib.sha256()
+        left = start
+        while left:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+        return fd, h
+
+    def discard(self, fid: str) -> None:
+        try:
+            os.unlink(self.staging(fid))
+        except FileNotFoundError:
+            pass
+
+    def finish(self, fid: str, local: bytes, size: int, mtime_ns: int, sha256: str) -> bytes:
+        """Give a verified partial file its name; the name it got (escaped if refused here)."""
+        for name in (local, _escaped(local)):
+            final = self.dest / os.fsdecode(name)
+            try:
+                if final.parent not in self._made:
+                    final.parent.mkdir(parents=True, exist_ok=True)
+                    self._made.add(final.parent)
+                os.replace(self.staging(fid), final)
+                break
+            except OSError as e:
+                if e.errno not in _UNSTORABLE or name != local:
+                    raise TransferError(f"cannot store {display(local)} in {self.dest}: {e.strerror or e}", "fix or free the destination, then run `cloudtrain down` (or `logs JOB -f`) again; the files are still on the node") from e
+        self._append("verified.jsonl", {"key": fid, "id": fid, "local": name.hex(), "size": size, "mtime_ns": mtime_ns, "sha256": sha256})
+        self.verified[fid] = {"id": fid, "local": name.hex(), "size": size, "mtime_ns": mtime_ns, "sha256": sha256}
+        return name
+
+    def close(self, done: bool) -> None:
+        for f in self._ledgers.values():
+            try:
+                f.close()
+            except OSError:
+                pass
+        if done:
+            shutil.rmtree(self.partial, ignore_errors=True)
+
+
+def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict[str, str] | None = None, rename: dict[str, str] | None = None) -> Fetched:
+    """Bring `remote_dir`'s regular files (and `extra`: {local name: node path}) into `dest`,
+    every one checked against the node's sha256; resume across cuts and later calls."""
+    home = _Home(dest)
+    try:
+        return _download(remote, remote_dir, home, extra or {}, rename or {})
+    finally:
+        home.close(done=False)
+
+
+def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, str], rename: dict[str, str]) -> Fetched:
+    names = {"x" + os.fsencode(k).hex(): os.fsencode(k) for k in (extra or {})}
+    renames = {os.fsencode(k): os.fsencode(v) for k, v in (rename or {}).items()}
+    fetched = Fetched()
+    damaged: dict[str, int] = {}
+    last: Exception | None = None
+    for _ in range(PASSES):
+        request = {"root": os.fsencode(remote_dir).hex(), "extra": {fid: os.fsencode(p).hex() for fid, p in zip(names, (extra or {}).values())}, "have": home.have(), "done": home.done()}
+        try:
+            complete = _one_stream(remote, home, request, names, renames, fetched, damaged)
+        except CommandFailed as e:  # the node's side failed outright (no python3?): retrying won't help
+            raise TransferError(f"{remote.node.name} could not send its outputs: {e.message}", "check the node with `cloudtrain ssh`; the files are still there") from e
+        except (wire.Cut, RemoteError) as e:
+            last = e  # the connection broke: the next stream resumes from the partial files
             remote.close()
-            _extract(remote, remote_dir, list(manifest), dest)
-    for rel, entry in manifest.items():
-        local = targets[rel]
-        if local.is_file() and sha256_file(local) == entry["sha256"]:
             continue
-        remote.get(f"{remote_dir}/{rel}", local)  # one more try, file by file
-        if sha256_file(local) != entry["sha256"]:
-            raise TransferError(f"{rel} from {remote.node.name} arrived damaged (sha256 mismatch)", f"fetch it again with `cloudtrain logs JOB`; it is still on the node in {remote_dir}")
-    return manifest
+        if complete:
+            home.close(done=True)
+            return fetched
+        last = TransferError(f"{', '.join(sorted(damaged))} from {remote.node.name} arrived damaged (sha256 mismatch)", "fetch it again with `cloudtrain logs JOB -f`; it is still on the node")
+    if isinstance(last, TransferError):
+        raise last
+    raise TransferError(f"outputs from {remote.node.name} did not come home after {PASSES} attempts: {last}", "run `cloudtrain logs JOB -f` or `cloudtrain down` again; it resumes where this stopped and the files are still on the node") from last
+
+
+def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, bytes], renames: dict[bytes, bytes], fetched: Fetched, damaged: dict[str, int]) -> bool:
+    """One stream of everything still owed; True when nothing is left to fetch."""
+    stream = remote.stream_stdout(f"python3 -c {shlex.quote(wire.SENDER)}", stdin=io.BytesIO(json.dumps(request).encode()))
+    fd, h, current, redo = -1, hashlib.sha256(), None, False
+    try:
+        for tag, payload in wire.read_frames(stream):
+            if tag == b"D":
+                h.update(payload)
+                try:
+                    _write_all(fd, payload, home.dest)
+                except TransferError:
+                    # Free what the partial file holds (a full disk needs the room for the
+                    # manifest saying the job is incomplete); that file restarts next time.
+                    os.close(fd)
+                    fd = -1
+                    home.discard(current[0])  # type: ignore[index]
+                    raise
+            elif tag == b"F":
+                fid, size, mtime_ns, start = wire.decode(payload)
+                local = names.get(fid) or _safe(bytes.fromhex(fid[1:]))
+                if fid.startswith("o") and local in renames:
+                    local = renames[local]
+                    if (pair := (display(bytes.fromhex(fid[1:])), display(local))) not in fetched.renamed:  # once, whatever the passes
+                        fetched.renamed.append(pair)
+                current = (fid, local, size, mtime_ns)
+                if start == -1:
+                    e = home.verified[fid]
+                    fetched.files[display(bytes.fromhex(e["local"]))] = _entry(bytes.fromhex(e["local"]), local, e["sha256"], size)
+                    continue
+                if start:
+                    fetched.resumed[display(local)] = start
+                fd, h = _begin(home, fid, start, size)
+            elif tag == b"H":
+                fid, local, size, mtime_ns = current  # type: ignore[misc]
+                os.close(fd)
+                fd = -1
+                if h.digest() != payload:
+                    home.discard(fid)  # damaged: fetched again from its first byte
+                    damaged[display(local)] = damaged.get(display(local), 0) + 1
+                    redo = True
+                    continue
+                stored = home.finish(fid, local, size, mtime_ns, payload.hex())
+                fetched.files[display(stored)] = _entry(stored, local, payload.hex(), size)
+                fetched.missing.pop(display(local), None)
+                damaged.pop(display(local), None)
+            elif tag == b"E":
+                fid, reason = wire.decode(payload)
+                local = names.get(fid) or _safe(bytes.fromhex(fid[1:]))
+                fetched.missing[display(local)] = reason
+                if fd >= 0:
+                    os.close(fd)
+                    fd = -1
+    finally:
+        if fd >= 0:
+            os.close(fd)
+        stream.close()  # stops ssh if we leave early
+    return not redo
+
+
+def _begin(home: _Home, fid: str, start: int, size: int) -> tuple[int, "hashlib._Hash"]:
+    try:
+        return home.begin(fid, start, size)
+    except OSError as e:
+        raise _local_error(home.dest, e) from e
+
+
+def _write_all(fd: int, data: bytes, dest: Path) -> None:
+    view = memoryview(data)
+    try:
+        while view:
+            view = view[os.write(fd, view):]
+    except OSError as e:
+        raise _local_error(dest, e) from e
+
+
+def _local_error(dest: Path, e: OSError) -> TransferError:
+    return TransferError(
+        f"outputs could not be written into {dest}: {e.strerror or e}",
+        "free space or fix the destination, then run `cloudtrain logs JOB -f` (or `cloudtrain down`) again; it resumes, and the files are still on the node",
+    )
+
+
+def _entry(stored: bytes, local: bytes, sha256: str, size: int) -> dict[str, object]:
+    entry: dict[str, object] = {"sha256": sha256, "size": size}
+    if display(local).encode("utf-8", "surrogateescape") != local or stored != local:
+        entry["name_hex"] = local.hex()  # the name's bytes as the node has them
+    if stored != local:
+        entry["stored_as"] = display(stored)
+    return entry

@@ -1,0 +1,180 @@
+"""The outputs stream: what the node sends (a stdlib-only python3 program) and how it is read here.
+
+One stream carries every file still owed, as frames `tag, u32 length, payload`:
+
+    F [id, size, mtime_ns, start]   a file begins; its bytes from `start` follow (start -1: it is
+                                    unchanged since it was verified here, nothing follows)
+    D bytes                         the file's next bytes
+    H sha256                        the file ends: the digest of all of it, prefix included
+    E [id, reason]                  the file could not be read (vanished, unreadable): skip it
+    Z                               the stream is complete (without it, the stream was cut)
+
+The node hashes each file as it reads it (and the prefix a resumed file already has here), so
+the check costs no extra pass over the data on either side. Names travel as hex of their
+bytes: any name the node's filesystem allows survives, whatever its encoding.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from typing import Iterator
+
+SENDER = r"""
+import fcntl, hashlib, json, os, queue, socket, stat, struct, sys, threading
+req = json.loads(sys.stdin.read())
+try:  # a deep pipe to sshd, so hashing the next MiB overlaps sshd encrypting this one
+    fcntl.fcntl(1, 1031, 1 << 20)  # F_SETPIPE_SZ
+except OSError:
+    try:
+        socket.socket(fileno=os.dup(1)).setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 4 << 20)
+    except OSError:
+        pass
+frames = queue.Queue(16)
+def writer():
+    try:
+        write()
+    except BaseException:  # the reader is gone (a cut connection): end, never linger on the node
+        os._exit(1)
+def write():
+    out = os.fdopen(1, "wb", buffering=0)
+    while True:
+        item = frames.get()
+        if item is None:
+            return
+        for part in item:
+            part = memoryview(part)
+            while part:
+                part = part[out.write(part):]
+thread = threading.Thread(target=writer)
+thread.start()
+small = bytearray()
+def frame(tag, payload):
+    # Small frames are batched: one hand-over to the writer thread per MiB, not per file.
+    global small
+    head = tag + struct.pack(">I", len(payload))
+    if len(payload) < 65536:
+        small += head + payload
+        if len(small) >= 1 << 20:
+            flush()
+    else:
+        flush()
+        frames.put((head, payload))
+def flush():
+    global small
+    if small:
+        frames.put((bytes(small),))
+        small = bytearray()
+def send(fid, path):
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NOFOLLOW)
+    except OSError as e:
+        return frame(b"E", json.dumps([fid, e.strerror or str(e)]).encode())
+    try:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            return frame(b"E", json.dumps([fid, "not a regular file"]).encode())
+        done = req["done"].get(fid)
+        if done == [st.st_size, st.st_mtime_ns]:
+            return frame(b"F", json.dumps([fid, st.st_size, st.st_mtime_ns, -1]).encode())
+        start = req["have"].get(fid, 0)
+        start = start if start <= st.st_size else 0
+        h = hashlib.sha256()
+        left = start
+        while left:
+            chunk = os.read(fd, min(left, 1 << 20))
+            if not chunk:
+                break
+            h.update(chunk)
+            left -= len(chunk)
+        frame(b"F", json.dumps([fid, st.st_size, st.st_mtime_ns, start]).encode())
+        while True:
+            chunk = os.read(fd, 1 << 20)
+            if not chunk:
+                break
+            h.update(chunk)
+            frame(b"D", chunk)
+        frame(b"H", h.digest())
+    except OSError as e:
+        frame(b"E", json.dumps([fid, e.strerror or str(e)]).encode())
+    finally:
+        os.close(fd)
+root = bytes.fromhex(req["root"])
+if os.path.isdir(root):
+    for dirpath, dirs, names in os.walk(root):
+        dirs.sort()
+        for name in sorted(names):
+            path = os.path.join(dirpath, name)
+            fid = "o" + os.path.relpath(path, root).hex()
+            try:
+                regular = stat.S_ISREG(os.lstat(path).st_mode)
+            except OSError as e:  # listed, then gone: say so
+                frame(b"E", json.dumps([fid, e.strerror or str(e)]).encode())
+                continue
+            if regular:  # links stay on the node: they may point anywhere on the machine
+                send(fid, path)
+for fid, path in sorted(req["extra"].items()):
+    if os.path.lexists(bytes.fromhex(path)):
+        send(fid, bytes.fromhex(path))
+frame(b"Z", b"")
+flush()
+frames.put(None)
+thread.join()
+"""
+
+
+class Cut(Exception):
+    """The stream ended before its last frame: the connection broke; resume from here."""
+
+
+def read_frames(chunks: Iterator[bytes]) -> Iterator[tuple[bytes, memoryview]]:
+    """(tag, payload) of each frame as chunks arrive; raises Cut when the stream ends early.
+
+    A D frame's bytes come as one or more views into the chunks themselves, never copied:
+    at hundreds of MiB/s every copy in Python shows."""
+    head = bytearray()
+    tag, want, small = b"", 0, bytearray()
+    in_data = False
+    for chunk in chunks:
+        view = memoryview(chunk)
+        while view:
+            if in_data:
+                n = min(want, len(view))
+                yield b"D", view[:n]
+                view, want = view[n:], want - n
+                in_data = want > 0
+                continue
+            if not tag:
+                n = min(5 - len(head), len(view))
+                head += view[:n]
+                view = view[n:]
+                if len(head) < 5:
+                    continue
+                tag, want = bytes(head[:1]), struct.unpack(">I", head[1:])[0]
+                head.clear()
+                if tag == b"D":
+                    in_data, tag = want > 0, b""
+                    continue
+                if want == 0:  # an empty frame may end a chunk: finish it now
+                    if tag == b"Z":
+                        return
+                    yield tag, memoryview(b"")
+                    tag = b""
+                    continue
+            n = min(want - len(small), len(view))
+            small += view[:n]
+            view = view[n:]
+            if len(small) == want:
+                if tag == b"Z":
+                    return
+                yield tag, memoryview(bytes(small))
+                tag = b""
+                small.clear()
+    raise Cut("the stream ended early")
+
+
+def decode(payload: memoryview) -> list:
+    return json.loads(bytes(payload))
+
+
+__all__ = ["Cut", "SENDER", "decode", "read_frames"]

@@ -12,7 +12,7 @@ import sys
 import textwrap
 from pathlib import Path
 
-from conftest import Cli, pids_where
+from conftest import Cli, one_line_error, pids_where
 
 TICKS = textwrap.dedent(
     """
@@ -172,8 +172,9 @@ def test_a_bad_patience_setting_is_refused_before_the_job_starts(cli: Cli) -> No
     script.write_text(TICKS)
     proc = cli("run", str(script), "--", "1", env={"CLOUDTRAIN_NODE_PATIENCE": "soon"})
     assert proc.returncode == 2
-    assert "CLOUDTRAIN_NODE_PATIENCE='soon' is not a number of seconds" in _error_line(proc.stderr)
-    assert not list((_node_dir(cli) / "root" / "jobs").glob("*/pid"))
+    assert "CLOUDTRAIN_NODE_PATIENCE='soon' is not a number of seconds" in one_line_error(proc)
+    assert not list((_node_dir(cli) / "root" / "jobs").glob("*")), "nothing may ship before the refusal"
+    assert not list((cli.home / "jobs").glob("*.json")), "a refused job must not be recorded"
     assert cli("down", timeout=120).returncode == 0
 
 

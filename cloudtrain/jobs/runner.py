@@ -88,6 +88,8 @@ class JobRunner:
 
         `job` is best planned with `shipment.prepare` before anything else happens (so a refusal
         costs nothing); a bare JobSpec is planned here."""
+        linger = following.linger_s()
+        following.patience_s()  # a bad setting is refused before anything is claimed or shipped
         shipment = job if isinstance(job, Shipment) else shipping.prepare(job, self.say)
         spec, files = shipment.spec, shipment.files
         job_id = new_job_id(spec.script)
@@ -126,8 +128,6 @@ class JobRunner:
                 paths = NodePaths.of(remote)
                 job = paths.job(job_id)
                 q = shlex.quote
-                linger = following.linger_s()
-                following.patience_s()  # a bad setting is refused before the job starts, not after
                 remote.write_text(job.tracker, Path(__file__).with_name("node_track.py").read_text(), mode=0o600)
                 # The session leader's pid is the job's session id: every process of the job
                 # carries it, whatever becomes of the wrapper (track.py).

@@ -9,6 +9,7 @@ cloudtrain writes and the config the program reads.
 
 from __future__ import annotations
 
+import os
 import socket
 import stat
 from pathlib import Path
@@ -362,3 +363,14 @@ def test_describe_states_price_and_spot():
     assert "spot" in spot and "$1.58/h" in spot and "your public address" in spot
     gcp = provisioner.get("gcp").describe(ClusterSpec(name="d", provider="gcp", gpu="t4"))
     assert "n1-standard-4 + 1 x nvidia-tesla-t4" in gcp and "unverified" in gcp
+
+
+def test_the_pulumi_state_folder_is_owner_only_whatever_the_umask(home) -> None:
+    old = os.umask(0)
+    try:
+        url = stackmod.backend_url()
+    finally:
+        os.umask(old)
+    assert url == (home / "pulumi" / "state").as_uri()
+    for folder in (home / "pulumi", home / "pulumi" / "state"):
+        assert folder.stat().st_mode & 0o777 == 0o700, oct(folder.stat().st_mode)

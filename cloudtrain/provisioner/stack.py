@@ -15,7 +15,7 @@ from typing import Any, Callable
 
 import pulumi.automation as auto
 
-from cloudtrain import state
+from cloudtrain import safefile, state
 from cloudtrain.errors import MissingTool, ProvisionError
 
 PROJECT = "cloudtrain"
@@ -34,9 +34,8 @@ def backend_url() -> str:
     url = os.environ.get("PULUMI_BACKEND_URL")
     if url:
         return url
-    folder = pulumi_home_dir() / "state"
-    folder.mkdir(parents=True, exist_ok=True)
-    return folder.as_uri()
+    # Owner-only, like the rest of the home: the state holds every stack's resources and outputs.
+    return safefile.private_dir(pulumi_home_dir() / "state").as_uri()
 
 
 def passphrase_file() -> Path:

@@ -40,7 +40,9 @@ def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: 
     q = shlex.quote(remote_dir)
     command = f"mkdir -p {q} && tar xf - -C {q}"
     tar = shutil.which("tar")
-    if tar is None:
+    # A link travels as workdir.write_tar decides (rewritten relative, or as the file it names,
+    # e.g. a symlinked script): the system tar would pack it as a dangling link.
+    if tar is None or any(os.path.islink(workdir / f) for f in files):
         remote.send_stream(command, lambda out: write_tar(workdir, files, out))
         return
     # The system tar packs in C at disk speed (Python's tarfile costs more CPU than the cipher),

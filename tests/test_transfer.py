@@ -279,6 +279,7 @@ def test_disk_full_at_home_leaves_no_truncated_file_and_a_later_collect_complete
         assert "Traceback" not in proc.stderr
         line = proc.stderr.strip().splitlines()[-1]
         assert line.startswith("cloudtrain: error:") and "No space left" in line and "logs" in line
+        assert "model.bin needs 40.0 MiB" in line, "the room is checked before the file is written"
         assert not (out / "model.bin").exists(), "a truncated model.bin took its final name"
         manifest = json.loads((out / "manifest.json").read_text())
         assert manifest["complete"] is False and "No space left" in manifest["error"]

@@ -265,7 +265,7 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
                     continue
                 if start:
                     fetched.resumed[display(local)] = start
-                fd, h = _begin(home, fid, start, size)
+                fd, h = _begin(home, fid, start, size, local)
             elif tag == b"H":
                 fid, local, size, mtime_ns = current  # type: ignore[misc]
                 os.close(fd)
@@ -293,7 +293,16 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
     return not redo
 
 
-def _begin(home: _Home, fid: str, start: int, size: int) -> tuple[int, "hashlib._Hash"]:
+def _begin(home: _Home, fid: str, start: int, size: int, local: bytes) -> tuple[int, "hashlib._Hash"]:
+    try:
+        free = shutil.disk_usage(home.dest).free
+    except OSError:
+        free = None  # the write below says what is wrong
+    if free is not None and size - start > free:
+        # Refused before a byte lands: filling the disk first would only leave less room for
+        # the manifest that says the job is incomplete, and waste the transfer.
+        need = f"{display(local)} needs {(size - start) / (1 << 20):.1f} MiB, {free / (1 << 20):.1f} MiB free"
+        raise _local_error(home.dest, OSError(errno.ENOSPC, f"{os.strerror(errno.ENOSPC)} ({need})"))
     try:
         return home.begin(fid, start, size)
     except OSError as e:

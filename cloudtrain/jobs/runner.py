@@ -18,7 +18,7 @@ from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError, CommandFailed
 from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs import follow as following
-from cloudtrain.jobs import transfer
+from cloudtrain.jobs import sync
 from cloudtrain.jobs.record import JobRecord, new_job_id
 from cloudtrain.jobs import destination
 from cloudtrain.jobs import shipment as shipping
@@ -117,7 +117,8 @@ class JobRunner:
             with SshRemote(node, self.cluster.identity_file) as remote:
                 paths = NodePaths.of(remote)
                 job = paths.job(job_id)
-                transfer.upload_tree(remote, spec.workdir, files, job.work)
+                synced = sync.ship(remote, paths, spec.workdir, files, job.work)
+                self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
                 if "requirements.txt" in files:
                     self._requirements(remote, paths, job)
                 gpus = len(load_facts(self.cdir, node).get("gpus") or [])

@@ -38,7 +38,11 @@ _UNSTORABLE = {errno.EILSEQ, errno.EINVAL, errno.ENAMETOOLONG}  # names a local 
 def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: str) -> None:
     """Ship `files` of `workdir` into `remote_dir` as one tar stream (one round trip, not one per file)."""
     q = shlex.quote(remote_dir)
-    command = f"mkdir -p {q} && tar xf - -C {q}"
+    send_tar(remote, workdir, files, f"mkdir -p {q} && tar xf - -C {q}")
+
+
+def send_tar(remote: SshRemote, workdir: Path, files: list[str], command: str) -> None:
+    """Stream a tar of `files` of `workdir` into `command` on the node (its stdin)."""
     tar = shutil.which("tar")
     # A link travels as workdir.write_tar decides (rewritten relative, or as the file it names,
     # e.g. a symlinked script): the system tar would pack it as a dangling link.

@@ -1,0 +1,88 @@
+"""Incremental workdir: each node keeps the last tree shipped to it; a run sends only what changed.
+
+The node's manifest (sync_node.py) records, for each shipped path, what it was here when it
+shipped: a file's size, mtime_ns and mode, or a link's target. A path whose record differs from
+what it is now ships again (mtime alone never lets a file of another size through); paths no
+longer shipped are deleted from the cache. Each job then runs on its own copy of the cache, so
+a job's edits reach neither the cache nor the next job. A cache that cannot be trusted (no
+manifest, a file missing or of another size, a run cut halfway) is rebuilt from a full upload.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+from cloudtrain.errors import CommandFailed, TransferError
+from cloudtrain.jobs import transfer
+from cloudtrain.jobs.workdir import link_target
+from cloudtrain.layout import NodePaths
+from cloudtrain.remote import SshRemote
+
+_NODE = Path(__file__).with_name("sync_node.py")
+CONFLICT = 75  # sync_node.py: another run changed the cache between our read and our update
+
+
+@dataclass(frozen=True)
+class Synced:
+    sent: int  # files that crossed
+    total: int  # files the job has
+    bytes: int  # their bytes
+
+
+def entries(workdir: Path, files: list[str]) -> dict[str, list]:
+    """What each shipped path is here, as the manifest records it."""
+    shipped = set(files)
+    found: dict[str, list] = {}
+    for rel in files:
+        path = workdir / rel
+        if os.path.islink(path) and (target := link_target(workdir, rel, shipped)) is not None:
+            found[rel] = ["l", target]
+        else:
+            st = path.stat()  # a link that ships as the file it names (the script): that file
+            found[rel] = ["f", st.st_size, st.st_mtime_ns, st.st_mode & 0o7777]
+    return found
+
+
+def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], work: str) -> Synced:
+    """Make `work` on the node hold exactly `files` of `workdir`, sending only what changed."""
+    local = entries(workdir, files)
+    q = shlex.quote
+    base = f"python3 -c {q(_NODE.read_text())} {q(paths.workdir_cache)} {q(work)}"
+    for fresh in (False, True):  # a second try (after a concurrent run changed the cache) ships all
+        cached: dict = {} if fresh else _read(remote, base)
+        have = cached.get("entries", {})
+        changed = [rel for rel in files if have.get(rel) != local[rel]]
+        header = {
+            "expect": cached.get("generation"),
+            "entries": local,
+            "delete": sorted(rel for rel in have if rel not in local),
+            "tar": bool(changed),
+        }
+        incoming = f"{paths.workdir_cache}/incoming-{uuid.uuid4().hex}.json"
+        remote.write_text(incoming, json.dumps(header))
+        apply = f"{base} apply {q(incoming)}"
+        try:
+            if changed:
+                transfer.send_tar(remote, workdir, changed, apply)
+            else:
+                remote.run(apply)
+        except CommandFailed as e:
+            if e.result.exit_code == CONFLICT and not fresh:
+                continue
+            raise TransferError(f"updating the workdir on {remote.node.name} failed: {(e.result.stderr or '').strip()[-300:]}", "run it again; the next run ships the whole workdir") from e
+        size = sum(local[rel][1] for rel in changed if local[rel][0] == "f")
+        return Synced(sent=len(changed), total=len(files), bytes=size)
+    raise AssertionError("unreachable: the fresh pass never conflicts")
+
+
+def _read(remote: SshRemote, base: str) -> dict:
+    try:
+        found = json.loads(remote.run(f"{base} read").stdout)
+    except ValueError:
+        return {}
+    return found if isinstance(found, dict) else {}

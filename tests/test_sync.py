@@ -1,0 +1,146 @@
+"""Incremental workdir over a real local node (real sshd, real SSH, real tar and cp).
+
+What crossed is measured on the node's side: after a run, the test changes the node's cached copy
+of a file (same size, same mtime), so a job that still sees that change proves the file did not
+travel again, and a job that sees the workdir's content proves it did."""
+
+from __future__ import annotations
+
+import json
+import os
+import textwrap
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli, _sshd_pids_under
+
+LIST_SCRIPT = textwrap.dedent(
+    """
+    import json, os, sys
+    seen = {}
+    for dirpath, _, names in os.walk("."):
+        for name in names:
+            rel = os.path.relpath(os.path.join(dirpath, name), ".")
+            seen[rel] = open(rel, errors="replace").read() if name.endswith(".txt") else os.path.getsize(rel)
+    json.dump(seen, open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "seen.json"), "w"))
+    if len(sys.argv) > 1:  # a job that edits its own workdir
+        open("a.txt", "a").write("EDITED")
+        open("made-by-job.txt", "w").write("job")
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def node(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("sync")
+    home = base / "home"
+    (base / "work").mkdir()
+    cli = Cli(home, base / "work")
+    proc = cli("up", "--provider", "local", "--framework", "none", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    yield cli, home
+    down = cli("down", timeout=120)
+    leaked = _sshd_pids_under(home)
+    for pid in leaked:
+        os.kill(pid, 9)
+    assert down.returncode == 0, down.stderr
+    assert not leaked, f"sshd left running after down: {leaked}"
+
+
+def _project(root: Path) -> Path:
+    root.mkdir()
+    (root / "list.py").write_text(LIST_SCRIPT)
+    (root / "a.txt").write_text("aaaa")
+    (root / "b.txt").write_text("bbbb")
+    (root / "sub").mkdir()
+    (root / "sub" / "c.txt").write_text("cccc")
+    (root / "big.bin").write_bytes(os.urandom(3 << 20))
+    return root
+
+
+def _run(cli: Cli, proj: Path, out: Path, *args: str) -> tuple[dict, str]:
+    proc = cli("run", str(proj / "list.py"), "--output", str(out), *(["--", *args] if args else []))
+    assert proc.returncode == 0, proc.stderr
+    return json.loads((out / "seen.json").read_text()), proc.stderr
+
+
+def _cached(home: Path, rel: str) -> Path:
+    trees = list(home.glob("clusters/**/workdir-cache/tree"))
+    assert len(trees) == 1, f"expected one node cache under {home}, found {trees}"
+    return trees[0] / rel
+
+
+def _tamper(path: Path, text: str) -> None:
+    """Change the node's cached copy without its size or mtime: only a transfer would undo it."""
+    st = path.stat()
+    assert len(text) == st.st_size
+    path.write_text(text)
+    os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
+
+
+def test_unchanged_workdir_ships_nothing_and_one_changed_file_ships_alone(node, tmp_path: Path) -> None:
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    first, said = _run(cli, proj, tmp_path / "o1")
+    assert first == {"list.py": len(LIST_SCRIPT), "a.txt": "aaaa", "b.txt": "bbbb", "sub/c.txt": "cccc", "big.bin": 3 << 20}
+    assert "sent 5 of 5 file(s)" in said, said
+
+    _tamper(_cached(home, "a.txt"), "AAAA")
+    _tamper(_cached(home, "sub/c.txt"), "CCCC")
+    second, said = _run(cli, proj, tmp_path / "o2")
+    assert (second["a.txt"], second["sub/c.txt"]) == ("AAAA", "CCCC"), "an unchanged file crossed again"
+    assert "sent 0 of 5 file(s), 0 B changed" in said, said
+
+    (proj / "b.txt").write_text("b changed, and longer")
+    third, said = _run(cli, proj, tmp_path / "o3")
+    assert third["b.txt"] == "b changed, and longer"
+    assert (third["a.txt"], third["sub/c.txt"]) == ("AAAA", "CCCC"), "files that did not change crossed with the one that did"
+    assert "sent 1 of 5 file(s), 21 B changed" in said, said
+
+    # Same size, new content (and so a new mtime): it must ship, whatever its size says.
+    (proj / "sub" / "c.txt").write_text("cc22")
+    fourth, _ = _run(cli, proj, tmp_path / "o4")
+    assert (fourth["sub/c.txt"], fourth["a.txt"]) == ("cc22", "AAAA")
+
+
+def test_a_deleted_file_is_gone_from_the_cache_and_the_next_job(node, tmp_path: Path) -> None:
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    _run(cli, proj, tmp_path / "o1")
+    assert _cached(home, "sub/c.txt").exists()
+    (proj / "sub" / "c.txt").unlink()
+    (proj / "sub").rmdir()
+    (proj / "sub").write_text("a file where a folder was")  # a folder that becomes a file
+    seen, said = _run(cli, proj, tmp_path / "o2")
+    assert "sub/c.txt" not in seen and seen["sub"] == len("a file where a folder was")
+    assert not _cached(home, "sub/c.txt").exists() and _cached(home, "sub").is_file()
+    assert "sent 1 of 5 file(s)" in said, said
+
+
+def test_a_jobs_edits_to_its_workdir_reach_neither_the_cache_nor_the_next_job(node, tmp_path: Path) -> None:
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    first, _ = _run(cli, proj, tmp_path / "o1", "edit")
+    assert first["a.txt"] == "aaaa"
+    assert _cached(home, "a.txt").read_text() == "aaaa"
+    assert not _cached(home, "made-by-job.txt").exists()
+    second, said = _run(cli, proj, tmp_path / "o2")
+    assert second["a.txt"] == "aaaa" and "made-by-job.txt" not in second
+    assert "sent 0 of 5 file(s)" in said, said
+
+
+def test_a_damaged_cache_is_rebuilt_from_a_full_upload(node, tmp_path: Path) -> None:
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    _run(cli, proj, tmp_path / "o1")
+    _cached(home, "b.txt").unlink()  # a file missing from the cache
+    seen, said = _run(cli, proj, tmp_path / "o2")
+    assert seen["b.txt"] == "bbbb"
+    assert "sent 5 of 5 file(s)" in said, said
+
+    manifest = _cached(home, "").parent / "manifest.json"
+    manifest.write_text("{not json")  # a damaged manifest
+    _tamper(_cached(home, "a.txt"), "XXXX")
+    seen, said = _run(cli, proj, tmp_path / "o3")
+    assert seen["a.txt"] == "aaaa" and "sent 5 of 5 file(s)" in said, said

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import json
 import os
+import subprocess
+import sys
 import textwrap
 from pathlib import Path
 
@@ -144,3 +146,23 @@ def test_a_damaged_cache_is_rebuilt_from_a_full_upload(node, tmp_path: Path) -> 
     _tamper(_cached(home, "a.txt"), "XXXX")
     seen, said = _run(cli, proj, tmp_path / "o3")
     assert seen["a.txt"] == "aaaa" and "sent 5 of 5 file(s)" in said, said
+
+
+def test_two_runs_at_once_each_get_exactly_their_own_workdir(node, tmp_path: Path) -> None:
+    """The node's lock and the manifest's generation: two runs updating one cache never mix."""
+    cli, home = node
+    projects = [_project(tmp_path / "p1"), _project(tmp_path / "p2")]
+    (projects[1] / "a.txt").write_text("second project")
+    (projects[1] / "only-in-p2.txt").write_text("p2")
+    env = {**os.environ, "CLOUDTRAIN_HOME": str(home)}
+    procs = [
+        subprocess.Popen([sys.executable, "-m", "cloudtrain.cli", "run", str(p / "list.py"), "--output", str(tmp_path / f"o{i}")], cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for i, p in enumerate(projects)
+    ]
+    for proc in procs:
+        _, err = proc.communicate(timeout=300)
+        assert proc.returncode == 0, err
+        assert " sent " in err, err
+    first, second = (json.loads((tmp_path / f"o{i}" / "seen.json").read_text()) for i in range(2))
+    assert first["a.txt"] == "aaaa" and "only-in-p2.txt" not in first
+    assert second["a.txt"] == "second project" and second["only-in-p2.txt"] == "p2"

@@ -6,7 +6,7 @@
     .venv/bin/python bench/transfer.py --json out.json   # also write the ratios and the table as JSON
 
 One local node (`cloudtrain up --provider local`, a real sshd on loopback) serves every tool.
-Upload: cloudtrain's path (select_files + transfer.upload_tree, one tar written into the channel) vs
+Upload: cloudtrain's wire (select_files + transfer.upload_tree, one tar written into ssh) vs
 `scp -r` and `rsync -a` through `cloudtrain ssh-config`. Download: transfer.download_tree (tar
 stream home, then sha256 of every file) vs the same tools back. Each timing is the best of N;
 peak RSS comes from a fresh child per measurement (resource.getrusage(RUSAGE_CHILDREN)).
@@ -76,7 +76,8 @@ def cloudtrain_child(op: str, a: str, b: str) -> int:
     start = time.perf_counter()
     with SshRemote(cluster.head, cluster.identity_file) as remote:
         if op == "upload":
-            # The order runner.submit uses: select the files, then stream them as one tar.
+            # The wire runner.submit's upload takes (select the files, one tar into ssh), without
+            # the node-side workdir cache and the job's copy of it (jobs/sync.py).
             src = Path(a)
             files = select_files(src)
             out["select_s"] = time.perf_counter() - start

@@ -7,8 +7,8 @@
 
 One local node (`cloudtrain up --provider local`, a real sshd on loopback) serves every tool.
 Upload: cloudtrain's wire (select_files + transfer.upload_tree, one tar written into ssh) vs
-`scp -r` and `rsync -a` through `cloudtrain ssh-config`. Download: transfer.download_tree (tar
-stream home, then sha256 of every file) vs the same tools back. Each timing is the best of N;
+`scp -r` and `rsync -a` through `cloudtrain ssh-config`. Download: transfer.download_tree (one
+stream home over ssh, every file's sha256 checked as it arrives) vs the same tools back. Each timing is the best of N;
 peak RSS comes from a fresh child per measurement (resource.getrusage(RUSAGE_CHILDREN)).
 Ratios are printed instead of absolute pass/fail because these machines are shared and noisy.
 """

@@ -60,6 +60,30 @@ class PreflightError(CloudtrainError):
     """A check before spending money failed (credentials, quota, offering); nothing created."""
 
 
+class NotOffered(PreflightError):
+    """The cloud's live answer: this size is not offered at this placement (zone/region) for
+    this account. Another placement may offer it, so failover moves on instead of stopping."""
+
+    def __init__(self, message: str, hint: str | None = None, placement: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.placement = placement
+
+
+class QuotaExceeded(PreflightError):
+    """A quota is below what the cluster needs. Not capacity: failover stops, and the line names
+    the quota and where to raise it."""
+
+
+class NoCapacity(ProvisionError):
+    """The cloud has no capacity for this size at this placement now (AWS
+    InsufficientInstanceCapacity, GCP ZONE_RESOURCE_POOL_EXHAUSTED, Azure AllocationFailed, ...).
+    Raised after the failed attempt's resources are removed; failover tries the next placement."""
+
+    def __init__(self, message: str, hint: str | None = None, placement: str | None = None) -> None:
+        super().__init__(message, hint)
+        self.placement = placement
+
+
 class RemoteError(CloudtrainError):
     """Talking to a node over SSH failed."""
 

@@ -195,3 +195,23 @@ def test_up_refuses_bad_cloud_flags_in_a_real_process(cli, home, args, words):
     assert proc.returncode == 2
     assert words in one_line_error(proc)
     assert not list((home / "clusters").glob("*/cluster.json"))
+
+
+def test_candidates_start_with_the_choice_then_its_region_then_other_regions():
+    spec = ClusterSpec(name="c", provider="gcp", gpu="t4")
+    got = catalog.candidates(spec)
+    assert got[0] == catalog.choose(spec)
+    regions = [c.region for c in got]
+    # one region's zones together, the chosen region first
+    assert regions[: regions.count(got[0].region)] == [got[0].region] * regions.count(got[0].region)
+    assert len({(c.region, c.zone) for c in got}) == len(got)
+    assert len(got) == len(got[0].offer.locations)
+
+
+def test_candidates_keep_a_pinned_region_or_zone():
+    zone = catalog.lookup("gcp", "t4").locations[0]
+    assert [c.zone for c in catalog.candidates(ClusterSpec(name="c", provider="gcp", gpu="t4", zone=zone))] == [zone]
+    region = zone.rsplit("-", 1)[0]
+    assert {c.region for c in catalog.candidates(ClusterSpec(name="c", provider="gcp", gpu="t4", region=region))} == {region}
+    aws = catalog.candidates(ClusterSpec(name="c", provider="aws", gpu="t4", region="us-east-2"))
+    assert [(c.region, c.zone) for c in aws] == [("us-east-2", None)]

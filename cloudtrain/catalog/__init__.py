@@ -14,7 +14,7 @@ from cloudtrain.catalog.data import Image, Offer, images, offers
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import ClusterSpec, check_cidr
 
-__all__ = ["GPUS", "MAX_NODES", "Choice", "Image", "Offer", "choose", "for_provider", "image_for", "lookup", "providers"]
+__all__ = ["GPUS", "MAX_NODES", "Choice", "Image", "Offer", "candidates", "choose", "for_provider", "image_for", "lookup", "providers"]
 
 # Normalized names, smallest first; the order `cloudtrain gpus` prints.
 GPUS = ("t4", "l4", "a10g", "a10", "v100", "a100", "a100-80gb", "h100", "l40s")
@@ -149,3 +149,33 @@ def choose(spec: ClusterSpec) -> Choice:
         )
     region, zone = _SCHEMES[spec.provider].place(offer, spec.region, spec.zone)
     return Choice(offer=offer, image=image, region=region, zone=zone)
+
+
+def _region_of(provider: str, location: str) -> str:
+    # GCP lists zones (region + "-x"); AWS and Azure list regions.
+    return location.rsplit("-", 1)[0] if isinstance(_SCHEMES[provider], _Zones) else location
+
+
+def candidates(spec: ClusterSpec) -> list[Choice]:
+    """Every placement `up` may try, in order: `choose(spec)` first; then the offer's other
+    locations in the same region; then, unless --region or --zone pins it, the other regions,
+    cheapest first (spot price with --spot), ties by catalog order. A pinned zone is the only one.
+
+    Pure, like `choose`: failover walks this list; pre-flight's live answer may skip entries.
+    """
+    first = choose(spec)
+    if spec.zone is not None:
+        return [first]
+    offer, scheme = first.offer, _SCHEMES[spec.provider]
+    by_region: dict[str, list[str]] = {}
+    for loc in offer.locations:
+        by_region.setdefault(_region_of(spec.provider, loc), []).append(loc)
+    regions = [first.region] if spec.region is not None else list(by_region)
+    out = [first]
+    for region in regions:
+        for loc in by_region.get(region, []):
+            zone = loc if isinstance(scheme, _Zones) else None
+            if (region, zone) != (first.region, first.zone) and not (zone is None and region == first.region):
+                out.append(Choice(offer=offer, image=first.image, region=region, zone=zone))
+    # Regions share one price per row today; a per-region price list sorts them here.
+    return out

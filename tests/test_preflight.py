@@ -23,7 +23,7 @@ from moto.core import set_initial_no_auth_action_count
 from moto.ec2.models import amis as moto_amis
 
 from cloudtrain import catalog
-from cloudtrain.errors import MissingTool, PreflightError, ProvisionError
+from cloudtrain.errors import MissingTool, NotOffered, PreflightError, ProvisionError, QuotaExceeded
 from cloudtrain.provisioner.preflight import aws, azure, gcp, pulumi_cli
 from cloudtrain.spec import ClusterSpec
 
@@ -140,18 +140,30 @@ def test_offered_zone_defaults_to_the_first_offering_zone(aws_env):
 
 def test_zone_that_lacks_the_type_names_the_zones_that_have_it(aws_env):
     _, c = choose("a100-80gb:8")  # p4de.24xlarge: moto's data has it in us-east-1b and 1c only
-    with pytest.raises(PreflightError) as e:
+    with pytest.raises(NotOffered) as e:
         aws.offered_zone(aws_env.client("ec2"), c.offer, REGION, "us-east-1a")
     assert "not offered in us-east-1a" in e.value.line() and "us-east-1b, us-east-1c" in e.value.line()
+    assert e.value.placement == "us-east-1a"  # failover moves on to the next placement
+
+
+def test_the_live_answer_refuses_a_zone_through_check(aws_env):
+    # The whole check, not only the helper: the catalog's choice with a zone the live
+    # DescribeInstanceTypeOfferings answer lacks is NotOffered before quotas are even read.
+    spec, c = choose("a100-80gb:8")
+    client, stub = quotas_client([])
+    with pytest.raises(NotOffered) as e:
+        aws.check(spec, replace(c, zone="us-east-1a"), session=aws_env, quotas=client)
+    assert e.value.placement == "us-east-1a" and "us-east-1b" in e.value.line()
 
 
 def test_region_that_lacks_the_type_is_refused():
     _, c = choose("a100-80gb:8")
     with mock_aws():
         ec2 = boto3.client("ec2", region_name="eu-west-1", aws_access_key_id="t", aws_secret_access_key="t")
-        with pytest.raises(PreflightError) as e:
+        with pytest.raises(NotOffered) as e:
             aws.offered_zone(ec2, c.offer, "eu-west-1", None)
     assert "p4de.24xlarge is not offered in eu-west-1" in e.value.line() and "us-east-1" in e.value.line()
+    assert e.value.placement == "eu-west-1"
 
 
 # --- the AMI resolves -----------------------------------------------------------------------
@@ -182,7 +194,7 @@ def test_quota_that_covers_the_request_passes():
 def test_quota_short_is_refused_with_the_increase_command():
     _, c = choose("h100:8", nodes=2)
     client, _ = quotas_client([("get_service_quota", quota(192.0), {"ServiceCode": "ec2", "QuotaCode": "L-417A185B"})])
-    with pytest.raises(PreflightError) as e:
+    with pytest.raises(QuotaExceeded) as e:
         aws.check_quota(client, c.offer, 2, False, REGION)
     line = e.value.line()
     assert "need 384 vCPUs" in line and "Running On-Demand P instances" in line and "is 192" in line
@@ -196,7 +208,7 @@ def test_spot_uses_the_spot_quota_and_falls_back_to_the_default():
         ("get_service_quota", "NoSuchResourceException", params),
         ("get_aws_default_service_quota", quota(0.0), params),
     ])
-    with pytest.raises(PreflightError, match="quota"):
+    with pytest.raises(QuotaExceeded, match="quota"):
         aws.check_quota(client, c.offer, 1, True, REGION)
     stub.assert_no_pending_responses()
 
@@ -206,17 +218,34 @@ def test_quota_unreadable_is_actionable():
     client, _ = quotas_client([("get_service_quota", "AccessDeniedException", None)])
     with pytest.raises(PreflightError) as e:
         aws.check_quota(client, c.offer, 1, False, REGION)
-    assert "servicequotas:GetServiceQuota" in e.value.line()
+    assert "servicequotas:GetServiceQuota" in e.value.line() and "servicequotas:GetAWSDefaultServiceQuota" in e.value.line()
+    assert not isinstance(e.value, QuotaExceeded)
 
 
 def test_full_aws_check_pins_an_offering_zone(aws_env):
     spec, c = choose("a100-80gb:8")
     client, _ = quotas_client([("get_service_quota", quota(96.0), None)])
-    pinned = aws.check(spec, c, session=aws_env, quotas=client)
-    assert pinned.zone == "us-east-1b" and pinned.region == REGION
+    pinned, extra = aws.check(spec, c, session=aws_env, quotas=client)
+    assert pinned.zone == "us-east-1b" and pinned.region == REGION and extra == {}
     # An asked-for zone that is offered is kept.
     client, _ = quotas_client([("get_service_quota", quota(96.0), None)])
-    assert aws.check(spec, replace(c, zone="us-east-1c"), session=aws_env, quotas=client).zone == "us-east-1c"
+    assert aws.check(spec, replace(c, zone="us-east-1c"), session=aws_env, quotas=client)[0].zone == "us-east-1c"
+
+
+def test_credentials_are_checked_once_per_process(aws_env, monkeypatch):
+    # check runs once per placement attempt; STS is asked once per access key.
+    calls = []
+    real = aws_env.client
+
+    def counting(name, *a, **k):
+        if name == "sts":
+            calls.append(name)
+        return real(name, *a, **k)
+
+    monkeypatch.setattr(aws, "_accounts", {})
+    monkeypatch.setattr(aws_env, "client", counting)
+    assert aws.credentials(aws_env) == aws.credentials(aws_env) == "123456789012"
+    assert calls == ["sts"]
 
 
 # --- GCP: application default credentials and a project ---------------------------------------
@@ -241,15 +270,15 @@ def _service_account(path: Path, project: str | None) -> Path:
 
 def test_gcp_adc_with_project(tmp_path, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(_service_account(tmp_path / "sa.json", "proj-9")))
-    assert gcp.check() == {"gcp:project": "proj-9"}
+    assert gcp.project_and_credentials()[1] == "proj-9"
     monkeypatch.setenv("GOOGLE_CLOUD_PROJECT", "other-proj")
-    assert gcp.check() == {"gcp:project": "other-proj"}
+    assert gcp.project_and_credentials()[1] == "other-proj"
 
 
 def test_gcp_missing_adc_is_actionable(tmp_path, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(tmp_path / "absent.json"))
     with pytest.raises(PreflightError) as e:
-        gcp.check()
+        gcp.project_and_credentials()
     assert "gcloud auth application-default login" in e.value.line()
 
 
@@ -257,7 +286,7 @@ def test_gcp_without_a_project_is_actionable(tmp_path, monkeypatch):
     monkeypatch.setenv("GOOGLE_APPLICATION_CREDENTIALS", str(_service_account(tmp_path / "sa.json", None)))
     monkeypatch.setenv("PATH", str(tmp_path))  # no gcloud to ask for a project
     with pytest.raises(PreflightError) as e:
-        gcp.check()
+        gcp.project_and_credentials()
     assert "gcloud config set project" in e.value.line()
 
 
@@ -282,16 +311,16 @@ def test_azure_default_subscription_from_az_login(tmp_path, monkeypatch):
         {"id": "sub-a", "isDefault": False, "state": "Enabled"},
         {"id": "sub-b", "isDefault": True, "state": "Enabled"},
     ])
-    assert azure.check() == {"azure-native:subscriptionId": "sub-b"}
+    assert azure.subscription() == "sub-b"
     monkeypatch.setenv("ARM_SUBSCRIPTION_ID", "sub-a")
-    assert azure.check() == {"azure-native:subscriptionId": "sub-a"}
+    assert azure.subscription() == "sub-a"
 
 
 def test_azure_service_principal_needs_no_login(monkeypatch):
     monkeypatch.setenv("ARM_SUBSCRIPTION_ID", "sub-sp")
     monkeypatch.setenv("ARM_CLIENT_ID", "app")
     monkeypatch.setenv("ARM_CLIENT_SECRET", "secret")
-    assert azure.check() == {"azure-native:subscriptionId": "sub-sp"}
+    assert azure.subscription() == "sub-sp"
 
 
 @pytest.mark.parametrize(
@@ -307,7 +336,7 @@ def test_azure_refusals_are_actionable(tmp_path, monkeypatch, subs, env, words):
     if env:
         monkeypatch.setenv("ARM_SUBSCRIPTION_ID", env)
     with pytest.raises(PreflightError) as e:
-        azure.check()
+        azure.subscription()
     assert words in e.value.line()
 
 

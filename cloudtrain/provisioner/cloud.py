@@ -139,7 +139,7 @@ class AwsProvisioner(CloudProvisioner):
     def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
         from cloudtrain.provisioner.preflight import aws
 
-        return aws.check(spec, choice), {}
+        return aws.check(spec, choice)
 
 
 class GcpProvisioner(CloudProvisioner):
@@ -148,7 +148,7 @@ class GcpProvisioner(CloudProvisioner):
     def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
         from cloudtrain.provisioner.preflight import gcp
 
-        return choice, gcp.check()
+        return gcp.check(spec, choice)
 
 
 class AzureProvisioner(CloudProvisioner):
@@ -157,4 +157,4 @@ class AzureProvisioner(CloudProvisioner):
     def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
         from cloudtrain.provisioner.preflight import azure
 
-        return choice, azure.check()
+        return azure.check(spec, choice)

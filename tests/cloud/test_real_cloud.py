@@ -38,11 +38,11 @@ def _credentials(cloud: str) -> bool:
         elif cloud == "gcp":
             from cloudtrain.provisioner.preflight import gcp
 
-            gcp.check()
+            gcp.project_and_credentials()
         else:
             from cloudtrain.provisioner.preflight import azure
 
-            azure.check()
+            azure.subscription()
     except (CloudtrainError, ImportError):
         return False
     return True

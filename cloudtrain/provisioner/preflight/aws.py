@@ -1,17 +1,29 @@
 """AWS pre-flight through boto3: credentials (STS), the instance type offered in the zone,
-the AMI resolves, and the GPU vCPU quota covers the request (Service Quotas)."""
+the AMI resolves, and the GPU vCPU quota covers the request (Service Quotas).
+
+The live DescribeInstanceTypeOfferings answer is the authority on where a type is offered: a
+zone that lacks it is NotOffered (failover moves on), a short quota is QuotaExceeded (it stops).
+The credential check runs once per process per access key: `check` runs once per placement.
+"""
 
 from __future__ import annotations
 
 from dataclasses import replace
 
-import boto3
-from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
-
 from cloudtrain.catalog import Choice, Image, Offer
-from cloudtrain.errors import PreflightError
-from cloudtrain.provisioner.aws import ami_query
+from cloudtrain.errors import MissingTool, NotOffered, PreflightError, QuotaExceeded
 from cloudtrain.spec import ClusterSpec
+
+try:
+    import boto3
+    from botocore.exceptions import BotoCoreError, ClientError, NoCredentialsError, PartialCredentialsError
+
+    from cloudtrain.provisioner.aws import ami_query  # needs pulumi-aws
+except ImportError as e:  # without the cloud extra: check() says so in one line
+    _MISSING: ImportError | None = e
+    BotoCoreError = ClientError = NoCredentialsError = PartialCredentialsError = ()  # type: ignore[assignment,misc]
+else:
+    _MISSING = None
 
 # EC2 vCPU quotas per instance family (Service Quotas codes, documented by AWS per family).
 _QUOTAS = {
@@ -21,16 +33,24 @@ _QUOTAS = {
     ("p", True): ("L-7212CCBC", "All P Spot Instance Requests"),
 }
 _CRED_HINT = "run `aws configure` or `aws sso login`, or set AWS_PROFILE / AWS_ACCESS_KEY_ID"
+_accounts: dict[str, str] = {}  # access key id -> account id, for this process
 
 
 def _code(e: ClientError) -> str:
     return e.response.get("Error", {}).get("Code", "")
 
 
-def credentials(session: boto3.Session) -> str:
+def credentials(session: "boto3.Session") -> str:
     """The caller's account id; refuses missing, expired or invalid credentials."""
     try:
-        return session.client("sts").get_caller_identity()["Account"]
+        creds = session.get_credentials()
+        key = creds.access_key if creds is not None else None
+        if key in _accounts:
+            return _accounts[key]
+        account = session.client("sts").get_caller_identity()["Account"]
+        if key is not None:
+            _accounts[key] = account
+        return account
     except (NoCredentialsError, PartialCredentialsError) as e:
         raise PreflightError("no AWS credentials found", _CRED_HINT) from e
     except ClientError as e:
@@ -49,12 +69,13 @@ def offered_zone(ec2, offer: Offer, region: str, zone: str | None) -> str:
         raise PreflightError(f"cannot list EC2 offerings in {region} ({_code(e)})", "check the IAM permission ec2:DescribeInstanceTypeOfferings") from e
     zones = sorted(o["Location"] for o in resp.get("InstanceTypeOfferings", []))
     if not zones:
-        raise PreflightError(
+        raise NotOffered(
             f"{offer.instance_type} is not offered in {region} for this account",
             f"try another --region ({', '.join(r for r in offer.locations if r != region) or 'none listed'})",
+            placement=region,
         )
     if zone is not None and zone not in zones:
-        raise PreflightError(f"{offer.instance_type} is not offered in {zone}", f"choose --zone from {', '.join(zones)}")
+        raise NotOffered(f"{offer.instance_type} is not offered in {zone}", f"choose --zone from {', '.join(zones)}", placement=zone)
     return zone or zones[0]
 
 
@@ -91,22 +112,25 @@ def check_quota(quotas, offer: Offer, nodes: int, spot: bool, region: str) -> fl
             value = quotas.get_aws_default_service_quota(ServiceCode="ec2", QuotaCode=code)["Quota"]["Value"]
     except ClientError as e:
         raise PreflightError(
-            f"cannot read the EC2 quota {title!r} ({_code(e)})", "grant servicequotas:GetServiceQuota, or check the quota in the console"
+            f"cannot read the EC2 quota {title!r} ({_code(e)})",
+            "grant servicequotas:GetServiceQuota and servicequotas:GetAWSDefaultServiceQuota, or check the quota in the console",
         ) from e
     need = offer.vcpus * nodes
     if value < need:
-        raise PreflightError(
+        raise QuotaExceeded(
             f"{nodes} x {offer.instance_type} need {need} vCPUs but the quota {title!r} in {region} is {value:g}",
             f"request an increase: aws service-quotas request-service-quota-increase --service-code ec2 --quota-code {code} --desired-value {need} --region {region}",
         )
     return value
 
 
-def check(spec: ClusterSpec, choice: Choice, session: boto3.Session | None = None, quotas=None) -> Choice:
+def check(spec: ClusterSpec, choice: Choice, session: "boto3.Session | None" = None, quotas=None) -> tuple[Choice, dict[str, str]]:
     """Run every AWS check; return the choice with the zone pinned to one that offers the type.
 
     `session` and `quotas` (a service-quotas client) default to the user's own; tests pass theirs.
     """
+    if _MISSING is not None:
+        raise MissingTool(f"the AWS libraries are not installed ({_MISSING.name})", "install the cloud extra: pip install 'cloudtrain[cloud]'") from _MISSING
     session = session or boto3.Session(region_name=choice.region)
     credentials(session)
     try:
@@ -117,4 +141,4 @@ def check(spec: ClusterSpec, choice: Choice, session: boto3.Session | None = Non
         check_quota(quotas, choice.offer, spec.nodes, spec.spot, choice.region)
     except BotoCoreError as e:
         raise PreflightError(f"cannot reach AWS in {choice.region}: {e}", "check the network") from e
-    return replace(choice, zone=zone)
+    return replace(choice, zone=zone), {}

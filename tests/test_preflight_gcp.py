@@ -301,3 +301,12 @@ def test_without_google_auth_the_line_names_the_cloud_extra():
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "pip install 'cloudtrain[cloud]'" in out.stdout, out.stderr
+
+
+def test_a_region_the_project_cannot_see_is_not_offered_rather_than_a_zero_quota():
+    spec, c = choose("t4")
+    fake = ready(spec, c)
+    del fake.bodies[f"{API}/projects/{PROJECT}/regions/{c.region}"]
+    with pytest.raises(NotOffered) as e:
+        gcp.check(spec, c, compute=fake, project=PROJECT)
+    assert e.value.placement == c.region and not isinstance(e.value, QuotaExceeded)

@@ -205,8 +205,9 @@ def check_image(arm: Rest, sub: str, loc: str, ref: str) -> None:
     publisher, offer, sku, version = ref.split(":")
     base = f"/subscriptions/{sub}/providers/Microsoft.Compute/locations/{loc}/publishers/{publisher}/artifacttypes/vmimage/offers/{offer}/skus/{sku}/versions"
     missing = PreflightError(f"the Azure image {ref} is not published in {loc}", "pass --image ubuntu, or try another --region")
-    path = base if version == "latest" else f"{base}/{version}"
-    found = _get(arm, f"{path}?api-version=2024-07-01", f"look up the image {ref}", missing)
+    # 'latest': one listed version is enough ($top keeps the answer small).
+    path = f"{base}?api-version=2024-07-01&$top=1" if version == "latest" else f"{base}/{version}?api-version=2024-07-01"
+    found = _get(arm, path, f"look up the image {ref}", missing)
     if not found:
         raise missing
 

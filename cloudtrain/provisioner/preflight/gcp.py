@@ -24,11 +24,16 @@ _SCOPES = ["https://www.googleapis.com/auth/cloud-platform"]
 _ENV = ("GOOGLE_APPLICATION_CREDENTIALS", "GOOGLE_CLOUD_PROJECT", "CLOUDSDK_CORE_PROJECT", "CLOUDSDK_CONFIG")
 _loaded: dict[tuple, tuple[Any, str]] = {}
 
-# The regional quota metric per accelerator type (regions.get -> quotas[].metric). GCP names
-# them in "GPU quota", https://cloud.google.com/compute/resource-usage#gpu_quota: the metric is
-# the GPU model, not the machine family, so A2 draws on NVIDIA_A100(_80GB)_GPUS, G2 on
-# NVIDIA_L4_GPUS and A3 High/Edge (nvidia-h100-80gb) on NVIDIA_H100_GPUS; spot VMs draw on the
-# PREEMPTIBLE_ twin. Every GPU also counts against the project-wide GPUS_ALL_REGIONS.
+# The regional quota metric per accelerator type (regions.get -> quotas[].metric). The metric
+# names the GPU model, not the machine family: the metric names are Compute v1's Quota.Metric
+# enum (https://cloud.google.com/compute/docs/reference/rest/v1/regions, "quotas[].metric";
+# e.g. NVIDIA_A100_80GB_GPUS, NVIDIA_L4_GPUS, GPUS_ALL_REGIONS), and which GPU each family
+# carries is "About GPUs" (https://cloud.google.com/compute/docs/gpus: A2 Standard
+# nvidia-tesla-a100, A2 Ultra nvidia-a100-80gb, G2 nvidia-l4, A3 High/Edge nvidia-h100-80gb,
+# A3 Mega nvidia-h100-mega-80gb, A3 Ultra nvidia-h200-141gb, A4 nvidia-b200). A2/A3/G2 name
+# their GPU in the machine type's own `accelerators`, so the live answer picks the row. Spot
+# VMs draw on the PREEMPTIBLE_ twin (https://cloud.google.com/compute/resource-usage, GPU
+# quota); every GPU also counts against the project-wide GPUS_ALL_REGIONS.
 _METRICS = {
     "nvidia-tesla-t4": "NVIDIA_T4_GPUS",
     "nvidia-tesla-v100": "NVIDIA_V100_GPUS",
@@ -101,16 +106,14 @@ class _Api:
     rest: Rest
     project: str
 
-    def get(self, path: str, permission: str, not_found: PreflightError | None = None) -> dict | None:
+    def get(self, path: str, permission: str, not_found: PreflightError) -> dict:
         try:
             return self.rest.get(f"{API}/{path}")
         except Unreachable as e:
             raise PreflightError(f"cannot reach the Compute Engine API: {e}", "check the network") from e
         except ApiError as e:
             if e.status == 404:
-                if not_found is not None:
-                    raise not_found from e
-                return None
+                raise not_found from e
             if e.code == "accessNotConfigured":
                 raise PreflightError(
                     f"the Compute Engine API is not enabled in project {self.project}",
@@ -172,13 +175,19 @@ def check_quota(api: _Api, region: str, accelerator: str, need: int, spot: bool)
     if base is None:
         raise PreflightError(f"no known GCP quota metric for {accelerator}", "report this; the catalog has a new GPU")
     metric = f"PREEMPTIBLE_{base}" if spot else base
-    regional = api.get(f"projects/{api.project}/regions/{region}", "compute.regions.get") or {}
+    regional = api.get(
+        f"projects/{api.project}/regions/{region}", "compute.regions.get",
+        NotOffered(f"GCP region {region} is not available to project {api.project}", "try another --region", placement=region),
+    )
     found = _quota(regional.get("quotas", []), metric)
     if found is None and base not in _UNLISTED:
         found = (0.0, 0.0)
     if found is not None and found[0] - found[1] < need:
         raise _short(api.project, metric, region, *found, need)
-    project = api.get(f"projects/{api.project}", "compute.projects.get") or {}
+    project = api.get(
+        f"projects/{api.project}", "compute.projects.get",
+        PreflightError(f"GCP project {api.project} was not found", "check `gcloud config get project` or GOOGLE_CLOUD_PROJECT"),
+    )
     found = _quota(project.get("quotas", []), "GPUS_ALL_REGIONS") or (0.0, 0.0)
     if found[0] - found[1] < need:
         raise _short(api.project, "GPUS_ALL_REGIONS", "all regions", *found, need)

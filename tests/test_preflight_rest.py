@@ -83,3 +83,17 @@ def test_nothing_listening_is_unreachable():
         port = s.getsockname()[1]
     with pytest.raises(Unreachable):
         BearerRest("t", timeout=5).get(f"http://127.0.0.1:{port}/ok")
+
+
+def test_google_credentials_that_cannot_refresh_are_one_line(server):
+    # No token and nothing to refresh it with: google-auth refuses before any request is sent.
+    from google.oauth2.credentials import Credentials
+
+    from cloudtrain.errors import PreflightError
+
+    base, seen = server
+    api = gcp._Api(gcp.AuthorizedRest(Credentials(token=None)), "proj-9")
+    with pytest.raises(PreflightError) as e:
+        api.get("projects/proj-9", "compute.projects.get", PreflightError("unused"))
+    assert "Google rejected the credentials (refreshFailed)" in e.value.line() and "gcloud auth application-default login" in e.value.line()
+    assert seen == []

@@ -85,15 +85,15 @@ class AuthorizedRest:
         self._http = AuthorizedHttp(credentials)
 
     def get(self, url: str) -> Any:
-        from google.auth.exceptions import GoogleAuthError
+        from google.auth.exceptions import GoogleAuthError, TransportError
         from urllib3.exceptions import HTTPError
 
         try:
             resp = self._http.request("GET", url, timeout=30.0)
-        except GoogleAuthError as e:  # the token refresh itself was refused
-            raise ApiError(401, "refreshFailed", str(e)) from e
-        except HTTPError as e:
+        except (TransportError, HTTPError) as e:  # no answer, from the API or the token endpoint
             raise Unreachable(str(e)) from e
+        except GoogleAuthError as e:  # the token refresh itself was refused (revoked, expired)
+            raise ApiError(401, "refreshFailed", str(e)) from e
         if resp.status >= 400:
             raise error_from_body(resp.status, resp.data)
         return json.loads(resp.data)

@@ -156,6 +156,11 @@ def test_the_live_answer_refuses_a_zone_through_check(aws_env):
     assert e.value.placement == "us-east-1a" and "us-east-1b" in e.value.line()
 
 
+def test_zones_lists_every_offering_zone_for_failover(aws_env):
+    _, c = choose("a100-80gb:8")  # p4de.24xlarge in us-east-1b and 1c (moto's offerings data)
+    assert aws.zones(c, session=aws_env) == ["us-east-1b", "us-east-1c"]
+
+
 def test_region_that_lacks_the_type_is_refused():
     _, c = choose("a100-80gb:8")
     with mock_aws():

@@ -59,24 +59,41 @@ def credentials(session: "boto3.Session") -> str:
         raise PreflightError(f"cannot reach AWS STS: {e}", "check the network and AWS_REGION") from e
 
 
-def offered_zone(ec2, offer: Offer, region: str, zone: str | None) -> str:
-    """The zone to use: the one asked for if it offers the type, else the first that does."""
+def offering_zones(ec2, offer: Offer, region: str) -> list[str]:
+    """The region's zones that offer the type, per the live DescribeInstanceTypeOfferings answer."""
     try:
         resp = ec2.describe_instance_type_offerings(
             LocationType="availability-zone", Filters=[{"Name": "instance-type", "Values": [offer.instance_type]}]
         )
     except ClientError as e:
         raise PreflightError(f"cannot list EC2 offerings in {region} ({_code(e)})", "check the IAM permission ec2:DescribeInstanceTypeOfferings") from e
-    zones = sorted(o["Location"] for o in resp.get("InstanceTypeOfferings", []))
-    if not zones:
+    return sorted(o["Location"] for o in resp.get("InstanceTypeOfferings", []))
+
+
+def zones(choice: Choice, session: "boto3.Session | None" = None) -> list[str]:
+    """Every zone of the choice's region that offers its type: failover can try each in turn
+    (as `replace(choice, zone=z)`) when one has no capacity, before moving to another region."""
+    if _MISSING is not None:
+        raise MissingTool(f"the AWS libraries are not installed ({_MISSING.name})", "install the cloud extra: pip install 'cloudtrain[cloud]'") from _MISSING
+    session = session or boto3.Session(region_name=choice.region)
+    try:
+        return offering_zones(session.client("ec2", region_name=choice.region), choice.offer, choice.region)
+    except BotoCoreError as e:
+        raise PreflightError(f"cannot reach AWS in {choice.region}: {e}", "check the network") from e
+
+
+def offered_zone(ec2, offer: Offer, region: str, zone: str | None) -> str:
+    """The zone to use: the one asked for if it offers the type, else the first that does."""
+    offering = offering_zones(ec2, offer, region)
+    if not offering:
         raise NotOffered(
             f"{offer.instance_type} is not offered in {region} for this account",
             f"try another --region ({', '.join(r for r in offer.locations if r != region) or 'none listed'})",
             placement=region,
         )
-    if zone is not None and zone not in zones:
-        raise NotOffered(f"{offer.instance_type} is not offered in {zone}", f"choose --zone from {', '.join(zones)}", placement=zone)
-    return zone or zones[0]
+    if zone is not None and zone not in offering:
+        raise NotOffered(f"{offer.instance_type} is not offered in {zone}", f"choose --zone from {', '.join(offering)}", placement=zone)
+    return zone or offering[0]
 
 
 def resolve_ami(ec2, image: Image, region: str) -> str:

@@ -273,6 +273,7 @@ def test_attempts_follow_the_catalogs_order_are_bounded_and_the_final_line_names
     assert stack.log == [step for p in tried for step in (("up", p), ("destroy",))]
     assert [ln.split(":")[0] for ln in lines] == tried
     assert lines[-1].endswith("no placement left to try")
+    assert e.value.message.startswith(f"no placement could take {spec_offer(spec)}; tried {tried[0]} (")
     assert all(f"{p} (no capacity (ZONE_RESOURCE_POOL_EXHAUSTED))" in e.value.message for p in tried)
     assert f"{len(order) - len(tried)} more placement(s) not tried" in e.value.hint
     assert e.value.exit_code == 1 and not stack.live

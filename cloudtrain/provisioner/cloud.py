@@ -40,7 +40,7 @@ def _say(text: str) -> None:
 
 
 # (cluster name, provider folder, inline program, Pulumi CLI, progress sink) -> the cluster's stack
-StackFactory = Callable[[str, Path, Callable[[], None], Any, "Callable[[str], None] | None"], failover.Stack]
+StackFactory = Callable[[str, Path, Callable[[], None], Any, Callable[[str], None] | None], failover.Stack]
 
 
 def _cluster_stack(name: str, provider_dir: Path, prog: Callable[[], None], command: Any, on_output: Callable[[str], None] | None) -> failover.Stack:

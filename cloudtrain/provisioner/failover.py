@@ -97,8 +97,8 @@ def classify(err: ProvisionError, signals: Signals, choice: Choice) -> NoCapacit
     return None
 
 
-Preflight = Callable[[Choice], "tuple[Choice, dict[str, str]]"]
-Up = Callable[[Choice, "dict[str, str]"], "dict[str, Any]"]
+Preflight = Callable[[Choice], tuple[Choice, dict[str, str]]]
+Up = Callable[[Choice, dict[str, str]], dict[str, Any]]
 
 
 def walk(
@@ -154,4 +154,5 @@ def walk(
         hint = f"try again later, or drop {pinned} to let cloudtrain try other placements"
     else:
         hint = "try again later, or another --gpu (or --spot)"
-    raise NoCapacity(f"no placement could take this cluster; tried {', '.join(tried) or 'none'}", hint)
+    size = choices[0].offer.instance_type if choices else "this cluster"
+    raise NoCapacity(f"no placement could take {size}; tried {', '.join(tried) or 'none'}", hint)

@@ -273,8 +273,8 @@ def test_attempts_follow_the_catalogs_order_are_bounded_and_the_final_line_names
     assert stack.log == [step for p in tried for step in (("up", p), ("destroy",))]
     assert [ln.split(":")[0] for ln in lines] == tried
     assert lines[-1].endswith("no placement left to try")
-    assert e.value.message.startswith(f"no placement could take {spec_offer(spec)}; tried {tried[0]} (")
-    assert all(f"{p} (no capacity (ZONE_RESOURCE_POOL_EXHAUSTED))" in e.value.message for p in tried)
+    assert e.value.message.startswith(f"no placement could take {spec_offer(spec)}; tried {tried[0]}: ")
+    assert all(f"{p}: no capacity (ZONE_RESOURCE_POOL_EXHAUSTED)" in e.value.message for p in tried)
     assert f"{len(order) - len(tried)} more placement(s) not tried" in e.value.hint
     assert e.value.exit_code == 1 and not stack.live
 
@@ -298,7 +298,7 @@ def test_zone_pins_a_single_attempt(home):
         make("gcp", stack, Preflight(), lines).create(spec, cdir, record)
 
     assert stack.log == [("up", "us-central1-b"), ("destroy",)]
-    assert "tried us-central1-b (" in e.value.message and "drop --zone" in e.value.hint
+    assert "tried us-central1-b: no capacity" in e.value.message and "drop --zone" in e.value.hint
 
 
 def test_not_offered_from_preflight_moves_on_without_making_anything(home):

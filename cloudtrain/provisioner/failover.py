@@ -144,7 +144,7 @@ def walk(
             where, reason = e.placement or placement(refined), f"not offered: {e.message}"
         except NoCapacity as e:
             where, reason = e.placement or placement(refined), e.message
-        tried.append(f"{where} ({reason})")
+        tried.append(f"{where}: {reason}")
         following = todo[i + 1] if i + 1 < len(todo) else None
         say(f"{where}: {reason}; " + (f"trying {placement(following)}" if following else "no placement left to try"))
     left = len(choices) - len(todo)
@@ -155,4 +155,4 @@ def walk(
     else:
         hint = "try again later, or another --gpu (or --spot)"
     size = choices[0].offer.instance_type if choices else "this cluster"
-    raise NoCapacity(f"no placement could take {size}; tried {', '.join(tried) or 'none'}", hint)
+    raise NoCapacity(f"no placement could take {size}; tried {'; '.join(tried) or 'none'}", hint)

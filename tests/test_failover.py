@@ -60,6 +60,8 @@ CAPACITY = [
     ("gcp", "ZONE_RESOURCE_POOL_EXHAUSTED",
      "The zone 'projects/fuzzbench/zones/us-central1-a' does not have enough resources available to fulfill the request.  "
      "'(resource type:compute)'."),
+    # cloud.google.com/compute/docs/troubleshooting/troubleshooting-bulk-vm-creation ("Insufficient capacity")
+    ("gcp", "insufficientCapacity", 'HTTP 503 "reason": "insufficientCapacity"'),
     # openshift/release#5182
     ("azure", "ZonalAllocationFailed",
      'Error: Code="ZonalAllocationFailed" Message="Allocation failed. We do not have sufficient capacity for the requested VM '
@@ -102,6 +104,8 @@ QUOTA = [
     # fastai/course-v3#165
     ("gcp", "GPUS_ALL_REGIONS", "console.cloud.google.com/iam-admin/quotas",
      "Could not fetch resource:\n - Quota 'GPUS_ALL_REGIONS' exceeded. Limit: 0.0 globally."),
+    # The code alone, as the same GCP page gives it ("Quota exceeded"): the line says so plainly
+    ("gcp", "a Compute Engine quota", "console.cloud.google.com/iam-admin/quotas", 'HTTP 403 "reason": "quotaExceeded"'),
     # skypilot-org/skypilot#464
     ("azure", "Standard NCASv3_T4 Family Cores", "aka.ms/ProdportalCRP",
      "Exception Details:      (QuotaExceeded) Operation could not be completed as it results in exceeding approved Standard "

@@ -39,6 +39,7 @@ GCP = Signals(
         Signal("ZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS", r"\bZONE_RESOURCE_POOL_EXHAUSTED_WITH_DETAILS\b"),
         Signal("ZONE_RESOURCE_POOL_EXHAUSTED", r"\bZONE_RESOURCE_POOL_EXHAUSTED\b"),
         Signal("ZONE_RESOURCE_POOL_EXHAUSTED", r"does not have enough resources available to fulfill the request"),
+        # The API's HTTP 503 reason (Compute Engine's bulk-creation troubleshooting page).
         Signal("insufficientCapacity", r"\binsufficientCapacity\b"),
     ),
     quota=(

@@ -47,6 +47,9 @@ def install_pulumi() -> None:
 
     Example: cloudtrain install-pulumi
     """
+    from cloudtrain.provisioner import require_cloud_extra
+
+    require_cloud_extra("`cloudtrain install-pulumi`", ("pulumi",))  # the installer is the SDK's
     from cloudtrain.provisioner.preflight.pulumi_cli import install
 
     where = install()

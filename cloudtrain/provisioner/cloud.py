@@ -1,24 +1,26 @@
-"""The cloud provisioners: catalog check -> pre-flight -> Pulumi stack -> Cluster.
+"""The cloud provisioners: catalog -> (pre-flight -> Pulumi stack) per placement -> Cluster.
 
-One base class holds the flow; each cloud adds only its pre-flight. The Pulumi program, the
-stack wrapper and the catalog are shared, and which component runs is the stack's
+One base class holds the flow; each cloud adds only data: its name (which names its pre-flight
+module, preflight/<name>.py) and its error codes (cloud_errors.py) for failover. The Pulumi
+program, the stack wrapper and the catalog are shared, and which component runs is the stack's
 `cloudtrain:provider` config, looked up by program.py.
 """
 
 from __future__ import annotations
 
+import importlib
 import sys
 import tempfile
 from dataclasses import replace
 from pathlib import Path
-from typing import Callable, ClassVar
+from typing import Any, Callable, ClassVar
 
 import pulumi.automation as auto
 
-from cloudtrain import catalog, keys
+from cloudtrain import catalog, interrupts, keys
 from cloudtrain.catalog import Choice
 from cloudtrain.machine import Cluster, Node
-from cloudtrain.provisioner import hostkeys, program
+from cloudtrain.provisioner import cloud_errors, failover, hostkeys, program
 from cloudtrain.provisioner.base import Provisioner
 from cloudtrain.provisioner.contract import NODES, HostKey
 from cloudtrain.provisioner.myip import public_cidr
@@ -33,13 +35,33 @@ def _to_stderr(line: str) -> None:
     sys.stderr.flush()
 
 
+def _say(text: str) -> None:
+    interrupts.write(f"cloudtrain: {text}", sys.stderr)
+
+
+# (cluster name, provider folder, inline program, Pulumi CLI, progress sink) -> the cluster's stack
+StackFactory = Callable[[str, Path, Callable[[], None], Any, Callable[[str], None] | None], failover.Stack]
+
+
+def _cluster_stack(name: str, provider_dir: Path, prog: Callable[[], None], command: Any, on_output: Callable[[str], None] | None) -> failover.Stack:
+    return ClusterStack.of_cluster(name, provider_dir, program=prog, command=command, on_output=on_output)
+
+
 class CloudProvisioner(Provisioner):
     needs_gpu: ClassVar[bool] = True
     bills: ClassVar[bool] = True
     supports_preview: ClassVar[bool] = True
+    signals: ClassVar[failover.Signals]  # how this cloud says "no capacity here" / "over quota"
 
-    def __init__(self, on_output: Callable[[str], None] | None = _to_stderr) -> None:
+    def __init__(
+        self,
+        on_output: Callable[[str], None] | None = _to_stderr,
+        say: Callable[[str], None] = _say,
+        stack_factory: StackFactory = _cluster_stack,
+    ) -> None:
         self.on_output = on_output  # Pulumi's progress lines; `up` takes minutes
+        self.say = say  # failover's lines: which placement failed, why, what comes next
+        self.stack_factory = stack_factory  # tests inject a double shaped like ClusterStack
 
     # --- pure: catalog only -----------------------------------------------------------
 
@@ -74,8 +96,11 @@ class CloudProvisioner(Provisioner):
     # --- pre-flight: per cloud ----------------------------------------------------------
 
     def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
-        """Cloud checks before any resource; returns the (possibly refined) choice and extra stack config."""
-        raise NotImplementedError
+        """Cloud checks at one placement before any resource there: the (possibly refined)
+        choice and extra stack config. Raises NotOffered (failover moves on), QuotaExceeded or
+        PreflightError (stop). The module is imported here so one cloud never loads another's SDK."""
+        module = importlib.import_module(f"cloudtrain.provisioner.preflight.{self.name}")
+        return module.check(spec, choice)
 
     # --- the flow -----------------------------------------------------------------------
 
@@ -99,21 +124,28 @@ class CloudProvisioner(Provisioner):
             return stack.preview(config)
 
     def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
-        spec, choice, extra, command = self._prepare(spec)
-        record.spec = spec
+        """Walk the catalog's placements (failover.py): pre-flight, then `pulumi up`, at each
+        until one has capacity; every failed attempt is destroyed before the next starts."""
+        choices = catalog.candidates(spec)  # bad input first: exit 2, no tool or network needed
+        command = pulumi_cli.require()
         host_keys = hostkeys.load_or_create(cdir.provider_dir / "host-keys", program.node_names(spec))
-        config = program.stack_config(spec, choice, cdir.client_public_key()) | extra
-        stack = ClusterStack.of_cluster(
-            cdir.name,
-            cdir.provider_dir,
-            program=lambda: program.run(host_keys),
-            command=command,
-            on_output=self.on_output,
+        stack = self.stack_factory(cdir.name, cdir.provider_dir, lambda: program.run(host_keys), command, self.on_output)
+        cidr: list[str] = [spec.ssh_cidr] if spec.ssh_cidr else []
+
+        def up(choice: Choice, extra: dict[str, str]) -> dict[str, Any]:
+            if not cidr:  # asked once, and only once a placement passed its pre-flight
+                cidr.append(public_cidr())
+            record.spec = replace(spec, ssh_cidr=cidr[0], region=choice.region, zone=choice.zone)
+            config = program.stack_config(record.spec, choice, cdir.client_public_key()) | extra
+            # Remember the stack before creating anything, so a crash mid-up never forgets a VM.
+            record.provider_state = stack.state()
+            cdir.save(record)
+            return stack.up(config)
+
+        pinned = "--zone" if spec.zone else "--region" if spec.region else None
+        choice, outputs = failover.walk(
+            choices, lambda c: self.preflight(spec, c), up, stack.destroy, self.signals, self.say, pinned=pinned
         )
-        # Remember the stack before creating anything, so a crash mid-up never forgets a VM.
-        record.provider_state = stack.state()
-        cdir.save(record)
-        outputs = stack.up(config)
         nodes = tuple(Node.from_output(entry) for entry in outputs[NODES])
         return Cluster(name=cdir.name, nodes=nodes, identity_file=cdir.identity_file)
 
@@ -135,26 +167,14 @@ class CloudProvisioner(Provisioner):
 
 class AwsProvisioner(CloudProvisioner):
     name: ClassVar[str] = "aws"
-
-    def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
-        from cloudtrain.provisioner.preflight import aws
-
-        return aws.check(spec, choice)
+    signals: ClassVar[failover.Signals] = cloud_errors.AWS
 
 
 class GcpProvisioner(CloudProvisioner):
     name: ClassVar[str] = "gcp"
-
-    def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
-        from cloudtrain.provisioner.preflight import gcp
-
-        return gcp.check(spec, choice)
+    signals: ClassVar[failover.Signals] = cloud_errors.GCP
 
 
 class AzureProvisioner(CloudProvisioner):
     name: ClassVar[str] = "azure"
-
-    def preflight(self, spec: ClusterSpec, choice: Choice) -> tuple[Choice, dict[str, str]]:
-        from cloudtrain.provisioner.preflight import azure
-
-        return azure.check(spec, choice)
+    signals: ClassVar[failover.Signals] = cloud_errors.AZURE

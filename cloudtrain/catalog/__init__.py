@@ -14,7 +14,7 @@ from cloudtrain.catalog.data import Image, Offer, images, offers
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import ClusterSpec, check_cidr
 
-__all__ = ["GPUS", "MAX_NODES", "Choice", "Image", "Offer", "candidates", "choose", "for_provider", "image_for", "lookup", "providers"]
+__all__ = ["GPUS", "MAX_NODES", "Choice", "Image", "Offer", "candidates", "choose", "for_provider", "image_for", "lookup", "providers", "region_of"]
 
 # Normalized names, smallest first; the order `cloudtrain gpus` prints.
 GPUS = ("t4", "l4", "a10g", "a10", "l40s", "v100", "a100", "a100-80gb", "h100", "h200", "b200")
@@ -149,6 +149,11 @@ _SCHEMES: dict[str, _Regions | _Zones] = {
     "gcp": _Zones("dash"),
     "azure": _Regions(),
 }
+
+
+def region_of(provider: str, location: str) -> str:
+    """The region of a catalog location: itself (Azure), or the zone's region (AWS, GCP)."""
+    return _SCHEMES[provider].region_of(location)
 
 
 def _restrict(offer: Offer, spec: ClusterSpec) -> None:

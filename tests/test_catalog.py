@@ -115,14 +115,16 @@ def test_region_and_zone_are_resolved_per_cloud():
 @pytest.mark.parametrize(
     "kw, words",
     [
-        (dict(provider="aws", region="mx-central-1"), ["not offered in mx-central-1", "us-east-1", "ap-south-1"]),
-        (dict(provider="aws", zone="mx-central-1a"), ["not offered in zone mx-central-1a", "us-east-1a"]),
+        (dict(provider="aws", region="il-central-1"), ["not offered in il-central-1", "us-east-1", "ap-south-1"]),
+        (dict(provider="aws", zone="il-central-1a"), ["not offered in zone il-central-1a", "us-east-1a"]),
+        (dict(provider="aws", region="US-EAST"), ["invalid --region", "us-east-1"]),
         (dict(provider="aws", zone="us-east-1"), ["invalid --zone"]),
         (dict(provider="aws", region="us-east-2", zone="us-west-2a"), ["not in --region us-east-2"]),
         (dict(provider="gcp", zone="us-central1-z"), ["not offered in zone us-central1-z", "us-central1-a"]),
-        (dict(provider="gcp", region="africa-south1"), ["not offered in africa-south1", "europe-west1", "us-central1"]),
+        (dict(provider="gcp", region="us-east5"), ["not offered in us-east5", "europe-west1", "us-central1"]),
+        (dict(provider="gcp", region="africa-south1"), ["no zones of africa-south1", "--zone africa-south1-a"]),
         (dict(provider="azure", zone="1"), ["takes no --zone"]),
-        (dict(provider="azure", region="uksouth"), ["eastus2", "northcentralus"]),
+        (dict(provider="azure", gpu="h100", region="westus2"), ["not offered in westus2", "eastus2", "westus3"]),
         (dict(provider="gcp", disk_gb=20), ["smaller than", "50"]),
         (dict(provider="aws", nodes=40), ["limit of 16"]),
         (dict(provider="azure", gpu="a100:2"), ["a100:8"]),
@@ -309,6 +311,20 @@ def test_aws_candidates_walk_the_zones_then_regions_by_price():
         return regions
 
     assert order(False) != order(True)  # spot prices rank regions differently
+
+
+@pytest.mark.parametrize(
+    "provider, kw, where",
+    [
+        ("aws", dict(region="mx-central-1"), ("mx-central-1", None)),  # newer than moto's data
+        ("azure", dict(region="westeurope"), ("westeurope", None)),  # the Azure source is US-only
+        ("gcp", dict(zone="africa-south1-a"), ("africa-south1", "africa-south1-a")),
+    ],
+)
+def test_a_region_the_sources_do_not_cover_is_left_to_pre_flight(provider, kw, where):
+    c = catalog.choose(spec(provider, **kw))
+    assert (c.region, c.zone) == where
+    assert catalog.candidates(spec(provider, **kw)) == [c]
 
 
 def test_an_aws_zone_of_an_offered_region_is_left_to_pre_flight():

@@ -307,7 +307,7 @@ def test_inline_program_reads_back_what_create_wrote(offline_cloud):
 
 def test_bad_input_is_refused_before_any_tool_or_network(home, engine, monkeypatch):
     monkeypatch.setattr(pulumi_cli, "require", lambda: pytest.fail("CLI looked up before the catalog check"))
-    spec, cdir, record = new_cluster("c3", "aws", region="mx-central-1")
+    spec, cdir, record = new_cluster("c3", "aws", region="il-central-1")
     with pytest.raises(BadInput) as e:
         provisioner.get("aws").create(spec, cdir, record)
     assert e.value.exit_code == 2 and "us-east-1" in e.value.line()

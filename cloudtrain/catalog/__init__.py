@@ -7,10 +7,10 @@ with no credentials, no network and no Pulumi CLI.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from cloudtrain.catalog.data import Image, Offer, images, offers
+from cloudtrain.catalog.places import SCHEMES, Zones, region_of, where
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import ClusterSpec, check_cidr
 
@@ -83,79 +83,6 @@ def image_for(provider: str, image: str, gpu: str | None = None) -> Image:
     raise BadInput(f"no {image!r} image for {provider}", "pass --image dl or --image ubuntu")
 
 
-_ZONE_FORM = re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)([a-z])$")
-
-
-def _where(offer: Offer) -> str:
-    return f"{offer.provider} {offer.instance_type}" + (f" + {offer.accelerator}" if offer.accelerator else "")
-
-
-class _Regions:
-    """Locations are regions (Azure): no zones."""
-
-    def region_of(self, location: str) -> str:
-        return location
-
-    def place(self, offer: Offer, region: str | None, zone: str | None) -> tuple[str, str | None]:
-        if zone is not None:
-            raise BadInput(f"{offer.provider} takes no --zone", "pass --region only")
-        if region is None:
-            return offer.locations[0], None
-        if region not in offer.locations:
-            raise BadInput(f"{_where(offer)} is not offered in {region}", f"choose --region from {', '.join(offer.locations)}")
-        return region, None
-
-
-class _Zones:
-    """Locations are zones; a region is a zone without its last part (GCP `us-east4-a`) or
-    letter (AWS `us-east-1a`). Without --zone the region's first listed zone is chosen."""
-
-    def __init__(self, split: str, names_are_per_account: bool = False) -> None:
-        self.split = split
-        # AWS maps zone names to physical zones per account: the sources' zone list is one
-        # account's, so a zone of an offered region is left to pre-flight's live answer.
-        self.names_are_per_account = names_are_per_account
-
-    def region_of(self, location: str) -> str:
-        if self.split == "letter":
-            m = _ZONE_FORM.match(location)
-            return m.group(1) if m else location
-        return location.rsplit("-", 1)[0]
-
-    def place(self, offer: Offer, region: str | None, zone: str | None) -> tuple[str, str | None]:
-        regions = list(dict.fromkeys(self.region_of(z) for z in offer.locations))
-        if zone is not None:
-            if self.split == "letter" and not _ZONE_FORM.match(zone):
-                raise BadInput(f"invalid --zone {zone!r}", "write an availability zone such as us-east-1a")
-            zr = self.region_of(zone)
-            if region is not None and zr != region:
-                raise BadInput(f"--zone {zone} is not in --region {region}", "pass a zone of that region, or --zone only")
-            if zone not in offer.locations and not (self.names_are_per_account and zr in regions):
-                where = [z for z in offer.locations if self.region_of(z) == zr] or offer.locations
-                raise BadInput(f"{_where(offer)} is not offered in zone {zone}", f"choose --zone from {', '.join(where)}")
-            return zr, zone
-        if region is None:
-            first = offer.locations[0]
-            return self.region_of(first), first
-        in_region = [z for z in offer.locations if self.region_of(z) == region]
-        if not in_region:
-            raise BadInput(f"{_where(offer)} is not offered in {region}", f"choose --region from {', '.join(sorted(regions))}")
-        return region, in_region[0]
-
-
-# How each cloud names locations: data, looked up by name, never branched on.
-_SCHEMES: dict[str, _Regions | _Zones] = {
-    "aws": _Zones("letter", names_are_per_account=True),
-    "gcp": _Zones("dash"),
-    "azure": _Regions(),
-}
-
-
-def region_of(provider: str, location: str) -> str:
-    """The region of a catalog location: itself (Azure), or the zone's region (AWS, GCP)."""
-    return _SCHEMES[provider].region_of(location)
-
-
 def _restrict(offer: Offer, spec: ClusterSpec) -> None:
     """Apply the row's restriction (overrides.csv says why): spot only, or refused outright."""
     kind, why = offer.restriction_kind, offer.restriction_reason
@@ -165,10 +92,10 @@ def _restrict(offer: Offer, spec: ClusterSpec) -> None:
     elsewhere = ", ".join(f"{o.gpu}:{o.count}" for o in others)
     if kind == "spot-only" and not spec.spot:
         hint = "pass --spot" + (f", or --gpu {elsewhere} on demand" if elsewhere else "")
-        raise BadInput(f"{_where(offer)} ({offer.gpu}:{offer.count}) is sold as spot only: {why}", hint)
+        raise BadInput(f"{where(offer)} ({offer.gpu}:{offer.count}) is sold as spot only: {why}", hint)
     if kind == "refuse":
         hint = f"choose another --gpu ({elsewhere})" if elsewhere else "choose another --gpu or --provider"
-        raise BadInput(f"{_where(offer)} ({offer.gpu}:{offer.count}) is not supported: {why}", hint)
+        raise BadInput(f"{where(offer)} ({offer.gpu}:{offer.count}) is not supported: {why}", hint)
 
 
 def choose(spec: ClusterSpec) -> Choice:
@@ -187,7 +114,7 @@ def choose(spec: ClusterSpec) -> Choice:
             f"--disk-gb {spec.disk_gb} is smaller than the {spec.provider} '{spec.image}' image ({image.min_disk_gb} GB)",
             f"pass --disk-gb {image.min_disk_gb} or more",
         )
-    region, zone = _SCHEMES[spec.provider].place(offer, spec.region, spec.zone)
+    region, zone = SCHEMES[spec.provider].place(offer, spec.region, spec.zone)
     return Choice(offer=offer, image=image, region=region, zone=zone)
 
 
@@ -202,7 +129,7 @@ def candidates(spec: ClusterSpec) -> list[Choice]:
     first = choose(spec)
     if spec.zone is not None:
         return [first]
-    offer, scheme = first.offer, _SCHEMES[spec.provider]
+    offer, scheme = first.offer, SCHEMES[spec.provider]
     by_region: dict[str, list[str]] = {}
     for loc in offer.locations:
         by_region.setdefault(scheme.region_of(loc), []).append(loc)
@@ -214,7 +141,7 @@ def candidates(spec: ClusterSpec) -> list[Choice]:
 
     out = [first]
     for region in [first.region, *sorted(others, key=cost)]:
-        zones = by_region[region] if isinstance(scheme, _Zones) else [None]
+        zones = by_region.get(region, [first.zone]) if isinstance(scheme, Zones) else [None]
         for zone in zones:
             if (region, zone) != (first.region, first.zone):
                 out.append(Choice(offer=offer, image=first.image, region=region, zone=zone))

@@ -235,9 +235,19 @@ GPUS_FIELDS = [
 ]  # fmt: skip
 
 
+def coverage() -> list[tuple[str, str]]:
+    """(cloud, region) for every region the sources know: elsewhere the catalog cannot say.
+    An `add` override speaks only for its own machine, so it widens no coverage."""
+    out = {("aws", r["region"]) for r in _csv(SRC / "aws-moto-regions.csv")}
+    out |= {("gcp", r["Region"]) for r in _csv(SRC / "skypilot-gcp.csv")}
+    out |= {("azure", r["Region"]) for r in _csv(SRC / "skypilot-azure.csv")}
+    return sorted(out, key=lambda x: (CLOUDS.index(x[0]), x[1]))
+
+
 def build() -> dict[str, str]:
     """The generated files' text, by name."""
-    rows = pick(apply(aws() + gcp() + azure(), _csv(HERE / "overrides.csv")))
+    overrides = _csv(HERE / "overrides.csv")
+    rows = pick(apply(aws() + gcp() + azure(), overrides))
     gpus, prices = io.StringIO(), io.StringIO()
     g = csv.DictWriter(gpus, GPUS_FIELDS, lineterminator="\n")
     p = csv.writer(prices, lineterminator="\n")
@@ -250,7 +260,8 @@ def build() -> dict[str, str]:
         g.writerow({k: _fmt(v) for k, v in {**row, "locations": ";".join(locs), "price_hour": od, "spot_hour": spot}.items()})
         for region, (rod, rspot) in sorted(m.prices.items()):
             p.writerow([m.provider, m.instance_type, region, _fmt(rod), _fmt(rspot)])
-    return {"gpus.csv": gpus.getvalue(), "prices.csv": prices.getvalue()}
+    regions = "provider,region\n" + "".join(f"{c},{r}\n" for c, r in coverage())
+    return {"gpus.csv": gpus.getvalue(), "prices.csv": prices.getvalue(), "coverage.csv": regions}
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -71,7 +71,10 @@ def write_moto() -> None:
         w = csv.writer(f, lineterminator="\n")
         w.writerow(["instance_type", "zone"])
         w.writerows(moto_zones(root, {str(t["instance_type"]) for t in types}))
-    print(f"moto {moto.__version__}: {len(types)} types")
+    # The regions moto's offerings cover: a region outside them is unknown, not "not offered".
+    regions = sorted(f.name.removesuffix(".json.gz") for f in (root / "instance_type_offerings" / "region").glob("*.json.gz"))
+    (SOURCES / "aws-moto-regions.csv").write_text("region\n" + "".join(f"{r}\n" for r in regions))
+    print(f"moto {moto.__version__}: {len(types)} types, {len(regions)} regions")
 
 
 def _keep_lines(src: Path, dst: Path, keep) -> int:

@@ -361,6 +361,8 @@ def test_gpus_json_keeps_source_date_and_restriction(capsys):
     rows = {r["count"]: r for r in json.loads(out)}
     assert rows[1]["restriction"].startswith("spot-only") and rows[8]["restriction"] is None
     assert "overrides.csv" in rows[1]["source"] and rows[1]["date"] and rows[1]["prices"]
+    (why,) = rows[1]["overrides"]
+    assert why["kind"] == "restrict" and "gpuhunt/pull/176" in why["source"] and why["date"]
 
 
 @pytest.mark.parametrize("args, words", [(["--sort", "cost"], "price"), (["--gpu", "k80"], "unknown GPU"), (["--provider", "gcp", "--gpu", "l40s"], "no catalog row")])

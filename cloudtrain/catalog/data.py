@@ -71,6 +71,12 @@ class Offer:
             "note": self.note,
             "restriction": self.restriction or None,
             "prices": [{"region": r, "price_hour": od, "spot_hour": sp} for r, od, sp in self.prices],
+            # What overrides.csv changed on this row, each with its own source and date.
+            "overrides": [
+                {k: o[k] for k in ("kind", "region", "value", "source", "date")}
+                for o in _rows("overrides.csv")
+                if (o["provider"], o["instance_type"]) == (self.provider, self.instance_type)
+            ],
         }
 
 

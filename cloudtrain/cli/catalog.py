@@ -48,11 +48,12 @@ def gpus(
     if as_json:
         print(json.dumps([o.to_dict() for o in rows], indent=2))
         return
-    header = ("CLOUD", "GPU", "MACHINE", "vCPU", "RAM", "GPU MEM", "spot $/h" if spot else "$/h", "WHERE (first is default)", "NOTE")
+    header = ("CLOUD", "GPU", "MACHINE", "vCPU", "RAM", "GPU MEM", "spot $/h" if spot else "$/h", "REGIONS (first is default)", "NOTE")
     lines = [header]
     for o in rows:
         machine = f"{o.instance_type} + {o.accelerator}" if o.accelerator else o.instance_type
-        where = ", ".join(o.locations[:3]) + (f" +{len(o.locations) - 3}" if len(o.locations) > 3 else "")
+        regions = list(dict.fromkeys(catalog.region_of(o.provider, loc) for loc in o.locations))
+        where = ", ".join(regions[:3]) + (f" +{len(regions) - 3}" if len(regions) > 3 else "")
         figure = _price(price(o)) + ("" if o.verified == "yes" or price(o) is None else "*")
         lines.append((o.provider, f"{o.gpu}:{o.count}", machine, str(o.vcpus), f"{o.ram_gb:g}G", f"{o.gpu_mem_gb}G", figure, where, o.restriction_kind))
     widths = [max(len(row[i]) for row in lines) for i in range(len(header))]

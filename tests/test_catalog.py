@@ -380,3 +380,18 @@ def test_gpus_imports_nothing_of_the_cloud_extra():
         "print('HEAVY', heavy, file=sys.stderr)"
     proc = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=60)
     assert "HEAVY []" in proc.stderr, proc.stderr[-500:]
+
+
+def test_the_aws_extract_is_moto_s_own_data(tmp_path, monkeypatch):
+    """The committed AWS extract is what the extractor reads from the installed moto (AWS's
+    DescribeInstanceTypes/Offerings answers), not typed; a newer moto means: re-extract."""
+    moto = pytest.importorskip("moto")
+    if moto.__version__ != "5.2.5":
+        pytest.skip(f"the extract is from moto 5.2.5, this is {moto.__version__}: rerun the extractor")
+    from cloudtrain.catalog import extract
+
+    committed = extract.SOURCES
+    monkeypatch.setattr(extract, "SOURCES", tmp_path)
+    extract.write_moto()
+    for name in ("aws-moto-types.csv", "aws-moto-zones.csv", "aws-moto-regions.csv"):
+        assert (tmp_path / name).read_text() == (committed / name).read_text(), name

@@ -349,6 +349,7 @@ def test_gpus_gpu_filter_and_price_sort(capsys):
 def test_gpus_spot_shows_spot_prices(capsys):
     _, out, _ = run_cli(capsys, "gpus", "--provider", "aws", "--gpu", "t4:1", "--spot")
     row = next(line for line in out.splitlines() if "g4dn.xlarge" in line)
+    assert "g4dn.12xlarge" not in out  # a count filters too
     offer = catalog.lookup("aws", "t4")
     assert "spot $/h" in out and f"${offer.spot_hour:.3f}" in row and f"${offer.price_hour:.3f}" not in row
     _, out, _ = run_cli(capsys, "gpus", "--provider", "aws", "--gpu", "t4", "--sort", "price", "--spot")
@@ -365,7 +366,7 @@ def test_gpus_json_keeps_source_date_and_restriction(capsys):
     assert why["kind"] == "restrict" and "gpuhunt/pull/176" in why["source"] and why["date"]
 
 
-@pytest.mark.parametrize("args, words", [(["--sort", "cost"], "price"), (["--gpu", "k80"], "unknown GPU"), (["--provider", "gcp", "--gpu", "l40s"], "no catalog row")])
+@pytest.mark.parametrize("args, words", [(["--sort", "cost"], "price"), (["--gpu", "k80"], "unknown GPU"), (["--provider", "gcp", "--gpu", "l40s"], "no catalog row"), (["--gpu", "t4:x"], "invalid --gpu")])
 def test_gpus_bad_flags_are_one_line_exit_2(capsys, args, words):
     code, out, err = run_cli(capsys, "gpus", *args)
     assert code == 2 and out == "" and err.count("\n") == 1 and words in err

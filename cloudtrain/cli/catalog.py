@@ -22,7 +22,7 @@ _SORTS = ("catalog", "price")
 @app.command()
 def gpus(
     provider: Optional[str] = typer.Option(None, "--provider", "-p", help="Only this cloud: aws, gcp or azure."),
-    gpu: Optional[str] = typer.Option(None, "--gpu", help="Only this GPU, e.g. h100 (any count)."),
+    gpu: Optional[str] = typer.Option(None, "--gpu", help="Only this GPU: h100 (any count) or h100:8."),
     sort: str = typer.Option("catalog", "--sort", help="Row order: catalog (cloud, GPU, count) or price (cheapest first)."),
     spot: bool = typer.Option(False, "--spot", help="Show spot prices instead of on-demand."),
     as_json: bool = typer.Option(False, "--json", help="Print the rows as JSON, with source, date and per-region prices."),
@@ -35,10 +35,14 @@ def gpus(
         raise BadInput(f"unknown --sort {sort!r}", f"choose one of {', '.join(_SORTS)}")
     rows = catalog.for_provider(provider)
     if gpu is not None:
-        name = catalog.normalize(gpu.split(":")[0])
-        rows = [o for o in rows if o.gpu == name]
+        name, _, count = gpu.partition(":")
+        name = catalog.normalize(name)
+        if count and not count.isdigit():
+            raise BadInput(f"invalid --gpu {gpu!r}", "write NAME or NAME:COUNT, e.g. h100:8")
+        rows = [o for o in rows if o.gpu == name and (not count or o.count == int(count))]
         if not rows:
-            raise BadInput(f"no catalog row for GPU {name!r}" + (f" on {provider}" if provider else ""), "run `cloudtrain gpus` to see every row")
+            asked = f"{name}:{count}" if count else name
+            raise BadInput(f"no catalog row for GPU {asked}" + (f" on {provider}" if provider else ""), "run `cloudtrain gpus` to see every row")
 
     def price(o: catalog.Offer) -> float | None:
         return o.spot_hour if spot else o.price_hour

@@ -24,7 +24,7 @@ from cloudtrain.catalog import region_of, select
 
 HERE = Path(__file__).parent
 SRC = HERE / "sources"
-MOTO = "moto 5.2.5 DescribeInstanceTypes + DescribeInstanceTypeOfferings"
+MOTO = "moto 5.2.5 (2026-10-27) DescribeInstanceTypes + DescribeInstanceTypeOfferings"
 SKY = {
     "aws": "skypilot-catalog v7/aws/vms.csv @27f67dd4",
     "gcp": "skypilot-catalog v7/gcp/vms.csv @6f65ab58",

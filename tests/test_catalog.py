@@ -261,6 +261,7 @@ def test_aws_rows_the_review_names():
     # The mid-2025 price cut (overrides.csv), not the stale snapshot.
     assert catalog.lookup("aws", "a100", 8).price_in("us-east-1") == 21.96
     assert catalog.lookup("aws", "h100", 8).price_in("us-east-1") == 55.04
+    assert catalog.choose(spec("aws", "h100:8", region="us-east-2")).hourly == catalog.lookup("aws", "h100", 8).price_in("us-east-2")
     assert {"h200", "b200"} <= {o.gpu for o in catalog.for_provider("aws")}
 
 
@@ -325,6 +326,7 @@ def test_a_region_the_sources_do_not_cover_is_left_to_pre_flight(provider, kw, w
     c = catalog.choose(spec(provider, **kw))
     assert (c.region, c.zone) == where
     assert catalog.candidates(spec(provider, **kw)) == [c]
+    assert c.hourly is None  # no price there in the sources, and no guess
 
 
 def test_an_aws_zone_of_an_offered_region_is_left_to_pre_flight():

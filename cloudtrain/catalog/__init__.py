@@ -30,13 +30,14 @@ class Choice:
     offer: Offer
     image: Image
     region: str
-    zone: str | None  # AWS and GCP: always (the first offering zone unless --zone); Azure: never
+    # AWS and GCP: the region's first offering zone unless --zone (None in an AWS region the
+    # sources do not cover: pre-flight picks one live); Azure: never.
+    zone: str | None
 
     @property
     def hourly(self) -> float | None:
-        """On-demand $/h per node in this region (the default region's when the sources lack it)."""
-        price = self.offer.price_in(self.region)
-        return price if price is not None else self.offer.price_hour
+        """On-demand $/h per node in this region; None where the sources give no price."""
+        return self.offer.price_in(self.region)
 
 
 def providers() -> tuple[str, ...]:

@@ -36,7 +36,7 @@ SECRET_SIG = "4dabf18193072939515e22adb298388d"  # Pulumi's marker for a secret 
 # GPU per cloud for "t4, a100 (or a100-80gb), h100": the smallest size each cloud sells.
 GPUS = {
     "aws": ("t4:1", "a100:8", "h100:8"),
-    "gcp": ("t4:1", "a100:1", "h100:1"),
+    "gcp": ("t4:1", "a100:1", "h100:8"),  # A3 High with fewer than 8 GPUs is spot only
     "azure": ("t4:1", "a100-80gb:1", "h100:1"),
 }
 SCENARIOS = [

@@ -7,18 +7,18 @@ with no credentials, no network and no Pulumi CLI.
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 from cloudtrain.catalog.data import Image, Offer, images, offers
+from cloudtrain.catalog.places import SCHEMES, Zones, region_of, where
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import ClusterSpec, check_cidr
 
-__all__ = ["GPUS", "MAX_NODES", "Choice", "Image", "Offer", "candidates", "choose", "for_provider", "image_for", "lookup", "providers"]
+__all__ = ["GPUS", "MAX_NODES", "Choice", "Image", "Offer", "candidates", "choose", "for_provider", "image_for", "lookup", "providers", "region_of"]
 
 # Normalized names, smallest first; the order `cloudtrain gpus` prints.
-GPUS = ("t4", "l4", "a10g", "a10", "v100", "a100", "a100-80gb", "h100", "l40s")
-_ALIASES = {"a100-40gb": "a100", "a100_80gb": "a100-80gb", "a100-80g": "a100-80gb", "h100-80gb": "h100"}
+GPUS = ("t4", "l4", "a10g", "a10", "l40s", "v100", "a100", "a100-80gb", "h100", "h200", "b200")
+_ALIASES = {"a100-40gb": "a100", "a100_80gb": "a100-80gb", "a100-80g": "a100-80gb", "h100-80gb": "h100", "h200-141gb": "h200"}
 # A guard against typos such as --nodes 100; large clusters need quota planning anyway.
 MAX_NODES = 16
 
@@ -30,11 +30,14 @@ class Choice:
     offer: Offer
     image: Image
     region: str
-    zone: str | None  # AWS: an availability zone when asked; GCP: always; Azure: never
+    # AWS and GCP: the region's first offering zone unless --zone (None in an AWS region the
+    # sources do not cover: pre-flight picks one live); Azure: never.
+    zone: str | None
 
     @property
     def hourly(self) -> float | None:
-        return self.offer.price_hour
+        """On-demand $/h per node in this region; None where the sources give no price."""
+        return self.offer.price_in(self.region)
 
 
 def providers() -> tuple[str, ...]:
@@ -81,55 +84,19 @@ def image_for(provider: str, image: str, gpu: str | None = None) -> Image:
     raise BadInput(f"no {image!r} image for {provider}", "pass --image dl or --image ubuntu")
 
 
-class _Regions:
-    """Locations are regions; an AWS-style zone is its region plus one letter."""
-
-    zone_form = re.compile(r"^([a-z]{2}(?:-[a-z]+)+-\d+)([a-z])$")
-
-    def __init__(self, zones: bool) -> None:
-        self.zones = zones
-
-    def place(self, offer: Offer, region: str | None, zone: str | None) -> tuple[str, str | None]:
-        where = f"{offer.provider} {offer.instance_type}"
-        if zone is not None:
-            if not self.zones:
-                raise BadInput(f"{offer.provider} takes no --zone", "pass --region only")
-            m = self.zone_form.match(zone)
-            if not m:
-                raise BadInput(f"invalid --zone {zone!r}", "write an availability zone such as us-east-1a")
-            if region is not None and m.group(1) != region:
-                raise BadInput(f"--zone {zone} is not in --region {region}", f"pass a zone such as {region}a")
-            region = m.group(1)
-        if region is None:
-            return offer.locations[0], zone
-        if region not in offer.locations:
-            raise BadInput(f"{where} is not offered in {region}", f"choose --region from {', '.join(offer.locations)}")
-        return region, zone
-
-
-class _Zones:
-    """Locations are zones (GCP); a region is a zone without its last part."""
-
-    def place(self, offer: Offer, region: str | None, zone: str | None) -> tuple[str, str | None]:
-        where = f"{offer.provider} {offer.instance_type}" + (f" + {offer.accelerator}" if offer.accelerator else "")
-        if zone is not None:
-            if zone not in offer.locations:
-                raise BadInput(f"{where} is not offered in zone {zone}", f"choose --zone from {', '.join(offer.locations)}")
-            if region is not None and zone.rsplit("-", 1)[0] != region:
-                raise BadInput(f"--zone {zone} is not in --region {region}", "pass a zone of that region, or --zone only")
-            return zone.rsplit("-", 1)[0], zone
-        if region is None:
-            first = offer.locations[0]
-            return first.rsplit("-", 1)[0], first
-        in_region = [z for z in offer.locations if z.rsplit("-", 1)[0] == region]
-        if not in_region:
-            regions = sorted({z.rsplit("-", 1)[0] for z in offer.locations})
-            raise BadInput(f"{where} is not offered in {region}", f"choose --region from {', '.join(regions)}")
-        return region, in_region[0]
-
-
-# How each cloud names locations: data, looked up by name, never branched on.
-_SCHEMES = {"aws": _Regions(zones=True), "gcp": _Zones(), "azure": _Regions(zones=False)}
+def _restrict(offer: Offer, spec: ClusterSpec) -> None:
+    """Apply the row's restriction (overrides.csv says why): spot only, or refused outright."""
+    kind, why = offer.restriction_kind, offer.restriction_reason
+    if not kind:
+        return
+    others = [o for o in for_provider(offer.provider) if o.gpu == offer.gpu and o.restriction_kind != kind]
+    elsewhere = ", ".join(f"{o.gpu}:{o.count}" for o in others)
+    if kind == "spot-only" and not spec.spot:
+        hint = "pass --spot" + (f", or --gpu {elsewhere} on demand" if elsewhere else "")
+        raise BadInput(f"{where(offer)} ({offer.gpu}:{offer.count}) is sold as spot only: {why}", hint)
+    if kind == "refuse":
+        hint = f"choose another --gpu ({elsewhere})" if elsewhere else "choose another --gpu or --provider"
+        raise BadInput(f"{where(offer)} ({offer.gpu}:{offer.count}) is not supported: {why}", hint)
 
 
 def choose(spec: ClusterSpec) -> Choice:
@@ -141,41 +108,42 @@ def choose(spec: ClusterSpec) -> Choice:
     if spec.ssh_cidr is not None:
         check_cidr(spec.ssh_cidr)
     offer = lookup(spec.provider, spec.gpu, spec.gpu_count)
+    _restrict(offer, spec)
     image = image_for(spec.provider, spec.image, offer.gpu)
     if spec.disk_gb < image.min_disk_gb:
         raise BadInput(
             f"--disk-gb {spec.disk_gb} is smaller than the {spec.provider} '{spec.image}' image ({image.min_disk_gb} GB)",
             f"pass --disk-gb {image.min_disk_gb} or more",
         )
-    region, zone = _SCHEMES[spec.provider].place(offer, spec.region, spec.zone)
+    region, zone = SCHEMES[spec.provider].place(offer, spec.region, spec.zone)
     return Choice(offer=offer, image=image, region=region, zone=zone)
 
 
-def _region_of(provider: str, location: str) -> str:
-    # GCP lists zones (region + "-x"); AWS and Azure list regions.
-    return location.rsplit("-", 1)[0] if isinstance(_SCHEMES[provider], _Zones) else location
-
-
 def candidates(spec: ClusterSpec) -> list[Choice]:
-    """Every placement `up` may try, in order: `choose(spec)` first; then the offer's other
-    locations in the same region; then, unless --region or --zone pins it, the other regions,
-    cheapest first (spot price with --spot), ties by catalog order. A pinned zone is the only one.
+    """Every placement `up` may try, in order: `choose(spec)` first; then the other zones of
+    that region; then, unless --region or --zone pins it, the other regions, cheapest first
+    (spot price with --spot; a region without a price last), ties by catalog order. A pinned
+    zone is the only one.
 
     Pure, like `choose`: failover walks this list; pre-flight's live answer may skip entries.
     """
     first = choose(spec)
     if spec.zone is not None:
         return [first]
-    offer, scheme = first.offer, _SCHEMES[spec.provider]
+    offer, scheme = first.offer, SCHEMES[spec.provider]
     by_region: dict[str, list[str]] = {}
     for loc in offer.locations:
-        by_region.setdefault(_region_of(spec.provider, loc), []).append(loc)
-    regions = [first.region] if spec.region is not None else list(by_region)
+        by_region.setdefault(scheme.region_of(loc), []).append(loc)
+    others = [r for r in by_region if r != first.region] if spec.region is None else []
+
+    def cost(region: str) -> tuple[bool, float]:
+        price = offer.price_in(region, spot=spec.spot)
+        return (price is None, price or 0.0)
+
     out = [first]
-    for region in regions:
-        for loc in by_region.get(region, []):
-            zone = loc if isinstance(scheme, _Zones) else None
-            if (region, zone) != (first.region, first.zone) and not (zone is None and region == first.region):
+    for region in [first.region, *sorted(others, key=cost)]:
+        zones = by_region.get(region, [first.zone]) if isinstance(scheme, Zones) else [None]
+        for zone in zones:
+            if (region, zone) != (first.region, first.zone):
                 out.append(Choice(offer=offer, image=first.image, region=region, zone=zone))
-    # Regions share one price per row today; a per-region price list sorts them here.
     return out

@@ -77,11 +77,11 @@ class CloudProvisioner(Provisioner):
             f"{self.name}: {spec.nodes} x {machine} ({o.count} x {o.gpu}, {o.vcpus} vCPU, {o.ram_gb:g} GB RAM) in {where}",
             f"  image {spec.image} ({c.image.ref}), {spec.disk_gb} GB disk per node, SSH open to {spec.ssh_cidr or 'your public address /32'} only",
         ]
-        if o.price_hour is None:
+        if c.hourly is None:
             lines.append("  price: unknown for this size; see the cloud's price list")
         else:
-            total = o.price_hour * spec.nodes
-            figure = f"{spec.nodes} x ${o.price_hour:.3f}/h = ${total:.2f}/h"
+            total = c.hourly * spec.nodes
+            figure = f"{spec.nodes} x ${c.hourly:.3f}/h = ${total:.2f}/h"
             caveat = "" if o.verified == "yes" else f" ({o.verified if o.verified == 'derived' else 'unverified'} figure, {o.date})"
             if spec.spot:
                 lines.append(f"  price: spot, varies with the market; on demand it would be {figure}{caveat}")

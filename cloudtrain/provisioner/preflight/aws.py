@@ -10,6 +10,7 @@ from __future__ import annotations
 
 from dataclasses import replace
 
+from cloudtrain import catalog
 from cloudtrain.catalog import Choice, Image, Offer
 from cloudtrain.errors import MissingTool, NotOffered, PreflightError, QuotaExceeded
 from cloudtrain.spec import ClusterSpec
@@ -88,7 +89,7 @@ def offered_zone(ec2, offer: Offer, region: str, zone: str | None) -> str:
     if not offering:
         raise NotOffered(
             f"{offer.instance_type} is not offered in {region} for this account",
-            f"try another --region ({', '.join(r for r in offer.locations if r != region) or 'none listed'})",
+            f"try another --region ({', '.join(r for r in dict.fromkeys(catalog.region_of('aws', z) for z in offer.locations) if r != region) or 'none listed'})",
             placement=region,
         )
     if zone is not None and zone not in offering:

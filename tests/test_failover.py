@@ -335,15 +335,19 @@ def test_a_failure_that_is_not_capacity_is_not_retried(home):
     assert cdir.load().provider_state["stack"] == "c1", "the record still names the stack to destroy"
 
 
-def test_aws_zone_chosen_by_preflight_is_what_the_record_keeps(home):
+def test_aws_failover_tries_the_next_zone_of_the_region_first_and_the_record_keeps_it(home):
+    """The catalog lists AWS zones (from AWS's own AZ offerings), so a stock-out in one zone
+    moves to the next zone of the same region before any other region."""
     spec, cdir, record = new_cluster(home, "aws")
-    regions = places(spec)
-    stack, lines = StackDouble(fail={regions[0] + "a": CAPACITY[0][2]}), []
-    make("aws", stack, Preflight(pin_zone=True), lines).create(spec, cdir, record)
+    zones = places(spec)
+    region = catalog.region_of("aws", zones[0])
+    assert catalog.region_of("aws", zones[1]) == region, "the region's zones come first"
+    stack, lines = StackDouble(fail={zones[0]: CAPACITY[0][2]}), []
+    make("aws", stack, Preflight(), lines).create(spec, cdir, record)
 
-    assert stack.log == [("up", regions[0] + "a"), ("destroy",), ("up", regions[1] + "a")]
-    assert (record.spec.region, record.spec.zone) == (regions[1], regions[1] + "a")
-    assert lines[0].startswith(f"{regions[0]}a: no capacity (InsufficientInstanceCapacity)")
+    assert stack.log == [("up", zones[0]), ("destroy",), ("up", zones[1])]
+    assert (record.spec.region, record.spec.zone) == (region, zones[1])
+    assert lines[0].startswith(f"{zones[0]}: no capacity (InsufficientInstanceCapacity)")
 
 
 def test_a_cleanup_that_fails_stops_failover(home):

@@ -437,3 +437,20 @@ def test_cli_bad_gpu_count_python_or_pin_is_one_line_exit_2(args: tuple) -> None
     out = _cli(*args)
     assert out.returncode == 2 and out.stdout == "" and len(out.stderr.strip().splitlines()) == 1
     assert out.stderr.startswith("cloudtrain: error: ")
+
+
+def test_cuda_toolkit_flag_is_recorded_by_up_and_accepted_by_bootstrap(cli, home: Path) -> None:
+    """--cuda-toolkit travels from `up` into the cluster's spec (so every later bootstrap plans
+    the toolkit), and `bootstrap --cuda-toolkit` asks for it on a cluster made without it."""
+    up = cli("up", "--provider", "local", "--framework", "none", "--cuda-toolkit")
+    try:
+        assert up.returncode == 0, up.stderr
+        spec = json.loads((home / "clusters/local/cluster.json").read_text())["spec"]
+        assert spec["cuda_toolkit"] is True
+        # The same name without the flag is another spec: refused, nothing changed.
+        again = cli("up", "--provider", "local", "--framework", "none")
+        assert again.returncode == 2 and "cuda_toolkit: True -> False" in again.stderr
+        plan = cli("bootstrap", "--plan", "--cuda-toolkit")
+        assert plan.returncode == 0 and "cuda-toolkit: not needed: no NVIDIA GPU" in plan.stdout, plan.stdout
+    finally:
+        assert cli("down").returncode == 0

@@ -254,9 +254,9 @@ def _build(fw: FrameworkSpec, release: Release, version: str, variant: Variant, 
            reused: bool, notes: list[str]) -> Resolution:
     node, gpu = ask.node, ask.gpu
     drv = driver_plan(cuda, ask)
-    if drv.pop("supported_until"):
-        notes.append(f"driver branch R{drv['driver_branch']} ({_branch_kind(drv['driver_branch'])}) is supported until "
-                     f"{_branch_until(drv['driver_branch'])}")
+    until = drv.pop("supported_until")
+    if until:
+        notes.append(until)
     if drv["driver_source"] == "preinstalled":
         why = f"its CUDA {cuda} toolkit's launch driver" if ask.toolkit else (
             f"CUDA {versions.major(cuda)}.x wheels via NVIDIA minor version compatibility")
@@ -312,14 +312,6 @@ def _build(fw: FrameworkSpec, release: Release, version: str, variant: Variant, 
         notes=tuple(notes),
         **drv,
     )
-
-
-def _branch_kind(name: str) -> str:
-    return next(b.kind for b in tables.branches() if b.name == name)
-
-
-def _branch_until(name: str) -> str | None:
-    return next(b.supported_until for b in tables.branches() if b.name == name)
 
 
 __all__ = ["Node", "Resolution", "resolve"]

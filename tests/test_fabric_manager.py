@@ -3,7 +3,8 @@
 The sandbox (tests/gpu_sandbox.py) stands in for apt-get, dpkg-query, nvidia-smi and friends;
 this file adds stand-ins for the two commands only this step uses, apt-cache (madison: which
 versions NVIDIA's repository carries) and systemctl (enable/start/is-active), and a dpkg-query
-that also answers ${Version}; all read and write the sandbox's state file.
+that also answers ${Version}; all read and write the sandbox's state file. Last, the driver-only
+plan of a deep-learning image whose driver (550) is kept for torch's CUDA 12 wheels.
 """
 
 from __future__ import annotations
@@ -142,3 +143,23 @@ def test_one_gpu_or_a_board_without_nvswitch_plans_no_fabric_manager(tmp_path: P
     steps = gpu.gpu_steps(box.facts(), Request(FrameworkSpec("torch"), gpu="h100", cuda_toolkit=True))
     assert [s.name for s in steps if s.needed] == ["nvidia-driver", "cuda-toolkit", "cudnn"]
     assert steps[1].env["CLOUDTRAIN_CUDA_PACKAGE"] == "cuda-toolkit-13-0"
+
+
+def test_dl_image_driver_550_is_kept_for_torchs_cuda_12_wheels_and_verifies(tmp_path: Path) -> None:
+    """Item 5: a driver the image brought that meets the wheel's own floor (minor version
+    compatibility: 525.60.13 for CUDA 12.x) is kept, and torch's CUDA 12 build is planned."""
+    box = Sandbox(tmp_path, gpu={"name": "Tesla T4", "memory_mb": 15360, "cc": "7.5"}, loaded="550.90.07")
+    request = Request(FrameworkSpec("torch"), gpu="t4")
+    steps = gpu.gpu_steps(box.facts(), request) + [gpu.verify_step(box.facts(), request)]
+    assert [s.plan_line() for s in steps[:3]] == [
+        "nvidia-driver: kept: driver 550.90.07 already loaded (CUDA 12.x wheels need >= 525.60.13: NVIDIA minor version compatibility)",
+        "cuda-toolkit: not needed: the torch==2.14.1 cu126 wheels bring CUDA 12.6 and cuDNN; --cuda-toolkit installs a system toolkit",
+        "cudnn: not needed: the torch==2.14.1 cu126 wheels bring CUDA 12.6 and cuDNN; --cuda-toolkit installs a system cuDNN",
+    ]
+    install = gpu.framework_install(box.facts(), request)
+    assert install.requirements == ("torch==2.14.1",) and install.index_url == "https://download.pytorch.org/whl/cu126"
+    box.fake_torch = {"version": "2.14.1+cu126", "cuda": "12.6"}
+    ran = box.apply(steps)
+    assert [(r.step, r.returncode) for r in ran] == [("verify", 0)], ran[-1].output
+    assert box.commands("apt-get") == [] and box.load()["reboots"] == 0
+    assert gpu.parse_verify(ran[0].output)["driver"] == "550.90.07"

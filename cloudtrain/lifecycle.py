@@ -28,7 +28,7 @@ Say = Callable[[str], None]
 
 
 def request_of(spec: ClusterSpec) -> Request:
-    return Request(framework=spec.framework, cuda=spec.cuda, gpu=spec.gpu)
+    return Request(framework=spec.framework, cuda=spec.cuda, gpu=spec.gpu, gpu_count=spec.gpu_count, cuda_toolkit=spec.cuda_toolkit)
 
 
 def check(store: Store, spec: ClusterSpec) -> None:

@@ -64,6 +64,7 @@ class ClusterSpec:
     gpu: str | None = None  # catalog name, e.g. "t4"; None on the local provider
     gpu_count: int = 1
     cuda: str | None = None  # requested CUDA "X.Y", else the resolver chooses
+    cuda_toolkit: bool = False  # GPU nodes also get a system CUDA toolkit and cuDNN (default: driver only)
     region: str | None = None
     zone: str | None = None
     spot: bool = False

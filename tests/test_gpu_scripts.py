@@ -42,7 +42,7 @@ def report(output: str) -> dict:
 
 def test_bare_t4_on_22_04_installs_in_order_reboots_and_verifies(tmp_path: Path) -> None:
     box = Sandbox(tmp_path, os_version="22.04", gpu=T4, packages=KERNEL_PKGS)
-    request = Request(FrameworkSpec("torch"), gpu="t4")
+    request = Request(FrameworkSpec("torch"), gpu="t4", cuda_toolkit=True)
     steps = plan(box, request)
     assert [s.name for s in steps] == ["nvidia-driver", "cuda-toolkit", "cudnn", "verify"]
     assert steps[0].plan_line().startswith("nvidia-driver: install NVIDIA driver R580 with open kernel modules (nvidia-open-580)")
@@ -82,7 +82,7 @@ def test_bare_t4_on_22_04_installs_in_order_reboots_and_verifies(tmp_path: Path)
 
 def test_bare_t4_second_bootstrap_changes_nothing(tmp_path: Path) -> None:
     box = Sandbox(tmp_path, gpu=T4, packages=KERNEL_PKGS)
-    request = Request(FrameworkSpec("torch"), gpu="t4")
+    request = Request(FrameworkSpec("torch"), gpu="t4", cuda_toolkit=True)
     steps = plan(box, request)
     assert all(r.returncode == 0 for r in box.apply(steps))
     box.clear_calls()
@@ -91,7 +91,7 @@ def test_bare_t4_second_bootstrap_changes_nothing(tmp_path: Path) -> None:
     # Re-planned from what the probe now sees: driver, toolkit and cuDNN are kept.
     again = plan(box, request)
     assert [s.plan_line() for s in again[:3]] == [
-        "nvidia-driver: kept: driver 580.95.05 already loaded (CUDA 13.0 needs >= 580.65.06)",
+        "nvidia-driver: kept: driver 580.95.05 already loaded (the CUDA 13.0 toolkit needs >= 580.65.06)",
         "cuda-toolkit: kept: CUDA 13.0 already at /usr/local/cuda-13.0",
         "cudnn: kept: cuDNN 9.10.2 already installed",
     ]
@@ -104,7 +104,7 @@ def test_bare_t4_second_bootstrap_changes_nothing(tmp_path: Path) -> None:
 
 def test_bare_v100_on_24_04_gets_proprietary_modules_and_cuda_12(tmp_path: Path) -> None:
     box = Sandbox(tmp_path, os_version="24.04", gpu=V100, packages=KERNEL_PKGS)
-    request = Request(FrameworkSpec("torch"), gpu="v100")
+    request = Request(FrameworkSpec("torch"), gpu="v100", cuda_toolkit=True)
     steps = plan(box, request)
     assert "proprietary kernel modules (cuda-drivers-580)" in steps[0].summary
     assert steps[1].env["CLOUDTRAIN_CUDA_PACKAGE"] == "cuda-toolkit-12-6"
@@ -128,7 +128,7 @@ def test_r590_and_later_pin_the_branch_before_the_unbranched_driver(tmp_path: Pa
     nvidia-open-595): the branch CUDA 13.2 needs is chosen by installing its pinning package
     first; without it apt would take whatever branch is newest."""
     box = Sandbox(tmp_path, os_version="24.04", gpu=T4, packages=KERNEL_PKGS)
-    request = Request(FrameworkSpec("torch"), cuda="13.2", gpu="t4")
+    request = Request(FrameworkSpec("torch"), cuda="13.2", gpu="t4", cuda_toolkit=True)
     steps = plan(box, request)
     assert "R595 with open kernel modules (nvidia-driver-pinning-595 then nvidia-open)" in steps[0].summary
     install = gpu.framework_install(box.facts(), request)
@@ -227,10 +227,10 @@ def test_gives_up_on_a_lock_that_stays_held(tmp_path: Path) -> None:
 
 def test_dl_image_with_driver_580_and_cuda_12_9_keeps_them(tmp_path: Path) -> None:
     box = Sandbox(tmp_path, gpu=T4, loaded="580.95.05", toolkits=("12.9",), packages={"cuda-keyring": "1.1-1", "cudnn9-cuda-12": "9.10.2"})
-    request = Request(FrameworkSpec("torch"), gpu="t4")
+    request = Request(FrameworkSpec("torch"), gpu="t4", cuda_toolkit=True)
     steps = plan(box, request)
     assert [s.plan_line() for s in steps[:3]] == [
-        "nvidia-driver: kept: driver 580.95.05 already loaded (CUDA 12.9 needs >= 575.51.03)",
+        "nvidia-driver: kept: driver 580.95.05 already loaded (the CUDA 12.9 toolkit needs >= 575.51.03)",
         "cuda-toolkit: kept: CUDA 12.9 already at /usr/local/cuda-12.9",
         "cudnn: kept: cuDNN 9.10.2 already installed",
     ]
@@ -251,15 +251,15 @@ def test_dl_image_with_driver_580_and_cuda_12_9_keeps_them(tmp_path: Path) -> No
 def test_driver_too_old_for_the_requested_cuda(tmp_path: Path) -> None:
     box = Sandbox(tmp_path, gpu=T4, loaded="535.183.01")
     with pytest.raises(BadInput) as e:
-        plan(box, Request(FrameworkSpec("torch"), cuda="12.9", gpu="t4"))
+        plan(box, Request(FrameworkSpec("torch"), cuda="12.9", gpu="t4", cuda_toolkit=True))
     assert e.value.line() == (
-        "the node's NVIDIA driver 535.183.01 is too old for CUDA 12.9, which needs 575.51.03 or newer. "
-        "Use --framework torch==2.5.1 --cuda 12.1"
+        "the node's NVIDIA driver 535.183.01 is too old for a CUDA 12.9 system toolkit, which needs 575.51.03 or newer. "
+        "Use --cuda 12.1"
     )
     # Should a plan for a newer driver meet this node anyway (stale facts), the driver step
     # refuses to replace a driver it didn't install, and verify names the layer.
     fresh = Sandbox(tmp_path / "fresh", gpu=T4)
-    driver, *_, verify = plan(fresh, Request(FrameworkSpec("torch"), cuda="12.9", gpu="t4"))
+    driver, *_, verify = plan(fresh, Request(FrameworkSpec("torch"), cuda="12.9", gpu="t4", cuda_toolkit=True))
     ran = box.run(driver)
     assert ran.returncode == 1 and box.installs() == []
     assert ran.output.strip().splitlines()[-1].startswith(
@@ -332,14 +332,14 @@ def test_secure_boot_stops_before_installing(tmp_path: Path) -> None:
 
 def test_os_differs_from_the_plan(tmp_path: Path) -> None:
     box = Sandbox(tmp_path, os_version="22.04", gpu=T4)
-    steps = plan(box, Request(FrameworkSpec("torch"), gpu="t4"))
+    steps = plan(box, Request(FrameworkSpec("torch"), gpu="t4", cuda_toolkit=True))
     (box.root / "etc/os-release").write_text('ID=ubuntu\nVERSION_ID="24.04"\n')
     ran = box.run(steps[1])
     assert ran.returncode == 1 and box.calls() == []
     assert "planned for ubuntu-22.04 but the node runs ubuntu-24.04" in ran.output
 
 
-@pytest.mark.parametrize("framework, requirement", [("tensorflow", "tensorflow[and-cuda]==2.21.0"), ("jax", "jax[cuda13]==0.10.2")])
+@pytest.mark.parametrize("framework, requirement", [("tensorflow", "tensorflow[and-cuda]==2.21.0"), ("jax", "jax[cuda12]==0.6.2")])  # the node's Python 3.10
 def test_other_frameworks_plan_their_cuda_wheels(tmp_path: Path, framework: str, requirement: str) -> None:
     box = Sandbox(tmp_path, gpu=T4)
     request = Request(FrameworkSpec(framework), gpu="t4")
@@ -430,7 +430,7 @@ def test_cudnn_that_came_with_a_preinstalled_framework_is_kept(tmp_path: Path) -
     box = Sandbox(tmp_path / "box", os_version="24.04", gpu={"name": "NVIDIA H200", "memory_mb": 143771, "cc": "9.0"},
                   loaded="580.159.04", toolkits=("13.0",))
     image = {**box.facts(), "cudnn": facts["cudnn"], "frameworks": {"torch": "2.11.0+cu130"}}
-    steps = gpu.gpu_steps(image, Request(FrameworkSpec("torch")))
+    steps = gpu.gpu_steps(image, Request(FrameworkSpec("torch"), cuda_toolkit=True))
     assert [s.skip_reason is not None for s in steps] == [True, True, True], [s.plan_line() for s in steps]
     assert "cuDNN 9.10.2.21" in steps[2].plan_line()
     assert gpu.framework_install(image, Request(FrameworkSpec("torch"))).requirements == ()  # torch reused, nothing fetched

@@ -1,7 +1,9 @@
 """Driver / CUDA / cuDNN steps and the framework's wheel variant, decided from node facts.
 
 Interface used by `bootstrap.plan` (keep these signatures):
-    gpu_steps(facts, request) -> list[Step]       driver, CUDA toolkit, cuDNN (skipped on CPU nodes)
+    gpu_steps(facts, request) -> list[Step]       driver, Fabric Manager (NVSwitch boards only), CUDA
+                                                  toolkit and cuDNN (only with --cuda-toolkit;
+                                                  planned as skipped otherwise, and on CPU nodes)
     framework_install(facts, request) -> Install   what pip installs into the node's venv
     verify_step(facts, request) -> Step            a tiny computation in the installed framework
 
@@ -52,6 +54,8 @@ class Request:
     framework: FrameworkSpec
     cuda: str | None = None  # "X.Y" when the user asked for one
     gpu: str | None = None  # catalog name from `up --gpu` (e.g. "t4"), for nodes not yet showing it
+    gpu_count: int = 1  # from `up --gpu NAME:COUNT`: a bare node's GPUs before a driver lists them
+    cuda_toolkit: bool = False  # --cuda-toolkit: also a system CUDA toolkit and cuDNN
 
 
 @dataclass(frozen=True)
@@ -70,6 +74,7 @@ def resolution(facts: dict[str, Any], request: Request) -> Resolution | None:
     """The GPU stack for this node, or None for a CPU node. BadInput for an impossible request."""
     gpus = facts.get("gpus") or []
     gpu = None
+    count = len(gpus) or request.gpu_count  # nvidia-smi's list is the truth once a driver runs
     if gpus:
         first = gpus[0]
         gpu = identify(first.get("name", ""), first.get("memory_mb"), first.get("compute_cap"))
@@ -94,8 +99,10 @@ def resolution(facts: dict[str, Any], request: Request) -> Resolution | None:
         cuda_toolkits=tuple(facts.get("cuda_toolkits") or ()),
         cudnn=facts.get("cudnn"),
         frameworks=dict(facts.get("frameworks") or {}),
+        python=facts.get("python_version") or None,
     )
-    return resolve(gpu, f"{facts.get('os_id')}-{facts.get('os_version')}", request.framework, request.cuda, node)
+    return resolve(gpu, f"{facts.get('os_id')}-{facts.get('os_version')}", request.framework, request.cuda, node,
+                   cuda_toolkit=request.cuda_toolkit, gpu_count=count)
 
 
 def _env(res: Resolution, facts: dict[str, Any], step: str, **extra: str) -> dict[str, str]:
@@ -119,13 +126,14 @@ def gpu_steps(facts: dict[str, Any], request: Request) -> list[Step]:
             ("cuda-toolkit", "CUDA toolkit"),
             ("cudnn", "cuDNN"),
         )]
-    return [_driver_step(res, facts), _cuda_step(res, facts), _cudnn_step(res, facts)]
+    fabric = [_fabric_manager_step(res, facts)] if res.fabric_manager else []
+    return [_driver_step(res, facts), *fabric, _cuda_step(res, facts), _cudnn_step(res, facts)]
 
 
 def _driver_step(res: Resolution, facts: dict[str, Any]) -> Step:
     if res.driver_source == "preinstalled":
         return Step("nvidia-driver", "NVIDIA driver",
-                    skip_reason=f"kept: driver {res.driver} already loaded (CUDA {res.cuda} needs >= {res.driver_min})")
+                    skip_reason=f"kept: driver {res.driver} already loaded ({_needs(res)})")
     return Step(
         "nvidia-driver",
         f"install NVIDIA driver R{res.driver} with {res.kernel_modules} kernel modules "
@@ -133,13 +141,41 @@ def _driver_step(res: Resolution, facts: dict[str, Any]) -> Step:
         f"for {res.gpu}, hold driver and kernel packages, then reboot",
         script=script("nvidia-driver"),
         env=_env(res, facts, "nvidia-driver", CLOUDTRAIN_DRIVER_PACKAGE=res.driver_package or "",
-                 CLOUDTRAIN_DRIVER_PIN=res.driver_pin_package or "", CLOUDTRAIN_KERNEL_MODULES=res.kernel_modules),
+                 CLOUDTRAIN_DRIVER_PIN=res.driver_pin_package or "", CLOUDTRAIN_KERNEL_MODULES=res.kernel_modules,
+                 CLOUDTRAIN_DRIVER_BRANCH=res.driver_branch),
         reboot_after=True,
         sudo=True,
     )
 
 
+def _needs(res: Resolution) -> str:
+    if res.system_toolkit:
+        return f"the CUDA {res.cuda} toolkit needs >= {res.driver_min}"
+    return f"CUDA {res.cuda.split('.')[0]}.x wheels need >= {res.driver_min}: NVIDIA minor version compatibility"
+
+
+def _fabric_manager_step(res: Resolution, facts: dict[str, Any]) -> Step:
+    kept = res.driver_source == "preinstalled"
+    return Step(
+        "fabric-manager",
+        f"install {res.fabric_manager_package} matching driver {res.driver if kept else 'R' + res.driver} "
+        f"for {res.gpu_count}x {res.gpu} on NVSwitch, enable and start nvidia-fabricmanager",
+        script=script("fabric-manager"),
+        env=_env(res, facts, "fabric-manager", CLOUDTRAIN_DRIVER_BRANCH=res.driver_branch,
+                 CLOUDTRAIN_DRIVER_VERSION=res.driver if kept else "",
+                 CLOUDTRAIN_FABRICMANAGER_PACKAGE=res.fabric_manager_package or ""),
+        sudo=True,
+    )
+
+
+def _wheel_only(res: Resolution, what: str) -> str:
+    wheels = f"the {res.framework} {res.framework_variant} wheels bring" if res.framework else "a job's own wheels bring"
+    return f"not needed: {wheels} CUDA {res.framework_cuda or res.cuda} and cuDNN; --cuda-toolkit installs a system {what}"
+
+
 def _cuda_step(res: Resolution, facts: dict[str, Any]) -> Step:
+    if not res.system_toolkit:
+        return Step("cuda-toolkit", "CUDA toolkit", skip_reason=_wheel_only(res, "toolkit"))
     if res.cuda_source == "preinstalled":
         return Step("cuda-toolkit", "CUDA toolkit", skip_reason=f"kept: CUDA {res.cuda} already at /usr/local/cuda-{res.cuda}")
     return Step(
@@ -152,6 +188,8 @@ def _cuda_step(res: Resolution, facts: dict[str, Any]) -> Step:
 
 
 def _cudnn_step(res: Resolution, facts: dict[str, Any]) -> Step:
+    if not res.system_toolkit:
+        return Step("cudnn", "cuDNN", skip_reason=_wheel_only(res, "cuDNN"))
     if res.cudnn_source == "preinstalled":
         return Step("cudnn", "cuDNN", skip_reason=f"kept: cuDNN {res.cudnn} already installed")
     return Step(

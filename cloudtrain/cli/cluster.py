@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -32,6 +33,7 @@ def up(
     framework: str = O.framework,
     gpu: Optional[str] = O.gpu,
     cuda: Optional[str] = O.cuda,
+    cuda_toolkit: bool = O.cuda_toolkit,
     region: Optional[str] = O.region,
     zone: Optional[str] = O.zone,
     spot: bool = O.spot,
@@ -47,7 +49,7 @@ def up(
     from cloudtrain import lifecycle  # here, not at the top: `--help` and `status` stay fast
 
     store = Store()
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit)
     if preview:
         lifecycle.check(store, spec)
         prov = provisioners.get(provider)
@@ -239,6 +241,7 @@ def ssh_config(cluster: Optional[str] = ClusterOpt) -> None:
 def bootstrap(
     cluster: Optional[str] = ClusterOpt,
     plan: bool = typer.Option(False, "--plan", help="Print the plan for each node and change nothing."),
+    cuda_toolkit: bool = typer.Option(False, "--cuda-toolkit", help="Add a system CUDA toolkit and cuDNN to GPU nodes this time, though `up` did not ask for them."),
 ) -> None:
     """Make a cluster's nodes ready again (idempotent), or show the plan with --plan.
 
@@ -251,7 +254,8 @@ def bootstrap(
     record = cdir.load()
     if record.cluster is None:
         raise BadInput(f"cluster {cdir.name} has no nodes yet", "wait for `cloudtrain up` to finish")
-    request = lifecycle.request_of(record.spec)
+    spec = dataclasses.replace(record.spec, cuda_toolkit=True) if cuda_toolkit else record.spec
+    request = lifecycle.request_of(spec)
     if plan:
         for node, _facts, steps in plan_cluster(record.cluster, request):
             print(f"{node.name}:")
@@ -259,6 +263,6 @@ def bootstrap(
                 print(f"  {step.plan_line()}")
         return
     with cdir.lock():
-        lifecycle.run_bootstrap(record.cluster, record.spec, cdir)
+        lifecycle.run_bootstrap(record.cluster, spec, cdir)
 
 

@@ -132,6 +132,7 @@ def launch(
     framework: str = O.framework,
     gpu: Optional[str] = O.gpu,
     cuda: Optional[str] = O.cuda,
+    cuda_toolkit: bool = O.cuda_toolkit,
     region: Optional[str] = O.region,
     zone: Optional[str] = O.zone,
     spot: bool = O.spot,
@@ -155,7 +156,7 @@ def launch(
 
     store = Store()
     job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode), say)
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None

@@ -31,6 +31,7 @@ def build_spec(
     disk_gb: int,
     image: str,
     ssh_cidr: Optional[str],
+    cuda_toolkit: bool = False,
 ) -> ClusterSpec:
     prov = provisioner.get(provider)
     gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
@@ -42,6 +43,7 @@ def build_spec(
         gpu=gpu_name,
         gpu_count=gpu_count,
         cuda=cuda,
+        cuda_toolkit=cuda_toolkit,
         region=region,
         zone=zone,
         spot=spot,
@@ -60,6 +62,7 @@ class UpOptions:
     framework = typer.Option("torch", "--framework", "-f", help="torch | tensorflow | jax | none, optionally ==VERSION.")
     gpu = typer.Option(None, "--gpu", "-g", help="Cloud GPU, NAME or NAME:COUNT (see `cloudtrain gpus`).")
     cuda = typer.Option(None, "--cuda", help="CUDA version X.Y to use on GPU nodes; default: the newest that fits.")
+    cuda_toolkit = typer.Option(False, "--cuda-toolkit", help="GPU nodes also get a system CUDA toolkit and cuDNN matching the framework's CUDA (default: driver only; the wheels bring their own).")
     region = typer.Option(None, "--region", help="Cloud region (default: the catalog's first that offers the GPU).")
     zone = typer.Option(None, "--zone", help="Cloud zone.")
     spot = typer.Option(False, "--spot", help="Use spot/preemptible capacity.")

@@ -5,7 +5,8 @@ consistent `Resolution`, or raises BadInput with the reason and a way out. The t
 reads are package data (data/*.json) with their sources.
 """
 
-from cloudtrain.compat.resolve import Node, Resolution, resolve
+from cloudtrain.compat.resolve import Resolution, resolve
+from cloudtrain.compat.stack import Node
 from cloudtrain.compat.tables import Gpu, identify
 
 __all__ = ["Gpu", "Node", "Resolution", "identify", "resolve"]

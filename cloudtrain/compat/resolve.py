@@ -1,39 +1,32 @@
 """From a GPU, an OS, a framework request and what a node already has, to one consistent stack.
 
-The stack is a driver branch with its kernel-module flavour, a CUDA toolkit, cuDNN and one CUDA
-wheel variant of the framework, chosen so that every pair fits:
-
-    GPU CC        >= the toolkit's oldest CC, and inside the wheel variant's CC range
-    driver        >= the toolkit's minimum driver (the toolkit's X.Y >= the variant's X.Y, same major)
-    driver branch still supports the GPU (Volta ends with R580); open modules only from Turing on
-    toolkit       packaged for the OS (unless it is already on the node)
+The stack is a driver branch with its kernel-module flavour (plus Fabric Manager on NVSwitch
+boards), the framework release whose wheels run on the node's Python, and one CUDA wheel
+variant of it. The wheels bring their own CUDA runtime and cuDNN, so by default nothing else
+from NVIDIA is installed; `cuda_toolkit=True` (--cuda-toolkit) adds a system toolkit and cuDNN
+matching the wheel's CUDA, and then the driver must meet that toolkit's launch driver. The
+rules each part must meet are in stack.py.
 
 What is on the node and fits is kept (never reinstalled); a driver already there is never
 replaced, so a request it cannot serve is refused rather than risking the image's driver.
-Without --cuda the choice prefers, in order: toolkits already on the node, stable wheel
-variants that the long-term-support driver branch (R580) can run, then the newest.
-An impossible request raises BadInput with the reason and, where one exists, a --cuda that works.
+Without a pin the newest release whose wheels cover the node's Python is chosen (the probe's
+python_version, else --python, else the OS's own python3); a pinned release that cannot run
+on it is refused with the newest that can. Without --cuda the choice prefers wheel variants of
+the CUDA the long-term-support branch (R580) shipped with, then the newest.
+An impossible request raises BadInput with the reason and, where one exists, a request that works.
 """
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field
+import re
+from dataclasses import asdict, dataclass, replace
 from typing import Any
 
 from cloudtrain.compat import tables, versions
+from cloudtrain.compat.stack import Ask, Node, Refusal, Refused, driver_plan, fit, min_driver
 from cloudtrain.compat.tables import Gpu, Release, Variant
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import FrameworkSpec
-
-
-@dataclass(frozen=True)
-class Node:
-    """What a node already has (from the probe's facts); empty for a bare OS or a dry question."""
-
-    driver: str | None = None
-    cuda_toolkits: tuple[str, ...] = ()
-    cudnn: str | None = None
-    frameworks: dict[str, str] = field(default_factory=dict)
 
 
 @dataclass(frozen=True)
@@ -41,17 +34,24 @@ class Resolution:
     gpu: str  # catalog name, or nvidia-smi's name
     compute_cap: str
     os: str  # "ubuntu-24.04"
+    python: str | None  # the Python X.Y planned for (None: unknown, not checked)
+    python_source: str | None  # "node" | "asked" | "os default"
     driver: str  # branch to install ("580"), or the version kept ("580.95.05")
-    driver_min: str  # the oldest driver the chosen CUDA accepts
+    driver_branch: str  # "580" either way
+    driver_min: str  # the oldest driver this stack accepts
     driver_source: str  # "install" | "preinstalled"
     driver_package: str | None
     driver_pin_package: str | None  # R590+: nvidia-driver-pinning-<branch>, installed first
     kernel_modules: str  # "open" | "proprietary"
-    cuda: str  # toolkit "X.Y"
-    cuda_source: str
+    gpu_count: int
+    fabric_manager: bool  # NVSwitch board: nvidia-fabricmanager matched to the driver
+    fabric_manager_package: str | None
+    system_toolkit: bool  # a system CUDA toolkit and cuDNN are installed (--cuda-toolkit)
+    cuda: str  # the CUDA X.Y the stack runs: the system toolkit's, else the wheel's
+    cuda_source: str  # "wheel" | "install" | "preinstalled"
     cuda_package: str | None
     cudnn: str  # "9" to install, or the version kept
-    cudnn_source: str
+    cudnn_source: str  # "wheel" | "install" | "preinstalled"
     cudnn_package: str | None
     framework: str | None  # pinned: "torch==2.14.1"; None for --framework none
     framework_variant: str | None  # "cu130", "and-cuda", "cuda13"
@@ -66,21 +66,18 @@ class Resolution:
         return data
 
 
-@dataclass(frozen=True)
-class _Refusal:
-    reason: str
-    hint: str
-    kind: str = ""  # "driver" when the node's own driver is what stands in the way
-
-
 def resolve(
     gpu: str | Gpu,
     os: str,
     framework: FrameworkSpec | str = "torch",
     cuda: str | None = None,
     node: Node | None = None,
+    *,
+    python: str | None = None,
+    cuda_toolkit: bool = False,
+    gpu_count: int = 1,
 ) -> Resolution:
-    """One consistent driver/CUDA/cuDNN/wheel set, or BadInput saying why not and what to ask instead."""
+    """One consistent stack, or BadInput saying why not and what to ask instead."""
     fw = FrameworkSpec.parse(framework) if isinstance(framework, str) else framework
     the_gpu = _gpu(gpu)
     os_name = _os(os)
@@ -88,47 +85,61 @@ def resolve(
     if cuda is not None and tables.cuda(cuda) is None:
         known = ", ".join(tables.cuda_versions())
         raise BadInput(f"CUDA {cuda} is not one cloudtrain knows", f"use --cuda with one of {known}")
+    py, source = _python(python, node, os_name)
+    ask = Ask(the_gpu, os_name, cuda, node, cuda_toolkit, py, gpu_count, source)
     try:
-        return _attempt(the_gpu, os_name, fw, cuda, node)
-    except _Refused as e:
-        raise BadInput(e.refusal.reason, _way_out(the_gpu, os_name, fw, cuda, node) or e.refusal.hint) from None
+        return _attempt(fw, ask)
+    except Refused as e:
+        if e.refusal.kind == "python":
+            raise BadInput(e.refusal.reason, e.refusal.hint) from None
+        raise BadInput(e.refusal.reason, _way_out(fw, ask) or e.refusal.hint) from None
 
 
-class _Refused(Exception):
-    def __init__(self, refusal: _Refusal) -> None:
-        super().__init__(refusal.reason)
-        self.refusal = refusal
+def _python(asked: str | None, node: Node, os_name: str) -> tuple[str | None, str | None]:
+    """The Python X.Y to plan for and where it came from: asked, the node's (probe), the OS's python3."""
+    if asked is not None:
+        if not re.fullmatch(r"3\.\d{1,2}(\.\d+)?", asked.strip()):
+            raise BadInput(f"invalid Python version {asked!r}", "write it as X.Y, e.g. --python 3.12")
+        return versions.series(asked.strip()), "asked"
+    if node.python:
+        return versions.series(node.python), "node"
+    found = tables.os_python(os_name)
+    return (found, "os default") if found else (None, None)
 
 
-def _attempt(gpu: Gpu, os_name: str, fw: FrameworkSpec, cuda: str | None, node: Node) -> Resolution:
-    reuse = _reusable(fw, node)
+def _attempt(fw: FrameworkSpec, ask: Ask) -> Resolution:
+    reuse = _reusable(fw, ask.node)
     if reuse is not None:
         try:
-            return _resolve(gpu, os_name, fw, reuse, cuda, node)
-        except _Refused:
+            return _resolve(fw, reuse, ask)
+        except Refused:
             pass  # the preinstalled framework doesn't fit: plan a fresh one instead
-    return _resolve(gpu, os_name, fw, None, cuda, node)
+    return _resolve(fw, None, ask)
 
 
-def _way_out(gpu: Gpu, os_name: str, fw: FrameworkSpec, cuda: str | None, node: Node) -> str | None:
+def _way_out(fw: FrameworkSpec, ask: Ask) -> str | None:
     """The nearest request that works: the same framework without --cuda, else another release."""
-    if cuda is not None:
+    if ask.cuda is not None:
         try:
-            return f"use --cuda {_attempt(gpu, os_name, fw, None, node).cuda}"
-        except _Refused:
+            return f"use --cuda {_attempt(fw, _replace(ask, cuda=None)).cuda}"
+        except Refused:
             pass
     if fw.name == "none":
         return None
     for row in reversed(tables.releases(fw.name)):
-        if fw.version and row.series == versions.series(fw.version):
+        if fw.version and row.series == versions.series(fw.version) or not row.runs_on(ask.python):
             continue
-        for want in dict.fromkeys([cuda, None]):  # keep the asked CUDA if another release allows it
+        for want in dict.fromkeys([ask.cuda, None]):  # keep the asked CUDA if another release allows it
             try:
-                alt = _attempt(gpu, os_name, FrameworkSpec(fw.name, row.latest), want, node)
-            except _Refused:
+                alt = _attempt(FrameworkSpec(fw.name, row.latest), _replace(ask, cuda=want))
+            except Refused:
                 continue
-            return f"use --framework {alt.framework}" + (f" --cuda {alt.cuda}" if cuda else "")
+            return f"use --framework {alt.framework}" + (f" --cuda {alt.cuda}" if ask.cuda else "")
     return None
+
+
+def _replace(ask: Ask, **changes: Any) -> Ask:
+    return replace(ask, **changes)
 
 
 def _gpu(gpu: str | Gpu) -> Gpu:
@@ -147,21 +158,41 @@ def _os(os: str) -> str:
     return name
 
 
-def _release(fw: FrameworkSpec) -> tuple[Release, str]:
-    """The release row and the exact version to pin."""
+def _newest_for(framework: str, python: str | None) -> Release | None:
+    return next((r for r in reversed(tables.releases(framework)) if r.runs_on(python)), None)
+
+
+def _python_refusal(fw: str, reason: str, ask: Ask) -> Refusal:
+    newest = _newest_for(fw, ask.python)
+    if newest is not None:
+        hint = f"use --framework {fw}=={newest.latest}, the newest for Python {ask.python}"
+    else:
+        newer = [os for os in tables.os_names() if tables.os_python(os) and any(r.runs_on(tables.os_python(os)) for r in tables.releases(fw))]
+        hint = f"use an OS whose Python it supports ({', '.join(f'{o}: {tables.os_python(o)}' for o in newer)})" if newer else "pin another framework"
+    return Refusal(reason, hint, "python")
+
+
+def _releases(fw: FrameworkSpec, ask: Ask) -> list[tuple[Release, str]]:
+    """(release row, exact version to pin) to try, best first: a pin, else newest first on this Python."""
     rows = tables.releases(fw.name)
     if fw.name == "none":
-        return rows[0], ""
+        return [(rows[0], "")]
     if fw.version is None:
-        return rows[-1], rows[-1].latest
-    row = tables.release(fw.name, versions.series(fw.version))
-    if row is None:
+        fitting = [r for r in reversed(rows) if r.runs_on(ask.python)]
+        if not fitting:
+            raise Refused(_python_refusal(fw.name, f"no {fw.name} release in cloudtrain's table has wheels for Python {ask.python}", ask))
+        return [(r, r.latest) for r in fitting]
+    found = tables.release(fw.name, versions.series(fw.version))
+    if found is None:
         known = ", ".join(r.series for r in rows)
         raise BadInput(
             f"{fw.name} {fw.version} is not in cloudtrain's compatibility table (it knows {known})",
             f"pin a known release, e.g. --framework {fw.name}=={rows[-1].latest}",
         )
-    return row, versions.base(fw.version)
+    if not found.runs_on(ask.python):
+        raise Refused(_python_refusal(
+            fw.name, f"{fw.name} {fw.version} has wheels for {found.python_text()}, not for the node's Python {ask.python}", ask))
+    return [(found, versions.base(fw.version))]
 
 
 def _reusable(fw: FrameworkSpec, node: Node) -> tuple[str, str | None] | None:
@@ -182,82 +213,7 @@ def _reusable(fw: FrameworkSpec, node: Node) -> tuple[str, str | None] | None:
     return found, None
 
 
-def _order(variants: list[Variant]) -> list[Variant]:
-    """Variants the LTS driver branch can run first, then the newest CUDA first."""
-    lts = tables.branches()[0]
-    return sorted(
-        variants,
-        key=lambda v: (not versions.at_least(lts.max_cuda, v.default_toolkit), tuple(-k for k in versions.key(v.cuda))),
-    )
-
-
-def _pairs_for(variant: Variant, toolkit: str) -> bool:
-    """A wheel variant pairs with a toolkit of its major that is at least as new."""
-    return versions.major(toolkit) == versions.major(variant.cuda) and versions.at_least(toolkit, variant.cuda)
-
-
-def _candidates(release: Release, variants: list[Variant], cuda: str | None, node: Node) -> list[tuple[str, list[Variant]]]:
-    """(toolkit, variants to try with it) in preference order."""
-    present = sorted((t for t in node.cuda_toolkits if tables.cuda(t)), key=versions.key, reverse=True)
-    if cuda is not None:
-        exact = [v for v in variants if v.cuda == cuda]
-        rest = _order([v for v in variants if v not in exact and not v.experimental and _pairs_for(v, cuda)])
-        return [(cuda, exact + rest)]
-    stable = _order([v for v in variants if not v.experimental]) or variants
-    out: list[tuple[str, list[Variant]]] = []
-    for v in stable:  # what is on the node first
-        out += [(t, [v]) for t in present if _pairs_for(v, t)]
-    for v in stable:  # then the variant's own toolkit, then newer ones of its major
-        newer = [t for t in tables.cuda_versions() if _pairs_for(v, t) and versions.key(t) > versions.key(v.default_toolkit)]
-        out += [(t, [v]) for t in [v.default_toolkit, *newer]]
-    return out
-
-
-def _branch_for(cuda_version: str, gpu: Gpu) -> tables.Branch | None:
-    for branch in tables.branches():
-        if not versions.at_least(branch.max_cuda, cuda_version):
-            continue
-        if gpu.last_driver_branch and versions.key(branch.name) > versions.key(gpu.last_driver_branch):
-            continue
-        return branch
-    return None
-
-
-def _check(gpu: Gpu, os_name: str, toolkit: str, node: Node) -> _Refusal | None:
-    """Why this toolkit can't serve this GPU on this node, or None when it can."""
-    info = tables.cuda(toolkit)
-    assert info is not None
-    if not versions.at_least(gpu.cc, info.min_cc):
-        return _Refusal(
-            f"{gpu.model} (compute capability {gpu.cc}) is not supported by CUDA {toolkit}, which needs {info.min_cc} or newer",
-            "ask for an older CUDA with --cuda",
-        )
-    if toolkit not in node.cuda_toolkits and os_name not in info.os:
-        return _Refusal(f"CUDA {toolkit} has no packages for {os_name}", f"use --cuda with a release packaged for it, or one of {', '.join(info.os)}")
-    if node.driver:
-        if not versions.at_least(node.driver, info.min_driver):
-            return _Refusal(
-                f"the node's NVIDIA driver {node.driver} is too old for CUDA {toolkit}, which needs {info.min_driver} or newer",
-                "use an image with a newer driver (--image ubuntu installs one)",
-                "driver",
-            )
-    elif _branch_for(toolkit, gpu) is None:
-        return _Refusal(f"no NVIDIA driver branch supports both {gpu.model} and CUDA {toolkit}", "ask for an older CUDA with --cuda")
-    return None
-
-
-def _variant_refusal(release: Release, fw: str, version: str, toolkit: str, gpu: Gpu, tried: list[Variant]) -> _Refusal:
-    names = ", ".join(v.name for v in release.variants)
-    if not tried:
-        return _Refusal(f"{fw} {version} has no wheel for CUDA {toolkit} (its CUDA builds: {names})", "ask for a CUDA its wheels use with --cuda")
-    return _Refusal(
-        f"{fw} {version} wheels for CUDA {toolkit} ({', '.join(v.name for v in tried)}) don't support "
-        f"{gpu.model} (compute capability {gpu.cc})",
-        f"pin another {fw} release or --cuda",
-    )
-
-
-def _resolve(gpu: Gpu, os_name: str, fw: FrameworkSpec, reuse: tuple[str, str | None] | None, cuda: str | None, node: Node) -> Resolution:
+def _resolve(fw: FrameworkSpec, reuse: tuple[str, str | None] | None, ask: Ask) -> Resolution:
     if reuse is not None:
         version, tag = reuse
         release = tables.release(fw.name, versions.series(version))
@@ -266,58 +222,67 @@ def _resolve(gpu: Gpu, os_name: str, fw: FrameworkSpec, reuse: tuple[str, str | 
         if not variants and tag:
             variants = [v for v in [tables.torch_variant(tag, experimental=True)] if v is not None]
         version = versions.base(version)
-    else:
-        release, version = _release(fw)
-        variants = list(release.variants)
-    refusals: list[tuple[str, _Refusal]] = []
-    for toolkit, options in _candidates(release, variants, cuda, node):
-        refusal = _check(gpu, os_name, toolkit, node)
-        chosen = next((v for v in options if v.covers(gpu.cc)), None) if refusal is None else None
-        if refusal is None and chosen is None:
-            refusal = _variant_refusal(release, fw.name, version, toolkit, gpu, options)
-        if refusal is None and chosen is not None:
-            return _build(gpu, os_name, fw, release, version, chosen, toolkit, node, reused=reuse is not None)
-        assert refusal is not None
-        refusals.append((toolkit, refusal))
-    if not refusals:  # no candidate at all: the framework has no variant we could pair
-        raise _Refused(_Refusal(f"{fw.name} {version} has no CUDA build cloudtrain can pair", "pin another release"))
-    first = refusals[0][1]
-    if cuda is None and len(refusals) > 1 and all(r.kind == "driver" for _, r in refusals):
-        # Say it once for all of them rather than naming the first CUDA tried.
-        oldest = min((t for t, _ in refusals), key=versions.key)
-        info = tables.cuda(oldest)
-        assert info is not None
-        what = f"{fw.name} {version}" if fw.name != "none" else "cloudtrain"
-        first = _Refusal(
-            f"the node's NVIDIA driver {node.driver} is too old for every CUDA {what} pairs with "
-            f"(the oldest, {oldest}, needs {info.min_driver} or newer)",
-            first.hint,
-            "driver",
-        )
-    raise _Refused(first)
+        cuda, variant = fit(release, version, variants, ask)
+        return _build(fw, release, version, variant, cuda, ask, True, [])
+    newest = tables.releases(fw.name)[-1]
+    first: Refused | None = None
+    for release, version in _releases(fw, ask):
+        try:
+            cuda, variant = fit(release, version, list(release.variants), ask)
+        except Refused as e:
+            first = first or e
+            continue
+        notes = []
+        if not release.runs_on(ask.python) or release.series != newest.series and fw.version is None:
+            notes.append(_why_not_newer(fw.name, release, ask, first))
+        return _build(fw, release, version, variant, cuda, ask, False, notes)
+    assert first is not None
+    raise first
 
 
-def _build(gpu: Gpu, os_name: str, fw: FrameworkSpec, release: Release, version: str, variant: Variant,
-           toolkit: str, node: Node, reused: bool) -> Resolution:
-    info = tables.cuda(toolkit)
+def _why_not_newer(name: str, chosen: Release, ask: Ask, refused: Refused | None) -> str:
+    newer = [r for r in tables.releases(name) if versions.key(r.series) > versions.key(chosen.series)]
+    off_python = [r for r in newer if not r.runs_on(ask.python)]
+    if off_python:
+        return (f"{name} {off_python[0].latest} and newer need Python >= {off_python[0].python[0]}: "
+                f"planned {name} {chosen.latest} for the node's Python {ask.python}")
+    reason = refused.refusal.reason if refused else "they do not fit"
+    return f"{name} {newer[-1].latest} does not fit ({reason}): planned {name} {chosen.latest}"
+
+
+def _build(fw: FrameworkSpec, release: Release, version: str, variant: Variant, cuda: str, ask: Ask,
+           reused: bool, notes: list[str]) -> Resolution:
+    node, gpu = ask.node, ask.gpu
+    drv = driver_plan(cuda, ask)
+    until = drv.pop("supported_until")
+    if until:
+        notes.append(until)
+    if drv["driver_source"] == "preinstalled":
+        why = f"its CUDA {cuda} toolkit's launch driver" if ask.toolkit else (
+            f"CUDA {versions.major(cuda)}.x wheels via NVIDIA minor version compatibility")
+        notes.append(f"driver {node.driver} kept: {why} needs >= {min_driver(cuda, ask.toolkit)}")
+    if drv["fabric_manager"]:
+        notes.append(f"{ask.gpu_count}x {gpu.model} sit on NVSwitch: {drv['fabric_manager_package']} "
+                     f"(matching driver {drv['driver']}) is installed and nvidia-fabricmanager started")
+    info = tables.cuda(cuda)
     assert info is not None
-    notes = []
-    if node.driver:
-        driver, driver_source, driver_package, driver_pin = node.driver, "preinstalled", None, None
+    if ask.toolkit:
+        cuda_kept = cuda in node.cuda_toolkits
+        cudnn_kept = bool(node.cudnn) and versions.major(node.cudnn or "") == tables.cudnn_major()
+        cuda_source, cuda_package = ("preinstalled", None) if cuda_kept else ("install", info.package)
+        cudnn, cudnn_source, cudnn_package = ((node.cudnn or "", "preinstalled", None) if cudnn_kept
+                                              else (tables.cudnn_major(), "install", tables.cudnn_package(cuda)))
     else:
-        branch = _branch_for(toolkit, gpu)
-        assert branch is not None
-        driver, driver_source = branch.name, "install"
-        driver_package = branch.package(gpu.open_modules)
-        driver_pin = branch.pin_package
-        if branch.supported_until:
-            notes.append(f"driver branch R{branch.name} ({branch.kind}) is supported until {branch.supported_until}")
-    cuda_kept = toolkit in node.cuda_toolkits
-    cudnn_kept = bool(node.cudnn) and versions.major(node.cudnn or "") == tables.cudnn_major()
-    if release.cudnn and versions.major(release.cudnn) != tables.cudnn_major():
+        cuda_source, cuda_package, cudnn, cudnn_source, cudnn_package = "wheel", None, release.cudnn or tables.cudnn_major(), "wheel", None
+        what = f"the {fw.name} wheels bring" if fw.name != "none" else "no framework: a job brings"
+        notes.append(f"no system CUDA toolkit or cuDNN: {what} their own CUDA runtime and cuDNN (--cuda-toolkit installs both)")
+    if release.cudnn and versions.major(release.cudnn) != tables.cudnn_major() and ask.toolkit:
         notes.append(f"{fw.name} {version} brings its own cuDNN {release.cudnn} through pip")
     if variant.experimental:
         notes.append(f"{variant.name} is an experimental {fw.name} build")
+    if fw.name == "tensorflow" and gpu.cc in tables.tf_jit_ccs():
+        notes.append(f"tensorflow wheels carry {', '.join(tables.tf_arch_list())}: on {gpu.model} (compute capability "
+                     f"{gpu.cc}) every kernel is JIT-compiled from PTX on first use (slow first steps)")
     requirement = variant.requirement(version) if fw.name != "none" else None
     index_url = variant.index_url if fw.name != "none" else None
     if reused:
@@ -326,25 +291,26 @@ def _build(gpu: Gpu, os_name: str, fw: FrameworkSpec, release: Release, version:
     return Resolution(
         gpu=gpu.key or gpu.model,
         compute_cap=gpu.cc,
-        os=os_name,
-        driver=driver,
-        driver_min=info.min_driver,
-        driver_source=driver_source,
-        driver_package=driver_package,
-        driver_pin_package=driver_pin,
+        os=ask.os,
+        python=ask.python,
+        python_source=ask.python_source,
+        driver_min=min_driver(cuda, ask.toolkit),
         kernel_modules="open" if gpu.open_modules else "proprietary",
-        cuda=toolkit,
-        cuda_source="preinstalled" if cuda_kept else "install",
-        cuda_package=None if cuda_kept else info.package,
-        cudnn=(node.cudnn or "") if cudnn_kept else tables.cudnn_major(),
-        cudnn_source="preinstalled" if cudnn_kept else "install",
-        cudnn_package=None if cudnn_kept else tables.cudnn_package(toolkit),
+        gpu_count=ask.gpu_count,
+        system_toolkit=ask.toolkit,
+        cuda=cuda,
+        cuda_source=cuda_source,
+        cuda_package=cuda_package,
+        cudnn=cudnn,
+        cudnn_source=cudnn_source,
+        cudnn_package=cudnn_package,
         framework=f"{fw.name}=={version}" if fw.name != "none" else None,
         framework_variant=variant.name if fw.name != "none" else None,
         framework_cuda=framework_cuda if fw.name != "none" else None,
         install={"requirement": requirement, "index_url": index_url, "reuse_preinstalled": reused},
-        repo=tables.os_repo(os_name),
+        repo=tables.os_repo(ask.os),
         notes=tuple(notes),
+        **drv,
     )
 
 

@@ -106,6 +106,8 @@ class Branch:
     max_cuda: str
     kind: str
     supported_until: str | None
+    installable: bool = True  # False past its end of life: recognised on a node, never installed
+    open_only: bool = False  # R620 on: no proprietary kernel modules
 
     @property
     def branch_in_name(self) -> bool:
@@ -127,9 +129,46 @@ class Branch:
 def branches() -> list[Branch]:
     rows = load("drivers")["branches"]
     return sorted(
-        (Branch(name, r["max_cuda"], r["kind"], r["supported_until"]) for name, r in rows.items()),
+        (Branch(name, r["max_cuda"], r["kind"], r["supported_until"], r.get("installable", True), r.get("open_only", False))
+         for name, r in rows.items()),
         key=lambda b: versions.key(b.name),
     )
+
+
+def minor_version_min(cuda_version: str) -> str:
+    """The oldest driver that runs any CUDA X.* wheel (NVIDIA minor version compatibility)."""
+    return str(load("drivers")["minor_version_min"][versions.major(cuda_version)])
+
+
+def fabricmanager_package(branch: str) -> str:
+    return str(load("drivers")["fabricmanager_package"]).format(branch=branch)
+
+
+def needs_fabric_manager(gpu_key: str | None, count: int) -> bool:
+    """8-GPU HGX boards (A100/H100/H200) sit on NVSwitch: CUDA needs Fabric Manager there."""
+    rule = load("gpus")["nvswitch"]
+    return gpu_key in rule["gpus"] and count >= int(rule["count"])
+
+
+def os_python(os_name: str) -> str | None:
+    """The OS's own python3 as X.Y, when the table records it."""
+    row = load("os")["systems"].get(os_name) or {}
+    return row.get("python")
+
+
+def python_range(framework: str, version: str) -> tuple[str | None, str | None]:
+    """(oldest, newest) Python X.Y a release's wheels run on, from PyPI (data/python.json)."""
+    row = load("python").get(framework, {}).get("releases", {}).get(version) or {}
+    return row.get("python_min"), row.get("python_max")
+
+
+def tf_jit_ccs() -> list[str]:
+    """Compute capabilities TF wheels reach only through PTX (JIT-compiled on first use)."""
+    return list(load("frameworks")["tensorflow"].get("jit_from_ptx", []))
+
+
+def tf_arch_list() -> list[str]:
+    return list(load("frameworks")["tensorflow"].get("arch_list", []))
 
 
 def os_names() -> list[str]:
@@ -160,6 +199,7 @@ class Variant:
     min_cc: str
     max_cc: str
     experimental: bool = False
+    from_pypi: bool = False  # torch's PyPI default build: installed without --index-url
 
     def covers(self, cc: str) -> bool:
         return versions.at_least(cc, self.min_cc) and versions.at_least(self.max_cc, cc)
@@ -175,7 +215,7 @@ class Variant:
 
     @property
     def index_url(self) -> str | None:
-        if self.framework == "torch":
+        if self.framework == "torch" and not self.from_pypi:
             return load("frameworks")["torch"]["index_url"].format(variant=self.name)
         return None
 
@@ -191,15 +231,30 @@ class Release:
     def stable(self) -> list[Variant]:
         return [v for v in self.variants if not v.experimental]
 
+    @property
+    def python(self) -> tuple[str | None, str | None]:
+        return python_range(self.framework, self.latest) if self.framework != "none" else (None, None)
 
-def torch_variant(name: str, experimental: bool = False) -> Variant | None:
+    def runs_on(self, python: str | None) -> bool:
+        """Whether the latest patch has wheels for this Python X.Y (unknown either way: yes)."""
+        lo, hi = self.python
+        if python is None:
+            return True
+        return (lo is None or versions.at_least(python, lo)) and (hi is None or versions.at_least(hi, python))
+
+    def python_text(self) -> str:
+        lo, hi = self.python
+        return f"Python {lo}-{hi}" if lo and hi else f"Python >= {lo}" if lo else "any Python"
+
+
+def torch_variant(name: str, experimental: bool = False, from_pypi: bool = False) -> Variant | None:
     """torch's 'cu126' build as a Variant; None for a tag the table doesn't know."""
     if name not in load("frameworks")["torch"]["arch"]:
         return None
     digits = name[2:]
     cuda_version = f"{digits[:-1]}.{digits[-1]}"
     lo, hi = load("frameworks")["torch"]["arch"][name]
-    return Variant("torch", name, cuda_version, cuda_version, lo, hi, experimental)
+    return Variant("torch", name, cuda_version, cuda_version, lo, hi, experimental, from_pypi)
 
 
 def releases(framework: str) -> list[Release]:
@@ -215,7 +270,8 @@ def releases(framework: str) -> list[Release]:
     for series, row in data["releases"].items():
         if framework == "torch":
             names = [(n, False) for n in row["variants"]] + [(n, True) for n in row["experimental"]]
-            variants = tuple(v for n, e in names if (v := torch_variant(n, e)) is not None)
+            pypi = row.get("pypi_default")
+            variants = tuple(v for n, e in names if (v := torch_variant(n, e, n == pypi)) is not None)
             rows.append(Release(framework, series, row["latest"], variants))
         elif framework == "tensorflow":
             lo, hi = data["arch"]["and-cuda"]

@@ -1,11 +1,14 @@
 """A sandbox where the GPU step scripts run for real with bash, against stand-in system commands.
 
-This machine has no NVIDIA GPU, so nvidia-smi, lspci, apt-get, apt-mark, dpkg-query, fuser,
-modprobe, modinfo, reboot, update-initramfs, uname, curl and mokutil are stand-ins: one Python program
-(STANDIN below) under each name, first on PATH. They record every call and answer from a
-state file that plays the machine: which packages are installed, whether a driver module is
-loaded (only after a reboot following its install), whether unattended-upgrades holds the
-dpkg lock. PATH holds nothing else but links to harmless coreutils, so a command the
+This machine has no NVIDIA GPU, so nvidia-smi, lspci, apt-get, apt-cache, apt-mark, dpkg-query,
+fuser, modprobe, modinfo, reboot, update-initramfs, uname, curl, mokutil, pgrep, systemctl and
+cloud-init are stand-ins: one Python program (STANDIN below) under each name, first on PATH.
+They record every call and answer from a state file that plays the machine: which packages are
+installed and which the Ubuntu archive offers (`archive`: name -> version, for apt-cache policy),
+whether a driver module is loaded (only after a reboot following its install), whether
+unattended-upgrades holds the dpkg lock, whether a cloud's first-boot driver installer still
+runs (`first_boot`: it runs for a number of polls, then leaves its driver installed or loaded),
+which kernel runs (`kernel`). PATH holds nothing else but links to harmless coreutils, so a command the
 scripts call without a stand-in fails the test instead of touching this machine.
 
 `apply()` mirrors cloudtrain.bootstrap.apply: needed steps in order, fingerprints recorded so
@@ -26,10 +29,11 @@ from typing import Any
 from cloudtrain.bootstrap.steps import Step
 
 STANDINS = (
-    "nvidia-smi", "lspci", "apt-get", "apt-mark", "dpkg-query", "fuser", "modprobe", "reboot",
-    "update-initramfs", "uname", "curl", "mokutil", "modinfo",
+    "nvidia-smi", "lspci", "apt-get", "apt-cache", "apt-mark", "dpkg-query", "fuser", "modprobe", "reboot",
+    "update-initramfs", "uname", "curl", "mokutil", "modinfo", "pgrep", "systemctl", "cloud-init",
 )
-REAL_TOOLS = ("bash", "cat", "date", "tee", "sort", "head", "mkdir", "mktemp", "rm", "dirname", "sleep", "env")
+REAL_TOOLS = ("bash", "cat", "date", "tee", "sort", "head", "tail", "mkdir", "mktemp", "rm", "dirname", "sleep", "env",
+              "grep", "timeout", "chmod")
 
 # What each driver branch reports as its newest CUDA in the nvidia-smi header.
 DRIVER_CUDA = {"535": "12.2", "550": "12.4", "570": "12.8", "575": "12.9", "580": "13.0", "590": "13.1", "595": "13.2"}
@@ -76,6 +80,15 @@ def apt_get():
     if state.get("lock_busy", 0) > 0:
         print("E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 812 (unattended-upgr)", file=sys.stderr)
         sys.exit(100)
+    if state.get("first_boot", {}).get("polls", 0) > 0:
+        print("E: a second driver install while the image's own first-boot installer still runs", file=sys.stderr)
+        sys.exit(100)
+    if "update" in args and "cuda-keyring" in state["packages"] and state.get("nvidia_repo_file"):
+        # A repository named twice with two keys (apt's own message).
+        print("E: Conflicting values set for option Signed-By regarding source "
+              "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64/ /: "
+              "/usr/share/keyrings/cuda-archive-keyring.gpg != /usr/share/keyrings/nvidia-cuda.gpg", file=sys.stderr)
+        sys.exit(100)
     words, skip = [], False
     for a in args:
         if skip:
@@ -95,11 +108,22 @@ def apt_get():
                 sys.exit(100)
             packages["cuda-keyring"] = "1.1-1"
             continue
+        archive = state.get("archive", {})
         nvidia_repo = p.startswith(("cuda-", "nvidia-open", "nvidia-driver-pinning-", "cudnn"))
-        if nvidia_repo and "cuda-keyring" not in packages:
+        if nvidia_repo and "cuda-keyring" not in packages and not state.get("nvidia_repo_file"):
             print(f"E: Unable to locate package {p}", file=sys.stderr)
             sys.exit(100)
-        packages[p] = "1"
+        ubuntu_driver = p.startswith("linux-modules-nvidia-") or (p.startswith(("nvidia-utils-", "libnvidia-compute-")) and p.endswith("-server"))
+        if ubuntu_driver and p not in archive:
+            print(f"E: Unable to locate package {p}", file=sys.stderr)
+            sys.exit(100)
+        packages[p] = archive.get(p, "1")
+        if p.startswith("linux-modules-nvidia-") and p[len("linux-modules-nvidia-"):].split("-")[0] + "-server" in p:
+            branch = p[len("linux-modules-nvidia-"):].split("-")[0]
+            packages[f"nvidia-kernel-common-{branch}-server"] = archive.get(f"nvidia-utils-{branch}-server", "1")
+            state["installed_driver"] = archive.get(f"nvidia-utils-{branch}-server", "1").split("-")[0]
+            state["modules"] = "open" if "-server-open-" in p else "proprietary"
+            state["signed"] = True
         if p.startswith("nvidia-driver-pinning-"):
             state["pinned"] = p.rsplit("-", 1)[1]
         if p in state["driver_packages"]:
@@ -164,7 +188,53 @@ def reboot():
 
 
 def uname():
-    out({"-r": "6.8.0-1015-aws", "-m": "x86_64"}.get(args[0] if args else "", "Linux"))
+    out({"-r": state.get("kernel", "6.8.0-1015-aws"), "-m": "x86_64"}.get(args[0] if args else "", "Linux"))
+
+
+def apt_cache():
+    # `apt-cache policy PKG`: a Candidate line when the archive has it, "(none)" when it doesn't.
+    if args[:1] != ["policy"]:
+        return
+    for p in args[1:]:
+        version = state.get("archive", {}).get(p)
+        if version is None and p in state["packages"]:
+            version = state["packages"][p]
+        if version is not None or p in state.get("known", []):
+            out(f"{p}:\n  Installed: (none)\n  Candidate: {version or '(none)'}\n  Version table:")
+
+
+def first_boot_step():
+    """The image's own first-boot driver installer: running for `polls` more looks, then done."""
+    fb = state.get("first_boot") or {}
+    if fb.get("polls", 0) <= 0:
+        return False
+    fb["polls"] -= 1
+    if fb["polls"] == 0:  # it finishes now: this look finds it gone
+        state["installed_driver"] = fb["driver"]
+        state["packages"][f"nvidia-driver-{fb['driver'].split('.')[0]}-open"] = fb["driver"]
+        if fb.get("loads"):
+            state["loaded"] = fb["driver"]
+    save()
+    return fb["polls"] > 0
+
+
+def pgrep():
+    if "-f" in args and first_boot_step():
+        out("4242")
+        return
+    sys.exit(1)
+
+
+def systemctl():
+    # `systemctl show -p ActiveState --value UNIT`
+    unit = args[-1]
+    out(state.get("units", {}).get(unit, "inactive"))
+
+
+def cloud_init():
+    if args[:1] == ["status"]:
+        out("status: done")
+        sys.exit(state.get("cloud_init_rc", 0))
 
 
 def curl():
@@ -177,17 +247,18 @@ def mokutil():
 
 
 def modinfo():
-    # `modinfo -F version nvidia`: the installed module's version, loaded or not.
+    # `modinfo -F version|license nvidia`: the installed module's, loaded or not.
     if not state.get("installed_driver"):
         print("modinfo: ERROR: Module nvidia not found.", file=sys.stderr)
         sys.exit(1)
-    out(state["installed_driver"])
+    field = args[args.index("-F") + 1] if "-F" in args else "version"
+    out(state["installed_driver"] if field == "version" else {"open": "Dual MIT/GPL", "proprietary": "NVIDIA"}[state.get("modules", "open")])
 
 
 handlers = {
     "nvidia-smi": nvidia_smi, "apt-get": apt_get, "dpkg-query": dpkg_query, "apt-mark": apt_mark,
     "fuser": fuser, "lspci": lspci, "reboot": reboot, "uname": uname, "curl": curl, "mokutil": mokutil,
-    "modinfo": modinfo,
+    "modinfo": modinfo, "apt-cache": apt_cache, "pgrep": pgrep, "systemctl": systemctl, "cloud-init": cloud_init,
 }
 handlers.get(name, lambda: None)()
 '''
@@ -238,6 +309,7 @@ class cuda:
         return json.loads((Path(os.environ["SANDBOX"]) / "state.json").read_text())["gpu"]["name"]
 '''
 
+REBOOT_NOT_NEEDED = "cloudtrain-reboot: not needed"
 OS_RELEASE = 'NAME="Ubuntu"\nID={id}\nVERSION_ID="{version}"\nPRETTY_NAME="Ubuntu {version} LTS"\n'
 
 
@@ -252,7 +324,8 @@ class Sandbox:
     def __init__(self, path: Path, *, os_version: str = "22.04", pci: bool = True,
                  gpu: dict[str, Any] | None = None, loaded: str | None = None,
                  packages: dict[str, str] | None = None, toolkits: tuple[str, ...] = (),
-                 lock_busy: int = 0, secure_boot: bool = False) -> None:
+                 lock_busy: int = 0, secure_boot: bool = False, kernel: str = "6.8.0-1015-aws",
+                 archive: dict[str, str] | None = None, proc_version: str | None = None) -> None:
         self.path = path
         self.bin, self.safe, self.root, self.logs = (path / n for n in ("bin", "safebin", "root", "logs"))
         for d in (self.bin, self.safe, self.root / "etc", self.logs, path / "venv/bin", path / "pyfake/torch"):
@@ -284,6 +357,10 @@ class Sandbox:
             "held": [],
             "lock_busy": lock_busy,
             "secure_boot": secure_boot,
+            "kernel": kernel,
+            # What Ubuntu's archive offers (apt-cache policy answers from it): none of Canonical's
+            # signed NVIDIA modules unless a test adds them.
+            "archive": dict(archive or {}),
             "reboots": 0,
             # What installing each driver package from NVIDIA's repository gives.
             # From R590 the names carry no branch: what comes depends on the pinning package.
@@ -291,6 +368,11 @@ class Sandbox:
                                 "nvidia-open": {"590": "590.48.01", "595": "595.58.03", "610": "610.12"}},
             "driver_cuda": DRIVER_CUDA,
         }
+        # The running kernel's banner (compiler included), as /proc/version shows it.
+        (self.root / "proc").mkdir(parents=True, exist_ok=True)
+        (self.root / "proc/version").write_text(proc_version or (
+            f"Linux version {kernel} (buildd@lcy02-amd64-080) (x86_64-linux-gnu-gcc-12 (Ubuntu 12.3.0-1ubuntu1~22.04) "
+            "12.3.0, GNU ld (GNU Binutils for Ubuntu) 2.38) #16~22.04.1-Ubuntu SMP\n"))
         self.save()
         self.fingerprints: dict[str, str] = {}
         self.fake_torch: dict[str, Any] = {}
@@ -387,7 +469,8 @@ class Sandbox:
             ran.append(result)
             if result.returncode != 0:
                 break
-            if step.reboot_after:
+            # A step that changed nothing needing one says so, as bootstrap.apply reads it.
+            if step.reboot_after and REBOOT_NOT_NEEDED not in result.output:
                 self.reboot()
             self.fingerprints[step.name] = step.fingerprint
         return ran

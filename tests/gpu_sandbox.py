@@ -163,6 +163,11 @@ def apt_mark():
         save()
         for p in args[1:]:
             out(f"{p} set on hold.")
+    elif args[0] == "unhold":
+        state["held"] = sorted(set(state["held"]) - set(args[1:]))
+        save()
+        for p in args[1:]:
+            out(f"Canceled hold on {p}.")
 
 
 def fuser():
@@ -264,10 +269,13 @@ handlers.get(name, lambda: None)()
 '''
 
 # A stand-in torch with the few calls verify makes, its behaviour set by FAKE_TORCH (JSON).
+# {"error": {"at": "init", "text": ...}} plays torch's way with a failed cudaGetDeviceCount (a
+# UserWarning and is_available() False); "at": "compute" a RuntimeError from the first CUDA op.
 FAKE_TORCH = r'''
-import json, os
+import json, os, warnings
 from pathlib import Path
 _cfg = json.loads(os.environ.get("FAKE_TORCH", "{}"))
+_err = _cfg.get("error") or {}
 __version__ = _cfg.get("version", "2.14.1+cu130")
 
 
@@ -295,12 +303,17 @@ class _Matrix:
 
 
 def ones(n, m, device=None):
+    if device == "cuda" and _err.get("at") == "compute":
+        raise RuntimeError(_err["text"])
     return _Matrix(n)
 
 
 class cuda:
     @staticmethod
     def is_available():
+        if _err.get("at") == "init":
+            warnings.warn("CUDA initialization: " + _err["text"])
+            return False
         state = json.loads((Path(os.environ["SANDBOX"]) / "state.json").read_text())
         return bool(state.get("loaded")) and _cfg.get("available", True)
 

@@ -9,7 +9,7 @@
 #    plus the flavour's meta package so each kernel update brings its own) with the matching
 #    userspace nvidia-utils-<branch>-server and libnvidia-compute-<branch>-server: no compiler,
 #    and they load under Secure Boot (Ubuntu Server docs, "NVIDIA drivers installation":
-#    documentation.ubuntu.com/server/how-to/graphics/install-nvidia-drivers).
+#    documentation.ubuntu.com/server/how-to/graphics/ (the page on installing NVIDIA drivers)).
 # 2. NVIDIA's repository with DKMS: the compiler the kernel was built with (a jammy 6.8 cloud
 #    kernel is built with gcc-12, dkms alone pulls gcc-11), headers for the kernel that will
 #    boot and its flavour's headers meta package (future kernels get theirs, DKMS rebuilds).
@@ -150,7 +150,7 @@ driver_packages() { installed 'nvidia-*' 'libnvidia-*' 'cuda-drivers*' 'linux-mo
 # Not held: kernels and the meta packages that keep kernel and signed modules in step, so
 # security updates keep flowing. The list and a command that releases it stay on the node.
 hold_driver() {
-    local before="$1" p held=()
+    local before="$1" p held=() all
     while read -r p; do
         if [[ -z "$p" || $'\n'"$before"$'\n' == *$'\n'"$p"$'\n'* ]]; then continue; fi
         if [[ "$p" == linux-modules-nvidia-* && ! "$p" =~ -[0-9]+\.[0-9]+\.[0-9]+-[0-9]+- ]]; then continue; fi
@@ -162,10 +162,13 @@ hold_driver() {
     run apt-mark hold "${held[@]}"
     mkdir -p "$(dirname "$HOLDS_FILE")" "$(dirname "$RELEASE_HOLDS")"
     printf '%s\n' "${held[@]}" >> "$HOLDS_FILE"
-    # shellcheck disable=SC2016  # the $(cat ...) runs when the written script runs
-    printf '%s\n' '#!/bin/sh' \
-        '# Written by cloudtrain (nvidia-driver step): releases the holds it put on the driver packages.' \
-        'set -e' 'apt-mark unhold $(cat /etc/cloudtrain/driver-holds)' 'rm -f /etc/cloudtrain/driver-holds' > "$RELEASE_HOLDS"
+    all="$(sort -u "$HOLDS_FILE")"
+    {
+        printf '#!/bin/sh\n# Written by cloudtrain (nvidia-driver step): releases the holds it put on the driver packages.\nset -e\n'
+        printf 'apt-mark unhold %s\n' "${all//$'\n'/ }"
+        # shellcheck disable=SC2016  # expanded when the written script runs
+        printf 'rm -f "${CLOUDTRAIN_SYSROOT:-}/etc/cloudtrain/driver-holds" "$0"\n'
+    } > "$RELEASE_HOLDS"
     chmod 0755 "$RELEASE_HOLDS"
     log "held ${held[*]}; release with: sudo cloudtrain-release-driver-holds"
 }

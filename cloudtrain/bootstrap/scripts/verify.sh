@@ -111,8 +111,11 @@ def fail_cuda(name, text):
 
 
 def needs_newer_driver(built):
-    """The framework was built for a CUDA newer than the loaded driver can run."""
-    return bool(built and driver_cuda and key(built) > key(driver_cuda))
+    """The framework was built for a CUDA the loaded driver cannot run. Within a major version
+    it can (NVIDIA's minor version compatibility: a 12.x build runs on any driver >= 525.60.13,
+    13.x on >= 580.65.06), so only a newer major counts: a cu126 wheel runs on a 550 driver,
+    whose nvidia-smi says CUDA 12.4."""
+    return bool(built and driver_cuda and key(built)[:1] > key(driver_cuda)[:1])
 
 
 def no_gpu(name, built, said=""):

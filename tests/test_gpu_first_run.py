@@ -79,6 +79,9 @@ def test_secure_boot_with_signed_modules_available_installs_them(tmp_path: Path)
     assert box.commands("curl") == [] and "dkms" not in box.installs()  # no NVIDIA repo, nothing to compile
     assert box.load()["modules"] == "open" and box.load()["reboots"] == 1
     assert report(ran[1].output)["driver"] == "580.95.05"
+    # The node records where its driver came from (the probe's driver_source).
+    assert "source=ubuntu-signed\nbranch=580\nmodules=open\n" in (box.root / "etc/cloudtrain/driver").read_text()
+    assert probe(box.root)["driver_source"] == "ubuntu-signed"
     # Held: the exact driver packages; not the meta package that brings each new kernel its
     # modules, nor any kernel package.
     held = set(box.load()["held"])
@@ -104,6 +107,7 @@ def test_proprietary_modules_and_a_too_old_archive_driver(tmp_path: Path) -> Non
     assert ran.returncode == 0, ran.output
     assert "older than the 580.65.06 CUDA 13.0 needs" in ran.output
     assert old.installs()[:3] == ["dkms", "gcc-12", f"linux-headers-{KERNEL}"] and "nvidia-open-580" in old.installs()
+    assert (old.root / "etc/cloudtrain/driver").read_text().startswith("source=nvidia-dkms\n")
 
 
 def test_secure_boot_without_signed_modules_refuses_before_installing(tmp_path: Path) -> None:

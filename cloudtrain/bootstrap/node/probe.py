@@ -12,6 +12,10 @@ GPU facts beside gpus/driver/cuda_driver_max/cuda_toolkits/nvcc/cudnn/frameworks
     driver_modules    "open" | "proprietary" | None: the flavour of the driver's kernel module,
                       read from /proc/driver/nvidia/version when loaded, else modinfo's license
                       ("Dual MIT/GPL" is the open module, "NVIDIA" the proprietary one)
+    driver_source     "ubuntu-signed" (Canonical's signed prebuilt modules and -server userspace)
+                      | "nvidia-dkms" (NVIDIA's repository, module built by DKMS) | None: how
+                      cloudtrain's nvidia-driver step installed the driver (/etc/cloudtrain/driver);
+                      None for a driver cloudtrain did not install
     cudnn             version of a system cuDNN (headers in /usr/include, /usr/include/<triplet>,
                       or /usr/local/cuda*/include with its library beside it in lib64/lib),
                       else from ldconfig, else a pip nvidia-cudnn-cu12/13 this python3 sees
@@ -125,6 +129,14 @@ def driver_modules():
     return None
 
 
+def driver_source():
+    for line in (read("/etc/cloudtrain/driver") or "").splitlines():
+        key, _, value = line.partition("=")
+        if key == "source" and value:
+            return value
+    return None
+
+
 def cuda_driver_max():
     out = sh("nvidia-smi") or ""
     m = re.search(r"CUDA Version:\s*([0-9.]+)", out)
@@ -221,6 +233,7 @@ def main():
         "cuda_driver_max": cuda_driver_max(),
         "driver_installed": driver_installed(),
         "driver_modules": driver_modules(),
+        "driver_source": driver_source(),
         "cuda_toolkits": sorted(
             os.path.basename(p)[len("cuda-"):] for p in glob.glob(f"{root()}/usr/local/cuda-*") if re.match(r".*cuda-\d+\.\d+$", p)
         ),

@@ -22,6 +22,9 @@
 # CLOUDTRAIN_KERNEL_MODULES (open | proprietary), CLOUDTRAIN_MIN_DRIVER, CLOUDTRAIN_CUDA.
 
 HOLDS_FILE="$ROOT/etc/cloudtrain/driver-holds"
+# Where the driver came from, for the steps after (Fabric Manager must be the driver's exact
+# version, from the same archive) and the probe (fact driver_source).
+DRIVER_RECORD="$ROOT/etc/cloudtrain/driver"
 RELEASE_HOLDS="$ROOT/usr/local/sbin/cloudtrain-release-driver-holds"
 
 driver_branch() {
@@ -218,6 +221,7 @@ apt_get update
 if signed_modules "$branch" "$boot" "$flavour"; then
     log "installing Canonical's signed prebuilt R$branch modules ($CLOUDTRAIN_KERNEL_MODULES) for kernel $boot: ${SIGNED[*]}"
     apt_get install --no-install-recommends "${SIGNED[@]}"
+    source="ubuntu-signed"
 else
     if secure_boot_on; then
         die "Secure Boot is enabled and no signed prebuilt NVIDIA R$branch module exists for kernel $boot, so a DKMS-built (unsigned) module would not load; disable Secure Boot for the VM or use a deep-learning image (--image dl)"
@@ -233,7 +237,10 @@ else
     fi
     # Compute only: the recommends are X and desktop libraries.
     apt_get install --no-install-recommends "$CLOUDTRAIN_DRIVER_PACKAGE"
+    source="nvidia-dkms"
 fi
+mkdir -p "$(dirname "$DRIVER_RECORD")"
+printf 'source=%s\nbranch=%s\nmodules=%s\nkernel=%s\n' "$source" "$branch" "$CLOUDTRAIN_KERNEL_MODULES" "$boot" > "$DRIVER_RECORD"
 blacklist_nouveau
 hold_driver "$before"
 log "driver installed; the node reboots now to load it"

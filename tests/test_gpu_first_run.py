@@ -134,6 +134,12 @@ def test_a_newer_kernel_pending_gets_the_module_and_the_reboot_boots_it(tmp_path
     ran = box.run(driver_step())
     assert ran.returncode == 0, ran.output
     assert box.installs()[:4] == ["dkms", "gcc-12", f"linux-headers-{pending}", "linux-headers-aws"]
+    # A generic HWE kernel: its headers meta package is the HWE one.
+    hwe = Sandbox(tmp_path / "hwe", gpu=T4, kernel="6.8.0-45-generic", packages={"linux-image-6.8.0-45-generic": "1",
+                  "linux-image-generic-hwe-22.04": "1"}, archive={"linux-headers-generic-hwe-22.04": "6.8.0.45.45~22.04.1",
+                                                                  "linux-headers-generic": "5.15.0.125.125"})
+    assert hwe.run(driver_step()).returncode == 0
+    assert hwe.installs()[:4] == ["dkms", "gcc-12", "linux-headers-6.8.0-45-generic", "linux-headers-generic-hwe-22.04"]
     assert "linux-headers-6.5.0-1024-aws" not in box.installs()
     assert f"kernel {pending} is installed and boots next (running: 6.5.0-1024-aws)" in ran.output
     # No hold on any kernel package: security updates keep flowing, DKMS rebuilds for them.
@@ -239,6 +245,57 @@ def test_cuda_errors_are_named_by_layer_without_a_traceback(tmp_path: Path, at: 
     assert ran.output.strip().splitlines()[-1].startswith("verify: error: ")
     if at == "compute":  # the framework's own traceback is kept in the step's log
         assert "Traceback" in (box.logs / "verify.log").read_text()
+
+
+# A stand-in tensorflow whose GPU list comes back empty while its C++ side logs why on fd 2,
+# as TensorFlow does when cuInit fails.
+FAKE_TF = """
+import os
+
+
+class _Info(dict):
+    pass
+
+
+class sysconfig:
+    @staticmethod
+    def get_build_info():
+        return {"cuda_version": "12.5.1"}
+
+
+class test:
+    @staticmethod
+    def is_built_with_cuda():
+        return True
+
+
+class config:
+    @staticmethod
+    def list_physical_devices(kind):
+        os.write(2, os.environ["FAKE_TF_STDERR"].encode() + b"\\n")
+        return []
+
+
+__version__ = "2.21.0"
+"""
+
+
+@pytest.mark.parametrize("logged, layer", [
+    ("E external/xla/xla/stream_executor/cuda/cuda_driver.cc:152] failed call to cuInit: CUDA_ERROR_SYSTEM_NOT_READY: "
+     "system not yet initialized", "fabric-manager"),
+    ("I tensorflow/core/util/port.cc:153] oneDNN custom operations are on.", "framework"),
+])
+def test_tensorflow_cuda_init_errors_logged_natively_are_named(tmp_path: Path, logged: str, layer: str) -> None:
+    box = Sandbox(tmp_path, gpu=H100, loaded="580.95.05")
+    (box.path / "pyfake/tensorflow").mkdir()
+    (box.path / "pyfake/tensorflow/__init__.py").write_text(FAKE_TF)
+    ran = box.run(step("verify", CLOUDTRAIN_FRAMEWORK="tensorflow", CLOUDTRAIN_MIN_DRIVER="525.60.13", CLOUDTRAIN_CUDA="12.5"),
+                  FAKE_TF_STDERR=logged)
+    err = gpu.verify_failure(ran.output)
+    assert ran.returncode == 3 and err is not None and err.layer == layer, ran.output
+    assert logged in ran.output  # what TensorFlow said still reaches the log
+    if layer == "framework":
+        assert err.message.endswith("tensorflow 2.21.0 is a CUDA build but cannot use the GPU; see this log for its error")
 
 
 def test_nvidia_repo_set_up_without_cuda_keyring_is_used_not_doubled(tmp_path: Path) -> None:

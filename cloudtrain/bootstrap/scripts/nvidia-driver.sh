@@ -228,7 +228,12 @@ else
     fi
     compiler="$(kernel_compiler "$boot")"
     build=(dkms "${compiler:-gcc}" "linux-headers-$boot")
-    if apt_candidate "linux-headers-$flavour" >/dev/null; then build+=("linux-headers-$flavour"); fi
+    while read -r meta; do
+        if [[ -n "$meta" ]] && apt_candidate "linux-headers-$meta" >/dev/null; then
+            build+=("linux-headers-$meta")
+            break
+        fi
+    done <<< "$(kernel_metas "$flavour")"
     log "building the R$branch module with DKMS ($CLOUDTRAIN_DRIVER_PACKAGE, $CLOUDTRAIN_KERNEL_MODULES modules) for kernel $boot with ${compiler:-the default gcc (no compiler named in the kernel config or /proc/version)}"
     apt_get install --no-install-recommends "${build[@]}"
     ensure_cuda_repo

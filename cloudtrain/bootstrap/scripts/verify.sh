@@ -121,9 +121,30 @@ def needs_newer_driver(built):
 def no_gpu(name, built, said=""):
     if needs_newer_driver(built):
         fail("driver-too-old", f"{name} is built for CUDA {built} but driver {os.environ.get('CLOUDTRAIN_DRIVER')} runs CUDA {driver_cuda} at most")
-    if said:
+    if said and cuda_layer(said):
         fail_cuda(name, said)
     fail("framework", f"{name} is a CUDA build but cannot use the GPU; see this log for its error")
+
+
+def capturing_stderr(fn):
+    """fn() and what native code wrote to stderr meanwhile (TensorFlow logs a failed cuInit,
+    e.g. CUDA_ERROR_SYSTEM_NOT_READY, from C++ and returns no GPU); the text still reaches the log."""
+    import tempfile
+
+    sys.stderr.flush()
+    saved = os.dup(2)
+    with tempfile.TemporaryFile() as tmp:
+        os.dup2(tmp.fileno(), 2)
+        try:
+            result = fn()
+        finally:
+            sys.stderr.flush()
+            os.dup2(saved, 2)
+            os.close(saved)
+        tmp.seek(0)
+        text = tmp.read().decode(errors="replace")
+    sys.stderr.write(text)
+    return result, text
 
 
 def torch_available(torch):
@@ -156,9 +177,9 @@ try:
         built = tf.sysconfig.get_build_info().get("cuda_version")
         if not tf.test.is_built_with_cuda():
             fail("framework-without-cuda", f"{name} is built without CUDA (tensorflow-cpu?); install tensorflow[and-cuda]")
-        gpus = tf.config.list_physical_devices("GPU")
+        gpus, said = capturing_stderr(lambda: tf.config.list_physical_devices("GPU"))
         if not gpus:
-            no_gpu(name, built)
+            no_gpu(name, built, said)
         with tf.device("/GPU:0"):
             x = tf.ones((N, N))
             value = float(tf.reduce_sum(tf.matmul(x, x)))

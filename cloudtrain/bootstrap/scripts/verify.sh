@@ -3,7 +3,10 @@
 # the GPU in the installed framework and report the device. Prints exactly one line
 #     cloudtrain-verify {"ok": true|false, "layer": ..., "message": ..., "device": ...}
 # that the planner maps to BootstrapError(layer=...) (see cloudtrain/bootstrap/gpu.py), and
-# exits 3 when a layer is broken.
+# exits 3 when a layer is broken. Layers: no-gpu, driver-not-loaded, driver-too-old,
+# fabric-manager, framework-without-cuda, framework. An exception or a CUDA error the framework
+# reports (a warning, an exception, or TensorFlow's native log) is mapped by its CUDA error code
+# (CUDA_ERRORS below); its traceback goes to the step's log only.
 # Inputs: CLOUDTRAIN_FRAMEWORK (torch | tensorflow | jax), CLOUDTRAIN_VENV, CLOUDTRAIN_MIN_DRIVER,
 # CLOUDTRAIN_CUDA.
 

@@ -437,7 +437,21 @@ class Sandbox:
             "cuda_driver_max": DRIVER_CUDA[loaded.split(".")[0]] if loaded else None,
             "cuda_toolkits": toolkits, "nvcc": toolkits[-1] if toolkits else None,
             "cudnn": "9.10.2" if cudnn else None, "frameworks": {}, "is_root": True, "has_sudo": True,
+            # The probe's driver and repository facts (cloudtrain/bootstrap/node/probe.py).
+            "driver_installed": s.get("installed_driver"),
+            "driver_modules": s.get("modules", "open") if s.get("installed_driver") else None,
+            "driver_source": next((line.split("=", 1)[1] for line in self._read("etc/cloudtrain/driver").splitlines()
+                                   if line.startswith("source=")), None),
+            "cudnn_path": None,
+            "nvidia_apt_repo": ({"file": s["nvidia_repo_file"], "keyring": "cuda-keyring" in s["packages"]}
+                                if s.get("nvidia_repo_file") else
+                                {"file": "/etc/apt/sources.list.d/cuda-ubuntu2204-x86_64.list", "keyring": True}
+                                if "cuda-keyring" in s["packages"] else None),
         }
+
+    def _read(self, path: str) -> str:
+        f = self.root / path
+        return f.read_text() if f.exists() else ""
 
     # --- running ---------------------------------------------------------------------------
 

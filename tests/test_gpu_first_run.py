@@ -365,3 +365,8 @@ def test_probe_finds_cudnn_under_a_toolkit_and_an_nvidia_repo_without_keyring(tm
     sources.write_text("Types: deb\nURIs: https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2404/x86_64/\n"
                        "Suites: /\nSigned-By: /usr/share/keyrings/nvidia.gpg\n")
     assert probe(tmp_path)["nvidia_apt_repo"] == {"file": "/etc/apt/sources.list.d/cuda.sources", "keyring": False}
+
+
+def test_the_sandbox_plays_every_fact_the_real_probe_reports(tmp_path: Path) -> None:
+    """Plans in these tests come from Sandbox.facts(): it must answer what the probe answers."""
+    assert set(Sandbox(tmp_path / "box").facts()) == set(probe(tmp_path))

@@ -1,11 +1,14 @@
 """A sandbox where the GPU step scripts run for real with bash, against stand-in system commands.
 
-This machine has no NVIDIA GPU, so nvidia-smi, lspci, apt-get, apt-mark, dpkg-query, fuser,
-modprobe, modinfo, reboot, update-initramfs, uname, curl and mokutil are stand-ins: one Python program
-(STANDIN below) under each name, first on PATH. They record every call and answer from a
-state file that plays the machine: which packages are installed, whether a driver module is
-loaded (only after a reboot following its install), whether unattended-upgrades holds the
-dpkg lock. PATH holds nothing else but links to harmless coreutils, so a command the
+This machine has no NVIDIA GPU, so nvidia-smi, lspci, apt-get, apt-cache, apt-mark, dpkg-query,
+fuser, modprobe, modinfo, reboot, update-initramfs, uname, curl, mokutil, pgrep, systemctl and
+cloud-init are stand-ins: one Python program (tests/gpu_standin.py) under each name, first on PATH.
+They record every call and answer from a state file that plays the machine: which packages are
+installed and which the Ubuntu archive offers (`archive`: name -> version, for apt-cache policy),
+whether a driver module is loaded (only after a reboot following its install), whether
+unattended-upgrades holds the dpkg lock, whether a cloud's first-boot driver installer still
+runs (`first_boot`: it runs for a number of polls, then leaves its driver installed or loaded),
+which kernel runs (`kernel`). PATH holds nothing else but links to harmless coreutils, so a command the
 scripts call without a stand-in fails the test instead of touching this machine.
 
 `apply()` mirrors cloudtrain.bootstrap.apply: needed steps in order, fingerprints recorded so
@@ -26,177 +29,26 @@ from typing import Any
 from cloudtrain.bootstrap.steps import Step
 
 STANDINS = (
-    "nvidia-smi", "lspci", "apt-get", "apt-mark", "dpkg-query", "fuser", "modprobe", "reboot",
-    "update-initramfs", "uname", "curl", "mokutil", "modinfo",
+    "nvidia-smi", "lspci", "apt-get", "apt-cache", "apt-mark", "dpkg-query", "fuser", "modprobe", "reboot",
+    "update-initramfs", "uname", "curl", "mokutil", "modinfo", "pgrep", "systemctl", "cloud-init",
 )
-REAL_TOOLS = ("bash", "cat", "date", "tee", "sort", "head", "mkdir", "mktemp", "rm", "dirname", "sleep", "env")
+REAL_TOOLS = ("bash", "cat", "date", "tee", "sort", "head", "tail", "mkdir", "mktemp", "rm", "dirname", "sleep", "env",
+              "grep", "timeout", "chmod")
 
 # What each driver branch reports as its newest CUDA in the nvidia-smi header.
 DRIVER_CUDA = {"535": "12.2", "550": "12.4", "570": "12.8", "575": "12.9", "580": "13.0", "590": "13.1", "595": "13.2"}
 
-STANDIN = r'''
-import fnmatch, json, os, sys
-from pathlib import Path
-
-box = Path(os.environ["SANDBOX"])
-name = Path(sys.argv[0]).name
-args = sys.argv[1:]
-state = json.loads((box / "state.json").read_text())
-with open(box / "calls.jsonl", "a") as f:
-    f.write(json.dumps([name, *args]) + "\n")
-root = Path(os.environ["CLOUDTRAIN_SYSROOT"])
-
-
-def save():
-    (box / "state.json").write_text(json.dumps(state, indent=1))
-
-
-def out(text=""):
-    if text:
-        print(text)
-
-
-def nvidia_smi():
-    if not state.get("loaded"):
-        print("NVIDIA-SMI has failed because it couldn't communicate with the NVIDIA driver.", file=sys.stderr)
-        sys.exit(9)
-    gpu, version = state["gpu"], state["loaded"]
-    query = next((a.split("=", 1)[1] for a in args if a.startswith("--query-gpu=")), None)
-    if query:
-        values = {"name": gpu["name"], "driver_version": version, "memory.total": str(gpu["memory_mb"]), "compute_cap": gpu["cc"]}
-        out(", ".join(values[f] for f in query.split(",")))
-    elif "-L" in args:
-        out(f"GPU 0: {gpu['name']} (UUID: GPU-0000)")
-    else:
-        cuda = state["driver_cuda"][version.split(".")[0]]
-        out(f"| NVIDIA-SMI {version}    Driver Version: {version}    CUDA Version: {cuda}     |")
-
-
-def apt_get():
-    if state.get("lock_busy", 0) > 0:
-        print("E: Could not get lock /var/lib/dpkg/lock-frontend. It is held by process 812 (unattended-upgr)", file=sys.stderr)
-        sys.exit(100)
-    words, skip = [], False
-    for a in args:
-        if skip:
-            skip = False
-        elif a == "-o":
-            skip = True
-        elif not a.startswith("-"):
-            words.append(a)
-    action, pkgs = words[0], words[1:]
-    if action != "install":
-        return
-    packages = state["packages"]
-    for p in pkgs:
-        if p.startswith("/"):
-            if not Path(p).exists():
-                print(f"E: Unsupported file {p} given on commandline", file=sys.stderr)
-                sys.exit(100)
-            packages["cuda-keyring"] = "1.1-1"
-            continue
-        nvidia_repo = p.startswith(("cuda-", "nvidia-open", "nvidia-driver-pinning-", "cudnn"))
-        if nvidia_repo and "cuda-keyring" not in packages:
-            print(f"E: Unable to locate package {p}", file=sys.stderr)
-            sys.exit(100)
-        packages[p] = "1"
-        if p.startswith("nvidia-driver-pinning-"):
-            state["pinned"] = p.rsplit("-", 1)[1]
-        if p in state["driver_packages"]:
-            version = state["driver_packages"][p]
-            flavour = "-open" if p.startswith("nvidia-open") else ""
-            if isinstance(version, dict):  # R590+ names carry no branch: the pinned one, else the newest
-                version = version.get(state.get("pinned") or "", max(version.values()))
-                deps = (f"nvidia-dkms{flavour}", "libnvidia-compute", "nvidia-kernel-common")
-            else:
-                branch = version.split(".")[0]
-                deps = (f"nvidia-driver-{branch}{flavour}", f"libnvidia-compute-{branch}", f"nvidia-kernel-common-{branch}")
-            for dep in deps:
-                packages[dep] = version
-            state["installed_driver"] = version
-        if p.startswith("cuda-toolkit-"):
-            nvcc = root / f"usr/local/cuda-{p[len('cuda-toolkit-'):].replace('-', '.')}/bin/nvcc"
-            nvcc.parent.mkdir(parents=True, exist_ok=True)
-            nvcc.write_text("#!/bin/sh\n")
-            nvcc.chmod(0o755)
-    save()
-
-
-def dpkg_query():
-    fmt = next((a[3:] for a in args if a.startswith("-f=")), "")
-    patterns = [a for a in args if not a.startswith("-")]
-    found = [p for p in state["packages"] if any(fnmatch.fnmatch(p, pat) for pat in patterns)]
-    if not found:
-        print(f"dpkg-query: no packages found matching {' '.join(patterns)}", file=sys.stderr)
-        sys.exit(1)
-    for p in sorted(found):
-        sys.stdout.write(fmt.replace("${Package}", p).replace("${Status}", "install ok installed").replace("\\n", "\n"))
-
-
-def apt_mark():
-    if args[0] == "hold":
-        state["held"] = sorted(set(state["held"]) | set(args[1:]))
-        save()
-        for p in args[1:]:
-            out(f"{p} set on hold.")
-
-
-def fuser():
-    if state.get("lock_busy", 0) > 0:
-        state["lock_busy"] -= 1
-        save()
-        out("/var/lib/dpkg/lock-frontend:   812")
-        sys.exit(0)
-    sys.exit(1)
-
-
-def lspci():
-    out("00:00.0 0600: 8086:1237 (rev 02)")
-    if state["pci"]:
-        out("00:1e.0 0302: 10de:1eb8 (rev a1)")
-
-
-def reboot():
-    # Booting loads whatever driver is installed.
-    state["loaded"] = state.get("installed_driver")
-    state["reboots"] = state.get("reboots", 0) + 1
-    save()
-
-
-def uname():
-    out({"-r": "6.8.0-1015-aws", "-m": "x86_64"}.get(args[0] if args else "", "Linux"))
-
-
-def curl():
-    target = args[args.index("-o") + 1]
-    Path(target).write_bytes(b"!<arch>\ncuda-keyring\n")
-
-
-def mokutil():
-    out("SecureBoot enabled" if state.get("secure_boot") else "SecureBoot disabled")
-
-
-def modinfo():
-    # `modinfo -F version nvidia`: the installed module's version, loaded or not.
-    if not state.get("installed_driver"):
-        print("modinfo: ERROR: Module nvidia not found.", file=sys.stderr)
-        sys.exit(1)
-    out(state["installed_driver"])
-
-
-handlers = {
-    "nvidia-smi": nvidia_smi, "apt-get": apt_get, "dpkg-query": dpkg_query, "apt-mark": apt_mark,
-    "fuser": fuser, "lspci": lspci, "reboot": reboot, "uname": uname, "curl": curl, "mokutil": mokutil,
-    "modinfo": modinfo,
-}
-handlers.get(name, lambda: None)()
-'''
+# The stand-in program, linked under every name in STANDINS.
+STANDIN = (Path(__file__).parent / "gpu_standin.py").read_text()
 
 # A stand-in torch with the few calls verify makes, its behaviour set by FAKE_TORCH (JSON).
+# {"error": {"at": "init", "text": ...}} plays torch's way with a failed cudaGetDeviceCount (a
+# UserWarning and is_available() False); "at": "compute" a RuntimeError from the first CUDA op.
 FAKE_TORCH = r'''
-import json, os
+import json, os, warnings
 from pathlib import Path
 _cfg = json.loads(os.environ.get("FAKE_TORCH", "{}"))
+_err = _cfg.get("error") or {}
 __version__ = _cfg.get("version", "2.14.1+cu130")
 
 
@@ -224,12 +76,17 @@ class _Matrix:
 
 
 def ones(n, m, device=None):
+    if device == "cuda" and _err.get("at") == "compute":
+        raise RuntimeError(_err["text"])
     return _Matrix(n)
 
 
 class cuda:
     @staticmethod
     def is_available():
+        if _err.get("at") == "init":
+            warnings.warn("CUDA initialization: " + _err["text"])
+            return False
         state = json.loads((Path(os.environ["SANDBOX"]) / "state.json").read_text())
         return bool(state.get("loaded")) and _cfg.get("available", True)
 
@@ -238,6 +95,7 @@ class cuda:
         return json.loads((Path(os.environ["SANDBOX"]) / "state.json").read_text())["gpu"]["name"]
 '''
 
+REBOOT_NOT_NEEDED = "cloudtrain-reboot: not needed"
 OS_RELEASE = 'NAME="Ubuntu"\nID={id}\nVERSION_ID="{version}"\nPRETTY_NAME="Ubuntu {version} LTS"\n'
 
 
@@ -252,7 +110,8 @@ class Sandbox:
     def __init__(self, path: Path, *, os_version: str = "22.04", pci: bool = True,
                  gpu: dict[str, Any] | None = None, loaded: str | None = None,
                  packages: dict[str, str] | None = None, toolkits: tuple[str, ...] = (),
-                 lock_busy: int = 0, secure_boot: bool = False) -> None:
+                 lock_busy: int = 0, secure_boot: bool = False, kernel: str = "6.8.0-1015-aws",
+                 archive: dict[str, str] | None = None, proc_version: str | None = None) -> None:
         self.path = path
         self.bin, self.safe, self.root, self.logs = (path / n for n in ("bin", "safebin", "root", "logs"))
         for d in (self.bin, self.safe, self.root / "etc", self.logs, path / "venv/bin", path / "pyfake/torch"):
@@ -284,6 +143,10 @@ class Sandbox:
             "held": [],
             "lock_busy": lock_busy,
             "secure_boot": secure_boot,
+            "kernel": kernel,
+            # What Ubuntu's archive offers (apt-cache policy answers from it): none of Canonical's
+            # signed NVIDIA modules unless a test adds them.
+            "archive": dict(archive or {}),
             "reboots": 0,
             # What installing each driver package from NVIDIA's repository gives.
             # From R590 the names carry no branch: what comes depends on the pinning package.
@@ -291,6 +154,11 @@ class Sandbox:
                                 "nvidia-open": {"590": "590.48.01", "595": "595.58.03", "610": "610.12"}},
             "driver_cuda": DRIVER_CUDA,
         }
+        # The running kernel's banner (compiler included), as /proc/version shows it.
+        (self.root / "proc").mkdir(parents=True, exist_ok=True)
+        (self.root / "proc/version").write_text(proc_version or (
+            f"Linux version {kernel} (buildd@lcy02-amd64-080) (x86_64-linux-gnu-gcc-12 (Ubuntu 12.3.0-1ubuntu1~22.04) "
+            "12.3.0, GNU ld (GNU Binutils for Ubuntu) 2.38) #16~22.04.1-Ubuntu SMP\n"))
         self.save()
         self.fingerprints: dict[str, str] = {}
         self.fake_torch: dict[str, Any] = {}
@@ -342,7 +210,21 @@ class Sandbox:
             "cuda_driver_max": DRIVER_CUDA[loaded.split(".")[0]] if loaded else None,
             "cuda_toolkits": toolkits, "nvcc": toolkits[-1] if toolkits else None,
             "cudnn": "9.10.2" if cudnn else None, "frameworks": {}, "is_root": True, "has_sudo": True,
+            # The probe's driver and repository facts (cloudtrain/bootstrap/node/probe.py).
+            "driver_installed": s.get("installed_driver"),
+            "driver_modules": s.get("modules", "open") if s.get("installed_driver") else None,
+            "driver_source": next((line.split("=", 1)[1] for line in self._read("etc/cloudtrain/driver").splitlines()
+                                   if line.startswith("source=")), None),
+            "cudnn_path": None,
+            "nvidia_apt_repo": ({"file": s["nvidia_repo_file"], "keyring": "cuda-keyring" in s["packages"]}
+                                if s.get("nvidia_repo_file") else
+                                {"file": "/etc/apt/sources.list.d/cuda-ubuntu2204-x86_64.list", "keyring": True}
+                                if "cuda-keyring" in s["packages"] else None),
         }
+
+    def _read(self, path: str) -> str:
+        f = self.root / path
+        return f.read_text() if f.exists() else ""
 
     # --- running ---------------------------------------------------------------------------
 
@@ -387,7 +269,8 @@ class Sandbox:
             ran.append(result)
             if result.returncode != 0:
                 break
-            if step.reboot_after:
+            # A step that changed nothing needing one says so, as bootstrap.apply reads it.
+            if step.reboot_after and REBOOT_NOT_NEEDED not in result.output:
                 self.reboot()
             self.fingerprints[step.name] = step.fingerprint
         return ran

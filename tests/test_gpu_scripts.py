@@ -53,13 +53,16 @@ def test_bare_t4_on_22_04_installs_in_order_reboots_and_verifies(tmp_path: Path)
     ran = box.apply(steps)
     assert [(r.step, r.returncode) for r in ran] == [(s.name, 0) for s in steps], ran[-1].output
 
-    # Order: headers before the driver, repository before anything from it, hold after the
-    # driver, the reboot before the toolkit, and the toolkit for the planned CUDA.
+    # No signed modules in this archive, so DKMS: the kernel's own compiler (gcc-12, from
+    # /proc/version) and headers before the driver, repository before anything from it, hold
+    # after the driver, the reboot before the toolkit, and the toolkit for the planned CUDA.
     names = [c[0] for c in box.calls()]
     installs = box.installs()
-    assert installs[:2] == ["linux-headers-6.8.0-1015-aws", "dkms"]
-    assert installs[2].endswith("/cuda-keyring.deb")
-    assert installs[3:] == ["nvidia-open-580", "cuda-toolkit-13-0", "cudnn9-cuda-13"]
+    assert installs[:3] == ["dkms", "gcc-12", "linux-headers-6.8.0-1015-aws"]
+    assert installs[3].endswith("/cuda-keyring.deb")
+    assert installs[4:] == ["nvidia-open-580", "cuda-toolkit-13-0", "cudnn9-cuda-13"]
+    # Compute only: the driver comes without its recommends (X and desktop libraries).
+    assert all("--no-install-recommends" in c for c in box.commands("apt-get") if "nvidia-open-580" in c)
     assert names.index("curl") < names.index("apt-mark") < names.index("reboot")
     reboot_at = names.index("reboot")
     assert box.commands("curl")[0][-1] == "https://developer.download.nvidia.com/compute/cuda/repos/ubuntu2204/x86_64/cuda-keyring_1.1-1_all.deb"
@@ -67,9 +70,14 @@ def test_bare_t4_on_22_04_installs_in_order_reboots_and_verifies(tmp_path: Path)
     assert (box.root / "etc/modprobe.d/blacklist-nouveau.conf").read_text().startswith("blacklist nouveau")
     toolkit_call = next(i for i, c in enumerate(box.calls()) if "cuda-toolkit-13-0" in c)
     assert toolkit_call > reboot_at
+    # The driver's own packages are held, the kernel's are not (security updates keep flowing),
+    # and the node has a command that releases the holds.
     held = set(box.load()["held"])
-    assert {"nvidia-open-580", "nvidia-driver-580-open", "libnvidia-compute-580", "linux-image-6.8.0-1015-aws",
-            "linux-headers-6.8.0-1015-aws", "linux-aws", "linux-image-aws"} <= held
+    assert {"nvidia-open-580", "nvidia-driver-580-open", "libnvidia-compute-580"} <= held
+    assert not [p for p in held if p.startswith("linux-")]
+    assert (box.root / "etc/cloudtrain/driver-holds").read_text().split() == sorted(held) or \
+        set((box.root / "etc/cloudtrain/driver-holds").read_text().split()) == held
+    assert "apt-mark unhold" in (box.root / "usr/local/sbin/cloudtrain-release-driver-holds").read_text()
     assert box.load()["reboots"] == 1
 
     assert report(ran[-1].output) == {"ok": True, "device": "Tesla T4", "framework": "torch 2.14.1+cu130", "cuda": "13.0", "driver": "580.95.05"}
@@ -95,10 +103,12 @@ def test_bare_t4_second_bootstrap_changes_nothing(tmp_path: Path) -> None:
         "cuda-toolkit: kept: CUDA 13.0 already at /usr/local/cuda-13.0",
         "cudnn: kept: cuDNN 9.10.2 already installed",
     ]
-    # The scripts themselves are idempotent too (a lost record reruns them): nothing installed.
+    # The scripts themselves are idempotent too (a lost record reruns them): nothing installed,
+    # and no second reboot (the driver step says none is needed).
     box.fingerprints.clear()
     ran = box.apply(steps)
-    assert all(r.returncode == 0 for r in ran) and box.installs() == [] and box.load()["reboots"] == 2
+    assert all(r.returncode == 0 for r in ran) and box.installs() == [] and box.load()["reboots"] == 1
+    assert "cloudtrain-reboot: not needed (driver 580.95.05 already loaded)" in ran[0].output
     assert "already loaded" in ran[0].output and "kept" in ran[1].output and "kept" in ran[2].output
 
 
@@ -114,7 +124,7 @@ def test_bare_v100_on_24_04_gets_proprietary_modules_and_cuda_12(tmp_path: Path)
     box.fake_torch = {"version": "2.14.1+cu126", "cuda": "12.6"}
     ran = box.apply(steps)
     assert all(r.returncode == 0 for r in ran), ran[-1].output
-    assert [i for i in box.installs() if not i.endswith(".deb")][2:] == ["cuda-drivers-580", "cuda-toolkit-12-6", "cudnn9-cuda-12"]
+    assert [i for i in box.installs() if not i.endswith(".deb")][3:] == ["cuda-drivers-580", "cuda-toolkit-12-6", "cudnn9-cuda-12"]
     assert "nvidia-open-580" not in box.installs()
     assert report(ran[-1].output)["device"] == "Tesla V100-SXM2-16GB"
     # Asking for CUDA 13 on a V100 is refused before anything runs, with a way out.
@@ -136,7 +146,7 @@ def test_r590_and_later_pin_the_branch_before_the_unbranched_driver(tmp_path: Pa
     box.fake_torch = {"version": install.requirements[0].split("==")[1] + "+cu132", "cuda": "13.2"}
     ran = box.apply(steps)
     assert all(r.returncode == 0 for r in ran), ran[-1].output
-    assert [i for i in box.installs() if not i.endswith(".deb")][2:] == [
+    assert [i for i in box.installs() if not i.endswith(".deb")][3:] == [
         "nvidia-driver-pinning-595", "nvidia-open", "cuda-toolkit-13-2", "cudnn9-cuda-13"]
     assert {"nvidia-driver-pinning-595", "nvidia-open", "libnvidia-compute"} <= set(box.load()["held"])
     assert report(ran[-1].output)["driver"] == "595.58.03"  # the pinned branch, not the newest (610)

@@ -188,3 +188,18 @@ def test_a_reboot_that_does_nothing_is_named_as_such(node: Node, quick_polls: No
     assert "did not reboot" in str(raised.value) and "same boot" in str(raised.value)
     assert "`reboot` had no effect" in (raised.value.hint or "")
     assert "stuck-driver" not in node.applied() and len((node.root / "boots-stuck").read_text().split()) == 1
+
+
+def test_a_step_that_says_no_reboot_is_needed_is_not_rebooted(node: Node, quick_polls: None) -> None:
+    # The nvidia-driver step on a node whose driver is already loaded (a first-boot installer
+    # finished it) prints the line; the next step runs on the same boot, and both are recorded.
+    node.stand_in(delay=0, come_back=True)
+    before = node.reboots()
+    steps = _steps("kept")
+    steps[0] = Step("kept-driver", "a driver found loaded", reboot_after=True,
+                    script=steps[0].script + "; echo 'cloudtrain-reboot: not needed (driver 580.82.07 already loaded)'")
+    with node.remote() as remote:
+        outcomes = applier.apply(remote, steps, {"is_root": True}, say=lambda _: None)
+    assert [o.status for o in outcomes] == ["ran", "ran"] and node.reboots() == before
+    first, second = (node.root / "boots-kept").read_text().split()
+    assert first == second and set(node.applied()) >= {"kept-driver", "kept-toolkit"}

@@ -61,7 +61,7 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
         started = time.monotonic()
         _run_step(remote, paths, index, step, facts)
         say(f"{step.name}: done in {time.monotonic() - started:.1f}s")
-        if step.reboot_after:
+        if step.reboot_after and not _reboot_declined(remote, paths, index, step):
             # Recorded only once the node is back: a step whose reboot never happened is
             # not done, so the next bootstrap runs it (idempotently) and reboots again.
             _reboot(remote, facts, say)
@@ -69,6 +69,16 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
         remote.write_text(paths.state, json.dumps(state, indent=2, sort_keys=True))
         outcomes.append(Outcome(step, "ran", time.monotonic() - started))
     return outcomes
+
+
+# A reboot_after step that found nothing needing one (the nvidia-driver step on a node whose
+# driver is already loaded) prints this line; rebooting anyway would cost minutes for nothing.
+REBOOT_NOT_NEEDED = "cloudtrain-reboot: not needed"
+
+
+def _reboot_declined(remote: SshRemote, paths: NodePaths, index: int, step: Step) -> bool:
+    log_path = f"{paths.logs}/{index:02d}-{step.name}.log"
+    return remote.run(f"grep -qF {shlex.quote(REBOOT_NOT_NEEDED)} {shlex.quote(log_path)}", check=False).exit_code == 0
 
 
 def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts: dict[str, Any]) -> None:

@@ -45,6 +45,8 @@ LAYERS = {
     "driver-not-loaded": "see the nvidia-driver step log; Secure Boot or a kernel without headers stops the module loading",
     "driver-too-old": "use an image with a newer driver, or an older CUDA (cloudtrain compat --driver VERSION shows what fits)",
     "framework-without-cuda": "the venv holds a CPU-only build; run bootstrap again so the CUDA wheel is installed",
+    "fabric-manager": "an NVSwitch node (8-GPU HGX) needs nvidia-fabricmanager of the driver's exact version, enabled and "
+                      "running: see the fabric-manager step log and `systemctl status nvidia-fabricmanager` on the node",
     "framework": "see the verify step log for the framework's own error",
 }
 

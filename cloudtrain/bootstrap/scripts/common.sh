@@ -8,7 +8,8 @@
 #   CLOUDTRAIN_OS                         planned OS, e.g. ubuntu-22.04 (checked against os-release)
 # Overridable so the scripts can run in a test sandbox:
 #   CLOUDTRAIN_OS_RELEASE (default /etc/os-release), CLOUDTRAIN_SYSROOT (prefix for files read
-#   or written, default none), CLOUDTRAIN_APT_LOCK_TIMEOUT / _POLL (seconds).
+#   or written, default none), CLOUDTRAIN_APT_LOCK_TIMEOUT / _POLL (seconds),
+#   CLOUDTRAIN_FIRST_BOOT_TIMEOUT / _POLL (seconds: cloud-init and a cloud's driver installer).
 
 ROOT="${CLOUDTRAIN_SYSROOT:-}"
 OS_RELEASE="${CLOUDTRAIN_OS_RELEASE:-$ROOT/etc/os-release}"
@@ -98,15 +99,86 @@ wait_for_apt() {
     if (( said )); then log "apt/dpkg lock free after $(( SECONDS - start ))s"; fi
 }
 
+# What a cloud image runs at first boot besides unattended-upgrades: cloud-init's final stage,
+# and GCP's driver installer (what the DL images' driver metadata starts, or the
+# compute-gpu-installation installer run from a startup script). That installer can
+# download for minutes without holding the dpkg lock, so the lock alone says nothing.
+# The bracketed first letters keep the pattern from matching the text of this very script.
+FIRST_BOOT_PROCESSES='[i]nstall-driver|[i]nstall_driver|[i]nstall-nvidia-driver|[c]uda_installer'
+FIRST_BOOT_UNITS="${CLOUDTRAIN_FIRST_BOOT_UNITS:-google-startup-scripts.service google-c2d-startup.service}"
+
+# Prints what first-boot installer still runs (a unit starting, or a process), if any.
+first_boot_installer() {
+    local unit state pids
+    if command -v systemctl >/dev/null 2>&1; then
+        for unit in $FIRST_BOOT_UNITS; do
+            # A oneshot unit is "activating" while its script runs; "active" once done.
+            state="$(systemctl show -p ActiveState --value "$unit" 2>/dev/null || true)"
+            if [[ "$state" == "activating" ]]; then
+                printf '%s' "$unit"
+                return 0
+            fi
+        done
+    fi
+    pids="$(pgrep -f "$FIRST_BOOT_PROCESSES" 2>/dev/null || true)"
+    if [[ -n "$pids" ]]; then
+        printf 'process %s' "${pids//$'\n'/,}"
+        return 0
+    fi
+    return 1
+}
+
+wait_for_first_boot() {
+    local timeout="${CLOUDTRAIN_FIRST_BOOT_TIMEOUT:-1800}" poll="${CLOUDTRAIN_FIRST_BOOT_POLL:-5}" start=$SECONDS said=0 what rc=0
+    if command -v cloud-init >/dev/null 2>&1; then
+        # Bounded: an image whose cloud-init never finishes must not hang the bootstrap.
+        timeout "$timeout" cloud-init status --wait >/dev/null 2>&1 || rc=$?
+        if (( rc == 124 )); then
+            log "cloud-init is still running after ${timeout}s; going on (apt waits for its lock)"
+        elif (( rc != 0 )); then
+            log "cloud-init finished with errors (exit $rc; see cloud-init status --long); going on"
+        fi
+    fi
+    while what="$(first_boot_installer)"; do
+        if (( SECONDS - start >= timeout )); then
+            die "the cloud's first-boot driver installer ($what) still runs after ${timeout}s; run bootstrap again once it has finished"
+        fi
+        if (( ! said )); then
+            log "waiting for the image's first-boot driver installer ($what) to finish before deciding anything"
+            said=1
+        fi
+        sleep "$poll"
+    done
+    if (( said )); then log "first-boot installer done after $(( SECONDS - start ))s"; fi
+}
+
 apt_get() {
     wait_for_apt
     run apt-get -o DPkg::Lock::Timeout=600 -o Dpkg::Options::=--force-confdef -o Dpkg::Options::=--force-confold -y -q "$@"
 }
 
+# A source file that already names NVIDIA's CUDA repository (a DL image may set it up with its
+# own key file, without cuda-keyring): adding cuda-keyring's entry beside it makes apt refuse
+# every update with "Conflicting values set for option Signed-By".
+cuda_repo_file() {
+    local f
+    for f in "$ROOT"/etc/apt/sources.list "$ROOT"/etc/apt/sources.list.d/*.list "$ROOT"/etc/apt/sources.list.d/*.sources; do
+        if [[ -r "$f" ]] && grep -qE '^[^#]*developer\.download\.nvidia\.com/compute/cuda/repos' "$f"; then
+            printf '%s' "${f#"$ROOT"}"
+            return 0
+        fi
+    done
+    return 1
+}
+
 # NVIDIA's CUDA apt repository, through its cuda-keyring package (once per node).
 ensure_cuda_repo() {
-    local url="${CLOUDTRAIN_CUDA_KEYRING_URL:?CLOUDTRAIN_CUDA_KEYRING_URL is not set}" tmp
+    local url="${CLOUDTRAIN_CUDA_KEYRING_URL:?CLOUDTRAIN_CUDA_KEYRING_URL is not set}" tmp file
     if pkg_installed cuda-keyring; then
+        return 0
+    fi
+    if file="$(cuda_repo_file)"; then
+        log "NVIDIA's CUDA repository is already configured in $file (without cuda-keyring): used as it is"
         return 0
     fi
     log "adding NVIDIA's CUDA apt repository from $url"

@@ -26,7 +26,7 @@ CASES = {
     "bad cluster name": (["up", "--provider", "local", "--name", "My_Cluster"], "invalid cluster name"),
     # GCP names are RFC 1035 labels: a letter first; 40 characters keep derived names under 63.
     "cluster name with a leading digit": (["up", "--provider", "gcp", "--gpu", "t4", "--name", "4gpus"], "starting with a letter"),
-    "cluster name too long": (["up", "--provider", "azure", "--gpu", "t4", "--name", "a" * 41], "use 1-40 characters"),
+    "cluster name too long": (["up", "--provider", "azure", "--gpu", "t4", "--name", "a" * 41], "Use 1-40 characters"),
     "ipv6 ssh cidr": (["up", "--provider", "aws", "--gpu", "t4", "--ssh-cidr", "2001:db8::/64"], "is not an IPv4 range"),
     "unknown framework": (["up", "--provider", "local", "--framework", "caffe"], "unknown framework"),
     "gpu on local": (["up", "--provider", "local", "--gpu", "t4"], "no GPUs"),

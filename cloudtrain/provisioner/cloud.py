@@ -37,6 +37,7 @@ class CloudProvisioner(Provisioner):
     needs_gpu: ClassVar[bool] = True
     bills: ClassVar[bool] = True
     supports_preview: ClassVar[bool] = True
+    rotates_host_keys: ClassVar[bool] = True  # the first-boot key is in user data / metadata
 
     def __init__(self, on_output: Callable[[str], None] | None = _to_stderr) -> None:
         self.on_output = on_output  # Pulumi's progress lines; `up` takes minutes

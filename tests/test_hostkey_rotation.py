@@ -86,3 +86,77 @@ def test_up_replaces_the_first_boot_key_and_a_second_up_keeps_the_pin(home: Path
             assert r.run("true").ok
     finally:
         lifecycle.down(store, "rot", said.append)
+
+
+def test_rotation_script_reads_the_config_file_when_sshd_cannot_dump_it(tmp_path: Path):
+    """The node-side script on its own, as real processes: `sshd -T` refusing (an unprivileged
+    user, an old sshd) leaves it the config file's own HostKey/PidFile lines; the key is
+    replaced in place (a path with a space) and the pid file's process gets SIGHUP."""
+    import os
+    import signal
+    import subprocess
+    import sys
+
+    from cloudtrain import keys
+    from cloudtrain.provisioner import hostkey_rotation
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sshd").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "sshd").chmod(0o755)
+    key_dir = tmp_path / "node dir"
+    key_dir.mkdir()
+    key = key_dir / "ssh_host_ed25519_key"
+    old = keys.write_pair(key, comment="first-boot")
+    flag = tmp_path / "hup"
+    listener = subprocess.Popen(
+        [sys.executable, "-c", f"import signal, sys, time\nsignal.signal(signal.SIGHUP, lambda *a: (open({str(flag)!r}, 'w').write('hup'), sys.exit(0)))\nprint('ready', flush=True)\ntime.sleep(60)"],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert listener.stdout.readline().strip() == "ready"
+        pidfile = key_dir / "sshd.pid"
+        pidfile.write_text(f"{listener.pid}\n")
+        config = key_dir / "sshd_config"
+        config.write_text(f'ListenAddress 127.0.0.1:1\nHostKey "{key}"\nPidFile "{pidfile}"\n')
+        env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+        proc = subprocess.run(["sh", "-c", hostkey_rotation._SCRIPT, "rotate", str(config), "c"], env=env, capture_output=True, text=True, timeout=60)
+        assert proc.returncode == 0, proc.stderr
+        printed = proc.stdout.strip().splitlines()[-1]
+        assert printed.split()[:2] == key.with_name(key.name + ".pub").read_text().split()[:2]
+        assert printed.split()[1] != old.split()[1]
+        assert hostkey_rotation._public_key(printed) == " ".join(printed.split()[:2])
+        assert not key.with_name(key.name + ".new").exists()
+        assert key.stat().st_mode & 0o077 == 0  # still private
+        assert listener.wait(timeout=30) == 0 and flag.read_text() == "hup"
+    finally:
+        if listener.poll() is None:
+            listener.send_signal(signal.SIGKILL)
+            listener.wait()
+
+
+def test_a_node_printing_no_key_is_not_pinned():
+    from cloudtrain.provisioner import hostkey_rotation
+
+    assert hostkey_rotation._public_key("ssh-ed25519 not-base64!") is None
+    assert hostkey_rotation._public_key("ssh-rsa AAAAB3NzaC1yc2E") is None
+    assert hostkey_rotation._public_key("") is None
+
+
+def test_rotation_script_never_guesses_another_sshds_key(tmp_path: Path):
+    import os
+    import subprocess
+
+    from cloudtrain.provisioner import hostkey_rotation
+
+    fake_bin = tmp_path / "bin"
+    fake_bin.mkdir()
+    (fake_bin / "sshd").write_text("#!/bin/sh\nexit 1\n")
+    (fake_bin / "sshd").chmod(0o755)
+    config = tmp_path / "sshd_config"
+    config.write_text("ListenAddress 127.0.0.1:1\n")  # no HostKey line, and sshd -T refuses
+    env = {**os.environ, "PATH": f"{fake_bin}:{os.environ['PATH']}"}
+    proc = subprocess.run(["sh", "-c", hostkey_rotation._SCRIPT, "rotate", str(config), "c"], env=env, capture_output=True, text=True, timeout=60)
+    assert proc.returncode == 3 and "no ed25519 HostKey in" in proc.stderr
+    assert set(tmp_path.iterdir()) == {fake_bin, config}  # nothing written anywhere

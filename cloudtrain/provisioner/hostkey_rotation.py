@@ -47,8 +47,12 @@ pidfile=$(printf '%s\n' "$effective" | sed -n 's/^pidfile \(.*\)$/\1/p' | head -
 # sshd -T may refuse to run (an unprivileged user, an old sshd): then the file's own lines.
 [ -n "$key" ] || key=$(sed -n 's/^HostKey "\{0,1\}\([^"]*ed25519[^"]*\)"\{0,1\}$/\1/p' "$config" | head -n 1)
 [ -n "$pidfile" ] || pidfile=$(sed -n 's/^PidFile "\{0,1\}\([^"]*\)"\{0,1\}$/\1/p' "$config" | head -n 1)
-[ -n "$key" ] || key=/etc/ssh/ssh_host_ed25519_key
-[ -n "$pidfile" ] || pidfile=/run/sshd.pid
+# OpenSSH's defaults, but only for the standard config: another sshd's key is never guessed.
+if [ "$config" = /etc/ssh/sshd_config ]; then
+  [ -n "$key" ] || key=/etc/ssh/ssh_host_ed25519_key
+  [ -n "$pidfile" ] || pidfile=/run/sshd.pid
+fi
+[ -n "$key" ] || { echo "no ed25519 HostKey in $config" >&2; exit 3; }
 $sudo rm -f "$key.new" "$key.new.pub"
 $sudo ssh-keygen -q -t ed25519 -N '' -C "$comment" -f "$key.new"
 $sudo mv -f "$key.new.pub" "$key.pub"

@@ -360,6 +360,31 @@ def test_multi_node_clusters_are_placed_together(sc):
             assert not groups and not any(vm.get("proximityPlacementGroup") for _, vm in vms)
 
 
+# Pulumi auto-names a resource `<logical name>-<7 random hex>`.
+AUTONAME_SUFFIX = 8
+
+
+@pytest.mark.parametrize("cloud", ["gcp", "azure"])
+def test_the_longest_cluster_name_fits_every_name_the_cloud_derives(cloud):
+    name = "n" + "a" * 38 + "z"  # 40 characters: spec.NAME_MAX
+    spec = ClusterSpec(name=name, provider=cloud, gpu="a100" if cloud == "gcp" else "t4", nodes=3, ssh_cidr=SSH_CIDR)
+    choice = catalog.choose(spec)
+    hk = tuple(HostKey(*keys.generate()) for _ in range(3))
+    rec, _ = run_mocked(lambda: program.build(spec, choice, CLIENT_KEY, hk).nodes)
+    for typ, logical, inputs in rec.resources:
+        if typ.startswith("cloudtrain:"):
+            continue
+        if cloud == "gcp":  # RFC 1035 labels, 63 at most: resource names, label values, network tags
+            assert len(logical) + AUTONAME_SUFFIX <= 63, (typ, logical)
+            assert all(len(v) <= 63 for v in (inputs.get("labels") or {}).values())
+            assert all(len(t) <= 63 for t in inputs.get("tags") or [] if isinstance(t, str))
+        else:  # VM and computer names 64 (Linux), everything else here 80 or more
+            limit = 64 if typ == "azure-native:compute:VirtualMachine" else 80
+            assert len(logical) + AUTONAME_SUFFIX <= limit, (typ, logical)
+            if typ == "azure-native:compute:VirtualMachine":
+                assert len(unsecret(inputs["osProfile"])["computerName"]) <= 64
+
+
 def test_compact_placement_follows_googles_machine_series_table():
     assert all(gcp_program.compact_placement(t) for t in ("a2-highgpu-1g", "a2-ultragpu-8g", "a3-highgpu-8g", "g2-standard-8"))
     assert not any(gcp_program.compact_placement(t) for t in ("n1-standard-8", "n1-highmem-16"))

@@ -19,6 +19,7 @@ import base64
 import binascii
 import dataclasses
 import shlex
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
@@ -55,8 +56,20 @@ fi
 [ -n "$key" ] || { echo "no ed25519 HostKey in $config" >&2; exit 3; }
 $sudo rm -f "$key.new" "$key.new.pub"
 $sudo ssh-keygen -q -t ed25519 -N '' -C "$comment" -f "$key.new"
+$sudo cp -p "$key" "$key.old"
+$sudo cp -p "$key.pub" "$key.pub.old" 2>/dev/null || true
 $sudo mv -f "$key.new.pub" "$key.pub"
 $sudo mv -f "$key.new" "$key"
+# As ssh.service's own ExecReload: check the configuration before the listener re-executes;
+# a listener that cannot start again would leave the node unreachable. Skipped where sshd -T
+# already refused (it would refuse this too).
+if [ -n "$effective" ] && ! $sudo "$sshd" -t -f "$config"; then
+  $sudo mv -f "$key.old" "$key"
+  $sudo mv -f "$key.pub.old" "$key.pub" 2>/dev/null || true
+  echo "sshd -t rejects the configuration with the new key; the old key is back" >&2
+  exit 4
+fi
+$sudo rm -f "$key.old" "$key.pub.old"
 if [ -n "$pidfile" ] && pid=$($sudo cat "$pidfile" 2>/dev/null) && [ -n "$pid" ]; then
   $sudo kill -HUP "$pid"
 else
@@ -100,7 +113,9 @@ def rotate_node(node: Node, identity_file: Path, sshd_config: str = STANDARD_SSH
 
 
 def rotate(cluster: Cluster, sshd_config: Callable[[Node], str] = lambda node: STANDARD_SSHD_CONFIG) -> Cluster:
-    nodes = tuple(rotate_node(node, cluster.identity_file, sshd_config(node)) for node in cluster.nodes)
+    """Every node rotated (in parallel: each is a few round trips), rank order kept."""
+    with ThreadPoolExecutor(max_workers=min(16, len(cluster.nodes)) or 1) as pool:
+        nodes = tuple(pool.map(lambda node: rotate_node(node, cluster.identity_file, sshd_config(node)), cluster.nodes))
     return dataclasses.replace(cluster, nodes=nodes)
 
 

@@ -6,6 +6,7 @@ quota) live with the catalog and the provisioners; this module owns what is comm
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import re
 from os import path as os_path
@@ -26,7 +27,22 @@ _NAME = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!*-]*$")
 
 
+# The rule before names had to start with a letter. A cluster made under it must stay reachable
+# (`status`, `down`: it may be billing), though no new cluster may take such a name.
+_EARLIER_NAME = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
+_reading_record: contextvars.ContextVar[bool] = contextvars.ContextVar("cloudtrain_reading_record", default=False)
+
+
+def check_existing_name(name: str) -> str:
+    """A name to look a cluster up by on disk: today's rule or the earlier one (a digit first)."""
+    if _NAME.match(name) or _EARLIER_NAME.match(name):
+        return name
+    return check_cluster_name(name)
+
+
 def check_cluster_name(name: str) -> str:
+    if _reading_record.get() and _EARLIER_NAME.match(name):
+        return name
     if not _NAME.match(name):
         raise BadInput(
             f"invalid cluster name {name!r}",
@@ -96,9 +112,14 @@ class ClusterSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClusterSpec":
+        """A spec read back from a record: its name may follow the earlier naming rule."""
         data = dict(data)
         data["framework"] = FrameworkSpec.parse(data.get("framework", "torch"))
-        return cls(**data)
+        token = _reading_record.set(True)
+        try:
+            return cls(**data)
+        finally:
+            _reading_record.reset(token)
 
 
 def check_cidr(text: str) -> str:

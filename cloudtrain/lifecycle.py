@@ -21,6 +21,7 @@ from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, Provisio
 from cloudtrain.jobs.record import JobRecord, all_jobs, jobs_of
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.machine import Cluster
+from cloudtrain.provisioner import hostkey_rotation
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, ClusterRecord, Store
 
@@ -82,6 +83,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             started = time.monotonic()
             record.cluster = prov.create(spec, cdir, record)
             cdir.save(record)
+            hostkey_rotation.after_create(prov, cdir, record)
             say(f"{len(record.cluster.nodes)} node(s) up in {time.monotonic() - started:.1f}s; bootstrapping")
             run_bootstrap(record.cluster, spec, cdir)
             record.status = "ready"

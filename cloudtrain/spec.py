@@ -6,6 +6,7 @@ quota) live with the catalog and the provisioners; this module owns what is comm
 
 from __future__ import annotations
 
+import contextvars
 import ipaddress
 import re
 from os import path as os_path
@@ -17,15 +18,35 @@ from cloudtrain.errors import BadInput
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "none")
 IMAGES = ("dl", "ubuntu")
-_NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
+# A letter first (GCP resource names are RFC 1035 labels: `[a-z]([-a-z0-9]*[a-z0-9])?`, at most
+# 63 characters); 40 at most, so every name a cloud program derives fits its cloud's limit: the
+# longest is GCP's `<name>-placement-<7 random>` (57 of 63); Azure's VM and computer names
+# `<name>-<rank>` (+ Pulumi's 8-character suffix) stay under its 64.
+NAME_MAX = 40
+_NAME = re.compile(rf"^[a-z](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!*-]*$")
 
 
+# The rule before names had to start with a letter. A cluster made under it must stay reachable
+# (`status`, `down`: it may be billing), though no new cluster may take such a name.
+_EARLIER_NAME = re.compile(rf"^[a-z0-9](?:[a-z0-9-]{{0,{NAME_MAX - 2}}}[a-z0-9])?$")
+_reading_record: contextvars.ContextVar[bool] = contextvars.ContextVar("cloudtrain_reading_record", default=False)
+
+
+def check_existing_name(name: str) -> str:
+    """A name to look a cluster up by on disk: today's rule or the earlier one (a digit first)."""
+    if _NAME.match(name) or _EARLIER_NAME.match(name):
+        return name
+    return check_cluster_name(name)
+
+
 def check_cluster_name(name: str) -> str:
+    if _reading_record.get() and _EARLIER_NAME.match(name):
+        return name
     if not _NAME.match(name):
         raise BadInput(
             f"invalid cluster name {name!r}",
-            "use 1-40 characters from [a-z0-9-], starting and ending with a letter or digit",
+            f"use 1-{NAME_MAX} characters from [a-z0-9-], starting with a letter and ending with a letter or digit",
         )
     return name
 
@@ -92,9 +113,14 @@ class ClusterSpec:
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "ClusterSpec":
+        """A spec read back from a record: its name may follow the earlier naming rule."""
         data = dict(data)
         data["framework"] = FrameworkSpec.parse(data.get("framework", "torch"))
-        return cls(**data)
+        token = _reading_record.set(True)
+        try:
+            return cls(**data)
+        finally:
+            _reading_record.reset(token)
 
 
 def check_cidr(text: str) -> str:
@@ -102,6 +128,10 @@ def check_cidr(text: str) -> str:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as e:
         raise BadInput(f"invalid --ssh-cidr {text!r}", "write an address range such as 203.0.113.7/32") from e
+    if net.version != 4:
+        # AWS security groups take IPv6 ranges in a separate field (ipv6_cidr_blocks), GCP and
+        # Azure nodes here have IPv4 public addresses only: an IPv6 range would admit nobody.
+        raise BadInput(f"--ssh-cidr {text} is not an IPv4 range", "write an IPv4 range such as 203.0.113.7/32")
     if net.prefixlen == 0:
         raise BadInput(f"--ssh-cidr {text} opens SSH to the whole internet", "pass your own address, e.g. 203.0.113.7/32")
     return str(net)

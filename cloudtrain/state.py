@@ -31,7 +31,7 @@ from typing import Any, Iterator
 from cloudtrain import keys, safefile
 from cloudtrain.errors import BadInput, DamagedRecord, NotFound
 from cloudtrain.machine import Cluster
-from cloudtrain.spec import ClusterSpec, check_cluster_name
+from cloudtrain.spec import ClusterSpec, check_existing_name
 
 
 def home() -> Path:
@@ -187,7 +187,7 @@ class Store:
         return self.root / "jobs"
 
     def cluster_dir(self, name: str) -> ClusterDir:
-        return ClusterDir(self.clusters_dir / check_cluster_name(name))
+        return ClusterDir(self.clusters_dir / check_existing_name(name))
 
     @property
     def tombstones_dir(self) -> Path:
@@ -220,10 +220,10 @@ class Store:
 
     def bury(self, name: str, data: dict[str, Any]) -> None:
         """Remember that cluster `name` was destroyed, so a later `down` of it is not a typo."""
-        safefile.write_json(self.tombstones_dir / f"{check_cluster_name(name)}.json", {**data, "destroyed_at": time.time()})
+        safefile.write_json(self.tombstones_dir / f"{check_existing_name(name)}.json", {**data, "destroyed_at": time.time()})
 
     def tombstone(self, name: str) -> dict[str, Any] | None:
-        path = self.tombstones_dir / f"{check_cluster_name(name)}.json"
+        path = self.tombstones_dir / f"{check_existing_name(name)}.json"
         try:
             data = safefile.read_json(path, "tombstone", "")
         except FileNotFoundError:
@@ -233,7 +233,7 @@ class Store:
         return data if isinstance(data, dict) else {}
 
     def unbury(self, name: str) -> None:
-        (self.tombstones_dir / f"{check_cluster_name(name)}.json").unlink(missing_ok=True)
+        (self.tombstones_dir / f"{check_existing_name(name)}.json").unlink(missing_ok=True)
 
     def save_job(self, job_id: str, data: dict[str, Any]) -> None:
         safefile.write_json(self.jobs_dir / f"{job_id}.json", data)

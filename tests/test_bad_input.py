@@ -24,6 +24,10 @@ CASES = {
     "unknown provider": (["up", "--provider", "nimbus"], "unknown provider"),
     "nodes below 1": (["up", "--provider", "local", "--nodes", "0"], "--nodes must be at least 1"),
     "bad cluster name": (["up", "--provider", "local", "--name", "My_Cluster"], "invalid cluster name"),
+    # GCP names are RFC 1035 labels: a letter first; 40 characters keep derived names under 63.
+    "cluster name with a leading digit": (["up", "--provider", "gcp", "--gpu", "t4", "--name", "4gpus"], "starting with a letter"),
+    "cluster name too long": (["up", "--provider", "azure", "--gpu", "t4", "--name", "a" * 41], "Use 1-40 characters"),
+    "ipv6 ssh cidr": (["up", "--provider", "aws", "--gpu", "t4", "--ssh-cidr", "2001:db8::/64"], "is not an IPv4 range"),
     "unknown framework": (["up", "--provider", "local", "--framework", "caffe"], "unknown framework"),
     "gpu on local": (["up", "--provider", "local", "--gpu", "t4"], "no GPUs"),
     "script missing": (["run", "nope.py"], "does not exist"),

@@ -9,6 +9,7 @@ firewall policy, keys, spot, tags and the `nodes` output. No cloud, no CLI, no n
 from __future__ import annotations
 
 import base64
+import dataclasses
 import functools
 import ipaddress
 import json
@@ -22,9 +23,12 @@ import pytest
 import yaml
 
 from cloudtrain import catalog, keys
+from cloudtrain.errors import BadInput
 from cloudtrain.machine import Node
 from cloudtrain.provisioner import program
-from cloudtrain.provisioner.contract import CLUSTER_TAG, NODE_KEYS, NODES, HostKey
+from cloudtrain.provisioner import aws as aws_program
+from cloudtrain.provisioner import gcp as gcp_program
+from cloudtrain.provisioner.contract import CLUSTER_TAG, NODE_KEYS, NODES, HostKey, marker
 from cloudtrain.spec import ClusterSpec
 from pulumi_mocks import Recorder, run_mocked
 
@@ -154,6 +158,11 @@ def inbound_rules(run: Run) -> list[Rule]:
     return rules
 
 
+def ami_call(run: Run) -> dict[str, Any]:
+    (args,) = [a for token, a in run.rec.calls if token == "aws:ec2/getAmi:getAmi"]
+    return args
+
+
 # --- the checks ------------------------------------------------------------------------
 
 
@@ -199,8 +208,8 @@ def test_image_and_disk(sc):
             assert (ref["publisher"], ref["offer"], ref["sku"]) == ("microsoft-dsvm", "ubuntu-hpc", "2204")
             assert storage["osDisk"]["diskSizeGB"] == run.spec.disk_gb
     if run.spec.provider == "aws":
-        (token, args), = run.rec.calls
-        assert token == "aws:ec2/getAmi:getAmi" and args["owners"] == ["amazon"] and args["mostRecent"]
+        (token, args), = [c for c in run.rec.calls if c[0] == "aws:ec2/getAmi:getAmi"]
+        assert args["owners"] == ["amazon"] and args["mostRecent"]
         assert {"name": "name", "values": ["Deep Learning Base OSS Nvidia Driver GPU AMI (Ubuntu 22.04) *"]} in args["filters"]
     else:
         assert not run.rec.calls
@@ -268,20 +277,161 @@ def test_spot_settings(sc):
                 assert vm["priority"] == "Regular" and "evictionPolicy" not in vm
 
 
+# Resource types that take no tags or labels, and how a sweep finds them instead.
+UNTAGGABLE = {
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": "not an EC2 resource: goes with its route table",
+    "aws:ec2/tag:Tag": "is itself the tag (on an instance's network interface)",
+    "azure-native:network:Subnet": "part of the tagged vnet, in the cluster's resource group",
+}
+# GCP types without labels in the Compute API: their description starts with the marker.
+DESCRIBED = {
+    "gcp:compute/network:Network",
+    "gcp:compute/subnetwork:Subnetwork",
+    "gcp:compute/firewall:Firewall",
+    "gcp:compute/resourcePolicy:ResourcePolicy",
+}
+
+
 @pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
-def test_cluster_name_on_every_taggable_resource(sc):
+def test_every_resource_carries_the_cluster_tag(sc):
+    """Policy: a sweep by `cloudtrain-cluster=<name>` finds every resource the program makes
+    (and what the cloud makes for it: AWS volumes and ENIs, GCP boot disks, Azure OS disks)."""
     run = scenario(*sc)
-    tagged = 0
+    untagged = []
     for typ, name, inputs in run.rec.resources:
+        if typ.startswith("cloudtrain:") or typ in UNTAGGABLE:
+            continue
+        if typ in DESCRIBED:
+            if not str(inputs.get("description", "")).startswith(marker("ct-test")):
+                untagged.append((typ, name))
+            continue
+        bag = inputs.get("labels") if typ.startswith("gcp:") else inputs.get("tags")
+        if not bag or bag.get(CLUSTER_TAG) != "ct-test":
+            untagged.append((typ, name))
+    assert not untagged, f"resources a tag sweep would miss: {untagged}"
+    vms = instances(run)
+    if run.spec.provider == "aws":
+        eni_tags = {t["resourceId"]: t for _, t in run.rec.of("aws:ec2/tag:Tag")}
+        for name, vm in vms:
+            assert vm["volumeTags"][CLUSTER_TAG] == "ct-test", name
+        outputs = [f"eni-{n:08x}" for n, (typ, _, _) in enumerate(run.rec.resources, 1) if typ == "aws:ec2/instance:Instance"]
+        assert sorted(eni_tags) == sorted(outputs)
+        assert all((t["key"], t["value"]) == (CLUSTER_TAG, "ct-test") for t in eni_tags.values())
+    elif run.spec.provider == "gcp":
+        for name, vm in vms:
+            assert vm["bootDisk"]["initializeParams"]["labels"][CLUSTER_TAG] == "ct-test", name
+            assert vm["bootDisk"]["autoDelete"] is True
+    else:
+        (_, group), = run.rec.of("azure-native:resources:ResourceGroup")
+        assert group["tags"][CLUSTER_TAG] == "ct-test"
+        for name, vm in vms:
+            # The OS disk is created with the VM and takes its tags then; it goes with the VM.
+            assert vm["tags"][CLUSTER_TAG] == "ct-test"
+            assert vm["storageProfile"]["osDisk"]["deleteOption"] == "Delete"
+
+
+@pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
+def test_multi_node_clusters_are_placed_together(sc):
+    run = scenario(*sc)
+    vms = instances(run)
+    cloud, many = run.spec.provider, run.spec.nodes > 1
+    if cloud == "aws":
+        (subnet_name, subnet), = run.rec.of("aws:ec2/subnet:Subnet")
+        assert {vm["subnetId"] for _, vm in vms} == {f"{subnet_name}-id"}  # one subnet: one zone
+        assert subnet["availabilityZone"] == (run.choice.zone or f"{run.choice.region}a")
+        groups = run.rec.of("aws:ec2/placementGroup:PlacementGroup")
+        assert len(groups) == (1 if many else 0)
+    elif cloud == "gcp":
+        assert {vm["zone"] for _, vm in vms} == {run.choice.zone}
+        policies = run.rec.of("gcp:compute/resourcePolicy:ResourcePolicy")
+        if many and gcp_program.compact_placement(run.choice.offer.instance_type):
+            (pname, policy), = policies
+            assert policy["groupPlacementPolicy"] == {"collocation": "COLLOCATED", "vmCount": run.spec.nodes}
+            assert policy["region"] == run.choice.region
+            assert {vm["resourcePolicies"] for _, vm in vms} == {f"https://www.googleapis.com/compute/v1/projects/p/regions/r/resourcePolicies/{pname}"}
+        else:
+            assert not policies and not any(vm.get("resourcePolicies") for _, vm in vms)
+    else:
+        groups = run.rec.of("azure-native:compute:ProximityPlacementGroup")
+        if many:
+            (gname, group), = groups
+            assert group["proximityPlacementGroupType"] == "Standard" and group["location"] == run.choice.region
+            assert {vm["proximityPlacementGroup"]["id"] for _, vm in vms} == {f"{gname}-id"}
+        else:
+            assert not groups and not any(vm.get("proximityPlacementGroup") for _, vm in vms)
+
+
+# Pulumi auto-names a resource `<logical name>-<7 random hex>`.
+AUTONAME_SUFFIX = 8
+
+
+@pytest.mark.parametrize("cloud", ["gcp", "azure"])
+def test_the_longest_cluster_name_fits_every_name_the_cloud_derives(cloud):
+    name = "n" + "a" * 38 + "z"  # 40 characters: spec.NAME_MAX
+    spec = ClusterSpec(name=name, provider=cloud, gpu="a100" if cloud == "gcp" else "t4", nodes=3, ssh_cidr=SSH_CIDR)
+    choice = catalog.choose(spec)
+    hk = tuple(HostKey(*keys.generate()) for _ in range(3))
+    rec, _ = run_mocked(lambda: program.build(spec, choice, CLIENT_KEY, hk).nodes)
+    for typ, logical, inputs in rec.resources:
         if typ.startswith("cloudtrain:"):
             continue
-        bag = inputs.get("labels") if run.spec.provider == "gcp" else inputs.get("tags")
-        if typ in ("gcp:compute/instance:Instance", "aws:ec2/instance:Instance") or typ.startswith("azure-native:") and typ != "azure-native:network:Subnet":
-            assert bag and bag[CLUSTER_TAG] == "ct-test", (typ, name)
-        if bag:
-            assert bag[CLUSTER_TAG] == "ct-test"
-            tagged += 1
-    assert tagged >= run.spec.nodes
+        if cloud == "gcp":  # RFC 1035 labels, 63 at most: resource names, label values, network tags
+            assert len(logical) + AUTONAME_SUFFIX <= 63, (typ, logical)
+            assert all(len(v) <= 63 for v in (inputs.get("labels") or {}).values())
+            assert all(len(t) <= 63 for t in inputs.get("tags") or [] if isinstance(t, str))
+        else:  # VM and computer names 64 (Linux), everything else here 80 or more
+            limit = 64 if typ == "azure-native:compute:VirtualMachine" else 80
+            assert len(logical) + AUTONAME_SUFFIX <= limit, (typ, logical)
+            if typ == "azure-native:compute:VirtualMachine":
+                assert len(unsecret(inputs["osProfile"])["computerName"]) <= 64
+
+
+def test_compact_placement_follows_googles_machine_series_table():
+    assert all(gcp_program.compact_placement(t) for t in ("a2-highgpu-1g", "a2-ultragpu-8g", "a3-highgpu-8g", "g2-standard-8"))
+    assert not any(gcp_program.compact_placement(t) for t in ("n1-standard-8", "n1-highmem-16"))
+
+
+@pytest.mark.parametrize("sc", [s for s in SCENARIOS if s[0] == "gcp"], ids=_ids)
+def test_gcp_turns_os_login_off_so_metadata_keys_work(sc):
+    for _, vm in instances(scenario(*sc)):
+        assert unsecret(vm["metadata"])["enable-oslogin"] == "FALSE"
+
+
+@pytest.mark.parametrize("sc", [s for s in SCENARIOS if s[0] == "azure"], ids=_ids)
+def test_azure_secure_boot_is_off_so_driver_modules_load(sc):
+    for _, vm in instances(scenario(*sc)):
+        assert vm["securityProfile"] == {"securityType": "TrustedLaunch", "uefiSettings": {"secureBootEnabled": False, "vTpmEnabled": True}}
+
+
+def _aws_build(offerings=None, zone=None):
+    """Two t4 nodes on AWS, the zone given or left open (a stack without `cloudtrain:zone`, in a
+    region the catalog's data does not place), whatever zone the catalog itself would pick."""
+    spec = ClusterSpec(name="ct-zone", provider="aws", gpu="t4", nodes=2, ssh_cidr=SSH_CIDR)
+    choice = dataclasses.replace(catalog.choose(spec), zone=zone)
+    hk = tuple(HostKey(*keys.generate()) for _ in range(2))
+    return run_mocked(lambda: program.build(spec, choice, CLIENT_KEY, hk).nodes, offerings=offerings)[0]
+
+
+def test_aws_without_a_zone_picks_one_that_offers_the_type():
+    rec = _aws_build({"g4dn.xlarge": ["us-east-1f", "us-east-1c"]})
+    (subnet,) = [s for _, s in rec.of("aws:ec2/subnet:Subnet")]
+    assert subnet["availabilityZone"] == "us-east-1c"  # offered, and the same on every rerun
+    (args,) = [a for t, a in rec.calls if t == "aws:ec2/getInstanceTypeOfferings:getInstanceTypeOfferings"]
+    assert args["locationType"] == "availability-zone" and args["region"] == "us-east-1"
+    assert args["filters"] == [{"name": "instance-type", "values": ["g4dn.xlarge"]}]
+
+
+def test_aws_with_a_zone_asks_nothing_and_uses_it():
+    rec = _aws_build(zone="us-east-1d")
+    (subnet,) = [s for _, s in rec.of("aws:ec2/subnet:Subnet")]
+    assert subnet["availabilityZone"] == "us-east-1d"
+    assert not [t for t, _ in rec.calls if "Offerings" in t]
+
+
+def test_aws_type_offered_nowhere_in_the_region_is_refused():
+    with pytest.raises(BadInput) as e:
+        _aws_build({"g4dn.xlarge": []})
+    assert e.value.message == "g4dn.xlarge is offered in no zone of us-east-1"
 
 
 @pytest.mark.parametrize("sc", SCENARIOS, ids=_ids)
@@ -321,8 +471,8 @@ def test_nodes_schema_is_identical_across_clouds():
 
 def test_ubuntu_image_choices():
     for cloud, check in {
-        "aws": lambda run, vm: {"name": "name", "values": ["ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"]} in run.rec.calls[0][1]["filters"]
-        and run.rec.calls[0][1]["owners"] == ["099720109477"],
+        "aws": lambda run, vm: {"name": "name", "values": ["ubuntu/images/hvm-ssd/ubuntu-jammy-22.04-amd64-server-*"]} in ami_call(run)["filters"]
+        and ami_call(run)["owners"] == ["099720109477"],
         "gcp": lambda run, vm: vm["bootDisk"]["initializeParams"]["image"] == "projects/ubuntu-os-cloud/global/images/family/ubuntu-2204-lts"
         and "install-nvidia-driver" not in unsecret(vm["metadata"]),
         "azure": lambda run, vm: vm["storageProfile"]["imageReference"]["sku"] == "22_04-lts-gen2",

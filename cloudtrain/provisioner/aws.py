@@ -1,4 +1,11 @@
-"""AWS: one VPC, a security group (SSH from sshCidr, all traffic within the cluster), N instances."""
+"""AWS: one VPC, a security group (SSH from sshCidr, all traffic within the cluster), N instances.
+
+Every resource carries the `cloudtrain-cluster` tag, including what EC2 makes on the instance's
+behalf: the root volume (`volume_tags`) and the primary network interface (an `ec2.Tag` on
+`primary_network_interface_id`; the ENI goes with the instance, the tag makes a sweep's view
+complete). All nodes share one subnet, so one zone; with more than one node they also share a
+cluster placement group, which lives in that zone.
+"""
 
 from __future__ import annotations
 
@@ -9,7 +16,8 @@ import pulumi_aws as aws
 
 from cloudtrain.catalog import Choice, Image
 from cloudtrain.provisioner.cloudinit import user_data
-from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
+from cloudtrain.errors import BadInput
+from cloudtrain.provisioner.contract import CLUSTER_TAG, NODES, ClusterPlan, node_entry
 
 VPC_CIDR = "10.77.0.0/16"
 SUBNET_CIDR = "10.77.1.0/24"
@@ -38,6 +46,24 @@ def placement_from_config() -> tuple[str | None, str | None]:
     return pulumi.Config("aws").get("region"), pulumi.Config("cloudtrain").get("zone")
 
 
+def offering_zone(instance_type: str, region: str, parent: pulumi.Resource | None = None) -> str:
+    """A zone of the region that offers the type, for a stack run without one (plain `pulumi up`).
+
+    Left to EC2, the subnet lands in any zone, and one us-east-1 zone in six has no g4dn
+    (review defect 8). The first in name order, so a rerun asks for the same zone and never
+    replaces the subnet."""
+    found = aws.ec2.get_instance_type_offerings(
+        location_type="availability-zone",
+        filters=[aws.ec2.GetInstanceTypeOfferingsFilterArgs(name="instance-type", values=[instance_type])],
+        region=region,
+        opts=pulumi.InvokeOptions(parent=parent),
+    )
+    zones = sorted(set(found.locations or []))
+    if not zones:
+        raise BadInput(f"{instance_type} is offered in no zone of {region}", "choose another region with cloudtrain:zone / aws:region, see `cloudtrain gpus`")
+    return zones[0]
+
+
 @dataclass(frozen=True)
 class AwsClusterArgs:
     instance_type: str
@@ -59,6 +85,7 @@ class AwsCluster(pulumi.ComponentResource):
         plan = args.plan
         child = pulumi.ResourceOptions(parent=self)
         tags = plan.tags()
+        zone = plan.zone or offering_zone(args.instance_type, plan.region, self)
 
         # Its own VPC, so the cluster works in accounts without a default VPC and leaves nothing behind.
         vpc = aws.ec2.Vpc(f"{name}-vpc", cidr_block=VPC_CIDR, enable_dns_hostnames=True, tags=tags, opts=child)
@@ -66,7 +93,7 @@ class AwsCluster(pulumi.ComponentResource):
             f"{name}-subnet",
             vpc_id=vpc.id,
             cidr_block=SUBNET_CIDR,
-            availability_zone=plan.zone,
+            availability_zone=zone,
             map_public_ip_on_launch=True,
             tags=tags,
             opts=child,
@@ -137,7 +164,15 @@ class AwsCluster(pulumi.ComponentResource):
                 instance_market_options=market,
                 metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
                 tags={**tags, "Name": node},
+                volume_tags={**tags, "Name": node},
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[assoc]),
+            )
+            aws.ec2.Tag(
+                f"{node}-eni-tag",
+                resource_id=inst.primary_network_interface_id,
+                key=CLUSTER_TAG,
+                value=plan.cluster_name,
+                opts=child,
             )
             entries.append(node_entry(node, inst.public_ip, inst.private_ip, plan.image.ssh_user, plan.host_keys[i].public))
         self.nodes = pulumi.Output.all(*entries)

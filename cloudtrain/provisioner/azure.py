@@ -1,4 +1,11 @@
-"""Azure: a resource group holding a vnet, an NSG (SSH from sshCidr, intra-cluster, deny the rest), N VMs."""
+"""Azure: a resource group holding a vnet, an NSG (SSH from sshCidr, intra-cluster, deny the rest), N VMs.
+
+Everything is in the cluster's own resource group, and every resource that takes tags has the
+`cloudtrain-cluster` tag (subnets take none: they are part of the vnet). The OS disk, created
+with the VM, gets the VM's tags at creation (terraform-provider-azurerm#8162: "the OS Disk tags
+originate [in the VM tags] at creation"; Azure/azure-sdk-for-js#17787), and goes with the VM
+(deleteOption Delete) or with the resource group.
+"""
 
 from __future__ import annotations
 
@@ -14,6 +21,23 @@ from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
 
 VNET_CIDR = "10.79.0.0/16"
 SUBNET_CIDR = "10.79.1.0/24"
+
+
+def security_profile() -> compute.SecurityProfileArgs:
+    """Trusted Launch with Secure Boot off, so the NVIDIA driver modules built on the node load.
+
+    Trusted Launch (Secure Boot on) is the default for new Gen2 VMs ("Trusted Launch as
+    default", GA 2026-08; MicrosoftDocs azure-docs `trusted-launch.md`), and Secure Boot refuses
+    unsigned DKMS modules (GPU review defect 8). `securityType: Standard` would be the other
+    way out, but the compute API this provider speaks (2024-11-01) takes it only with the
+    subscription feature `UseStandardSecurityType`; Standard is accepted plainly from
+    2025-11-01 on (same doc). Every GPU family in the catalog (NC, ND incl. NDasrA100_v4 and
+    NDm_A100_v4, NV) supports Trusted Launch (its size table), so this profile is valid on each;
+    the vTPM stays on. An explicit profile is never overridden by the default (same doc)."""
+    return compute.SecurityProfileArgs(
+        security_type="TrustedLaunch",
+        uefi_settings=compute.UefiSettingsArgs(secure_boot_enabled=False, v_tpm_enabled=True),
+    )
 
 
 def image_reference(image: Image) -> compute.ImageReferenceArgs:
@@ -97,6 +121,19 @@ class AzureCluster(pulumi.ComponentResource):
             network_security_group=network.NetworkSecurityGroupArgs(id=nsg.id),
             opts=child,
         )
+        # Nodes of one cluster in one datacenter: low latency between them for collectives.
+        ppg = (
+            compute.ProximityPlacementGroup(
+                f"{name}-ppg",
+                resource_group_name=rg,
+                location=loc,
+                proximity_placement_group_type="Standard",
+                tags=tags,
+                opts=child,
+            )
+            if plan.nodes > 1
+            else None
+        )
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -161,6 +198,8 @@ class AzureCluster(pulumi.ComponentResource):
                 network_profile=compute.NetworkProfileArgs(
                     network_interfaces=[compute.NetworkInterfaceReferenceArgs(id=nic.id, primary=True, delete_option="Delete")]
                 ),
+                security_profile=security_profile(),
+                proximity_placement_group=compute.SubResourceArgs(id=ppg.id) if ppg else None,
                 tags=tags,
                 opts=child,
                 **spot,

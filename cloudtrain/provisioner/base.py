@@ -6,9 +6,12 @@ from abc import ABC, abstractmethod
 from typing import ClassVar
 
 from cloudtrain.errors import ProvisionError
-from cloudtrain.machine import Cluster
+from cloudtrain.machine import Cluster, Node
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, ClusterRecord
+
+
+STANDARD_SSHD_CONFIG = "/etc/ssh/sshd_config"
 
 
 class Provisioner(ABC):
@@ -17,6 +20,9 @@ class Provisioner(ABC):
     needs_gpu: ClassVar[bool] = False  # a --gpu is required (clouds) or refused (local)
     bills: ClassVar[bool] = False  # machines cost money: print the price before creating
     supports_preview: ClassVar[bool] = False
+    # The first-boot host key reached the node through a channel others can read (user data,
+    # instance metadata): `up` replaces it after first contact (hostkey_rotation.py).
+    rotates_host_keys: ClassVar[bool] = False
 
     def default_name(self, spec_gpu: str | None) -> str:
         return f"{self.name}-{spec_gpu}" if spec_gpu else self.name
@@ -40,6 +46,10 @@ class Provisioner(ABC):
     def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
         """Make the machines and return how to reach them. May fill `record.provider_state`
         (saved by the caller) so `destroy` can find everything even after a crash."""
+
+    def sshd_config(self, record: ClusterRecord, node: Node) -> str:
+        """Where the node's sshd reads its configuration (host key rotation finds the key there)."""
+        return STANDARD_SSHD_CONFIG
 
     def repair(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
         """Bring back what a ready cluster lost where this provider can (a local node whose

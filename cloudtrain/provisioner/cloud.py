@@ -52,6 +52,7 @@ class CloudProvisioner(Provisioner):
     bills: ClassVar[bool] = True
     supports_preview: ClassVar[bool] = True
     signals: ClassVar[failover.Signals]  # how this cloud says "no capacity here" / "over quota"
+    rotates_host_keys: ClassVar[bool] = True  # the first-boot key is in user data / metadata
 
     def __init__(
         self,

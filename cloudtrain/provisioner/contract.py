@@ -56,6 +56,15 @@ class ClusterPlan:
     def tags(self) -> dict[str, str]:
         return {CLUSTER_TAG: self.cluster_name, "managed-by": "cloudtrain"}
 
+    def marker(self) -> str:
+        """What starts the description of a resource that takes no tags or labels (GCP networks,
+        subnetworks, firewalls, resource policies), so a sweep finds those the same way."""
+        return marker(self.cluster_name)
+
+
+def marker(cluster_name: str) -> str:
+    return f"{CLUSTER_TAG}={cluster_name}"
+
 
 def node_entry(name: str, public_ip: pulumi.Input[str], private_ip: pulumi.Input[str], user: str, host_key: str) -> pulumi.Output[dict[str, Any]]:
     """One entry of the `nodes` output, DESIGN.md's schema."""

@@ -1,4 +1,12 @@
-"""GCP: a VPC network and subnet, firewall rules (SSH from sshCidr, intra-cluster), N instances."""
+"""GCP: a VPC network and subnet, firewall rules (SSH from sshCidr, intra-cluster), N instances.
+
+Instances and their boot disks carry the `cloudtrain-cluster` label. Networks, subnetworks,
+firewalls and resource policies take no labels in the Compute API, so their description starts
+with `cloudtrain-cluster=<name>` (contract.marker), followed by nothing or ": ...", and their
+names with `<name>-`: a sweep lists them with `description eq "cloudtrain-cluster=<name>(:.*)?"`
+(exact, so cluster `a` never matches `a-b`'s). External addresses are
+ephemeral (released with the instance), so there is no address resource to leak.
+"""
 
 from __future__ import annotations
 
@@ -12,6 +20,16 @@ from cloudtrain.provisioner.cloudinit import user_data
 from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
 
 SUBNET_CIDR = "10.78.0.0/20"
+# Machine series that take a compact placement policy (COLLOCATED): Google's table "Compact
+# placement policy and workload policy overview" (docs.cloud.google.com/ai-hypercomputer/docs/
+# placement-policy-and-workload-policy, supported machine types: A4X Max, A4X, A4, A3 Ultra,
+# A3 Mega, A3 High, A3 Edge, A2, G4, G2). N1 (T4, V100 attached) is not among them: its nodes
+# share one zone only.
+COMPACT_SERIES = ("a2", "a3", "a4", "a4x", "g2", "g4")
+
+
+def compact_placement(machine_type: str) -> bool:
+    return machine_type.split("-", 1)[0] in COMPACT_SERIES
 
 
 def image_path(image: Image) -> str:
@@ -58,9 +76,10 @@ class GcpCluster(pulumi.ComponentResource):
         labels = plan.tags()
         tag = f"cloudtrain-{plan.cluster_name}"  # network tag the firewall rules target
 
-        net = gcp.compute.Network(f"{name}-net", auto_create_subnetworks=False, opts=child)
+        marker = plan.marker()
+        net = gcp.compute.Network(f"{name}-net", auto_create_subnetworks=False, description=marker, opts=child)
         subnet = gcp.compute.Subnetwork(
-            f"{name}-subnet", network=net.id, region=plan.region, ip_cidr_range=SUBNET_CIDR, opts=child
+            f"{name}-subnet", network=net.id, region=plan.region, ip_cidr_range=SUBNET_CIDR, description=marker, opts=child
         )
         ssh = gcp.compute.Firewall(
             f"{name}-ssh",
@@ -69,6 +88,7 @@ class GcpCluster(pulumi.ComponentResource):
             allows=[gcp.compute.FirewallAllowArgs(protocol="tcp", ports=["22"])],
             source_ranges=[plan.ssh_cidr],
             target_tags=[tag],
+            description=f"{marker}: ssh from {plan.ssh_cidr}",
             opts=child,
         )
         intra = gcp.compute.Firewall(
@@ -78,6 +98,7 @@ class GcpCluster(pulumi.ComponentResource):
             allows=[gcp.compute.FirewallAllowArgs(protocol="all")],
             source_tags=[tag],
             target_tags=[tag],
+            description=f"{marker}: all traffic between the nodes",
             opts=child,
         )
         # GPUs cannot live-migrate: host maintenance must stop the VM; spot VMs are deleted on preemption.
@@ -93,6 +114,20 @@ class GcpCluster(pulumi.ComponentResource):
             if args.accelerator
             else None
         )
+        # All nodes are in plan.zone; where the series allows, also close together in it.
+        policy = (
+            gcp.compute.ResourcePolicy(
+                f"{name}-placement",
+                region=plan.region,
+                description=marker,
+                group_placement_policy=gcp.compute.ResourcePolicyGroupPlacementPolicyArgs(
+                    collocation="COLLOCATED", vm_count=plan.nodes
+                ),
+                opts=child,
+            )
+            if plan.nodes > 1 and compact_placement(args.machine_type)
+            else None
+        )
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -100,6 +135,9 @@ class GcpCluster(pulumi.ComponentResource):
                 "ssh-keys": f"{plan.image.ssh_user}:{plan.ssh_public_key}",
                 "user-data": pulumi.Output.secret(user_data(plan.host_keys[i])),
                 "block-project-ssh-keys": "true",
+                # With OS Login on (a project or org policy), the guest ignores ssh-keys metadata
+                # and SSH fails; the instance's own value overrides the project's.
+                "enable-oslogin": "FALSE",
             }
             if plan.image.image == "dl":
                 metadata["install-nvidia-driver"] = "True"
@@ -110,7 +148,7 @@ class GcpCluster(pulumi.ComponentResource):
                 boot_disk=gcp.compute.InstanceBootDiskArgs(
                     auto_delete=True,
                     initialize_params=gcp.compute.InstanceBootDiskInitializeParamsArgs(
-                        image=args.image, size=plan.disk_gb, type="pd-balanced"
+                        image=args.image, size=plan.disk_gb, type="pd-balanced", labels=labels
                     ),
                 ),
                 network_interfaces=[
@@ -123,6 +161,7 @@ class GcpCluster(pulumi.ComponentResource):
                 metadata=metadata,
                 labels=labels,
                 tags=[tag],
+                resource_policies=policy.self_link if policy else None,
                 allow_stopping_for_update=True,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[ssh, intra]),
             )

@@ -67,6 +67,11 @@ def test_up_run_mnist_down(cloud, cli):
     try:
         up = cli("up", "--provider", cloud, "--gpu", "t4", "--name", name, "--disk-gb", "100", timeout=3600)
         assert up.returncode == 0, up.stderr[-4000:]
+        # The first-boot host key went through user data / metadata: after `up` it is no longer the pin.
+        cdir = cli.home / "clusters" / name
+        pinned = {n["name"]: n["host_key"].split()[1] for n in json.loads((cdir / "cluster.json").read_text())["cluster"]["nodes"]}
+        first = {p.stem: json.loads(p.read_text())["public"].split()[1] for p in (cdir / "provider" / "host-keys").glob("*.json")}
+        assert pinned.keys() == first.keys() and all(pinned[n] != first[n] for n in pinned)
         run = cli("run", str(REPO / "examples" / "mnist.py"), "--cluster", name, timeout=3600)
         assert run.returncode == 0, run.stderr[-4000:]
         records = list((cli.cwd / "runs").glob("*/run.json"))

@@ -18,7 +18,7 @@ import pulumi.automation as auto
 from cloudtrain import catalog, keys
 from cloudtrain.catalog import Choice
 from cloudtrain.machine import Cluster, Node
-from cloudtrain.provisioner import hostkeys, program
+from cloudtrain.provisioner import hostkeys, leftovers, program
 from cloudtrain.provisioner.base import Provisioner
 from cloudtrain.provisioner.contract import NODES, HostKey
 from cloudtrain.provisioner.myip import public_cidr
@@ -122,15 +122,23 @@ class CloudProvisioner(Provisioner):
             return  # create never got as far as a stack: nothing to remove
         stack = ClusterStack.from_state(record.provider_state, command=pulumi_cli.require(), on_output=self.on_output)
         stack.destroy()
+        # What state lost (a create an interrupt left pending) is found by its tag.
+        leftovers.sweep(self.name, cdir.name, record.spec.region, self._say, state_lost=bool(stack.pending))
 
     def recognizes(self, cdir: ClusterDir) -> bool:
         return (cdir.provider_dir / "pulumi").is_dir() or (cdir.provider_dir / "host-keys").is_dir()
 
     def destroy_found(self, cdir: ClusterDir) -> None:
         # The record is gone, not the stack: it is named after the cluster. Every cloud's stack
-        # is destroyed the same way, so which cloud made it does not matter here.
+        # is destroyed the same way; the stack's own settings say which cloud and region.
         stack = ClusterStack.of_cluster(cdir.name, cdir.provider_dir, command=pulumi_cli.require(), on_output=self.on_output)
+        provider, region = stack.placement()
         stack.destroy()
+        if provider is not None:
+            leftovers.sweep(provider, cdir.name, region, self._say, state_lost=bool(stack.pending))
+
+    def _say(self, line: str) -> None:
+        (self.on_output or _to_stderr)(f"cloudtrain: {line}")
 
 
 class AwsProvisioner(CloudProvisioner):

@@ -446,3 +446,25 @@ def test_the_pulumi_state_folder_is_owner_only_whatever_the_umask(home) -> None:
     assert url == (home / "pulumi" / "state").as_uri()
     for folder in (home / "pulumi", home / "pulumi" / "state"):
         assert folder.stat().st_mode & 0o777 == 0o700, oct(folder.stat().st_mode)
+
+
+def test_destroy_found_sweeps_by_tag_in_the_region_the_stack_settings_name(offline_cloud):
+    # A cluster whose record is lost: its stack settings still say which cloud and region.
+    import boto3
+
+    spec, cdir, record = new_cluster("c9", "aws", ssh_cidr=CIDR, region="us-east-1")
+    prov = provisioner.get("aws")
+    prov.create(spec, cdir, record)
+    work = cdir.provider_dir / "pulumi"
+    (work / "Pulumi.c9.yaml").write_text("config:\n  cloudtrain:provider: aws\n  aws:region: us-east-1\n")
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    tag = [{"ResourceType": "instance", "Tags": [{"Key": "cloudtrain-cluster", "Value": "c9"}]}]
+    vm = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge", TagSpecifications=tag)["Instances"][0]["InstanceId"]
+    said: list[str] = []
+    prov.on_output = said.append
+    prov.destroy_found(cdir)
+    assert ("destroy", "c9") in offline_cloud.calls
+    state = ec2.describe_instances(InstanceIds=[vm])["Reservations"][0]["Instances"][0]["State"]["Name"]
+    assert state in ("shutting-down", "terminated")
+    assert any(vm in line and line.startswith("cloudtrain: found 1 resource") for line in said)

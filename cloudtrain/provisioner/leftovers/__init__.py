@@ -24,8 +24,8 @@ def module(provider: str) -> ModuleType:
 
 
 def sweep(provider: str, cluster: str, where: str | None, say: Say, state_lost: bool = False) -> None:
-    """Remove what carries this cluster's tag in `where` (its region; GCP's project/zone are
-    read by the module). Raises ProvisionError naming what remains, so `down` keeps the record
+    """Remove what carries this cluster's tag in `where` (its region; GCP's project comes from
+    the user's application default credentials, as in pre-flight). Raises ProvisionError naming what remains, so `down` keeps the record
     and a rerun sweeps again. Where the cloud has no sweep yet, says where to look when state
     lost a create (`state_lost`)."""
     if provider not in CLOUDS:  # a damaged settings file: nothing to look in
@@ -45,7 +45,7 @@ def sweep(provider: str, cluster: str, where: str | None, say: Say, state_lost: 
             f"the stack is destroyed, but cloudtrain could not look for leftovers tagged {cluster} in {where} ({type(e).__name__}: {e})",
             f"look with {mod.console_filter(cluster, where)}, or fix the cause and rerun `cloudtrain down --cluster {cluster}`",
         ) from e
-    if unchecked:
+    if unchecked and (found or state_lost):
         say(f"warning: could not look for {', '.join(unchecked)} tagged {cluster} in {where} (they do not bill); look with {mod.console_filter(cluster, where)}")
     if not found:
         return

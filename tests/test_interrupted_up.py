@@ -66,7 +66,7 @@ def _cli_of(calls: list[dict], *prefix: str) -> list[dict]:
 
 
 @pytest.fixture
-def fake_pulumi(tmp_path: Path) -> tuple[Path, dict[str, str]]:
+def fake_pulumi(tmp_path: Path):
     bin_dir = tmp_path / "bin"
     bin_dir.mkdir()
     exe = bin_dir / "pulumi"
@@ -82,23 +82,33 @@ def fake_pulumi(tmp_path: Path) -> tuple[Path, dict[str, str]]:
         "AWS_SECRET_ACCESS_KEY": "testing",
         "AWS_DEFAULT_REGION": "us-east-1",
     }
-    return state, env
+    yield state, env
+    # A failed test must not leave a stand-in CLI behind (the passing ones assert there is none).
+    from conftest import pids_where
+
+    for pid in pids_where("environ", lambda e: f"FAKE_PULUMI_DIR={state}".encode() in e):
+        try:
+            os.kill(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
 
 
-def _interrupted_up(home: Path, tmp_path: Path, env: dict[str, str], state: Path, sig: int) -> tuple[subprocess.CompletedProcess, list[dict]]:
+def _interrupted_up(home: Path, tmp_path: Path, env: dict[str, str], state: Path, sig: int, group: bool = False) -> tuple[subprocess.CompletedProcess, list[dict]]:
+    """Run `cloudtrain up` until `pulumi up` works, then signal it: its whole process group
+    (what a terminal's Ctrl-C does) when `group`, else the cloudtrain process alone (`kill`)."""
     full_env = {**os.environ, "CLOUDTRAIN_HOME": str(home), **env}
     full_env.pop("PULUMI_BACKEND_URL", None)
     args = ["up", "--provider", "aws", "--gpu", "t4", "--region", "us-east-1", "--ssh-cidr", "198.51.100.7/32", "--framework", "none", "--name", NAME]
     out, err = tmp_path / "stdout", tmp_path / "stderr"
     with open(out, "w") as o, open(err, "w") as e:
-        proc = subprocess.Popen([sys.executable, "-c", RUNNER, *args], env=full_env, stdout=o, stderr=e, cwd=tmp_path)
+        proc = subprocess.Popen([sys.executable, "-c", RUNNER, *args], env=full_env, stdout=o, stderr=e, cwd=tmp_path, start_new_session=True)
         try:
             deadline = time.monotonic() + 120
             while not any(c.get("up") == "started" for c in _calls(state)):
                 assert proc.poll() is None, f"cloudtrain exited before pulumi up ran: {err.read_text()}"
                 assert time.monotonic() < deadline, "pulumi up never started"
                 time.sleep(0.1)
-            proc.send_signal(sig)
+            os.killpg(proc.pid, sig) if group else proc.send_signal(sig)
             proc.wait(timeout=120)
         finally:
             if proc.poll() is None:
@@ -115,7 +125,7 @@ def _no_fake_left(state: Path) -> None:
 
 def test_sigint_mid_up_lets_the_engine_finish_then_destroys(home, tmp_path, fake_pulumi):
     state, env = fake_pulumi
-    done, calls = _interrupted_up(home, tmp_path, env, state, signal.SIGINT)
+    done, calls = _interrupted_up(home, tmp_path, env, state, signal.SIGINT, group=True)  # a terminal's Ctrl-C
 
     assert done.returncode == 130, done.stderr
     assert "Traceback" not in done.stderr

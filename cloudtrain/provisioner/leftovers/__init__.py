@@ -25,9 +25,9 @@ def module(provider: str) -> ModuleType:
 
 def sweep(provider: str, cluster: str, where: str | None, say: Say, state_lost: bool = False) -> None:
     """Remove what carries this cluster's tag in `where` (its region; GCP's project comes from
-    the user's application default credentials, as in pre-flight). Raises ProvisionError naming what remains, so `down` keeps the record
-    and a rerun sweeps again. Where the cloud has no sweep yet, says where to look when state
-    lost a create (`state_lost`)."""
+    the user's application default credentials, as in pre-flight). Raises ProvisionError naming
+    what remains, so `down` keeps the record and a rerun sweeps again. Where the cloud has no
+    sweep yet, says where to look when state lost a create (`state_lost`)."""
     if provider not in CLOUDS:  # a damaged settings file: nothing to look in
         return
     mod = module(provider)

@@ -448,23 +448,67 @@ def test_the_pulumi_state_folder_is_owner_only_whatever_the_umask(home) -> None:
         assert folder.stat().st_mode & 0o777 == 0o700, oct(folder.stat().st_mode)
 
 
-def test_destroy_found_sweeps_by_tag_in_the_region_the_stack_settings_name(offline_cloud):
-    # A cluster whose record is lost: its stack settings still say which cloud and region.
+def _tagged_vm(name: str) -> str:
     import boto3
 
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    tag = [{"ResourceType": "instance", "Tags": [{"Key": "cloudtrain-cluster", "Value": name}]}]
+    return ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge", TagSpecifications=tag)["Instances"][0]["InstanceId"]
+
+
+def _vm_state(vm: str) -> str:
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    return ec2.describe_instances(InstanceIds=[vm])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def _pending_create(engine, name: str) -> None:
+    vm = f"urn:pulumi:{name}::cloudtrain::aws:ec2/instance:Instance::{name}-0"
+    engine.exported = {"version": 3, "deployment": {"resources": [], "pending_operations": [{"resource": {"urn": vm}, "type": "creating"}]}}
+
+
+def test_destroy_found_sweeps_by_tag_in_the_region_the_stack_settings_name(offline_cloud):
+    # A cluster whose record is lost: its stack settings still say which cloud and region.
     spec, cdir, record = new_cluster("c9", "aws", ssh_cidr=CIDR, region="us-east-1")
     prov = provisioner.get("aws")
     prov.create(spec, cdir, record)
     work = cdir.provider_dir / "pulumi"
     (work / "Pulumi.c9.yaml").write_text("config:\n  cloudtrain:provider: aws\n  aws:region: us-east-1\n")
-    ec2 = boto3.client("ec2", region_name="us-east-1")
-    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
-    tag = [{"ResourceType": "instance", "Tags": [{"Key": "cloudtrain-cluster", "Value": "c9"}]}]
-    vm = ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge", TagSpecifications=tag)["Instances"][0]["InstanceId"]
+    vm = _tagged_vm("c9")
+    _pending_create(offline_cloud, "c9")
     said: list[str] = []
     prov.on_output = said.append
     prov.destroy_found(cdir)
     assert ("destroy", "c9") in offline_cloud.calls
-    state = ec2.describe_instances(InstanceIds=[vm])["Reservations"][0]["Instances"][0]["State"]["Name"]
-    assert state in ("shutting-down", "terminated")
+    assert _vm_state(vm) in ("shutting-down", "terminated")
     assert any(vm in line and line.startswith("cloudtrain: found 1 resource") for line in said)
+
+
+def test_the_sweep_runs_only_when_state_lost_a_create_and_stays_owed_until_it_succeeds(offline_cloud, monkeypatch):
+    spec, cdir, record = new_cluster("c10", "aws", ssh_cidr=CIDR, region="us-east-1")
+    prov = provisioner.get("aws")
+    prov.create(spec, cdir, record)
+    # A VM of a cluster of the same name made from another cloudtrain home: state lost nothing,
+    # so nothing is looked for by tag and it keeps running.
+    theirs = _tagged_vm("c10")
+    prov.destroy(cdir, record)
+    assert _vm_state(theirs) == "running"
+
+    # An interrupted up: a pending create dropped. The sweep fails once (EC2 unreachable): down
+    # fails naming it, and the rerun (no stack left) sweeps again.
+    prov.create(spec, cdir, record)
+    _pending_create(offline_cloud, "c10")
+    from cloudtrain.provisioner.leftovers import aws as aws_leftovers
+
+    real_find = aws_leftovers.find
+    monkeypatch.setattr(aws_leftovers, "find", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("EC2 unreachable")))
+    with pytest.raises(ProvisionError, match="could not look for leftovers tagged c10"):
+        prov.destroy(cdir, record)
+    monkeypatch.setattr(aws_leftovers, "find", real_find)
+    offline_cloud.exported = {"version": 3, "deployment": {"resources": [], "pending_operations": []}}
+    prov.destroy(cdir, record)
+    assert _vm_state(theirs) in ("shutting-down", "terminated")  # same tag: the sweep cannot tell them apart
+    monkeypatch.setattr(aws_leftovers, "find", lambda *a, **k: (_ for _ in ()).throw(AssertionError("swept again")))
+    prov.destroy(cdir, record)  # done: no sweep owed any more, nothing asked of EC2

@@ -122,8 +122,7 @@ class CloudProvisioner(Provisioner):
             return  # create never got as far as a stack: nothing to remove
         stack = ClusterStack.from_state(record.provider_state, command=pulumi_cli.require(), on_output=self.on_output)
         stack.destroy()
-        # What state lost (a create an interrupt left pending) is found by its tag.
-        leftovers.sweep(self.name, cdir.name, record.spec.region, self._say, state_lost=bool(stack.pending))
+        self._sweep(stack, self.name, cdir.name, record.spec.region)
 
     def recognizes(self, cdir: ClusterDir) -> bool:
         return (cdir.provider_dir / "pulumi").is_dir() or (cdir.provider_dir / "host-keys").is_dir()
@@ -135,7 +134,16 @@ class CloudProvisioner(Provisioner):
         provider, region = stack.placement()
         stack.destroy()
         if provider is not None:
-            leftovers.sweep(provider, cdir.name, region, self._say, state_lost=bool(stack.pending))
+            self._sweep(stack, provider, cdir.name, region)
+
+    def _sweep(self, stack: ClusterStack, provider: str, cluster: str, region: str | None) -> None:
+        # What state lost (a create an interrupt left pending) is found by its tag. Only then:
+        # the tag's value is the cluster's name, which a cluster of that name made from another
+        # cloudtrain home in the same account shares, and its resources must not be touched.
+        if not stack.sweep_owed():
+            return
+        leftovers.sweep(provider, cluster, region, self._say, state_lost=True)
+        stack.sweep_done()
 
     def _say(self, line: str) -> None:
         (self.on_output or _to_stderr)(f"cloudtrain: {line}")

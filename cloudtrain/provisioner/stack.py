@@ -22,6 +22,10 @@ from cloudtrain import safefile, state
 from cloudtrain.errors import MissingTool, ProvisionError
 from cloudtrain.provisioner.pulumi_run import KILLED_MARKER, GracefulCommand, graceful
 
+# Left in the work folder when pending operations were dropped from state: what they made is
+# known by its tag only, and the sweep for it is owed until it succeeds (across `down` reruns).
+SWEEP_OWED = ".cloudtrain-sweep-owed"
+
 PROJECT = "cloudtrain"
 SECRETS_PROVIDER = "passphrase"
 
@@ -204,6 +208,8 @@ class ClusterStack:
         try:
             self._release_own_lock(stack)
             self.pending = self._clear_pending(stack)
+            if self.pending:
+                (self.work_dir / SWEEP_OWED).touch()
             for op in self.pending:
                 self._say(f"cloudtrain: dropped the pending operation of an interrupted update: {op}")
             stack.destroy(on_output=self.on_output, color="never")
@@ -216,6 +222,13 @@ class ClusterStack:
             ) from e
         (self.work_dir / KILLED_MARKER).unlink(missing_ok=True)
         return True
+
+    def sweep_owed(self) -> bool:
+        """Whether state lost a create (now or in an earlier destroy) that no sweep found yet."""
+        return (self.work_dir / SWEEP_OWED).exists()
+
+    def sweep_done(self) -> None:
+        (self.work_dir / SWEEP_OWED).unlink(missing_ok=True)
 
     def _say(self, line: str) -> None:
         if self.on_output:

@@ -93,6 +93,7 @@ class ClusterStack:
         self.command: GracefulCommand | None = graceful(command) if command is not None else None
         self.backend = backend or backend_url()
         self.on_output = on_output
+        self.pending: list[str] = []  # what the last destroy dropped from state
 
     @classmethod
     def of_cluster(cls, name: str, provider_dir: Path, **kw: Any) -> "ClusterStack":
@@ -200,7 +201,7 @@ class ClusterStack:
         An update that was interrupted is resolved first: a lock our own killed CLI left is
         released, and pending operations are dropped from state (`pending` lists them, so the
         caller can say that a create the cloud may have accepted is now known by tag only)."""
-        self.pending: list[str] = []
+        self.pending = []
         try:
             stack = self._open(create=False)
         except auto.StackNotFoundError:

@@ -266,7 +266,7 @@ def test_down_force_destroys_a_damaged_cloud_clusters_stack_by_name(home: Path, 
     engine = FakeEngine()
     monkeypatch.setattr(auto, "create_or_select_stack", engine.create_or_select_stack)
     monkeypatch.setattr(auto, "select_stack", engine.select_stack)
-    monkeypatch.setattr(pulumi_cli, "require", lambda: "pulumi-cli")
+    monkeypatch.setattr(pulumi_cli, "require", lambda: type("Cli", (), {"command": "pulumi", "version": None})())
     monkeypatch.delenv("PULUMI_BACKEND_URL", raising=False)
     engine.stacks.add("gpu1")
     store = Store()

@@ -9,20 +9,24 @@ cloudtrain writes and the config the program reads.
 
 from __future__ import annotations
 
+import json
 import os
 import socket
 import stat
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import pulumi
 import pulumi.automation as auto
 import pytest
+from moto import mock_aws
 
 from cloudtrain import provisioner
 from cloudtrain.errors import BadInput, MissingTool, PreflightError, ProvisionError
 from cloudtrain.provisioner import cloud, myip, stack as stackmod
 from cloudtrain.provisioner.preflight import pulumi_cli
+from cloudtrain.provisioner.pulumi_run import KILLED_MARKER
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterRecord, Store
 from pulumi_mocks import run_mocked
@@ -52,9 +56,28 @@ def _result(stderr: str = "", stdout: str = "") -> auto.CommandResult:
     return auto.CommandResult(stdout=stdout, stderr=stderr, code=1)
 
 
+class FakeCli:
+    """The workspace's `pulumi_command`: the raw CLI calls destroy makes (cancel, export, import)."""
+
+    def __init__(self, engine: "FakeEngine") -> None:
+        self.engine = engine
+
+    def run(self, args, cwd, env) -> auto.CommandResult:
+        self.engine.calls.append(("cli", " ".join(args[:2])))
+        if args[:2] == ["stack", "export"]:
+            return auto.CommandResult(stdout=json.dumps(self.engine.exported), stderr="", code=0)
+        if args[:2] == ["stack", "import"]:
+            path = Path(args[args.index("--file") + 1])
+            self.engine.imported = (json.loads(path.read_text()), stat.S_IMODE(path.stat().st_mode))
+        return auto.CommandResult(stdout="", stderr="", code=0)
+
+
 class FakeWorkspace:
     def __init__(self, engine: "FakeEngine") -> None:
         self.engine = engine
+        self.pulumi_command = FakeCli(engine)
+        self.work_dir = "/nonexistent"
+        self.env_vars: dict[str, str] = {}
 
     def remove_stack(self, name: str) -> None:
         self.engine.calls.append(("remove_stack", name))
@@ -103,6 +126,8 @@ class FakeEngine:
         self.config: dict[str, tuple[str, bool]] = {}
         self.fail: Exception | None = None
         self.on_up = None
+        self.exported: dict[str, Any] = {"version": 3, "deployment": {"resources": [], "pending_operations": []}}
+        self.imported: tuple[dict[str, Any], int] | None = None
         self.nodes = [
             {"name": "c1-0", "publicIp": "203.0.113.5", "privateIp": "10.77.1.5", "sshUser": "ubuntu", "sshPort": 22, "hostKey": "ssh-ed25519 AAAAC3NzaC1lZDI1NTE5AAAAIA host"}
         ]
@@ -197,6 +222,49 @@ def test_destroy_removes_the_stack_and_is_idempotent(home, engine, tmp_path):
     assert engine.opened[-1]["create"] is False  # destroy never creates a stack
 
 
+def test_the_locked_hint_names_backend_passphrase_file_and_the_project_scoped_stack(home, engine, tmp_path):
+    # Defect 5: a bare `pulumi cancel -s NAME` in the user's shell hits their default backend.
+    engine.fail = auto.ConcurrentUpdateError(_result("error: the stack is currently locked by 1 lock(s)"))
+    st = stackmod.ClusterStack("c1", tmp_path / "w")
+    with pytest.raises(ProvisionError) as e:
+        st.destroy() if engine.stacks.add("c1") is None else None
+    line = e.value.line()
+    url = (home / "pulumi" / "state").as_uri()
+    assert f"PULUMI_BACKEND_URL={url} PULUMI_CONFIG_PASSPHRASE_FILE={home / 'pulumi' / 'passphrase'} pulumi cancel --yes" in line
+    assert f"--stack organization/cloudtrain/c1 --cwd {tmp_path / 'w'}" in line
+
+
+def test_destroy_drops_pending_operations_first_and_reports_them(home, engine, tmp_path):
+    vm = "urn:pulumi:c1::cloudtrain::aws:ec2/instance:Instance::c1-0"
+    vpc = {"urn": "urn:pulumi:c1::cloudtrain::aws:ec2/vpc:Vpc::c1-vpc", "id": "vpc-1"}
+    engine.exported = {"version": 3, "deployment": {"resources": [vpc], "pending_operations": [{"resource": {"urn": vm}, "type": "creating"}]}}
+    said: list[str] = []
+    st = stackmod.ClusterStack("c1", tmp_path / "w", on_output=said.append)
+    st.up({})
+    assert st.destroy() is True
+    calls = [c for c in engine.calls if c[0] in ("cli", "destroy")]
+    assert calls == [("cli", "stack export"), ("cli", "stack import"), ("destroy", "c1")]
+    state, mode = engine.imported
+    assert state["deployment"] == {"resources": [vpc], "pending_operations": []}  # only the pending op goes
+    assert mode == 0o600 and not list((tmp_path / "w").glob("state-*"))  # private, and not left behind
+    assert st.pending == [f"creating {vm}"]
+    assert any(vm in line for line in said)
+
+
+def test_destroy_releases_the_lock_only_of_a_cli_cloudtrain_killed(home, engine, tmp_path):
+    st = stackmod.ClusterStack("c1", tmp_path / "w")
+    st.up({})
+    st.destroy()
+    assert ("cli", "cancel --yes") not in engine.calls  # a live update elsewhere is never broken
+    assert ("cli", "stack import") not in engine.calls  # nothing pending: state untouched
+    st.up({})
+    (tmp_path / "w" / KILLED_MARKER).touch()
+    engine.calls.clear()
+    st.destroy()
+    assert engine.calls[:2] == [("cli", "cancel --yes"), ("cli", "stack export")]
+    assert not (tmp_path / "w" / KILLED_MARKER).exists()
+
+
 def test_preview_removes_a_stack_made_only_for_it(home, engine, tmp_path):
     text = stackmod.ClusterStack("c1", tmp_path / "w").preview({})
     assert "to create" in text
@@ -210,11 +278,15 @@ def test_preview_removes_a_stack_made_only_for_it(home, engine, tmp_path):
 @pytest.fixture
 def offline_cloud(home, engine, monkeypatch):
     """A CLI 'present', pre-flight passing, the caller's address stubbed at the HTTP boundary."""
-    monkeypatch.setattr(pulumi_cli, "require", lambda: "pulumi-cli")
+    monkeypatch.setattr(pulumi_cli, "require", lambda: SimpleNamespace(command="pulumi", version=None))
     monkeypatch.setattr(cloud.AwsProvisioner, "preflight", lambda self, spec, choice: (choice, {}))
     monkeypatch.setattr(cloud.GcpProvisioner, "preflight", lambda self, spec, choice: (choice, {"gcp:project": "proj-1"}))
     monkeypatch.setattr(myip, "urlopen", lambda url, timeout: _Body(b"192.0.2.44\n"))
-    return engine
+    # The sweep by tag after a destroy talks to EC2: moto serves it.
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        yield engine
 
 
 class _Body:
@@ -375,3 +447,69 @@ def test_the_pulumi_state_folder_is_owner_only_whatever_the_umask(home) -> None:
     assert url == (home / "pulumi" / "state").as_uri()
     for folder in (home / "pulumi", home / "pulumi" / "state"):
         assert folder.stat().st_mode & 0o777 == 0o700, oct(folder.stat().st_mode)
+
+
+def _tagged_vm(name: str) -> str:
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    tag = [{"ResourceType": "instance", "Tags": [{"Key": "cloudtrain-cluster", "Value": name}]}]
+    return ec2.run_instances(ImageId=ami, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge", TagSpecifications=tag)["Instances"][0]["InstanceId"]
+
+
+def _vm_state(vm: str) -> str:
+    import boto3
+
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    return ec2.describe_instances(InstanceIds=[vm])["Reservations"][0]["Instances"][0]["State"]["Name"]
+
+
+def _pending_create(engine, name: str) -> None:
+    vm = f"urn:pulumi:{name}::cloudtrain::aws:ec2/instance:Instance::{name}-0"
+    engine.exported = {"version": 3, "deployment": {"resources": [], "pending_operations": [{"resource": {"urn": vm}, "type": "creating"}]}}
+
+
+def test_destroy_found_sweeps_by_tag_in_the_region_the_stack_settings_name(offline_cloud):
+    # A cluster whose record is lost: its stack settings still say which cloud and region.
+    spec, cdir, record = new_cluster("c9", "aws", ssh_cidr=CIDR, region="us-east-1")
+    prov = provisioner.get("aws")
+    prov.create(spec, cdir, record)
+    work = cdir.provider_dir / "pulumi"
+    (work / "Pulumi.c9.yaml").write_text("config:\n  cloudtrain:provider: aws\n  aws:region: us-east-1\n")
+    vm = _tagged_vm("c9")
+    _pending_create(offline_cloud, "c9")
+    said: list[str] = []
+    prov.on_output = said.append
+    prov.destroy_found(cdir)
+    assert ("destroy", "c9") in offline_cloud.calls
+    assert _vm_state(vm) in ("shutting-down", "terminated")
+    assert any(vm in line and line.startswith("cloudtrain: found 1 resource") for line in said)
+
+
+def test_the_sweep_runs_only_when_state_lost_a_create_and_stays_owed_until_it_succeeds(offline_cloud, monkeypatch):
+    spec, cdir, record = new_cluster("c10", "aws", ssh_cidr=CIDR, region="us-east-1")
+    prov = provisioner.get("aws")
+    prov.create(spec, cdir, record)
+    # A VM of a cluster of the same name made from another cloudtrain home: state lost nothing,
+    # so nothing is looked for by tag and it keeps running.
+    theirs = _tagged_vm("c10")
+    prov.destroy(cdir, record)
+    assert _vm_state(theirs) == "running"
+
+    # An interrupted up: a pending create dropped. The sweep fails once (EC2 unreachable): down
+    # fails naming it, and the rerun (no stack left) sweeps again.
+    prov.create(spec, cdir, record)
+    _pending_create(offline_cloud, "c10")
+    from cloudtrain.provisioner.leftovers import aws as aws_leftovers
+
+    real_find = aws_leftovers.find
+    monkeypatch.setattr(aws_leftovers, "find", lambda *a, **k: (_ for _ in ()).throw(ConnectionError("EC2 unreachable")))
+    with pytest.raises(ProvisionError, match="could not look for leftovers tagged c10"):
+        prov.destroy(cdir, record)
+    monkeypatch.setattr(aws_leftovers, "find", real_find)
+    offline_cloud.exported = {"version": 3, "deployment": {"resources": [], "pending_operations": []}}
+    prov.destroy(cdir, record)
+    assert _vm_state(theirs) in ("shutting-down", "terminated")  # same tag: the sweep cannot tell them apart
+    monkeypatch.setattr(aws_leftovers, "find", lambda *a, **k: (_ for _ in ()).throw(AssertionError("swept again")))
+    prov.destroy(cdir, record)  # done: no sweep owed any more, nothing asked of EC2

@@ -20,7 +20,7 @@ import pulumi.automation as auto
 from cloudtrain import catalog, interrupts, keys
 from cloudtrain.catalog import Choice
 from cloudtrain.machine import Cluster, Node
-from cloudtrain.provisioner import cloud_errors, failover, hostkeys, program
+from cloudtrain.provisioner import cloud_errors, failover, hostkeys, leftovers, program
 from cloudtrain.provisioner.base import Provisioner
 from cloudtrain.provisioner.contract import NODES, HostKey
 from cloudtrain.provisioner.myip import public_cidr
@@ -155,15 +155,31 @@ class CloudProvisioner(Provisioner):
             return  # create never got as far as a stack: nothing to remove
         stack = ClusterStack.from_state(record.provider_state, command=pulumi_cli.require(), on_output=self.on_output)
         stack.destroy()
+        self._sweep(stack, self.name, cdir.name, record.spec.region)
 
     def recognizes(self, cdir: ClusterDir) -> bool:
         return (cdir.provider_dir / "pulumi").is_dir() or (cdir.provider_dir / "host-keys").is_dir()
 
     def destroy_found(self, cdir: ClusterDir) -> None:
         # The record is gone, not the stack: it is named after the cluster. Every cloud's stack
-        # is destroyed the same way, so which cloud made it does not matter here.
+        # is destroyed the same way; the stack's own settings say which cloud and region.
         stack = ClusterStack.of_cluster(cdir.name, cdir.provider_dir, command=pulumi_cli.require(), on_output=self.on_output)
+        provider, region = stack.placement()
         stack.destroy()
+        if provider is not None:
+            self._sweep(stack, provider, cdir.name, region)
+
+    def _sweep(self, stack: ClusterStack, provider: str, cluster: str, region: str | None) -> None:
+        # What state lost (a create an interrupt left pending) is found by its tag. Only then:
+        # the tag's value is the cluster's name, which a cluster of that name made from another
+        # cloudtrain home in the same account shares, and its resources must not be touched.
+        if not stack.sweep_owed():
+            return
+        leftovers.sweep(provider, cluster, region, self._say, state_lost=True)
+        stack.sweep_done()
+
+    def _say(self, line: str) -> None:
+        (self.on_output or _to_stderr)(f"cloudtrain: {line}")
 
 
 class AwsProvisioner(CloudProvisioner):

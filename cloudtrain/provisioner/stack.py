@@ -8,15 +8,23 @@ ProvisionError / MissingTool with one actionable line.
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
+import shlex
 from pathlib import Path
 from typing import Any, Callable
 
 import pulumi.automation as auto
+import yaml
 
 from cloudtrain import safefile, state
 from cloudtrain.errors import MissingTool, ProvisionError
+from cloudtrain.provisioner.pulumi_run import KILLED_MARKER, GracefulCommand, graceful
+
+# Left in the work folder when pending operations were dropped from state: what they made is
+# known by its tag only, and the sweep for it is owed until it succeeds (across `down` reruns).
+SWEEP_OWED = ".cloudtrain-sweep-owed"
 
 PROJECT = "cloudtrain"
 SECRETS_PROVIDER = "passphrase"
@@ -81,9 +89,11 @@ class ClusterStack:
         self.name = name
         self.work_dir = work_dir
         self.program = program
-        self.command = command
+        # Interrupt-safe: Ctrl-C lets the engine finish in-flight operations (pulumi_run.py).
+        self.command: GracefulCommand | None = graceful(command) if command is not None else None
         self.backend = backend or backend_url()
         self.on_output = on_output
+        self.pending: list[str] = []  # what the last destroy dropped from state
 
     @classmethod
     def of_cluster(cls, name: str, provider_dir: Path, **kw: Any) -> "ClusterStack":
@@ -129,8 +139,22 @@ class ClusterStack:
         except auto.CommandError as e:
             raise ProvisionError(f"cannot open Pulumi stack {self.name!r}: {_reason(e)}", "check PULUMI_BACKEND_URL and the cloudtrain home") from e
 
+    def qualified_name(self) -> str:
+        """The stack's full name on its backend: DIY backends (file, s3, gs, azblob) put
+        project-scoped stacks under the fixed organization `organization`."""
+        org = "<your-org>" if self.backend.startswith(("https://", "http://")) else "organization"
+        return f"{org}/{PROJECT}/{self.name}"
+
+    def cli_hint(self, subcommand: str) -> str:
+        """The exact shell line that runs `pulumi <subcommand>` on this stack where cloudtrain keeps it."""
+        env = f"PULUMI_BACKEND_URL={shlex.quote(self.backend)} PULUMI_CONFIG_PASSPHRASE_FILE={shlex.quote(str(passphrase_file()))}"
+        return f"{env} pulumi {subcommand} --stack {self.qualified_name()} --cwd {shlex.quote(str(self.work_dir))}"
+
     def _locked(self) -> ProvisionError:
-        return ProvisionError(f"stack {self.name!r} is locked by another update", f"wait for it, or run `pulumi cancel -s {self.name}`")
+        return ProvisionError(
+            f"stack {self.name!r} is locked by another update",
+            f"wait for it; if no pulumi process is running any more, release the lock with `{self.cli_hint('cancel --yes')}` and rerun",
+        )
 
     def _configure(self, stack: auto.Stack, config: dict[str, str], secret_keys: frozenset[str]) -> None:
         stack.set_all_config({k: auto.ConfigValue(value=v, secret=k in secret_keys) for k, v in config.items()})
@@ -172,12 +196,23 @@ class ClusterStack:
         return True
 
     def destroy(self) -> bool:
-        """Destroy every resource and remove the stack. Idempotent: False when there was no stack."""
+        """Destroy every resource and remove the stack. Idempotent: False when there was no stack.
+
+        An update that was interrupted is resolved first: a lock our own killed CLI left is
+        released, and pending operations are dropped from state (`pending` lists them, so the
+        caller can say that a create the cloud may have accepted is now known by tag only)."""
+        self.pending = []
         try:
             stack = self._open(create=False)
         except auto.StackNotFoundError:
             return False
         try:
+            self._release_own_lock(stack)
+            self.pending = self._clear_pending(stack)
+            if self.pending:
+                (self.work_dir / SWEEP_OWED).touch()
+            for op in self.pending:
+                self._say(f"cloudtrain: dropped the pending operation of an interrupted update: {op}")
             stack.destroy(on_output=self.on_output, color="never")
             stack.workspace.remove_stack(self.name)
         except auto.ConcurrentUpdateError as e:
@@ -186,7 +221,68 @@ class ClusterStack:
             raise ProvisionError(
                 f"pulumi destroy failed: {_reason(e)}", "rerun `cloudtrain down`; resources left behind carry the cloudtrain-cluster tag"
             ) from e
+        (self.work_dir / KILLED_MARKER).unlink(missing_ok=True)
         return True
+
+    def sweep_owed(self) -> bool:
+        """Whether state lost a create (now or in an earlier destroy) that no sweep found yet."""
+        return (self.work_dir / SWEEP_OWED).exists()
+
+    def sweep_done(self) -> None:
+        (self.work_dir / SWEEP_OWED).unlink(missing_ok=True)
+
+    def _say(self, line: str) -> None:
+        if self.on_output:
+            self.on_output(line)
+
+    def _cli(self, stack: auto.Stack, args: list[str]) -> auto.CommandResult:
+        ws = stack.workspace
+        return ws.pulumi_command.run(args, ws.work_dir, ws.env_vars)
+
+    def _release_own_lock(self, stack: auto.Stack) -> None:
+        """cloudtrain had to kill its CLI mid-update (KILLED_MARKER): the lock it held is stale.
+        `pulumi cancel` removes it on file backends too (pulumi/pulumi#9100). Only then: a lock
+        held by a live update elsewhere is reported, never broken."""
+        if not (self.work_dir / KILLED_MARKER).exists():
+            return
+        try:
+            self._cli(stack, ["cancel", "--yes", "--stack", self.name])
+        except auto.CommandError:
+            pass  # nothing was locked any more
+
+    def _clear_pending(self, stack: auto.Stack) -> list[str]:
+        """Pulumi's own repair for an interrupted update, done for the user: export the state,
+        empty `pending_operations`, import it. Secrets stay encrypted (no --show-secrets)."""
+        try:
+            data = json.loads(self._cli(stack, ["stack", "export", "--stack", self.name]).stdout or "{}")
+        except json.JSONDecodeError as e:
+            raise ProvisionError(f"`pulumi stack export` of {self.name!r} gave no readable state ({e.msg})", "rerun `cloudtrain down`") from e
+        deployment = data.get("deployment") if isinstance(data, dict) else None
+        pending = (deployment or {}).get("pending_operations") or []
+        if not pending:
+            return []
+        deployment["pending_operations"] = []
+        path = self.work_dir / "state-without-pending.json"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "w") as f:
+            json.dump(data, f)
+        try:
+            self._cli(stack, ["stack", "import", "--file", str(path), "--stack", self.name])
+        finally:
+            path.unlink(missing_ok=True)
+        return [f"{op.get('type', '?')} {(op.get('resource') or {}).get('urn', '?')}" for op in pending]
+
+    def placement(self) -> tuple[str | None, str | None]:
+        """(cloud, region) from the stack's own settings file in its work folder, for a cluster
+        whose record is lost; (None, None) when the file is missing or unreadable."""
+        path = self.work_dir / f"Pulumi.{self.name}.yaml"
+        try:
+            config = (yaml.safe_load(path.read_text()) or {}).get("config") or {}
+        except (OSError, yaml.YAMLError, AttributeError):
+            return None, None
+        provider = config.get("cloudtrain:provider")
+        region = next((config[k] for k in ("aws:region", "gcp:region", "azure-native:location") if isinstance(config.get(k), str)), None)
+        return (provider if isinstance(provider, str) else None), region
 
     def outputs(self) -> dict[str, Any]:
         try:

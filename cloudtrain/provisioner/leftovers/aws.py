@@ -1,0 +1,133 @@
+"""AWS: find and remove what still carries `cloudtrain-cluster=<name>` after the stack's destroy.
+
+A create that an interrupted update left pending (the cloud accepted it, state never got its
+ID) is invisible to `pulumi destroy`; the tag every resource carries is how it is found. Only
+resources whose tag value is exactly the cluster's name are touched: the filter asks EC2 for
+them, and each answer is checked again before anything is deleted.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+import boto3
+from botocore.exceptions import BotoCoreError, ClientError, WaiterError
+
+from cloudtrain.provisioner.contract import CLUSTER_TAG
+from cloudtrain.provisioner.leftovers.base import Leftover
+
+SWEEPS = True
+
+# Describe call, its result key, the id field: in the order they must be deleted (an instance
+# holds volumes and ENIs; a VPC goes last, after everything inside it).
+_KINDS: tuple[tuple[str, str, str, str], ...] = (
+    ("instance", "describe_instances", "Reservations", "InstanceId"),
+    ("elastic-ip", "describe_addresses", "Addresses", "AllocationId"),
+    ("network-interface", "describe_network_interfaces", "NetworkInterfaces", "NetworkInterfaceId"),
+    ("volume", "describe_volumes", "Volumes", "VolumeId"),
+    ("route-table", "describe_route_tables", "RouteTables", "RouteTableId"),
+    ("internet-gateway", "describe_internet_gateways", "InternetGateways", "InternetGatewayId"),
+    ("subnet", "describe_subnets", "Subnets", "SubnetId"),
+    ("security-group", "describe_security_groups", "SecurityGroups", "GroupId"),
+    ("vpc", "describe_vpcs", "Vpcs", "VpcId"),
+    ("placement-group", "describe_placement_groups", "PlacementGroups", "GroupName"),
+)
+_GONE = {"terminated", "shutting-down"}
+# What bills while it exists: failing to look for these fails the sweep; the rest are free
+# (a VPC counts against a quota of 5 per region, no more), so not finding them is a warning.
+BILLED = {"instance", "volume", "elastic-ip"}
+
+
+def console_filter(cluster: str, region: str) -> str:
+    """Where a person can look for themselves."""
+    return f"`aws resourcegroupstaggingapi get-resources --region {region} --tag-filters Key={CLUSTER_TAG},Values={cluster}`"
+
+
+def _client(region: str, session: Any | None) -> Any:
+    return (session or boto3.Session(region_name=region)).client("ec2", region_name=region)
+
+
+def _tagged(item: dict[str, Any], cluster: str) -> bool:
+    # DescribeNetworkInterfaces names its tags TagSet; every other call here, Tags.
+    tags = item.get("Tags") or item.get("TagSet") or []
+    return any(t.get("Key") == CLUSTER_TAG and t.get("Value") == cluster for t in tags)
+
+
+def find(cluster: str, region: str, session: Any | None = None) -> tuple[list[Leftover], list[str]]:
+    """Every resource in `region` tagged `cloudtrain-cluster=<cluster>`, in deletion order, and
+    the free kinds that could not be listed. Raises when a kind that bills cannot be listed."""
+    ec2 = _client(region, session)
+    filters = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]
+    found: list[Leftover] = []
+    unchecked: list[str] = []
+    for kind, call, key, id_key in _KINDS:
+        try:
+            items = getattr(ec2, call)(Filters=filters).get(key, [])
+        except Exception as e:  # noqa: BLE001 - any SDK failure; re-raised where it bills
+            if kind in BILLED:
+                raise
+            unchecked.append(f"{kind}s ({type(e).__name__})")
+            continue
+        if kind == "instance":
+            items = [i for r in items for i in r.get("Instances", []) if i.get("State", {}).get("Name") not in _GONE]
+        for item in items:
+            if not _tagged(item, cluster):
+                continue
+            if kind == "security-group" and item.get("GroupName") == "default":
+                continue  # goes with its VPC; EC2 refuses to delete it
+            if kind == "route-table" and any(a.get("Main") for a in item.get("Associations", [])):
+                continue  # the VPC's main table goes with the VPC
+            found.append(Leftover(kind, item[id_key], region, item))
+    return found, unchecked
+
+
+def remove(found: list[Leftover], session: Any | None = None) -> list[str]:
+    """Delete what `find` returned, in its order; the lines of what could not be removed."""
+    failed: list[str] = []
+    by_region: dict[str, Any] = {}
+    for left in found:
+        ec2 = by_region.setdefault(left.region, _client(left.region, session))
+        try:
+            _delete(ec2, left, [x for x in found if x.kind == "instance" and x.region == left.region])
+        except (ClientError, BotoCoreError, WaiterError) as e:
+            code = e.response.get("Error", {}).get("Code", "") if isinstance(e, ClientError) else type(e).__name__
+            if code.endswith(".NotFound"):
+                continue  # already gone: a root volume goes with its instance
+            failed.append(f"{left.kind} {left.id} in {left.region} ({code})")
+    return failed
+
+
+
+def _delete(ec2: Any, left: Leftover, instances: list[Leftover]) -> None:
+    kind, rid, item = left.kind, left.id, left.raw
+    if kind == "instance":
+        ec2.terminate_instances(InstanceIds=[rid])
+        if rid is instances[-1].id:  # wait once, for all of them: their ENIs and volumes free up then
+            ec2.get_waiter("instance_terminated").wait(
+                InstanceIds=[i.id for i in instances], WaiterConfig={"Delay": 3, "MaxAttempts": 200}
+            )
+    elif kind == "elastic-ip":
+        if item.get("AssociationId"):
+            ec2.disassociate_address(AssociationId=item["AssociationId"])
+        ec2.release_address(AllocationId=rid)
+    elif kind == "network-interface":
+        ec2.delete_network_interface(NetworkInterfaceId=rid)
+    elif kind == "volume":
+        ec2.delete_volume(VolumeId=rid)
+    elif kind == "route-table":
+        for a in item.get("Associations", []):
+            if a.get("RouteTableAssociationId"):
+                ec2.disassociate_route_table(AssociationId=a["RouteTableAssociationId"])
+        ec2.delete_route_table(RouteTableId=rid)
+    elif kind == "internet-gateway":
+        for a in item.get("Attachments", []):
+            ec2.detach_internet_gateway(InternetGatewayId=rid, VpcId=a["VpcId"])
+        ec2.delete_internet_gateway(InternetGatewayId=rid)
+    elif kind == "subnet":
+        ec2.delete_subnet(SubnetId=rid)
+    elif kind == "security-group":
+        ec2.delete_security_group(GroupId=rid)
+    elif kind == "vpc":
+        ec2.delete_vpc(VpcId=rid)
+    elif kind == "placement-group":
+        ec2.delete_placement_group(GroupName=rid)

@@ -454,3 +454,11 @@ def test_cuda_toolkit_flag_is_recorded_by_up_and_accepted_by_bootstrap(cli, home
         assert plan.returncode == 0 and "cuda-toolkit: not needed: no NVIDIA GPU" in plan.stdout, plan.stdout
     finally:
         assert cli("down").returncode == 0
+
+
+@pytest.mark.parametrize("found", ["proprietary", "open"])
+def test_a_kept_driver_reports_the_module_flavour_the_probe_found(found):
+    """A Turing T4 would get open modules on a fresh install; a kept driver is whatever is loaded."""
+    res = resolve("t4", "ubuntu-22.04", "torch", node=Node(driver="550.90.07", driver_modules=found))
+    assert res.driver_source == "preinstalled" and res.kernel_modules == found
+    assert resolve("t4", "ubuntu-22.04", "torch").kernel_modules == "open"

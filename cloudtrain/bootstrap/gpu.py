@@ -102,6 +102,7 @@ def resolution(facts: dict[str, Any], request: Request) -> Resolution | None:
         cudnn=facts.get("cudnn"),
         frameworks=dict(facts.get("frameworks") or {}),
         python=facts.get("python_version") or None,
+        driver_modules=facts.get("driver_modules") or None,
     )
     return resolve(gpu, f"{facts.get('os_id')}-{facts.get('os_version')}", request.framework, request.cuda, node,
                    cuda_toolkit=request.cuda_toolkit, gpu_count=count)

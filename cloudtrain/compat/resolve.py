@@ -295,7 +295,9 @@ def _build(fw: FrameworkSpec, release: Release, version: str, variant: Variant, 
         python=ask.python,
         python_source=ask.python_source,
         driver_min=min_driver(cuda, ask.toolkit),
-        kernel_modules="open" if gpu.open_modules else "proprietary",
+        # A kept driver's modules are what the probe found loaded, not what a fresh install would pick.
+        kernel_modules=(node.driver_modules if drv["driver_source"] == "preinstalled" and node.driver_modules in ("open", "proprietary")
+                        else "open" if gpu.open_modules else "proprietary"),
         gpu_count=ask.gpu_count,
         system_toolkit=ask.toolkit,
         cuda=cuda,

@@ -31,6 +31,7 @@ class Node:
     cudnn: str | None = None
     frameworks: dict[str, str] = field(default_factory=dict)
     python: str | None = None  # the probe's python_version ("3.10.12")
+    driver_modules: str | None = None  # the probe's flavour of a driver on the node: "open" | "proprietary"
 
 
 @dataclass(frozen=True)

@@ -230,6 +230,7 @@ class FakeArm:
         self.locked: set[str] = set()
         self.pending: dict[str, list] = {}  # operation token -> [group name, polls left]
         self.polls = polls
+        self.async_fail: set[str] = set()  # groups whose delete is tracked by Azure-AsyncOperation, and fails
         self.filters: list[str] = []
         self.tokens: set[str] = set()
         self.url = ""
@@ -265,8 +266,18 @@ class FakeArm:
                 return 404, {"error": {"code": "ResourceGroupNotFound", "message": f"Resource group '{name}' could not be found."}}, None
             token = f"eyJqb2JJZCI6IlJFU09VUkNFR1JPVVBERUxFVElPTkpPQi0{len(self.pending)}"
             self.pending[token] = [name, self.polls]
+            if name in self.async_fail:
+                op = f"{self.url}/subscriptions/{SUB}/providers/Microsoft.Resources/operations/{token}?api-version=2021-04-01"
+                return 202, None, {"Azure-AsyncOperation": op, "Retry-After": "0"}
             loc = f"{self.url}/subscriptions/{SUB}/operationresults/{token}?api-version=2021-04-01"
             return 202, None, {"Location": loc, "Retry-After": "0"}
+        if method == "GET" and parts[2:4] == ["providers", "Microsoft.Resources"]:  # Azure-AsyncOperation status
+            entry = self.pending[parts[5]]
+            if entry[1] > 0:
+                entry[1] -= 1
+                return 200, {"id": path, "name": parts[5], "status": "InProgress"}, {"Retry-After": "0"}
+            error = {"code": "ResourceGroupDeletionBlocked", "message": f"Deletion of resource group '{entry[0]}' failed as resources with identifiers could not be deleted."}
+            return 200, {"id": path, "name": parts[5], "status": "Failed", "error": error}, None
         if method == "GET" and parts[2] == "operationresults":
             entry = self.pending[parts[3]]
             if entry[1] > 0:
@@ -328,3 +339,12 @@ def test_azure_a_deletion_that_never_ends_is_bounded_and_named(arm):
     failed = azure.remove(found, wait_s=5, sleep=slept.append)
     assert failed == ["resource-group z3-slow in eastus (still deleting after 5 s)"]
     assert len(slept) == 5 and "z3-slow" in arm.groups
+
+
+def test_azure_an_async_operation_that_fails_is_polled_to_its_end_and_named(arm):
+    arm.add("z4-stuck", "eastus", {CLUSTER_TAG: "z4"})
+    arm.async_fail.add("z4-stuck")
+    found, _ = azure.find("z4", "eastus")
+    slept: list[float] = []
+    assert azure.remove(found, sleep=slept.append) == ["resource-group z4-stuck in eastus (ResourceGroupDeletionBlocked)"]
+    assert len(slept) == 3 and all(left == 0 for _, left in arm.pending.values())  # two InProgress answers, then Failed

@@ -75,6 +75,7 @@ class FakeCompute:
         self.ops: dict[str, dict] = {}
         self.filters: list[str] = []
         self.waits = 0
+        self.forbidden: set[str] = set()  # collections whose list answers 403
 
     def add(self, plural: str, scope: str, name: str, **fields) -> None:
         link = f"https://www.googleapis.com/compute/v1/projects/{P}/{scope}/{plural}/{name}"
@@ -101,6 +102,8 @@ class FakeCompute:
             return 200, {"kind": f"compute#{plural[:-1]}AggregatedList", "id": f"projects/{P}/aggregated/{plural}", "items": items}, None
         scope = "/".join(rest[:1] if rest[0] == "global" else rest[:2])
         tail = rest[len(scope.split("/")):]
+        if method == "GET" and len(tail) == 1 and tail[0] in self.forbidden:
+            return _gcp_error(403, "forbidden", f"Required 'compute.{tail[0]}.list' permission for 'projects/{P}'")
         if method == "GET" and len(tail) == 1:  # list, two per page
             mine = [r for (pl, sc, _), r in sorted(self.res.items()) if pl == tail[0] and sc == scope]
             start = int(query.get("pageToken", ["0"])[0])
@@ -216,6 +219,19 @@ def test_gcp_sweep_removes_the_labelled_instances_and_disks_of_the_region_only(c
     assert compute.names() == {"instances/g1-elsewhere", "instances/g1-other-0", "instances/unlabelled"}
 
 
+def test_gcp_a_free_kind_that_cannot_be_listed_is_a_warning_and_the_rest_is_swept(compute, monkeypatch):
+    plant_gcp(compute, "g5")
+    compute.forbidden.add("resourcePolicies")
+    session = requests.Session()
+    monkeypatch.setattr(gcp, "_session_and_project", lambda s, p: (session, P))
+    monkeypatch.setattr(gcp, "API", compute.api)
+    said: list[str] = []
+    leftovers.sweep("gcp", "g5", "us-central1", said.append)
+    session.close()
+    assert said[0].startswith("warning: could not look for resourcePolicies (HTTP 403 forbidden) tagged g5 in us-central1")
+    assert compute.names() == {"resourcePolicies/g5-placement"}
+
+
 # --- Azure Resource Manager ------------------------------------------------------------------
 
 SUB = "00000000-0000-0000-0000-0000000000aa"
@@ -234,6 +250,7 @@ class FakeArm:
         self.filters: list[str] = []
         self.tokens: set[str] = set()
         self.url = ""
+        self.link_base = None  # where nextLink points; None: this server
 
     def add(self, name: str, location: str, tags: dict[str, str]) -> None:
         self.groups[name] = {
@@ -255,7 +272,7 @@ class FakeArm:
             start = int(query.get("$skiptoken", ["0"])[0])
             page: dict = {"value": match[start:start + 2]}
             if start + 2 < len(match):
-                page["nextLink"] = f"{self.url}{path}?api-version=2021-04-01&$filter={quote(flt)}&$skiptoken={start + 2}"
+                page["nextLink"] = f"{self.link_base or self.url}{path}?api-version=2021-04-01&$filter={quote(flt)}&$skiptoken={start + 2}"
             return 200, page, None
         if method == "DELETE" and parts[2].lower() == "resourcegroups":
             name = parts[3]
@@ -348,3 +365,13 @@ def test_azure_an_async_operation_that_fails_is_polled_to_its_end_and_named(arm)
     slept: list[float] = []
     assert azure.remove(found, sleep=slept.append) == ["resource-group z4-stuck in eastus (ResourceGroupDeletionBlocked)"]
     assert len(slept) == 3 and all(left == 0 for _, left in arm.pending.values())  # two InProgress answers, then Failed
+
+
+def test_azure_a_next_link_off_resource_manager_is_not_followed_with_the_token(arm):
+    for i in range(3):
+        arm.add(f"z5-rg{i}", "eastus", {CLUSTER_TAG: "z5"})
+    arm.link_base = "http://127.0.0.2:9"  # the bearer token must not travel to another host
+    with pytest.raises(ProvisionError) as e:
+        leftovers.sweep("azure", "z5", "eastus", lambda s: None)
+    assert "could not look for leftovers tagged z5 in eastus (RuntimeError: Azure answered with a link outside" in e.value.line()
+    assert len(arm.groups) == 3 and len(arm.filters) == 1

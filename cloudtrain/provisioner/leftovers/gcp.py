@@ -87,7 +87,8 @@ def _marks(item: dict, cluster: str) -> bool:
 
 def find(cluster: str, region: str, session: Any | None = None, project: str | None = None, api: str | None = None) -> tuple[list[Leftover], list[str]]:
     """What in `region` (and, for networks and firewalls, globally) carries the cluster's label
-    or description marker, in deletion order; nothing is left unchecked."""
+    or description marker, in deletion order; and the free kinds that could not be listed.
+    Raises when instances or disks (they bill) cannot be listed."""
     session, project = _session_and_project(session, project)
     api = api or API
     found: list[Leftover] = []
@@ -100,11 +101,15 @@ def find(cluster: str, region: str, session: Any | None = None, project: str | N
                 for item in entry.get(plural, []):
                     if (item.get("labels") or {}).get(CLUSTER_TAG) == cluster:
                         found.append(Leftover(kind, item["name"], scope.split("/", 1)[1], item))
+    unchecked: list[str] = []
     for kind, plural, scope in _MARKED:
         where = "global" if scope == "global" else f"regions/{region}"
-        for page in _pages(session, f"{api}/projects/{project}/{where}/{plural}", {}):
-            found += [Leftover(kind, item["name"], where.removeprefix("regions/"), item) for item in page.get("items", []) if _marks(item, cluster)]
-    return found, []
+        try:
+            for page in _pages(session, f"{api}/projects/{project}/{where}/{plural}", {}):
+                found += [Leftover(kind, item["name"], where.removeprefix("regions/"), item) for item in page.get("items", []) if _marks(item, cluster)]
+        except Exception as e:  # noqa: BLE001 - these kinds do not bill: not listing them is a warning, as on AWS
+            unchecked.append(f"{plural} ({e})")
+    return found, unchecked
 
 
 def _base(api: str, project: str, left: Leftover) -> str:

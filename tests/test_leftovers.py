@@ -1,4 +1,5 @@
-"""`down` finds by tag what Pulumi state lost (issue 10 item 5): AWS through boto3 against moto.
+"""`down` finds by tag what Pulumi state lost (issue 10 item 5): AWS through boto3 against moto
+(GCP and Azure: tests/test_leftovers_rest.py).
 
 Every kind the AWS program makes is planted twice: tagged with the cluster's name, and tagged
 with another cluster's name (or not at all). The sweep must remove exactly the first set.
@@ -13,7 +14,7 @@ from moto import mock_aws
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner import leftovers
 from cloudtrain.provisioner.contract import CLUSTER_TAG
-from cloudtrain.provisioner.leftovers import aws, gcp
+from cloudtrain.provisioner.leftovers import aws
 
 REGION = "us-east-1"
 
@@ -104,118 +105,3 @@ def test_a_leftover_that_cannot_be_removed_fails_down_with_what_remains(ec2, mon
     line = e.value.line()
     assert f"vpc {mine['vpc']} in {REGION} (DependencyViolation)" in line
     assert f"--tag-filters Key={CLUSTER_TAG},Values=c2" in line and "cloudtrain down --cluster c2" in line
-
-
-def test_azure_has_no_sweep_and_says_where_to_look_when_state_lost_a_create():
-    said: list[str] = []
-    leftovers.sweep("azure", "z1", "eastus", said.append, state_lost=False)
-    assert said == []
-    leftovers.sweep("azure", "z1", "eastus", said.append, state_lost=True)
-    assert "az group list --tag cloudtrain-cluster=z1" in said[0] and "az resource list --tag cloudtrain-cluster=z1" in said[0]
-
-
-# --- GCP: the Compute Engine REST API, served over real HTTP on loopback ----------------------
-
-
-class FakeCompute:
-    """Compute Engine's aggregatedList / delete / operations.wait, with the response shapes of
-    the v1 REST reference (InstanceAggregatedList, DiskAggregatedList, Operation, error body)."""
-
-    def __init__(self, project: str) -> None:
-        self.project = project
-        self.resources: dict[tuple[str, str, str], dict] = {}  # (plural, zone, name) -> resource
-        self.filters: list[str] = []
-
-    def add(self, plural: str, zone: str, name: str, labels: dict[str, str], **extra) -> None:
-        self.resources[(plural, zone, name)] = {
-            "kind": f"compute#{plural[:-1]}", "id": str(abs(hash(name)) % 10**18), "name": name, "labels": labels,
-            "zone": f"https://www.googleapis.com/compute/v1/projects/{self.project}/zones/{zone}",
-            "selfLink": f"https://www.googleapis.com/compute/v1/projects/{self.project}/zones/{zone}/{plural}/{name}", **extra,
-        }
-
-    def handle(self, method: str, path: str, query: dict[str, list[str]]) -> tuple[int, dict]:
-        parts = path.strip("/").split("/")  # compute v1 projects P ...
-        assert parts[:4] == ["compute", "v1", "projects", self.project], path
-        rest = parts[4:]
-        if method == "GET" and rest[0] == "aggregated":
-            plural = rest[1]
-            flt = query["filter"][0]
-            self.filters.append(flt)
-            key, _, value = flt.partition("=")
-            label = key.removeprefix("labels.")
-            items: dict[str, dict] = {}
-            for (pl, zone, _), r in sorted(self.resources.items()):
-                if pl == plural and r["labels"].get(label) == value.strip('"'):
-                    items.setdefault(f"zones/{zone}", {plural: []})[plural].append(r)
-            items["zones/europe-west4-a"] = {"warning": {"code": "NO_RESULTS_ON_PAGE", "message": "There are no results for scope 'zones/europe-west4-a' on this page."}}
-            return 200, {"kind": f"compute#{plural[:-1]}AggregatedList", "id": f"projects/{self.project}/aggregated/{plural}", "items": items}
-        if method == "DELETE" and rest[0] == "zones":
-            zone, plural, name = rest[1], rest[2], rest[3]
-            r = self.resources.pop((plural, zone, name), None)
-            if r is None:
-                return 404, {"error": {"code": 404, "message": f"The resource 'projects/{self.project}/zones/{zone}/{plural}/{name}' was not found", "errors": [{"message": "not found", "domain": "global", "reason": "notFound"}]}}
-            for d in r.get("disks", []):  # a boot disk with autoDelete goes with its instance
-                if d.get("autoDelete"):
-                    self.resources.pop(("disks", zone, d["source"].rsplit("/", 1)[1]), None)
-            return 200, {"kind": "compute#operation", "name": f"operation-{name}", "zone": r["zone"], "operationType": "delete", "targetLink": r["selfLink"], "status": "RUNNING", "progress": 0}
-        if method == "POST" and rest[0] == "zones" and rest[2] == "operations" and rest[4] == "wait":
-            return 200, {"kind": "compute#operation", "name": rest[3], "operationType": "delete", "status": "DONE", "progress": 100}
-        return 404, {"error": {"code": 404, "message": "unknown path"}}
-
-
-@pytest.fixture
-def compute():
-    import json
-    import threading
-    from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
-    from urllib.parse import parse_qs, urlsplit
-
-    fake = FakeCompute("proj-1")
-
-    class Handler(BaseHTTPRequestHandler):
-        def _serve(self) -> None:
-            url = urlsplit(self.path)
-            code, body = fake.handle(self.command, url.path, parse_qs(url.query))
-            data = json.dumps(body).encode()
-            self.send_response(code)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        do_GET = do_DELETE = do_POST = _serve
-
-        def log_message(self, *a) -> None:
-            pass
-
-    server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
-    t = threading.Thread(target=server.serve_forever, daemon=True)
-    t.start()
-    fake.api = f"http://127.0.0.1:{server.server_address[1]}/compute/v1"
-    yield fake
-    server.shutdown()
-    server.server_close()
-
-
-def test_gcp_sweep_removes_the_labelled_instances_and_disks_of_the_region_only(compute):
-    import requests
-
-    label = {CLUSTER_TAG: "g1", "managed-by": "cloudtrain"}
-    boot = f"https://www.googleapis.com/compute/v1/projects/proj-1/zones/us-central1-a/disks/g1-0"
-    compute.add("instances", "us-central1-a", "g1-0", label, disks=[{"source": boot, "boot": True, "autoDelete": True}])
-    compute.add("disks", "us-central1-a", "g1-0", label)
-    compute.add("disks", "us-central1-b", "g1-data", label)
-    compute.add("instances", "us-east1-b", "g1-elsewhere", label)  # same label, another region: not this cluster's region
-    compute.add("instances", "us-central1-a", "g1-other-0", {CLUSTER_TAG: "g1-other"})
-    compute.add("instances", "us-central1-a", "unlabelled", {})
-    session = requests.Session()
-
-    found, unchecked = gcp.find("g1", "us-central1", session=session, project="proj-1", api=compute.api)
-    assert [(x.kind, x.id, x.region) for x in found] == [
-        ("instance", "g1-0", "us-central1-a"), ("disk", "g1-0", "us-central1-a"), ("disk", "g1-data", "us-central1-b")
-    ]
-    assert compute.filters == [f'labels.{CLUSTER_TAG}="g1"'] * 2
-    assert "firewall rules" in unchecked[0]
-    assert gcp.remove(found, session=session, project="proj-1", api=compute.api) == []  # the boot disk's 404: already gone
-    assert sorted(name for (_, _, name) in compute.resources) == ["g1-elsewhere", "g1-other-0", "unlabelled"]
-    session.close()

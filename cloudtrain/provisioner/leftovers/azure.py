@@ -1,12 +1,142 @@
-"""Azure: no sweep yet. Every resource of a cluster sits in its resource group, tagged with the
-cluster's name; deleting that group deletes them all."""
+"""Azure: find and delete the resource groups tagged `cloudtrain-cluster=<name>` in the
+cluster's region, through Azure Resource Manager REST. The Azure program puts every resource of
+a cluster in one such group, so deleting the group deletes them all.
+
+Shapes, from the ARM REST reference:
+- Resource Groups - List (learn.microsoft.com/rest/api/resources/resourcegroups/list):
+  `GET /subscriptions/{sub}/resourcegroups?$filter=tagName eq 'k' and tagValue eq 'v'`, answering
+  `{"value": [ResourceGroup...], "nextLink": ...}`; a ResourceGroup has id, name, location, tags.
+- Resource Groups - Delete (learn.microsoft.com/rest/api/resources/resourcegroups/delete): 200,
+  or 202 Accepted with a `Location` header.
+- Long-running operations (github.com/Azure/azure-resource-manager-rpc, v1.0/Addendum.md,
+  "202 Accepted and Location Headers" / "Asynchronous Operations"): the `Location` URL answers
+  202 until the operation ends, then 200/204, or an error status with an error body; an
+  `Azure-AsyncOperation` URL answers `{"status": "InProgress"|"Succeeded"|"Failed"|"Canceled",
+  "error": {...}}`; `Retry-After` says how many seconds to wait between polls.
+"""
 
 from __future__ import annotations
 
-from cloudtrain.provisioner.contract import CLUSTER_TAG
+import time
+import urllib.parse
+from typing import Callable
 
-SWEEPS = False
+from cloudtrain.provisioner.contract import CLUSTER_TAG
+from cloudtrain.provisioner.leftovers.base import Leftover
+from cloudtrain.provisioner.leftovers.http import BearerHttp, Http, Reply
+
+SWEEPS = True
+ARM = "https://management.azure.com"
+API_VERSION = "2021-04-01"
+# Deleting a group with VMs, disks and NICs takes minutes; past this, say what remains.
+WAIT_S = 1800.0
+_DEFAULT_POLL_S, _MAX_POLL_S = 10.0, 60.0
 
 
 def console_filter(cluster: str, where: str | None) -> str:
     return f"`az group list --tag {CLUSTER_TAG}={cluster}` and `az resource list --tag {CLUSTER_TAG}={cluster}`"
+
+
+def _client(http: Http | None, subscription_id: str | None) -> tuple[Http, str]:
+    if http is not None and subscription_id is not None:
+        return http, subscription_id
+    from cloudtrain.provisioner.preflight import azure as login  # the pre-flight's login lookups
+
+    sub = subscription_id or login.subscription()
+    return http or BearerHttp(login.token(sub)), sub
+
+
+def _tag_value(group: dict) -> str | None:
+    # Tag names are case-insensitive on Azure, values are not: compare the value exactly.
+    return next((v for k, v in (group.get("tags") or {}).items() if k.lower() == CLUSTER_TAG), None)
+
+
+def _ours(url: str, arm: str) -> str:
+    """A link ARM handed back (nextLink, Location) must stay on ARM: the token goes with it."""
+    if not url.startswith(arm + "/"):
+        raise RuntimeError(f"Azure answered with a link outside {arm}: {url[:120]}")
+    return url
+
+
+def find(cluster: str, region: str, http: Http | None = None, subscription_id: str | None = None, arm: str | None = None) -> tuple[list[Leftover], list[str]]:
+    """The resource groups in `region` whose `cloudtrain-cluster` tag is exactly `cluster`."""
+    http, sub = _client(http, subscription_id)
+    arm = arm or ARM
+    where = urllib.parse.quote(f"tagName eq '{CLUSTER_TAG}' and tagValue eq '{cluster}'")
+    url: str | None = f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}"
+    found: list[Leftover] = []
+    while url:
+        reply = http.request("GET", url)
+        if reply.status >= 400:
+            raise RuntimeError(f"listing resource groups: HTTP {reply.status} {reply.error_code()}")
+        page = reply.json() or {}
+        for group in page.get("value", []):
+            if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower():
+                found.append(Leftover("resource-group", group["name"], group["location"], group))
+        url = _ours(page["nextLink"], arm) if page.get("nextLink") else None
+    return found, []
+
+
+def _retry_after(reply: Reply) -> float:
+    try:
+        return min(max(float(reply.headers.get("retry-after", _DEFAULT_POLL_S)), 0.0), _MAX_POLL_S)
+    except ValueError:
+        return _DEFAULT_POLL_S
+
+
+def _wait(http: Http, accepted: Reply, group_url: str, arm: str, wait_s: float, sleep: Callable[[float], None]) -> str | None:
+    """Poll a 202's operation to its end: None when the group is gone, else why it is not."""
+    status_url = accepted.headers.get("azure-asyncoperation")
+    location = accepted.headers.get("location")
+    waited, delay = 0.0, _retry_after(accepted)
+    while True:
+        if waited + max(delay, 1.0) > wait_s:  # counts the pauses ARM asked for, so a test's sleep can be instant
+            return f"still deleting after {waited:g} s"
+        sleep(delay)
+        waited += max(delay, 1.0)  # a poll itself takes time: even Retry-After: 0 ends
+        if status_url:
+            reply = http.request("GET", _ours(status_url, arm))
+            if reply.status >= 400:
+                return reply.error_code()
+            body = reply.json() or {}
+            state = body.get("status")
+            if state == "Succeeded":
+                return None
+            if state in ("Failed", "Canceled"):
+                return (body.get("error") or {}).get("code") or state
+        elif location:
+            reply = http.request("GET", _ours(location, arm))
+            if reply.status in (200, 204):
+                return None
+            if reply.status != 202:
+                return reply.error_code()
+        else:  # a 202 with no operation to poll: watch the group itself until it is gone
+            reply = http.request("GET", group_url)
+            if reply.status == 404:
+                return None
+            if reply.status >= 400:
+                return reply.error_code()
+        delay = _retry_after(reply)
+
+
+def remove(found: list[Leftover], http: Http | None = None, subscription_id: str | None = None, arm: str | None = None,
+           wait_s: float = WAIT_S, sleep: Callable[[float], None] = time.sleep) -> list[str]:
+    """Delete each group and wait for it; the lines of what remains."""
+    if not found:
+        return []
+    if http is None:  # a group's id is /subscriptions/{sub}/resourceGroups/{name}
+        http, _ = _client(None, subscription_id or found[0].raw["id"].split("/")[2])
+    arm = arm or ARM
+    failed: list[str] = []
+    for left in found:
+        url = f"{arm}{left.raw['id']}?api-version={API_VERSION}"
+        try:
+            reply = http.request("DELETE", url)
+            if reply.status in (200, 204, 404):  # done, or already gone
+                continue
+            why = _wait(http, reply, url, arm, wait_s, sleep) if reply.status == 202 else reply.error_code()
+        except Exception as e:  # noqa: BLE001 - transport errors or a link off ARM: say what remains
+            why = f"{type(e).__name__}: {e}"
+        if why is not None:
+            failed.append(f"{left.line()} ({why})")
+    return failed

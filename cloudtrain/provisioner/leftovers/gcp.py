@@ -1,9 +1,16 @@
-"""GCP: find and remove the instances and disks labelled `cloudtrain-cluster=<name>` in the
-cluster's region, through the Compute Engine REST API (aggregatedList with a label filter).
+"""GCP: find and remove what cluster `<name>` left in its region, through the Compute Engine
+REST API (v1 reference: cloud.google.com/compute/docs/reference/rest/v1).
 
-VPC networks, subnetworks and firewall rules take no labels on GCP, so they cannot be found by
-label; they are named `<cluster>-...` and are free. The sweep says so instead of deleting by
-name: a name is not a tag, and another cluster's resources must never be touched.
+Instances and disks carry the label `cloudtrain-cluster=<name>`: `aggregated/{instances,disks}`
+with a label filter, checked again client-side. Networks, subnetworks, firewall rules and
+resource policies take no labels; the GCP program starts their description with
+`cloudtrain-cluster=<name>` (contract.marker), then nothing or ": ...". They are listed
+(`global/networks`, `global/firewalls`, `regions/{r}/subnetworks`, `regions/{r}/resourcePolicies`)
+and matched exactly on that client-side, so cluster `a` never takes `a-b`'s; no server filter, so
+nothing rests on the filter language's regex rules. Networks and firewalls are global: a
+same-named cluster of another region would match (the caveat of docs/clouds.md's sweep).
+Deletion follows dependencies: instances, disks, firewalls, subnetworks, resource policies,
+networks; each operation is waited for.
 """
 
 from __future__ import annotations
@@ -11,19 +18,30 @@ from __future__ import annotations
 import os
 from typing import Any
 
-from cloudtrain.provisioner.contract import CLUSTER_TAG
+from cloudtrain.provisioner.contract import CLUSTER_TAG, marker
 from cloudtrain.provisioner.leftovers.base import Leftover
+from cloudtrain.provisioner.preflight.rest import error_from_body
 
 SWEEPS = True
 API = "https://compute.googleapis.com/compute/v1"
-_KINDS = (("instance", "instances"), ("disk", "disks"))  # deletion order: a boot disk is freed by its instance
-UNLABELLED = "networks, subnetworks and firewall rules (GCP gives them no labels: `gcloud compute networks list --filter=name~^{cluster}-`)"
+_LABELLED = (("instance", "instances"), ("disk", "disks"))  # zonal; a boot disk is freed by its instance
+# (kind, collection, scope) in deletion order after the labelled kinds.
+_MARKED = (
+    ("firewall", "firewalls", "global"),
+    ("subnetwork", "subnetworks", "region"),
+    ("resource-policy", "resourcePolicies", "region"),
+    ("network", "networks", "global"),
+)
+_COLLECTION = {kind: plural for kind, plural in _LABELLED} | {kind: plural for kind, plural, _ in _MARKED}
+_SCOPE = {kind: scope for kind, _, scope in _MARKED}
+WAITS = 15  # operations.wait calls per deletion (~2 min each) before saying it is still running
 
 
 def console_filter(cluster: str, where: str | None) -> str:
     return (
         f"`gcloud compute instances list --filter=labels.{CLUSTER_TAG}={cluster}` and "
-        f"`gcloud compute disks list --filter=labels.{CLUSTER_TAG}={cluster}`"
+        f"`gcloud compute disks list --filter=labels.{CLUSTER_TAG}={cluster}`; networks, subnets, firewall rules and "
+        f"resource policies: `gcloud compute networks list --filter=\"description~^{marker(cluster)}\"` (and the same for `networks subnets`, `firewall-rules`, `resource-policies`)"
     )
 
 
@@ -48,56 +66,83 @@ def _in_region(scope: str, region: str) -> bool:
 
 def _json(resp: Any) -> dict[str, Any]:
     if resp.status_code >= 400:
-        raise RuntimeError(f"HTTP {resp.status_code}: {_error(resp)}")
+        err = error_from_body(resp.status_code, resp.content)  # GCP's reason, e.g. resourceInUseByAnotherResource
+        raise RuntimeError(f"HTTP {resp.status_code} {err.code}")
     return resp.json()
 
 
-def _error(resp: Any) -> str:
-    try:
-        return resp.json()["error"]["message"]
-    except (ValueError, KeyError, TypeError):
-        return resp.text[:200]
+def _pages(session: Any, url: str, params: dict[str, str]):
+    while True:
+        page = _json(session.get(url, params=params, timeout=60))
+        yield page
+        if not page.get("nextPageToken"):
+            return
+        params = params | {"pageToken": page["nextPageToken"]}
 
 
-def find(cluster: str, region: str, session: Any | None = None, project: str | None = None, api: str = API) -> tuple[list[Leftover], list[str]]:
-    """Instances and disks in `region` labelled with the cluster, in deletion order; and what
-    cannot be looked for by label."""
+def _marks(item: dict, cluster: str) -> bool:
+    text, mark = item.get("description") or "", marker(cluster)
+    return text == mark or text.startswith(mark + ":")
+
+
+def find(cluster: str, region: str, session: Any | None = None, project: str | None = None, api: str | None = None) -> tuple[list[Leftover], list[str]]:
+    """What in `region` (and, for networks and firewalls, globally) carries the cluster's label
+    or description marker, in deletion order; and the free kinds that could not be listed.
+    Raises when instances or disks (they bill) cannot be listed."""
     session, project = _session_and_project(session, project)
+    api = api or API
     found: list[Leftover] = []
-    for kind, plural in _KINDS:
-        params: dict[str, str] = {"filter": f'labels.{CLUSTER_TAG}="{cluster}"'}
-        while True:
-            page = _json(session.get(f"{api}/projects/{project}/aggregated/{plural}", params=params, timeout=60))
+    for kind, plural in _LABELLED:
+        url = f"{api}/projects/{project}/aggregated/{plural}"
+        for page in _pages(session, url, {"filter": f'labels.{CLUSTER_TAG}="{cluster}"'}):
             for scope, entry in (page.get("items") or {}).items():
                 if not _in_region(scope, region):
                     continue
                 for item in entry.get(plural, []):
                     if (item.get("labels") or {}).get(CLUSTER_TAG) == cluster:
                         found.append(Leftover(kind, item["name"], scope.split("/", 1)[1], item))
-            if not page.get("nextPageToken"):
-                break
-            params["pageToken"] = page["nextPageToken"]
-    return found, [UNLABELLED.format(cluster=cluster)]
+    unchecked: list[str] = []
+    for kind, plural, scope in _MARKED:
+        where = "global" if scope == "global" else f"regions/{region}"
+        try:
+            for page in _pages(session, f"{api}/projects/{project}/{where}/{plural}", {}):
+                found += [Leftover(kind, item["name"], where.removeprefix("regions/"), item) for item in page.get("items", []) if _marks(item, cluster)]
+        except Exception as e:  # noqa: BLE001 - these kinds do not bill: not listing them is a warning, as on AWS
+            unchecked.append(f"{plural} ({e})")
+    return found, unchecked
 
 
-def remove(found: list[Leftover], session: Any | None = None, project: str | None = None, api: str = API) -> list[str]:
-    """Delete what `find` returned (each deletion waited for); the lines of what remains."""
+def _base(api: str, project: str, left: Leftover) -> str:
+    scope = _SCOPE.get(left.kind, "zone")
+    where = "global" if scope == "global" else f"{'regions' if scope == 'region' else 'zones'}/{left.region}"
+    return f"{api}/projects/{project}/{where}"
+
+
+def remove(found: list[Leftover], session: Any | None = None, project: str | None = None, api: str | None = None) -> list[str]:
+    """Delete what `find` returned, in its order, each operation waited for (operations.wait
+    returns when done or after about 2 minutes; at most WAITS of those); the lines of what remains."""
     if not found:
         return []
     session, project = _session_and_project(session, project)
+    api = api or API
     failed: list[str] = []
     for left in found:
-        base = f"{api}/projects/{project}/zones/{left.region}"
+        base = _base(api, project, left)
         try:
-            resp = session.delete(f"{base}/{left.kind}s/{left.id}", timeout=60)
+            resp = session.delete(f"{base}/{_COLLECTION[left.kind]}/{left.id}", timeout=60)
             if resp.status_code == 404:
                 continue  # already gone: a boot disk goes with its instance
             op = _json(resp)
-            while op.get("status") != "DONE":  # operations/wait returns when done, or after ~2 min
+            for _ in range(WAITS):
+                if op.get("status") == "DONE":
+                    break
                 op = _json(session.post(f"{base}/operations/{op['name']}/wait", timeout=180))
+            else:
+                failed.append(f"{left.line()} (still {op.get('status', 'running')} after {WAITS} waits)")
+                continue
             errors = (op.get("error") or {}).get("errors") or []
             if errors:
-                failed.append(f"{left.kind} {left.id} in {left.region} ({errors[0].get('code', 'error')})")
+                failed.append(f"{left.line()} ({errors[0].get('code', 'error')})")
         except Exception as e:  # noqa: BLE001 - transport or HTTP errors: say what remains
-            failed.append(f"{left.kind} {left.id} in {left.region} ({e})")
+            failed.append(f"{left.line()} ({e})")
     return failed

@@ -293,6 +293,7 @@ class FakeArm:
             if entry[1] > 0:
                 entry[1] -= 1
                 return 200, {"id": path, "name": parts[5], "status": "InProgress"}, {"Retry-After": "0"}
+            # The code's value is illustrative: cloudtrain names whatever code the operation reports.
             error = {"code": "ResourceGroupDeletionBlocked", "message": f"Deletion of resource group '{entry[0]}' failed as resources with identifiers could not be deleted."}
             return 200, {"id": path, "name": parts[5], "status": "Failed", "error": error}, None
         if method == "GET" and parts[2] == "operationresults":

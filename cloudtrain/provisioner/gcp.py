@@ -3,8 +3,8 @@
 Instances and their boot disks carry the `cloudtrain-cluster` label. Networks, subnetworks,
 firewalls and resource policies take no labels in the Compute API, so their description starts
 with `cloudtrain-cluster=<name>` (contract.marker), followed by nothing or ": ...", and their
-names with `<name>-`: a sweep lists them with `description eq "cloudtrain-cluster=<name>(:.*)?"`
-(exact, so cluster `a` never matches `a-b`'s). External addresses are
+names with `<name>-`: the sweep (leftovers/gcp.py) keeps those whose description is exactly the
+marker or starts with it and ":" (so cluster `a` never matches `a-b`'s). External addresses are
 ephemeral (released with the instance), so there is no address resource to leak.
 """
 

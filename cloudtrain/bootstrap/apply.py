@@ -75,14 +75,19 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
             _reboot(remote, facts, say)
         state[step.name] = step.fingerprint
         remote.write_text(paths.state, json.dumps(state, indent=2, sort_keys=True))
+        # Recorded now, so its exit file is spent: one found later is a run no bootstrap recorded.
+        detached.forget(remote, _script_path(paths, index, step))
         outcomes.append(Outcome(step, "ran", time.monotonic() - started))
     return outcomes
 
 
+def _script_path(paths: NodePaths, index: int, step: Step) -> str:
+    return f"{paths.steps}/{index:02d}-{step.name}.sh"
+
+
 def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts: dict[str, Any], say: Say, stop: threading.Event | None) -> None:
     """Run the step detached on the node and wait for it, reattaching to a run already there."""
-    base = f"{index:02d}-{step.name}"
-    script_path, log_path = f"{paths.steps}/{base}.sh", f"{paths.logs}/{base}.log"
+    script_path, log_path = _script_path(paths, index, step), f"{paths.logs}/{index:02d}-{step.name}.log"
     seen = detached.look(remote, script_path)
     if seen.state == "running":
         # A bootstrap before this one started it and lost its connection: never start it twice.
@@ -132,16 +137,18 @@ def _check(remote: SshRemote, step: Step, seen: detached.Seen, log_path: str, st
 # processes). TERM, a few seconds' grace, then KILL; `sudo -n` where the step runs as root.
 _END_STEPS = r"""
 cd "$1" 2>/dev/null || exit 0
-groups=""
+groups="" files=""
 for f in *.pid; do
   [ -e "$f" ] || continue
   pg=$(cat "$f" 2>/dev/null)
   case "$pg" in ''|*[!0-9]*) continue ;; esac
   if tr '\0' ' ' < "/proc/$pg/cmdline" 2>/dev/null | grep -qF "$PWD/${f%.pid}.sh"; then
-    groups="$groups $pg"
+    groups="$groups $pg" files="$files $f"
   fi
 done
 [ -n "$groups" ] || exit 0
+# A step killed here never reaches its wrapper's own `rm` of its pid file.
+trap 'rm -f $files' EXIT
 signal_all() { for pg in $groups; do kill -"$1" -- "-$pg" 2>/dev/null || sudo -n kill -"$1" -- "-$pg" 2>/dev/null || true; done; }
 alive() { for pg in $groups; do pgrep -g "$pg" >/dev/null 2>&1 && return 0; done; return 1; }
 signal_all TERM

@@ -8,7 +8,8 @@ bootstrap that a step is still running (reattach) or finished while nobody watch
 
 On the node, in bootstrap/steps/:
     NN-x.sh     the step's script          NN-x.pid   its session id while it runs
-    NN-x.exit   "<status> <fingerprint>" once it has ended (written whole, by rename)
+    NN-x.exit   "<status> <fingerprint>" once it has ended (written whole, by rename);
+                removed once apply has recorded the outcome, so one found means an unrecorded run
 """
 
 from __future__ import annotations
@@ -84,6 +85,11 @@ def start(remote: SshRemote, script_path: str, log_path: str, runner: str, finge
         f"rm -f {q(base + '.exit')}; setsid nohup bash -c {q(_WRAPPER)} {q(script_path)} {q(log_path)} {q(runner)} {q(fingerprint)}"
         " > /dev/null 2>&1 < /dev/null &"
     )
+
+
+def forget(remote: SshRemote, script_path: str) -> None:
+    """Drop the step's exit file once its outcome is recorded elsewhere (bootstrap/state.json)."""
+    remote.run(f"rm -f {shlex.quote(script_path[: -len('.sh')] + '.exit')}")
 
 
 def wait(

@@ -81,6 +81,14 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
     return outcomes
 
 
+def forget(remote: SshRemote, step_name: str) -> None:
+    """Mark one step as not applied, so the next bootstrap runs it again."""
+    paths = NodePaths.of(remote)
+    state = _read_state(remote, paths)
+    if state.pop(step_name, None) is not None:
+        remote.write_text(paths.state, json.dumps(state, indent=2, sort_keys=True))
+
+
 def _script_path(paths: NodePaths, index: int, step: Step) -> str:
     return f"{paths.steps}/{index:02d}-{step.name}.sh"
 

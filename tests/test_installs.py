@@ -90,3 +90,104 @@ def test_on_a_cpu_node_a_mismatch_is_only_a_warning() -> None:
 def test_the_ready_line_names_the_build() -> None:
     assert installed.describe(TORCH_CPU) == "torch 2.14.1+cpu (CPU build)"
     assert installed.describe(TORCH_126) == "torch 2.14.1+cu126 (cu126 build, CUDA 12.6)"
+
+
+# -- the installer: uv with pip's settings, pip otherwise --------------------------------------
+
+import os
+import shlex
+import shutil
+import zipfile
+
+from cloudtrain.bootstrap import uv
+from cloudtrain.bootstrap.gpu import Install
+from cloudtrain.bootstrap.plan import _framework
+
+
+def _no_pip_env() -> dict[str, str]:
+    return {k: v for k, v in os.environ.items() if not k.startswith(("PIP_", "UV_"))}
+
+
+def _pip_to_uv(tmp_path: Path, config: str, **env: str) -> dict[str, str]:
+    conf = tmp_path / "pip.conf"
+    conf.write_text(config)
+    proc = subprocess.run(
+        ["bash", "-c", f'eval "$({sys.executable} -c {shlex.quote(uv.PIP_TO_UV)})"; env'],
+        env={**_no_pip_env(), "PIP_CONFIG_FILE": str(conf), **env}, capture_output=True, text=True, timeout=120,
+    )
+    assert proc.returncode == 0, proc.stderr
+    return dict(line.split("=", 1) for line in proc.stdout.splitlines() if line.startswith(("UV_", "SSL_CERT_FILE=")))
+
+
+def test_pips_configuration_becomes_uvs(tmp_path: Path) -> None:
+    got = _pip_to_uv(
+        tmp_path,
+        "[global]\nindex-url = https://mirror.example/simple\nextra-index-url = file:///a/simple file:///b/simple\n"
+        "find-links = /srv/w1\n  /srv/w2\ntimeout = 42\n"
+        # [install] over [global], as for pip (this machine's own site config sets a global constraint and cert).
+        "[install]\nno-index = true\nconstraint = /etc/c.txt\ncert = /etc/ca.pem\n",
+        PIP_FIND_LINKS="/from/env",  # a PIP_* variable wins over the file, as for pip
+    )
+    assert got["UV_INDEX_URL"] == "https://mirror.example/simple"
+    assert got["UV_EXTRA_INDEX_URL"] == "file:///a/simple file:///b/simple"
+    assert got["UV_FIND_LINKS"] == "/from/env"
+    assert got["UV_NO_INDEX"] == "1"
+    assert got["UV_CONSTRAINT"] == "/etc/c.txt"
+    assert got["SSL_CERT_FILE"] == "/etc/ca.pem"
+    assert got["UV_HTTP_TIMEOUT"] == "42"
+    assert got["UV_INDEX_STRATEGY"] == "unsafe-best-match"
+
+
+def test_find_links_from_the_file_keeps_every_location(tmp_path: Path) -> None:
+    got = _pip_to_uv(tmp_path, "[global]\nfind-links = /srv/w1 /srv/w2\n")
+    assert got["UV_FIND_LINKS"] == "/srv/w1,/srv/w2"
+    assert "UV_NO_INDEX" not in got and "UV_INDEX_URL" not in got
+
+
+def _wheel(folder: Path, name: str = "ctprobe", version: str = "1.0") -> None:
+    """A real, minimal pure-Python wheel, made here so the install needs no index at all."""
+    folder.mkdir(parents=True, exist_ok=True)
+    info = f"{name}-{version}.dist-info"
+    files = {
+        f"{name}.py": "VALUE = 1\n",
+        f"{info}/METADATA": f"Metadata-Version: 2.1\nName: {name}\nVersion: {version}\n",
+        f"{info}/WHEEL": "Wheel-Version: 1.0\nGenerator: test\nRoot-Is-Purelib: true\nTag: py3-none-any\n",
+    }
+    with zipfile.ZipFile(folder / f"{name}-{version}-py3-none-any.whl", "w") as z:
+        for path, text in files.items():
+            z.writestr(path, text)
+        z.writestr(f"{info}/RECORD", "".join(f"{p},,\n" for p in files) + f"{info}/RECORD,,\n")
+
+
+def _uv_here() -> str | None:
+    return shutil.which("uv") or next((str(p) for p in [Path(sys.executable).parent / "uv"] if p.exists()), None)
+
+
+def _framework_step(tmp_path: Path, installer: str, uv_dir: str | None) -> tuple[subprocess.CompletedProcess, Path]:
+    """The framework step's real script, offline: pip's config says no index, local wheels only."""
+    _wheel(tmp_path / "wheels")
+    conf = tmp_path / "pip.conf"
+    conf.write_text(f"[global]\nno-index = true\nfind-links = {tmp_path / 'wheels'}\n")
+    venv = tmp_path / "venv"
+    subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True, timeout=300)
+    path = os.pathsep.join(p for p in [uv_dir, "/usr/bin", "/bin"] if p)
+    env = {**_no_pip_env(), "PATH": path, "HOME": str(tmp_path), "PIP_CONFIG_FILE": str(conf), "CLOUDTRAIN_VENV": str(venv),
+           "CLOUDTRAIN_NODE_ROOT": str(tmp_path / "root"), "CLOUDTRAIN_INSTALLER": installer, "UV_CACHE_DIR": str(tmp_path / "uv-cache")}
+    script = _framework(Install(("ctprobe==1.0",))).script
+    proc = subprocess.run(["bash", "-c", "set -euo pipefail\n" + script], env=env, capture_output=True, text=True, timeout=600)
+    return proc, venv
+
+
+@pytest.mark.skipif(_uv_here() is None, reason="no uv on this machine (PATH or next to this python)")
+def test_the_framework_goes_in_with_uv_honouring_pips_offline_configuration(tmp_path: Path) -> None:
+    proc, venv = _framework_step(tmp_path, "uv", str(Path(_uv_here()).parent))  # type: ignore[arg-type]
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "installer: uv" in proc.stdout
+    assert list(venv.glob("lib/python*/site-packages/ctprobe-1.0.dist-info"))
+
+
+def test_without_uv_the_framework_goes_in_with_pip(tmp_path: Path) -> None:
+    proc, venv = _framework_step(tmp_path, "pip", None)
+    assert proc.returncode == 0, proc.stdout + proc.stderr
+    assert "installer: pip" in proc.stdout
+    assert list(venv.glob("lib/python*/site-packages/ctprobe-1.0.dist-info"))

@@ -191,3 +191,31 @@ def test_without_uv_the_framework_goes_in_with_pip(tmp_path: Path) -> None:
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert "installer: pip" in proc.stdout
     assert list(venv.glob("lib/python*/site-packages/ctprobe-1.0.dist-info"))
+
+
+# -- for real: a CPU node with torch, over SSH -------------------------------------------------
+
+
+def test_the_ready_line_and_run_json_name_the_torch_build_really_installed(cli) -> None:
+    up = cli("up", "--provider", "local", "--framework", "torch==2.13.0", timeout=900)
+    try:
+        assert up.returncode == 0, up.stderr
+        facts = json.loads((cli.home / "clusters" / "local" / "facts" / "local-0.json").read_text())
+        found = facts["installed_framework"]
+        # This machine's local wheel is the CPU build: 2.13.0+cpu, read from the venv itself.
+        venv = cli.home / "clusters" / "local" / "provider" / "local-0" / "root" / "venv" / "bin" / "python"
+        really = subprocess.run([str(venv), "-c", "import importlib.metadata as m; print(m.version('torch'))"], capture_output=True, text=True, timeout=300).stdout.strip()
+        assert found["version"] == really == "2.13.0+cpu"
+        assert found["variant"] == "cpu" and found["cuda"] is None
+        assert "[local-0] ready: torch 2.13.0+cpu (CPU build)" in up.stderr
+        logs = cli.home / "clusters" / "local" / "logs" / "local-0"
+        # uv where `pip install uv` reached it (this machine's PyPI), else pip: either says so.
+        assert "installer: " in next(logs.glob("*-framework.log")).read_text()
+        script = cli.cwd / "hello.py"
+        script.write_text("print('hello')\n")
+        run = cli("run", str(script), "--output", str(cli.cwd / "out"), timeout=300)
+        assert run.returncode == 0, run.stderr
+        assert json.loads((cli.cwd / "out" / "run.json").read_text())["framework"] == {"local-0": found}
+    finally:
+        cli("down", timeout=120)
+

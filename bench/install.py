@@ -56,7 +56,7 @@ def main() -> int:
             with SshRemote(cluster.nodes[0], cdir.identity_file) as remote:
                 figures = _measure(remote, script, args.runs)
         finally:
-            subprocess.run([*CLI, "down", "bench"], env=env, check=False, cwd=tmp)
+            subprocess.run([*CLI, "down", "--cluster", "bench"], env=env, check=True, cwd=tmp)
     pip_s = figures["pip"]
     print(f"{'installer':<10} {'median s':>9}  runs")
     for name, runs in figures["runs"].items():

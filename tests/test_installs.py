@@ -87,6 +87,11 @@ def test_on_a_cpu_node_a_mismatch_is_only_a_warning() -> None:
     assert installed.check(TORCH_CPU, "cpu", gpu_node=False, node="n0") is None
 
 
+def test_an_unreadable_answer_is_a_warning_not_a_verdict() -> None:
+    warning = installed.check(None, "cu126", gpu_node=True, node="n0")
+    assert warning is not None and "could not read" in warning
+
+
 def test_the_ready_line_names_the_build() -> None:
     assert installed.describe(TORCH_CPU) == "torch 2.14.1+cpu (CPU build)"
     assert installed.describe(TORCH_126) == "torch 2.14.1+cu126 (cu126 build, CUDA 12.6)"

@@ -83,7 +83,9 @@ def start(remote: SshRemote, script_path: str, log_path: str, runner: str, finge
         # `rm ...; setsid ... &`, not `rm && setsid ... &`: that would background a subshell
         # holding the SSH session's pipes (and so the connection) for as long as the step runs.
         f"rm -f {q(base + '.exit')}; setsid nohup bash -c {q(_WRAPPER)} {q(script_path)} {q(log_path)} {q(runner)} {q(fingerprint)}"
-        " > /dev/null 2>&1 < /dev/null &"
+        # The pid is on file before this returns (setsid and nohup exec in place: $! is the
+        # wrapper), so a look just after never mistakes a step not yet started for one gone.
+        f" > /dev/null 2>&1 < /dev/null & echo $! > {q(base + '.pid')}"
     )
 
 
@@ -103,7 +105,7 @@ def wait(
     lost_since: float | None = None
     while True:
         try:
-            seen = look(remote, script_path, wait_s=0.5 if stop is not None and stop.is_set() else WATCH_S)
+            seen = look(remote, script_path, wait_s=1 if stop is not None and stop.is_set() else WATCH_S)
         except HostKeyMismatch:
             raise  # another machine answering is never the node coming back
         except RemoteError as e:

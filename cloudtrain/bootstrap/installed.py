@@ -101,10 +101,12 @@ def describe(installed: dict[str, Any]) -> str:
 def check(installed: dict[str, Any] | None, planned_variant: str | None, gpu_node: bool, node: str) -> str | None:
     """None when the installed build is the planned one; a warning (CPU node); or raises
     BootstrapError naming the layer (GPU node: a CPU build, or another CUDA variant)."""
-    if not installed or not installed.get("version"):
+    if not installed:
+        return "warning: could not read which framework build the job venv holds"
+    if not installed.get("version"):
         if gpu_node:
-            raise BootstrapError(f"no {installed.get('framework') if installed else 'framework'} is installed in the job venv on {node}", "see the framework step's log", layer="framework")
-        return None
+            raise BootstrapError(f"no {installed.get('framework')} is installed in the job venv on {node}", "see the framework step's log", layer="framework")
+        return f"warning: no {installed.get('framework')} is installed in the job venv"
     variant = installed.get("variant")
     if gpu_node and variant == "cpu":
         raise BootstrapError(

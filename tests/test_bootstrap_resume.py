@@ -182,8 +182,10 @@ def test_a_failing_step_still_names_itself_with_its_log_tail(node) -> None:
     assert getattr(caught.value, "layer", None) == "fails-detached"
 
 
-def test_the_dpkg_repair_runs_before_the_first_apt_step(node) -> None:
+def test_the_dpkg_repair_runs_before_the_first_apt_step(node, monkeypatch: pytest.MonkeyPatch) -> None:
     n, key, root, home = node
+    # A harmless stand-in: the real one would ask this machine's own dpkg (the node is this machine).
+    monkeypatch.setattr(dpkg, "REPAIR", Step("dpkg-repair", "stand-in", script="echo checked\n", sudo=True))
     steps = [
         Step("plain-first", "no sudo", script="true\n"),
         Step("apt-like", "a sudo step", script="true\n", sudo=True),
@@ -219,3 +221,15 @@ def test_the_dpkg_repair_finishes_an_interrupted_dpkg_only(tmp_path: Path, inter
     recorded = calls.read_text().splitlines()
     assert ("--configure -a" in recorded) == interrupted
     assert "--audit" in recorded or interrupted
+
+
+def test_a_forgotten_step_runs_again(node) -> None:
+    """What bootstrap does when the installed framework is the wrong build: the next one reinstalls."""
+    n, key, root, home = node
+    step = Step("forgettable", "counts its runs", script='echo run >> "$CLOUDTRAIN_NODE_ROOT/forgettable.count"\n')
+    with SshRemote(n, key) as remote:
+        applier.apply(remote, [step], {"is_root": True}, say=lambda _: None)
+        assert [o.status for o in applier.apply(remote, [step], {"is_root": True}, say=lambda _: None)] == ["done before"]
+        applier.forget(remote, "forgettable")
+        assert [o.status for o in applier.apply(remote, [step], {"is_root": True}, say=lambda _: None)] == ["ran"]
+    assert (root / "forgettable.count").read_text() == "run\nrun\n"

@@ -2,7 +2,8 @@
 
 On the node, under its cloudtrain folder:
     bootstrap/state.json      {step name: fingerprint} of every step applied
-    bootstrap/steps/NN-x.sh   the exact script each step ran
+    bootstrap/steps/NN-x.sh   the exact script each step ran; NN-x.pid and NN-x.exit: its run
+                              (detached.py: a step survives a dropped connection)
     bootstrap/logs/NN-x.log   its output (these come home into the cluster's logs/)
 """
 
@@ -16,8 +17,9 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from cloudtrain.bootstrap import detached, dpkg
 from cloudtrain.bootstrap.steps import Step
-from cloudtrain.errors import BootstrapError, CommandFailed, HostKeyMismatch, RemoteError
+from cloudtrain.errors import BootstrapError, HostKeyMismatch, RemoteError
 from cloudtrain.layout import NodePaths
 from cloudtrain.remote import SshRemote
 
@@ -48,6 +50,7 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
     remote.run(f"mkdir -p {shlex.quote(paths.steps)} {shlex.quote(paths.logs)}")
     state = _read_state(remote, paths)
     outcomes = []
+    repaired = False
     for index, step in enumerate(steps):
         if not step.needed:
             outcomes.append(Outcome(step, "not needed"))
@@ -59,7 +62,12 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
             raise BootstrapError(f"bootstrap of {remote.node.name} stopped before '{step.name}'", "run `cloudtrain bootstrap` to finish it", layer=step.name)
         say(f"{step.name}: {step.summary} ...")
         started = time.monotonic()
-        _run_step(remote, paths, index, step, facts)
+        if step.sudo and not repaired:
+            # Before the first apt step: a dpkg left half-done (a cut connection, a reboot
+            # mid-install) refuses every install until it is finished.
+            _run_step(remote, paths, index, dpkg.REPAIR, facts, say, stop)
+            repaired = True
+        _run_step(remote, paths, index, step, facts, say, stop)
         say(f"{step.name}: done in {time.monotonic() - started:.1f}s")
         if step.reboot_after and not _reboot_declined(remote, paths, index, step):
             # Recorded only once the node is back: a step whose reboot never happened is
@@ -67,6 +75,8 @@ def apply(remote: SshRemote, steps: list[Step], facts: dict[str, Any], say: Say 
             _reboot(remote, facts, say)
         state[step.name] = step.fingerprint
         remote.write_text(paths.state, json.dumps(state, indent=2, sort_keys=True))
+        # Recorded now, so its exit file is spent: one found later is a run no bootstrap recorded.
+        detached.forget(remote, _script_path(paths, index, step))
         outcomes.append(Outcome(step, "ran", time.monotonic() - started))
     return outcomes
 
@@ -81,33 +91,63 @@ def _reboot_declined(remote: SshRemote, paths: NodePaths, index: int, step: Step
     return remote.run(f"grep -qF {shlex.quote(REBOOT_NOT_NEEDED)} {shlex.quote(log_path)}", check=False).exit_code == 0
 
 
-def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts: dict[str, Any]) -> None:
-    base = f"{index:02d}-{step.name}"
-    script_path, log_path = f"{paths.steps}/{base}.sh", f"{paths.logs}/{base}.log"
+def forget(remote: SshRemote, step_name: str) -> None:
+    """Mark one step as not applied, so the next bootstrap runs it again."""
+    paths = NodePaths.of(remote)
+    state = _read_state(remote, paths)
+    if state.pop(step_name, None) is not None:
+        remote.write_text(paths.state, json.dumps(state, indent=2, sort_keys=True))
+
+
+def _script_path(paths: NodePaths, index: int, step: Step) -> str:
+    return f"{paths.steps}/{index:02d}-{step.name}.sh"
+
+
+def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts: dict[str, Any], say: Say, stop: threading.Event | None) -> None:
+    """Run the step detached on the node and wait for it, reattaching to a run already there."""
+    script_path, log_path = _script_path(paths, index, step), f"{paths.logs}/{index:02d}-{step.name}.log"
+    seen = detached.look(remote, script_path)
+    if seen.state == "running":
+        # A bootstrap before this one started it and lost its connection: never start it twice.
+        say(f"{step.name}: already running on the node; reattaching")
+        seen = detached.wait(remote, script_path, say, stop)
+        if seen.state == "exit" and seen.fingerprint == step.fingerprint:
+            return _check(remote, step, seen, log_path, stop)
+    elif seen.state == "exit" and seen.code == 0 and seen.fingerprint == step.fingerprint:
+        say(f"{step.name}: had finished on the node while no bootstrap watched")
+        return
     exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**paths.env(), **step.env}.items())
     remote.write_text(script_path, f"#!/usr/bin/env bash\nset -euo pipefail\n{exports}{step.script}", mode=0o700)
     runner = "bash" if not step.sudo or facts.get("is_root") else "sudo -n bash"
-    # In a session of its own whose id is on the node while it runs, so that an interrupted
-    # bootstrap can end the step and all it started from a fresh connection (`end_steps`).
-    pid_path = f"{paths.steps}/{base}.pid"
-    command = (
-        f"setsid -w bash -c 'echo $$ > \"$0\"; exec \"$@\"' {shlex.quote(pid_path)} {runner} {shlex.quote(script_path)}"
-        f" > {shlex.quote(log_path)} 2>&1; rc=$?; rm -f {shlex.quote(pid_path)}; exit $rc"
-    )
-    try:
-        remote.run(command)
-    except CommandFailed as e:
-        log = remote.read_from(log_path, 0, limit=16 << 20).decode(errors="replace")
-        explained = step.explain(log, remote.node.name) if step.explain else None
-        if explained is not None:
-            raise explained from e
-        tail = log.strip().splitlines()[-5:]
-        detail = " | ".join(line.strip() for line in tail) or f"exit {e.result.exit_code}"
+    # In a session of its own whose id is on the node while it runs, so that a dropped
+    # connection never hangs it up and an interrupted bootstrap can end it and all it
+    # started from a fresh connection (`end_steps`).
+    detached.start(remote, script_path, log_path, runner, step.fingerprint)
+    _check(remote, step, detached.wait(remote, script_path, say, stop), log_path, stop)
+
+
+def _check(remote: SshRemote, step: Step, seen: detached.Seen, log_path: str, stop: threading.Event | None) -> None:
+    if seen.state == "exit" and seen.code == 0:
+        return
+    log = remote.read_from(log_path, 0, limit=16 << 20).decode(errors="replace")
+    if seen.state != "exit":
+        if stop is not None and stop.is_set():
+            raise BootstrapError(f"bootstrap of {remote.node.name} stopped during '{step.name}'", "run `cloudtrain bootstrap` to finish it", layer=step.name)
         raise BootstrapError(
-            f"bootstrap step '{step.name}' failed on {remote.node.name}: {detail[-600:]}",
-            f"full log on the node at {log_path} (copied into the cluster's logs/)",
+            f"bootstrap step '{step.name}' on {remote.node.name} ended without an exit status (killed, or the node restarted)",
+            f"run `cloudtrain bootstrap` to run it again; its log on the node is {log_path}",
             layer=step.name,
-        ) from e
+        )
+    explained = step.explain(log, remote.node.name) if step.explain else None
+    if explained is not None:
+        raise explained
+    tail = log.strip().splitlines()[-5:]
+    detail = " | ".join(line.strip() for line in tail) or f"exit {seen.code}"
+    raise BootstrapError(
+        f"bootstrap step '{step.name}' failed on {remote.node.name}: {detail[-600:]}",
+        f"full log on the node at {log_path} (copied into the cluster's logs/)",
+        layer=step.name,
+    )
 
 
 # Ends every step still running on the node: each `NN-x.pid` names the session of a step whose
@@ -115,16 +155,18 @@ def _run_step(remote: SshRemote, paths: NodePaths, index: int, step: Step, facts
 # processes). TERM, a few seconds' grace, then KILL; `sudo -n` where the step runs as root.
 _END_STEPS = r"""
 cd "$1" 2>/dev/null || exit 0
-groups=""
+groups="" files=""
 for f in *.pid; do
   [ -e "$f" ] || continue
   pg=$(cat "$f" 2>/dev/null)
   case "$pg" in ''|*[!0-9]*) continue ;; esac
   if tr '\0' ' ' < "/proc/$pg/cmdline" 2>/dev/null | grep -qF "$PWD/${f%.pid}.sh"; then
-    groups="$groups $pg"
+    groups="$groups $pg" files="$files $f"
   fi
 done
 [ -n "$groups" ] || exit 0
+# A step killed here never reaches its wrapper's own `rm` of its pid file.
+trap 'rm -f $files' EXIT
 signal_all() { for pg in $groups; do kill -"$1" -- "-$pg" 2>/dev/null || sudo -n kill -"$1" -- "-$pg" 2>/dev/null || true; done; }
 alive() { for pg in $groups; do pgrep -g "$pg" >/dev/null 2>&1 && return 0; done; return 1; }
 signal_all TERM

@@ -11,11 +11,13 @@ from typing import Any, Callable, TypeVar
 
 from cloudtrain import interrupts
 from cloudtrain.bootstrap import apply as applier
+from cloudtrain.bootstrap import gpu, installed
 from cloudtrain.bootstrap.gpu import Request
 from cloudtrain.bootstrap.plan import plan
 from cloudtrain.bootstrap.probe import probe, summary
 from cloudtrain.bootstrap.steps import Step
 from cloudtrain.errors import BootstrapError, RemoteError
+from cloudtrain.layout import NodePaths
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
 from cloudtrain.state import ClusterDir
@@ -73,6 +75,7 @@ def bootstrap_cluster(cluster: Cluster, request: Request, cdir: ClusterDir) -> l
             steps = plan(facts, request)
             try:
                 outcomes = applier.apply(remote, steps, facts, say=say, stop=stop)
+                found = _installed(remote, facts, request, say)
             finally:
                 # Once the interrupt has moved on, `up` may be removing the cluster's folder:
                 # writing into it then would leave a ghost of the cluster behind.
@@ -80,16 +83,38 @@ def bootstrap_cluster(cluster: Cluster, request: Request, cdir: ClusterDir) -> l
                     applier.fetch_logs(remote, cdir.logs_dir / node.name)
         if left.is_set():
             raise BootstrapError(f"bootstrap of {node.name} was stopped", "run `cloudtrain bootstrap` to finish it")
+        if found is not None:
+            facts["installed_framework"] = found  # into run.json with the node's facts
         (cdir.root / "facts").mkdir(exist_ok=True)
         (cdir.root / "facts" / f"{node.name}.json").write_text(json.dumps(facts, indent=2, sort_keys=True))
         report = NodeReport(node, facts, steps, outcomes)
-        say("ready" + (f" (ran: {', '.join(report.ran)})" if report.ran else " (nothing to do)"))
+        what = f": {installed.describe(found)}" if found else ""
+        say(f"ready{what}" + (f" (ran: {', '.join(report.ran)})" if report.ran else " (nothing to do)"))
         return report
 
     def end_steps(nodes: list[Node]) -> None:
         _each_node(nodes, lambda node: _end_steps(cluster, node), threading.Event(), wait=3 * STOP_GRACE)
 
     return _each_node(cluster.nodes, one, stop, on_interrupt=end_steps, left=left)
+
+
+def _installed(remote: SshRemote, facts: dict[str, Any], request: Request, say: Callable[[str], None]) -> dict[str, Any] | None:
+    """The framework build the venv really holds, checked against the plan (installed.py)."""
+    if request.framework.name == "none":
+        return None
+    found = installed.read(remote, NodePaths.of(remote).python, request.framework.name)
+    res = gpu.resolution(facts, request)
+    # A reused preinstalled build is whatever the image brought: only its CUDA is checked.
+    reused = gpu.framework_install(facts, request).system_site_packages
+    planned = None if reused else (res.framework_variant if res is not None else "cpu")
+    try:
+        warning = installed.check(found, planned, res is not None, remote.node.name)
+    except BootstrapError:
+        applier.forget(remote, "framework")  # so that the next bootstrap installs it again
+        raise
+    if warning:
+        say(warning)
+    return found
 
 
 def _end_steps(cluster: Cluster, node: Node) -> None:

@@ -5,7 +5,7 @@ from __future__ import annotations
 import shlex
 from typing import Any
 
-from cloudtrain.bootstrap import gpu
+from cloudtrain.bootstrap import gpu, uv
 from cloudtrain.bootstrap.gpu import Request
 from cloudtrain.bootstrap.steps import Step, script
 
@@ -75,19 +75,20 @@ def _framework(install: gpu.Install) -> Step:
     if not install.requirements:
         return Step("framework", "deep-learning framework", skip_reason=f"not needed: {install.summary or 'no framework'}")
     reqs = " ".join(shlex.quote(r) for r in install.requirements)
-    pip = '"$CLOUDTRAIN_VENV/bin/python" -m pip install --disable-pip-version-check -q'
+    script = uv.chooser()  # defines `install`: uv pip install when uv can be had, else pip
     if install.index_url:
         idx = shlex.quote(install.index_url)
         # pip retries an unreachable index with backoff for every package, for minutes; look once,
         # and on a node that cannot reach it use pip's own configured sources (a mirror, local wheels).
-        script = (
+        # What that gives is checked after the install (installed.py): never silently another build.
+        script += (
             f'if "$CLOUDTRAIN_VENV/bin/python" -c {shlex.quote(_INDEX_REACHABLE)} {idx}; then\n'
-            f"  {pip} --index-url {idx} {reqs}\n"
+            f"  install --index-url {idx} {reqs}\n"
             "else\n"
             f'  echo "warning: {install.index_url} is unreachable; installing from pip\'s configured indexes" >&2\n'
-            f"  {pip} {reqs}\n"
+            f"  install {reqs}\n"
             "fi\n"
         )
     else:
-        script = f"{pip} {reqs}\n"
+        script += f"install {reqs}\n"
     return Step("framework", f"install {install.summary or ' '.join(install.requirements)}", script=script)

@@ -93,6 +93,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "script_sha256": record.extra.get("script_sha256"),
         "git": record.extra.get("git"),
         "nodes": [{"name": n.name, "facts": load_facts(runner.cdir, n)} for n in runner.cluster.nodes],
+        "framework": {n.name: load_facts(runner.cdir, n).get("installed_framework") for n in runner.cluster.nodes},
         "exit_code": record.exit_code,
         "submitted_at": record.submitted_at,
         "started_at": record.started_at,

@@ -17,6 +17,8 @@ from cloudtrain.errors import BadInput
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "none")
 IMAGES = ("dl", "ubuntu")
+LAUNCHERS = ("auto", "torchrun", "none")  # auto: torchrun for torch on several nodes or GPUs
+LOGS = ("rank0", "all")  # what `run` streams: rank 0's log, or every node's with a prefix
 _NAME = re.compile(r"^[a-z0-9](?:[a-z0-9-]{0,38}[a-z0-9])?$")
 _VERSION = re.compile(r"^[0-9][0-9A-Za-z.+!*-]*$")
 
@@ -165,6 +167,9 @@ class JobSpec:
     detach: bool = False
     max_upload: int | None = None  # bytes; a bigger workdir is refused before anything ships
     output_mode: str | None = None  # None: --output must be empty or new; else one of OUTPUT_MODES
+    nproc_per_node: int | None = None  # torchrun processes per node; None: the node's GPUs (1 on a CPU node)
+    launcher: str = "auto"  # one of LAUNCHERS
+    logs: str = "rank0"  # one of LOGS: what `run` streams
 
     @classmethod
     def build(
@@ -177,6 +182,9 @@ class JobSpec:
         detach: bool = False,
         max_upload: str | None = None,
         output_mode: str | None = None,
+        nproc_per_node: int | None = None,
+        launcher: str = "auto",
+        logs: str = "rank0",
     ) -> "JobSpec":
         # The folder the user named is resolved, the script's own name is not: `run link.py`
         # means "the folder link.py is in", never the folder its target happens to live in.
@@ -194,6 +202,12 @@ class JobSpec:
         if not path.is_relative_to(wd):
             raise BadInput(f"script {script} is outside --workdir {wd}", "put the script inside the workdir or choose another --workdir")
         out = check_output(output, output_mode)
+        if launcher not in LAUNCHERS:
+            raise BadInput(f"unknown --launcher {launcher!r}", f"choose one of {', '.join(LAUNCHERS)}")
+        if logs not in LOGS:
+            raise BadInput(f"unknown --logs {logs!r}", f"choose one of {', '.join(LOGS)}")
+        if nproc_per_node is not None and not 1 <= nproc_per_node <= 1024:
+            raise BadInput(f"--nproc-per-node {nproc_per_node} is not a number of processes", "pass 1 or more, e.g. the node's GPU count")
         return cls(
             script=path,
             workdir=wd,
@@ -203,6 +217,9 @@ class JobSpec:
             detach=detach,
             max_upload=parse_size(max_upload) if max_upload is not None else None,
             output_mode=output_mode,
+            nproc_per_node=nproc_per_node,
+            launcher=launcher,
+            logs=logs,
         )
 
     @property

@@ -8,7 +8,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
+import subprocess
+import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -170,3 +174,45 @@ def test_auto_launcher_plans_torchrun_only_where_it_helps(tmp_path: Path) -> Non
     assert launch.plan(JobSpec.build(tmp_path / "t.py", launcher="torchrun"), "none", 1, 0) == launch.Launch(True, 1)
     with pytest.raises(BadInput):
         launch.plan(JobSpec.build(tmp_path / "t.py", nproc_per_node=2), "tensorflow", 1, 0)
+
+
+WORKER = Path(launch.__file__).with_name(launch.WORKER_FILE)
+
+
+def test_a_worker_records_its_local_rank_and_code_and_keeps_torchruns_status(tmp_path: Path) -> None:
+    failures = tmp_path / "failures"
+    env = {**os.environ, "LOCAL_RANK": "1", "RANK": "3"}
+    crashed = subprocess.run([sys.executable, str(WORKER), str(failures), sys.executable, "-c", "raise SystemExit(3)"], env=env, timeout=60)
+    assert crashed.returncode == 3
+    killed = subprocess.run([sys.executable, str(WORKER), str(failures), sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], env=env, timeout=60)
+    assert killed.returncode == -signal.SIGKILL  # torchrun sees the signal, as without the wrapper
+    assert failures.read_text() == "1 3 3\n1 3 137\n"
+    assert launch.first_failure(failures.read_text()) == (1, 3, 3)
+    ok = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "none"), "true"], env=env, timeout=60)
+    assert ok.returncode == 0 and not (tmp_path / "none").exists()
+
+
+def test_a_worker_does_not_outlive_a_killed_torchrun_agent(tmp_path: Path) -> None:
+    # The "agent": a real process whose child is the wrapper, as torchrun's is; KILLed, it
+    # cannot stop its workers, which sit in sessions of their own. (The marker is spelled
+    # backwards in the agent's own command line, so only the wrapper and its program match.)
+    marker = f"sleep-for-{tmp_path.name}"
+    agent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, {str(WORKER)!r}, {str(tmp_path / 'failures')!r},
+                          sys.executable, "-c", "import time; time.sleep(600)", {marker[::-1]!r}[::-1]], start_new_session=True)
+        time.sleep(600)
+    """)])
+    deadline = time.monotonic() + 60
+    # Both the wrapper and its program: the wrapper has noted its agent by the time it forks.
+    while len(_job_pids(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_job_pids(marker)) == 2, "the worker never started"
+    agent.kill()
+    agent.wait()
+    while _job_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _job_pids(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a worker outlived its agent"

@@ -49,8 +49,10 @@ def main(failures: str, argv: list[str]) -> int:
         except OSError:
             pass
     if os.WIFSIGNALED(status):
-        signal.signal(os.WTERMSIG(status), signal.SIG_DFL)
-        os.kill(os.getpid(), os.WTERMSIG(status))
+        sig = os.WTERMSIG(status)
+        if sig not in (signal.SIGKILL, signal.SIGSTOP):  # those cannot have a handler, nor need one reset
+            signal.signal(sig, signal.SIG_DFL)
+        os.kill(os.getpid(), sig)
     return code
 
 

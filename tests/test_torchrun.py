@@ -216,3 +216,30 @@ def test_a_worker_does_not_outlive_a_killed_torchrun_agent(tmp_path: Path) -> No
     for pid in left:
         os.kill(pid, signal.SIGKILL)
     assert not left, "a worker outlived its agent"
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import jax
+    # jax reads JAX_COORDINATOR_ADDRESS itself; the count and id are passed (README).
+    jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]), initialization_timeout=120)
+    seen = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    with open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "jax.json"), "w") as f:
+        json.dump(seen, f)
+    print("jax process", seen["process_index"], "of", seen["process_count"], flush=True)
+    jax.distributed.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_jax_distributed_initializes_across_two_nodes_from_the_job_environment(cli: Cli) -> None:
+    (cli.cwd / "jaxjob").mkdir()
+    (cli.cwd / "jaxjob" / "init.py").write_text(JAX_SCRIPT)
+    out = cli.cwd / "runs-jax"
+    proc = cli("launch", "jaxjob/init.py", "--provider", "local", "--nodes", "2", "--framework", "jax", "--output", str(out), timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((out / "jax.json").read_text()) == {"process_index": 0, "process_count": 2}
+    assert json.loads((out / "rank-1" / "jax.json").read_text()) == {"process_index": 1, "process_count": 2}

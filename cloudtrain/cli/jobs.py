@@ -26,6 +26,9 @@ OutputOpt = typer.Option(None, "--output", "-o", help="Where outputs land (defau
 OutputModeOpt = typer.Option(None, "--output-mode", help="When --output is not empty: merge (keep other files, overwrite same names) | replace (empty a folder cloudtrain filled).")
 MaxUploadOpt = typer.Option(None, "--max-upload", help="Refuse a workdir bigger than this, e.g. 500M or 2G (powers of 1024).")
 ArgsArg = typer.Argument(None, help="Arguments for the script, after --.")
+NprocOpt = typer.Option(None, "--nproc-per-node", help="torchrun processes per node (default: the node's GPUs, 1 on a CPU node).")
+LauncherOpt = typer.Option("auto", "--launcher", help="auto (torchrun for torch on several nodes or GPUs, or with --nproc-per-node) | torchrun | none (one plain process per node).")
+LogsOpt = typer.Option("rank0", "--logs", help="rank0 (stream rank 0's log) | all (every node's, each line prefixed [node i]).")
 
 
 def _exit_with(code: int, record: JobRecord) -> None:
@@ -54,6 +57,9 @@ def run(
     output_mode: Optional[str] = OutputModeOpt,
     max_upload: Optional[str] = MaxUploadOpt,
     detach: bool = typer.Option(False, "--detach", "-d", help="Start the job and return; follow with `cloudtrain logs`."),
+    nproc_per_node: Optional[int] = NprocOpt,
+    launcher: str = LauncherOpt,
+    logs: str = LogsOpt,
 ) -> None:
     """Ship the workdir, run SCRIPT on every node, stream its output, bring outputs home.
     Exits with the job's exit code.
@@ -62,7 +68,7 @@ def run(
     """
     from cloudtrain.jobs import session, shipment
 
-    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode)
+    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode, nproc_per_node, launcher, logs)
     store = Store()
     runner = _runner(store, cluster)
     record, code = session.run(store, runner, shipment.prepare(spec, say), say)
@@ -144,6 +150,9 @@ def launch(
     output: Optional[Path] = OutputOpt,
     output_mode: Optional[str] = OutputModeOpt,
     max_upload: Optional[str] = MaxUploadOpt,
+    nproc_per_node: Optional[int] = NprocOpt,
+    launcher: str = LauncherOpt,
+    logs: str = LogsOpt,
 ) -> None:
     """up + run + down in one go. Tears down even when the job fails or is interrupted,
     after bringing home what exists.
@@ -155,7 +164,7 @@ def launch(
     from cloudtrain.jobs.runner import JobRunner
 
     store = Store()
-    job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode), say)
+    job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs), say)
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")

@@ -16,6 +16,8 @@ import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from cloudtrain.errors import BadInput, CloudtrainError, HostKeyMismatch, RemoteError
+from cloudtrain.jobs.launch import FAILURES_FILE, first_failure
+from cloudtrain.jobs.node_logs import Prefixed
 from cloudtrain.jobs.record import JobRecord, exit_meaning
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.remote import SshRemote
@@ -73,14 +75,19 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
         codes: list[int | None] = [None] * len(remotes)
         first_failure: int | None = None  # before stopping the others turns them into 143s
         last_alive_check = time.monotonic()
+        every = Prefixed(len(remotes), offset) if stream and record.extra.get("logs") == "all" else None  # --logs all
         while True:
             chunk = retry(remotes[0], lambda: _read(remotes[0], paths[0].log, offset))
             if chunk:
                 offset += len(chunk)
-                if stream:
+                if every:
+                    every.write(0, chunk)
+                elif stream:
                     sys.stdout.buffer.write(chunk)
                     sys.stdout.flush()
                 continue  # drain before checking status
+            if every and every.pull(retry, _read, remotes, paths):
+                continue
             for i, r in enumerate(remotes):
                 if codes[i] is None:
                     raw = retry(r, lambda r=r, p=paths[i]: _read(r, p.exit_code, 0))
@@ -89,7 +96,7 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
             failed = [i for i, c in enumerate(codes) if c not in (None, 0)]
             if failed and first_failure is None:
                 first_failure = codes[failed[0]]
-                for i in failed if len(remotes) > 1 else []:  # ranks that failed on their own, before any stop
+                for i in failed if len(remotes) > 1 or record.extra.get("launcher") == "torchrun" else []:  # ranks that failed on their own, before any stop
                     _report_failure(runner, remotes[i], paths[i], i, codes[i])  # type: ignore[arg-type]
             if all(c is not None for c in codes) or failed:
                 if failed and any(c is None for c in codes):
@@ -97,7 +104,11 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
                     _stop(runner, remotes, paths, codes)
                     continue
                 tail = retry(remotes[0], lambda: _read(remotes[0], paths[0].log, offset))
-                if stream and tail:
+                if every:
+                    every.write(0, tail)
+                    every.pull(retry, _read, remotes, paths)
+                    every.flush()
+                elif stream and tail:
                     sys.stdout.buffer.write(tail)
                     sys.stdout.flush()
                 break
@@ -162,8 +173,13 @@ class _Retry:
 
 
 def _report_failure(runner: "JobRunner", remote: SshRemote, paths: JobPaths, rank: int, code: int) -> None:
-    """Name the failing node; show its log's tail unless it is rank 0's, already streamed."""
-    runner.say(f"{remote.node.name} (rank {rank}) exited {code}{exit_meaning(code)}")
+    """Name the failing node (and torchrun's local rank); show its log's tail unless it is rank 0's, already streamed."""
+    try:  # written by node_worker.py under torchrun
+        worker = first_failure(remote.read_from(f"{paths.dir}/{FAILURES_FILE}", 0).decode(errors="replace"))
+    except RemoteError:
+        worker = None
+    where = f", local rank {worker[0]}, global rank {worker[1]}" if worker else ""
+    runner.say(f"{remote.node.name} (rank {rank}{where}) exited {code}{exit_meaning(code)}")
     if rank == 0:
         return
     q = shlex.quote

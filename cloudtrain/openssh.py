@@ -26,6 +26,9 @@ from cloudtrain.machine import Node
 _CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr"
 SSH_FAILED = 255  # ssh's own exit status for "could not connect / connection lost"
 _PIPE_BYTES = 1 << 20
+# An idle master (its cloudtrain ended without closing it, e.g. SIGKILL) exits after this long.
+CONTROL_PERSIST_S = 300
+MASTER_START_TIMEOUT_S = 60
 
 
 def client() -> str | None:
@@ -58,10 +61,45 @@ class OpenSsh:
             f"{node.user}@{node.host}", "--",
         ]
 
+        # One master connection per node, shared by every ssh of this OpenSsh (ControlMaster);
+        # its socket sits in the private temp dir, so no other user or process can ride it.
+        self._control = str(Path(self._dir.name) / "ctl")
+        self._lock = threading.Lock()
+        self._master: bool | None = None  # None: not tried yet; False: failed, ssh connects directly
+
     def close(self) -> None:
+        if self._master:
+            self._master = None
+            # `-O exit` ends the master and every session riding it; bounded so a wedged
+            # master cannot hang close (it also ends itself after CONTROL_PERSIST_S idle).
+            try:
+                subprocess.run([*self._base[:-2], "-o", f"ControlPath={self._control}", "-O", "exit", self._base[-2]],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         self._dir.cleanup()
 
+    def _ensure_master(self) -> bool:
+        """Start the master connection once: `ssh -fN` returns once it is authenticated and
+        backgrounded. Started on its own, never by the first command: a master forked from a
+        command's ssh would hold that command's stderr pipe open until the master ended."""
+        with self._lock:
+            if self._master is None:
+                argv = [*self._base[:-2], "-o", "ControlMaster=yes", "-o", f"ControlPath={self._control}",
+                        "-o", f"ControlPersist={CONTROL_PERSIST_S}", "-f", "-N", self._base[-2]]
+                try:
+                    code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                                          timeout=MASTER_START_TIMEOUT_S, start_new_session=True).returncode
+                except (OSError, subprocess.TimeoutExpired):
+                    code = SSH_FAILED
+                # A failed master costs nothing more: each ssh then connects on its own, as before.
+                self._master = code == 0
+            return self._master
+
     def argv(self, command: str) -> list[str]:
+        if self._ensure_master():
+            # ControlMaster=no: a dead master's socket makes ssh connect directly, never hang.
+            return [*self._base[:-2], "-o", "ControlMaster=no", "-o", f"ControlPath={self._control}", *self._base[-2:], command]
         return [*self._base, command]
 
     def popen(self, command: str, *, stdin: int | IO[bytes], stdout: int) -> subprocess.Popen:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import shlex
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +33,21 @@ STALL_TIMEOUT = 300.0
 # while the re-key is pending times out). OpenSSH servers re-key on their own schedule
 # (RekeyLimit), so paramiko never starts one.
 _NEVER_REKEY = 1 << 62
+HANDSHAKE_TIMEOUT_S = 10.0  # each of TCP connect, banner, key exchange, auth; then a retry
+KEEPALIVE_S = 15
+
+
+def _tcp_keepalive(sock: object) -> None:
+    """Probe an idle connection every KEEPALIVE_S; 4 unanswered probes end it (where the OS allows)."""
+    if not isinstance(sock, socket.socket):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_S), ("TCP_KEEPINTVL", KEEPALIVE_S), ("TCP_KEEPCNT", 4)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass  # keepalives are a refinement; the stall timeouts still bound every wait
 
 
 @dataclass(frozen=True)
@@ -65,10 +81,11 @@ def env_prefix(env: dict[str, str] | None) -> str:
 class SshRemote:
     """One node, reached as `node.user@node.host:node.port` with the cluster's key."""
 
-    def __init__(self, node: Node, identity_file: Path, connect_timeout: float = 120.0) -> None:
+    def __init__(self, node: Node, identity_file: Path, connect_timeout: float = 120.0, handshake_timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
         self.node = node
         self.identity_file = identity_file
         self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._openssh: openssh.OpenSsh | None = None
@@ -119,13 +136,16 @@ class SshRemote:
                     pkey=pkey,
                     look_for_keys=False,
                     allow_agent=False,
-                    timeout=10,
-                    banner_timeout=10,
-                    auth_timeout=10,
+                    timeout=self.handshake_timeout,
+                    banner_timeout=self.handshake_timeout,
+                    auth_timeout=self.handshake_timeout,
                 )
                 transport = client.get_transport()
                 assert transport is not None
-                transport.set_keepalive(15)
+                # The session lives for the whole command (jobs/sessions.py): SSH keepalives keep
+                # NAT mappings open, TCP's own probes notice a peer that vanished without a word.
+                transport.set_keepalive(KEEPALIVE_S)
+                _tcp_keepalive(transport.sock)
                 packetizer = transport.packetizer
                 packetizer.REKEY_BYTES = packetizer.REKEY_PACKETS = _NEVER_REKEY
                 packetizer.REKEY_BYTES_OVERFLOW_MAX = packetizer.REKEY_PACKETS_OVERFLOW_MAX = _NEVER_REKEY
@@ -138,7 +158,8 @@ class SshRemote:
                     "refusing to connect; the node may have been replaced or intercepted — recreate the cluster",
                 ) from e
             except (OSError, paramiko.SSHException, EOFError) as e:
-                # Refused, timed out, banner not yet sent, key not yet installed: a booting node.
+                # Refused, timed out, banner or key exchange not answered in time, key not yet
+                # installed: a booting or busy node. Retried with backoff, up to connect_timeout.
                 client.close()
                 last = e
                 if time.monotonic() + delay > deadline:

@@ -17,7 +17,7 @@ from typing import TYPE_CHECKING, Callable, TypeVar
 
 from cloudtrain.errors import BadInput, CloudtrainError, HostKeyMismatch, RemoteError
 from cloudtrain.jobs.record import JobRecord, exit_meaning
-from cloudtrain.layout import JobPaths, NodePaths
+from cloudtrain.layout import JobPaths
 from cloudtrain.remote import SshRemote
 
 if TYPE_CHECKING:
@@ -65,10 +65,14 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
     retried for `patience_s()`, then `run` ends saying how to get the outputs later."""
     patience = patience_s()
     connect = min(CONNECT_TIMEOUT_S, max(patience, 1.0))
-    remotes = [SshRemote(n, runner.cluster.identity_file, connect_timeout=connect) for n in runner.cluster.nodes]
+    remotes = [runner.remote(n) for n in runner.cluster.nodes]
+    # Each reconnection is bounded by `connect`; the sessions go on to collect as they are.
+    patient = [r.connect_timeout for r in remotes]
+    for r in remotes:
+        r.connect_timeout = connect
     retry = _Retry(runner, record, patience)
     try:
-        paths = [retry(r, lambda r=r: NodePaths.of(r)).job(record.job_id) for r in remotes]
+        paths = [retry(r, lambda r=r: runner.paths(r)).job(record.job_id) for r in remotes]
         sids = [retry(r, lambda r=r, p=p: _read(r, p.pid, 0)).decode().strip() for r, p in zip(remotes, paths)]
         codes: list[int | None] = [None] * len(remotes)
         first_failure: int | None = None  # before stopping the others turns them into 143s
@@ -106,8 +110,8 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
                 _check_alive(runner, retry, remotes, paths, codes, sids)
             time.sleep(0.25)
     finally:
-        for r in remotes:
-            r.close()
+        for r, timeout in zip(remotes, patient):
+            r.connect_timeout = timeout
     code = first_failure if first_failure is not None else 0
     record.status = "ended"
     record.exit_code = code
@@ -239,9 +243,9 @@ def exit_codes(runner: "JobRunner", record: JobRecord) -> list[int | None]:
     """Each node's exit status for the job, None where it is still running."""
     codes: list[int | None] = []
     for node in runner.cluster.nodes:
-        with SshRemote(node, runner.cluster.identity_file) as remote:
-            raw = remote.read_from(NodePaths.of(remote).job(record.job_id).exit_code, 0).strip()
-            codes.append(int(raw) if raw else None)
+        remote = runner.remote(node)
+        raw = remote.read_from(runner.paths(remote).job(record.job_id).exit_code, 0).strip()
+        codes.append(int(raw) if raw else None)
     return codes
 
 
@@ -260,10 +264,6 @@ def end(runner: "JobRunner", record: JobRecord) -> None:
 
 def stop(runner: "JobRunner", record: JobRecord) -> None:
     """Stop a still-running job on every node, keeping what it wrote."""
-    remotes = [SshRemote(n, runner.cluster.identity_file) for n in runner.cluster.nodes]
-    try:
-        paths = [NodePaths.of(r).job(record.job_id) for r in remotes]
-        _stop(runner, remotes, paths, [None] * len(remotes))
-    finally:
-        for r in remotes:
-            r.close()
+    remotes = [runner.remote(n) for n in runner.cluster.nodes]
+    paths = [runner.paths(r).job(record.job_id) for r in remotes]
+    _stop(runner, remotes, paths, [None] * len(remotes))

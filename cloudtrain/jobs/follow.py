@@ -27,6 +27,9 @@ T = TypeVar("T")
 FAILURE_TAIL_LINES = 20  # of a failing rank's log, when it is not the streamed rank 0
 CHECK_EVERY_S = 5.0  # how often each node is asked whether the job's session still exists
 CONNECT_TIMEOUT_S = 15.0  # one reconnection attempt; the patience below bounds them all
+# Polls start quick and slow down while the job is silent: a short job's end is seen within
+# tens of milliseconds, a long quiet one costs two small reads per POLL_MAX_S.
+POLL_MIN_S, POLL_MAX_S = 0.03, 0.25
 
 
 def _seconds(name: str, default: float) -> float:
@@ -77,9 +80,11 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
         codes: list[int | None] = [None] * len(remotes)
         first_failure: int | None = None  # before stopping the others turns them into 143s
         last_alive_check = time.monotonic()
+        pause = POLL_MIN_S
         while True:
             chunk = retry(remotes[0], lambda: _read(remotes[0], paths[0].log, offset))
             if chunk:
+                pause = POLL_MIN_S
                 offset += len(chunk)
                 if stream:
                     sys.stdout.buffer.write(chunk)
@@ -108,7 +113,8 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
             if time.monotonic() - last_alive_check > CHECK_EVERY_S:
                 last_alive_check = time.monotonic()
                 _check_alive(runner, retry, remotes, paths, codes, sids)
-            time.sleep(0.25)
+            time.sleep(pause)
+            pause = min(pause * 1.5, POLL_MAX_S)
     finally:
         for r, timeout in zip(remotes, patient):
             r.connect_timeout = timeout

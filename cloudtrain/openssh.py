@@ -66,8 +66,11 @@ class OpenSsh:
         self._control = str(Path(self._dir.name) / "ctl")
         self._lock = threading.Lock()
         self._master: bool | None = None  # None: not tried yet; False: failed, ssh connects directly
+        self._starting: subprocess.Popen | None = None
 
     def close(self) -> None:
+        if self._starting is not None:
+            self._ensure_master()  # a master still authenticating would outlive us otherwise
         if self._master:
             self._master = None
             # `-O exit` ends the master and every session riding it; bounded so a wedged
@@ -79,22 +82,34 @@ class OpenSsh:
                 pass
         self._dir.cleanup()
 
-    def _ensure_master(self) -> bool:
-        """Start the master connection once: `ssh -fN` returns once it is authenticated and
-        backgrounded. Started on its own, never by the first command: a master forked from a
-        command's ssh would hold that command's stderr pipe open until the master ended."""
+    def start_master(self) -> None:
+        """Begin connecting the master now, without waiting: it authenticates while the
+        control connection does its work, and is ready when the first bulk stream needs it.
+        Started on its own (`ssh -fN`, which returns once authenticated and backgrounded),
+        never by a command's ssh: that master would hold the command's stderr pipe open."""
         with self._lock:
-            if self._master is None:
+            if self._master is None and self._starting is None:
                 argv = [*self._base[:-2], "-o", "ControlMaster=yes", "-o", f"ControlPath={self._control}",
                         "-o", f"ControlPersist={CONTROL_PERSIST_S}", "-f", "-N", self._base[-2]]
                 try:
-                    code = subprocess.run(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                                          timeout=MASTER_START_TIMEOUT_S, start_new_session=True).returncode
-                except (OSError, subprocess.TimeoutExpired):
+                    self._starting = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                except OSError:
+                    self._master = False
+
+    def _ensure_master(self) -> bool:
+        self.start_master()
+        with self._lock:
+            if self._starting is not None:
+                try:
+                    code = self._starting.wait(timeout=MASTER_START_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    self._starting.kill()
+                    self._starting.wait()
                     code = SSH_FAILED
+                self._starting = None
                 # A failed master costs nothing more: each ssh then connects on its own, as before.
                 self._master = code == 0
-            return self._master
+            return bool(self._master)
 
     def argv(self, command: str) -> list[str]:
         if self._ensure_master():

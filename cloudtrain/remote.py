@@ -102,6 +102,9 @@ class SshRemote:
         if self._openssh is not None:
             self._openssh.close()
             self._openssh = None
+        self._close_control()
+
+    def _close_control(self) -> None:
         if self._sftp is not None:
             self._sftp.close()
             self._sftp = None
@@ -116,7 +119,7 @@ class SshRemote:
         """The open connection, made on first use; retried with backoff until `connect_timeout`."""
         if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
             return self._client
-        self.close()
+        self._close_control()  # a dead control connection says nothing about the bulk one's master
         try:
             pkey = paramiko.Ed25519Key.from_private_key_file(str(self.identity_file))
         except (OSError, paramiko.SSHException) as e:
@@ -272,6 +275,12 @@ class SshRemote:
             last = [line.strip() for line in stderr.splitlines() if line.strip()][-1:] or [f"ssh exited {code}"]
             return RemoteError(f"lost the connection to {self._where()} during {during}: {last[0][:300]}", "run it again")
         return CommandFailed(f"command on {self.node.name} exited {code}: {stderr[:300]}", Result(command, code, "", stderr))
+
+    def warm_bulk(self) -> None:
+        """Start connecting the bulk path (OpenSSH's master) in the background, for a command
+        that will stream data soon: it authenticates while the control connection works."""
+        if (ssh := self.openssh()) is not None:
+            ssh.start_master()
 
     def openssh(self) -> openssh.OpenSsh | None:
         """OpenSSH's `ssh` for bulk data when this machine has it; None: paramiko carries it."""

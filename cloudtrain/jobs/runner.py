@@ -139,6 +139,7 @@ class JobRunner:
 
         def prepare(rank: int, node: Node) -> None:
             remote = self.remote(node)
+            remote.warm_bulk()  # the workdir and the outputs ride it
             paths = self.paths(remote)
             job = paths.job(job_id)
             synced = sync.ship(remote, paths, spec.workdir, files, job.work)

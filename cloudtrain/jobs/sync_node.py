@@ -24,6 +24,7 @@ import uuid
 
 CONFLICT = 75  # the cache changed since the client read it: it plans again
 SPARE = "spare-"  # CACHE/spare-<generation>: a ready copy of that tree for the next job
+SPARE_WAIT_S = 120  # at most this long for a spare being made; then the run copies itself
 
 
 def load(cache):
@@ -115,7 +116,30 @@ def copy_tree(tree, dest):
     return subprocess.call(["cp", "-a", src, dest], stderr=subprocess.DEVNULL) == 0
 
 
+def await_spare(cache, generation):
+    """While a child is still making this generation's spare (runs back to back), wait for it
+    rather than copy the same tree a second time beside it."""
+    prefix = "making-%s-" % generation
+    deadline = time.monotonic() + SPARE_WAIT_S
+    while time.monotonic() < deadline and not os.path.isdir(os.path.join(cache, SPARE + generation)):
+        pids = [n[len(prefix):] for n in os.listdir(cache) if n.startswith(prefix)]
+        if not any(p.isdigit() and alive(int(p)) for p in pids):
+            break
+        time.sleep(0.02)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
 def claim_spare(cache, generation, work):
+    await_spare(cache, generation)
     spare = os.path.join(cache, SPARE + generation)
     try:
         os.rename(spare, work)  # replaces an empty `work`; fails when there is no spare
@@ -151,16 +175,16 @@ def make_spare(cache, generation):
                 remove(path)
         if not needed:
             os._exit(0)
-        tmp = os.path.join(cache, "making-" + uuid.uuid4().hex)
+        tmp = os.path.join(cache, "making-%s-%d" % (generation, os.getpid()))
         os.makedirs(tmp)
         ok = copy_tree(os.path.join(cache, "tree"), tmp)
-        with open(os.path.join(cache, "lock"), "a") as lock:
-            fcntl.flock(lock, fcntl.LOCK_EX)
-            current = load(cache)
-            if ok and current is not None and current.get("generation") == generation and not os.path.exists(os.path.join(cache, wanted)):
-                os.rename(tmp, os.path.join(cache, wanted))
-                tmp = None
-        if tmp is not None:
+        # No lock here: a run may hold it waiting for this copy (await_spare). A run that
+        # changed the tree meanwhile removed or replaced the manifest first, so the same
+        # generation now means the tree was the same throughout the copy.
+        current = load(cache)
+        if ok and current is not None and current.get("generation") == generation and not os.path.exists(os.path.join(cache, wanted)):
+            os.rename(tmp, os.path.join(cache, wanted))
+        else:
             remove(tmp)
     finally:
         os._exit(0)

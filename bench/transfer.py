@@ -203,9 +203,13 @@ def _fresh(path: Path) -> Path:
     return path
 
 
-def run_bench(base: Path, quick: bool, runs: int) -> dict:
+def run_bench(base: Path, quick: bool, runs: int, only: set[str] | None = None) -> dict:
+    """Every dataset, or `only` those (bench/issue9.py takes the two its ratios name); the
+    cluster stays up for the caller to take down."""
     say(f"building datasets in {base}")
     sets = make_datasets(base / "data", quick)
+    if only is not None:
+        sets = {name: path for name, path in sets.items() if name in only}
     stats = {name: tree_stats(path) for name, path in sets.items()}
 
     say(f"cloudtrain up --provider local --framework none --name {CLUSTER}")

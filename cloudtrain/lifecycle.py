@@ -127,7 +127,11 @@ def bring_home_owed(
     marked abandoned and the rest go on."""
     if record.cluster is None:
         return
-    runner = JobRunner(store, cdir, record.cluster, say=say)
+    with JobRunner(store, cdir, record.cluster, say=say) as runner:  # one session per node for all owed jobs
+        _bring_home(store, cdir, record, runner, say, force, output)
+
+
+def _bring_home(store: Store, cdir: ClusterDir, record: ClusterRecord, runner: JobRunner, say: Say, force: bool, output: Path | None) -> None:
     for job in jobs_of(store, cdir.name, record.created_at, warn=say):
         if job.status in ("fetched", "abandoned"):
             continue

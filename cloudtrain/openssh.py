@@ -26,6 +26,9 @@ from cloudtrain.machine import Node
 _CIPHERS = "aes128-gcm@openssh.com,aes256-gcm@openssh.com,chacha20-poly1305@openssh.com,aes128-ctr,aes256-ctr"
 SSH_FAILED = 255  # ssh's own exit status for "could not connect / connection lost"
 _PIPE_BYTES = 1 << 20
+# An idle master (its cloudtrain ended without closing it, e.g. SIGKILL) exits after this long.
+CONTROL_PERSIST_S = 300
+MASTER_START_TIMEOUT_S = 60
 
 
 def client() -> str | None:
@@ -58,10 +61,60 @@ class OpenSsh:
             f"{node.user}@{node.host}", "--",
         ]
 
+        # One master connection per node, shared by every ssh of this OpenSsh (ControlMaster);
+        # its socket sits in the private temp dir, so no other user or process can ride it.
+        self._control = str(Path(self._dir.name) / "ctl")
+        self._lock = threading.Lock()
+        self._master: bool | None = None  # None: not tried yet; False: failed, ssh connects directly
+        self._starting: subprocess.Popen | None = None
+
     def close(self) -> None:
+        if self._starting is not None:
+            self._ensure_master()  # a master still authenticating would outlive us otherwise
+        if self._master:
+            self._master = None
+            # `-O exit` ends the master and every session riding it; bounded so a wedged
+            # master cannot hang close (it also ends itself after CONTROL_PERSIST_S idle).
+            try:
+                subprocess.run([*self._base[:-2], "-o", f"ControlPath={self._control}", "-O", "exit", self._base[-2]],
+                               stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, timeout=10)
+            except (OSError, subprocess.TimeoutExpired):
+                pass
         self._dir.cleanup()
 
+    def start_master(self) -> None:
+        """Begin connecting the master now, without waiting: it authenticates while the
+        control connection does its work, and is ready when the first bulk stream needs it.
+        Started on its own (`ssh -fN`, which returns once authenticated and backgrounded),
+        never by a command's ssh: that master would hold the command's stderr pipe open."""
+        with self._lock:
+            if self._master is None and self._starting is None:
+                argv = [*self._base[:-2], "-o", "ControlMaster=yes", "-o", f"ControlPath={self._control}",
+                        "-o", f"ControlPersist={CONTROL_PERSIST_S}", "-f", "-N", self._base[-2]]
+                try:
+                    self._starting = subprocess.Popen(argv, stdin=subprocess.DEVNULL, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, start_new_session=True)
+                except OSError:
+                    self._master = False
+
+    def _ensure_master(self) -> bool:
+        self.start_master()
+        with self._lock:
+            if self._starting is not None:
+                try:
+                    code = self._starting.wait(timeout=MASTER_START_TIMEOUT_S)
+                except subprocess.TimeoutExpired:
+                    self._starting.kill()
+                    self._starting.wait()
+                    code = SSH_FAILED
+                self._starting = None
+                # A failed master costs nothing more: each ssh then connects on its own, as before.
+                self._master = code == 0
+            return bool(self._master)
+
     def argv(self, command: str) -> list[str]:
+        if self._ensure_master():
+            # ControlMaster=no: a dead master's socket makes ssh connect directly, never hang.
+            return [*self._base[:-2], "-o", "ControlMaster=no", "-o", f"ControlPath={self._control}", *self._base[-2:], command]
         return [*self._base, command]
 
     def popen(self, command: str, *, stdin: int | IO[bytes], stdout: int) -> subprocess.Popen:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import base64
 import io
 import shlex
+import socket
 import sys
 import time
 from dataclasses import dataclass
@@ -32,6 +33,21 @@ STALL_TIMEOUT = 300.0
 # while the re-key is pending times out). OpenSSH servers re-key on their own schedule
 # (RekeyLimit), so paramiko never starts one.
 _NEVER_REKEY = 1 << 62
+HANDSHAKE_TIMEOUT_S = 10.0  # each of TCP connect, banner, key exchange, auth; then a retry
+KEEPALIVE_S = 15
+
+
+def _tcp_keepalive(sock: object) -> None:
+    """Probe an idle connection every KEEPALIVE_S; 4 unanswered probes end it (where the OS allows)."""
+    if not isinstance(sock, socket.socket):
+        return
+    try:
+        sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
+        for name, value in (("TCP_KEEPIDLE", KEEPALIVE_S), ("TCP_KEEPINTVL", KEEPALIVE_S), ("TCP_KEEPCNT", 4)):
+            if hasattr(socket, name):
+                sock.setsockopt(socket.IPPROTO_TCP, getattr(socket, name), value)
+    except OSError:
+        pass  # keepalives are a refinement; the stall timeouts still bound every wait
 
 
 @dataclass(frozen=True)
@@ -65,10 +81,11 @@ def env_prefix(env: dict[str, str] | None) -> str:
 class SshRemote:
     """One node, reached as `node.user@node.host:node.port` with the cluster's key."""
 
-    def __init__(self, node: Node, identity_file: Path, connect_timeout: float = 120.0) -> None:
+    def __init__(self, node: Node, identity_file: Path, connect_timeout: float = 120.0, handshake_timeout: float = HANDSHAKE_TIMEOUT_S) -> None:
         self.node = node
         self.identity_file = identity_file
         self.connect_timeout = connect_timeout
+        self.handshake_timeout = handshake_timeout
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._openssh: openssh.OpenSsh | None = None
@@ -85,6 +102,9 @@ class SshRemote:
         if self._openssh is not None:
             self._openssh.close()
             self._openssh = None
+        self._close_control()
+
+    def _close_control(self) -> None:
         if self._sftp is not None:
             self._sftp.close()
             self._sftp = None
@@ -99,7 +119,7 @@ class SshRemote:
         """The open connection, made on first use; retried with backoff until `connect_timeout`."""
         if self._client is not None and self._client.get_transport() and self._client.get_transport().is_active():
             return self._client
-        self.close()
+        self._close_control()  # a dead control connection says nothing about the bulk one's master
         try:
             pkey = paramiko.Ed25519Key.from_private_key_file(str(self.identity_file))
         except (OSError, paramiko.SSHException) as e:
@@ -119,13 +139,16 @@ class SshRemote:
                     pkey=pkey,
                     look_for_keys=False,
                     allow_agent=False,
-                    timeout=10,
-                    banner_timeout=10,
-                    auth_timeout=10,
+                    timeout=self.handshake_timeout,
+                    banner_timeout=self.handshake_timeout,
+                    auth_timeout=self.handshake_timeout,
                 )
                 transport = client.get_transport()
                 assert transport is not None
-                transport.set_keepalive(15)
+                # The session lives for the whole command (jobs/sessions.py): SSH keepalives keep
+                # NAT mappings open, TCP's own probes notice a peer that vanished without a word.
+                transport.set_keepalive(KEEPALIVE_S)
+                _tcp_keepalive(transport.sock)
                 packetizer = transport.packetizer
                 packetizer.REKEY_BYTES = packetizer.REKEY_PACKETS = _NEVER_REKEY
                 packetizer.REKEY_BYTES_OVERFLOW_MAX = packetizer.REKEY_PACKETS_OVERFLOW_MAX = _NEVER_REKEY
@@ -138,7 +161,8 @@ class SshRemote:
                     "refusing to connect; the node may have been replaced or intercepted — recreate the cluster",
                 ) from e
             except (OSError, paramiko.SSHException, EOFError) as e:
-                # Refused, timed out, banner not yet sent, key not yet installed: a booting node.
+                # Refused, timed out, banner or key exchange not answered in time, key not yet
+                # installed: a booting or busy node. Retried with backoff, up to connect_timeout.
                 client.close()
                 last = e
                 if time.monotonic() + delay > deadline:
@@ -251,6 +275,12 @@ class SshRemote:
             last = [line.strip() for line in stderr.splitlines() if line.strip()][-1:] or [f"ssh exited {code}"]
             return RemoteError(f"lost the connection to {self._where()} during {during}: {last[0][:300]}", "run it again")
         return CommandFailed(f"command on {self.node.name} exited {code}: {stderr[:300]}", Result(command, code, "", stderr))
+
+    def warm_bulk(self) -> None:
+        """Start connecting the bulk path (OpenSSH's master) in the background, for a command
+        that will stream data soon: it authenticates while the control connection works."""
+        if (ssh := self.openssh()) is not None:
+            ssh.start_master()
 
     def openssh(self) -> openssh.OpenSsh | None:
         """OpenSSH's `ssh` for bulk data when this machine has it; None: paramiko carries it."""

@@ -11,6 +11,7 @@ import os
 import subprocess
 import sys
 import textwrap
+import time
 from pathlib import Path
 
 import pytest
@@ -81,6 +82,25 @@ def _tamper(path: Path, text: str) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
+def _spare(home: Path) -> Path:
+    """The node's ready copy of its current cached tree (made in the background after a run)."""
+    cache = _cached(home, "").parent
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        spare = cache / f"spare-{json.loads((cache / 'manifest.json').read_text())['generation']}"
+        if spare.is_dir() and not list(cache.glob("making-*")):
+            return spare
+        time.sleep(0.1)
+    raise AssertionError(f"no spare copy of the cached tree appeared in {cache}")
+
+
+def _tamper_cache(home: Path, rel: str, text: str) -> None:
+    """Tamper the cached tree and its spare copy alike: what the next job would get either way."""
+    spare = _spare(home)
+    _tamper(_cached(home, rel), text)
+    _tamper(spare / rel, text)
+
+
 def test_unchanged_workdir_ships_nothing_and_one_changed_file_ships_alone(node, tmp_path: Path) -> None:
     cli, home = node
     proj = _project(tmp_path / "proj")
@@ -88,8 +108,8 @@ def test_unchanged_workdir_ships_nothing_and_one_changed_file_ships_alone(node, 
     assert first == {"list.py": len(LIST_SCRIPT), "a.txt": "aaaa", "b.txt": "bbbb", "sub/c.txt": "cccc", "big.bin": 3 << 20}
     assert "sent 5 of 5 file(s)" in said, said
 
-    _tamper(_cached(home, "a.txt"), "AAAA")
-    _tamper(_cached(home, "sub/c.txt"), "CCCC")
+    _tamper_cache(home, "a.txt", "AAAA")
+    _tamper_cache(home, "sub/c.txt", "CCCC")
     second, said = _run(cli, proj, tmp_path / "o2")
     assert (second["a.txt"], second["sub/c.txt"]) == ("AAAA", "CCCC"), "an unchanged file crossed again"
     assert "sent 0 of 5 file(s), 0 B changed" in said, said
@@ -130,6 +150,21 @@ def test_a_jobs_edits_to_its_workdir_reach_neither_the_cache_nor_the_next_job(no
     second, said = _run(cli, proj, tmp_path / "o2")
     assert second["a.txt"] == "aaaa" and "made-by-job.txt" not in second
     assert "sent 0 of 5 file(s)" in said, said
+
+
+def test_an_unchanged_workdirs_next_job_takes_the_ready_copy_instead_of_copying(node, tmp_path: Path) -> None:
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    _run(cli, proj, tmp_path / "o1", "edit")  # the job edits its copy; the spare is the tree's
+    spare = _spare(home)
+    inode = (spare / "big.bin").stat().st_ino
+    second, said = _run(cli, proj, tmp_path / "o2")
+    assert "sent 0 of 5 file(s)" in said, said
+    assert second["a.txt"] == "aaaa" and "made-by-job.txt" not in second
+    job_id = json.loads((tmp_path / "o2" / "run.json").read_text())["job_id"]
+    (work,) = home.glob(f"clusters/**/jobs/{job_id}/work")
+    assert (work / "big.bin").stat().st_ino == inode, "the job's workdir was copied again, not taken ready"
+    assert (_spare(home) / "big.bin").stat().st_ino != inode  # the next job gets a copy of its own
 
 
 def test_a_damaged_cache_is_rebuilt_from_a_full_upload(node, tmp_path: Path) -> None:

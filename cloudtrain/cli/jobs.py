@@ -70,8 +70,8 @@ def run(
 
     spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode, nproc_per_node, launcher, logs)
     store = Store()
-    runner = _runner(store, cluster)
-    record, code = session.run(store, runner, shipment.prepare(spec, say), say)
+    with _runner(store, cluster) as runner:  # one session per node for the whole command
+        record, code = session.run(store, runner, shipment.prepare(spec, say), say)
     if code is not None:
         _exit_with(code, record)
 
@@ -124,7 +124,8 @@ def logs(
         return
     if new_output is not None:
         session.redirect(store, record, new_output, output_mode, say)
-    code = session.finish(runner, record, say)
+    with runner:
+        code = session.finish(runner, record, say)
     _exit_with(code, record)
 
 
@@ -174,10 +175,10 @@ def launch(
         # Inside the try: a signal just after `up` returns must still tear the cluster down.
         cluster = lifecycle.up(store, spec, say).cluster
         assert cluster is not None  # up returns only ready clusters
-        runner = JobRunner(store, store.cluster_dir(spec.name), cluster, say=say)
-        record = runner.submit(job)
-        say(f"job {record.job_id} started on {', '.join(record.nodes)}")
-        code = session.finish(runner, record, say)
+        with JobRunner(store, store.cluster_dir(spec.name), cluster, say=say) as runner:
+            record = runner.submit(job)
+            say(f"job {record.job_id} started on {', '.join(record.nodes)}")
+            code = session.finish(runner, record, say)
     finally:
         # `down` brings home whatever is still owed (a failed or interrupted job included);
         # a second signal must not cut it short and leave a machine billing.

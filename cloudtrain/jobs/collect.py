@@ -12,9 +12,7 @@ from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError
 from cloudtrain.jobs import metrics, transfer
 from cloudtrain.jobs.record import JobRecord
-from cloudtrain.layout import NodePaths
 from cloudtrain.machine import Node
-from cloudtrain.remote import SshRemote
 
 if TYPE_CHECKING:
     from cloudtrain.jobs.runner import JobRunner
@@ -56,9 +54,9 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         dest = output if rank == 0 else output / f"rank-{rank}"
         prefix = "" if rank == 0 else f"rank-{rank}/"
         try:
-            with SshRemote(node, runner.cluster.identity_file) as remote:
-                job = NodePaths.of(remote).job(record.job_id)
-                got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank))
+            remote = runner.remote(node)
+            job = runner.paths(remote).job(record.job_id)
+            got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank))
         except CloudtrainError as e:
             return e
         for theirs, ours in got.renamed:

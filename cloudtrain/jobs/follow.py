@@ -19,7 +19,7 @@ from cloudtrain.errors import BadInput, CloudtrainError, HostKeyMismatch, Remote
 from cloudtrain.jobs.launch import FAILURES_FILE, first_failure
 from cloudtrain.jobs.node_logs import Prefixed
 from cloudtrain.jobs.record import JobRecord, exit_meaning
-from cloudtrain.layout import JobPaths, NodePaths
+from cloudtrain.layout import JobPaths
 from cloudtrain.remote import SshRemote
 
 if TYPE_CHECKING:
@@ -29,6 +29,9 @@ T = TypeVar("T")
 FAILURE_TAIL_LINES = 20  # of a failing rank's log, when it is not the streamed rank 0
 CHECK_EVERY_S = 5.0  # how often each node is asked whether the job's session still exists
 CONNECT_TIMEOUT_S = 15.0  # one reconnection attempt; the patience below bounds them all
+# Polls start quick and slow down while the job is silent: a short job's end is seen within
+# tens of milliseconds, a long quiet one costs two small reads per POLL_MAX_S.
+POLL_MIN_S, POLL_MAX_S = 0.03, 0.25
 
 
 def _seconds(name: str, default: float) -> float:
@@ -67,18 +70,24 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
     retried for `patience_s()`, then `run` ends saying how to get the outputs later."""
     patience = patience_s()
     connect = min(CONNECT_TIMEOUT_S, max(patience, 1.0))
-    remotes = [SshRemote(n, runner.cluster.identity_file, connect_timeout=connect) for n in runner.cluster.nodes]
+    remotes = [runner.remote(n) for n in runner.cluster.nodes]
+    # Each reconnection is bounded by `connect`; the sessions go on to collect as they are.
+    patient = [r.connect_timeout for r in remotes]
+    for r in remotes:
+        r.connect_timeout = connect
     retry = _Retry(runner, record, patience)
     try:
-        paths = [retry(r, lambda r=r: NodePaths.of(r)).job(record.job_id) for r in remotes]
+        paths = [retry(r, lambda r=r: runner.paths(r)).job(record.job_id) for r in remotes]
         sids = [retry(r, lambda r=r, p=p: _read(r, p.pid, 0)).decode().strip() for r, p in zip(remotes, paths)]
         codes: list[int | None] = [None] * len(remotes)
         first_failure: int | None = None  # before stopping the others turns them into 143s
         last_alive_check = time.monotonic()
         every = Prefixed(len(remotes), offset) if stream and record.extra.get("logs") == "all" else None  # --logs all
+        pause = POLL_MIN_S
         while True:
             chunk = retry(remotes[0], lambda: _read(remotes[0], paths[0].log, offset))
             if chunk:
+                pause = POLL_MIN_S
                 offset += len(chunk)
                 if every:
                     every.write(0, chunk)
@@ -115,10 +124,11 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
             if time.monotonic() - last_alive_check > CHECK_EVERY_S:
                 last_alive_check = time.monotonic()
                 _check_alive(runner, retry, remotes, paths, codes, sids)
-            time.sleep(0.25)
+            time.sleep(pause)
+            pause = min(pause * 1.5, POLL_MAX_S)
     finally:
-        for r in remotes:
-            r.close()
+        for r, timeout in zip(remotes, patient):
+            r.connect_timeout = timeout
     code = first_failure if first_failure is not None else 0
     record.status = "ended"
     record.exit_code = code
@@ -255,9 +265,9 @@ def exit_codes(runner: "JobRunner", record: JobRecord) -> list[int | None]:
     """Each node's exit status for the job, None where it is still running."""
     codes: list[int | None] = []
     for node in runner.cluster.nodes:
-        with SshRemote(node, runner.cluster.identity_file) as remote:
-            raw = remote.read_from(NodePaths.of(remote).job(record.job_id).exit_code, 0).strip()
-            codes.append(int(raw) if raw else None)
+        remote = runner.remote(node)
+        raw = remote.read_from(runner.paths(remote).job(record.job_id).exit_code, 0).strip()
+        codes.append(int(raw) if raw else None)
     return codes
 
 
@@ -276,10 +286,6 @@ def end(runner: "JobRunner", record: JobRecord) -> None:
 
 def stop(runner: "JobRunner", record: JobRecord) -> None:
     """Stop a still-running job on every node, keeping what it wrote."""
-    remotes = [SshRemote(n, runner.cluster.identity_file) for n in runner.cluster.nodes]
-    try:
-        paths = [NodePaths.of(r).job(record.job_id) for r in remotes]
-        _stop(runner, remotes, paths, [None] * len(remotes))
-    finally:
-        for r in remotes:
-            r.close()
+    remotes = [runner.remote(n) for n in runner.cluster.nodes]
+    paths = [runner.paths(r).job(record.job_id) for r in remotes]
+    _stop(runner, remotes, paths, [None] * len(remotes))

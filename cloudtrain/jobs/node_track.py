@@ -17,6 +17,7 @@ import time
 
 PR_SET_CHILD_SUBREAPER = 36
 POLL_S = 0.5
+POLL_FIRST_S = 0.01  # polls start quick and slow to POLL_S: a short job's end shows at once
 
 
 def _code(status: int) -> int:
@@ -76,6 +77,7 @@ def main(job_dir: str, linger: float) -> None:
     main_pid: int | None = None
     deadline: float | None = None
     lingering = False
+    pause = POLL_FIRST_S
     while True:
         while True:  # reap the wrapper and every orphan re-parented here
             try:
@@ -98,7 +100,8 @@ def main(job_dir: str, linger: float) -> None:
                 if time.monotonic() > deadline:
                     lingering = True  # a helper it left behind: stopped with the node at `down`
                     break
-        time.sleep(POLL_S)
+        time.sleep(pause)
+        pause = min(pause * 1.5, POLL_S)
     code = _read("main_exit") or str(statuses.get(main_pid, statuses[wrapper]) if main_pid else statuses[wrapper])
     try:
         if lingering:

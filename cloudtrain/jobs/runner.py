@@ -23,6 +23,7 @@ from cloudtrain.jobs import sync
 from cloudtrain.jobs.record import JobRecord, new_job_id
 from cloudtrain.jobs import destination
 from cloudtrain.jobs import shipment as shipping
+from cloudtrain.jobs.sessions import Sessions
 from cloudtrain.jobs.shipment import Shipment
 from cloudtrain.jobs.workdir import git_commit, sha256_file
 from cloudtrain.layout import JobPaths, NodePaths
@@ -44,6 +45,29 @@ class JobRunner:
         self.cdir = cdir
         self.cluster = cluster
         self.say = say
+        # One session per node for this command: submit, follow, stop and collect share it.
+        self.sessions = Sessions(cluster.identity_file)
+        self._paths: dict[str, NodePaths] = {}
+
+    def __enter__(self) -> "JobRunner":
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def close(self) -> None:
+        self.sessions.close()
+
+    def remote(self, node: Node) -> SshRemote:
+        """This node's shared session (opened on first use)."""
+        return self.sessions.of(node)
+
+    def paths(self, remote: SshRemote) -> NodePaths:
+        """Where cloudtrain keeps things on that node, asked once per command."""
+        found = self._paths.get(remote.node.name)
+        if found is None:
+            found = self._paths[remote.node.name] = NodePaths.of(remote)
+        return found
 
     def _each(self, fn: Callable[[int, Node], object]) -> list[object]:
         with ThreadPoolExecutor(max_workers=min(16, len(self.cluster.nodes))) as pool:
@@ -86,30 +110,31 @@ class JobRunner:
         self.say(f"job {job_id}: shipping {len(files)} file(s), {shipment.size / 1024:.0f} KiB, to {len(self.cluster.nodes)} node(s)")
 
         def prepare(rank: int, node: Node) -> None:
-            with SshRemote(node, self.cluster.identity_file) as remote:
-                paths = NodePaths.of(remote)
-                job = paths.job(job_id)
-                synced = sync.ship(remote, paths, spec.workdir, files, job.work)
-                self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
-                if "requirements.txt" in files:
-                    self._requirements(remote, paths, job)
-                env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch)
-                if launch.torchrun:
-                    remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
-                remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)
+            remote = self.remote(node)
+            remote.warm_bulk()  # the workdir and the outputs ride it
+            paths = self.paths(remote)
+            job = paths.job(job_id)
+            synced = sync.ship(remote, paths, spec.workdir, files, job.work)
+            self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
+            if "requirements.txt" in files:
+                self._requirements(remote, paths, job)
+            env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch)
+            if launch.torchrun:
+                remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
+            remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)
+            remote.write_text(job.tracker, Path(__file__).with_name("node_track.py").read_text(), mode=0o600)
 
         def start(rank: int, node: Node) -> None:
-            with SshRemote(node, self.cluster.identity_file) as remote:
-                paths = NodePaths.of(remote)
-                job = paths.job(job_id)
-                q = shlex.quote
-                remote.write_text(job.tracker, Path(__file__).with_name("node_track.py").read_text(), mode=0o600)
-                # The session leader's pid is the job's session id: every process of the job
-                # carries it, whatever becomes of the wrapper (track.py).
-                remote.run(
-                    f"cd {q(job.dir)} && touch {q(job.log)} && (setsid nohup {q(paths.python)} -I -S track.py . {linger} "
-                    f"> /dev/null 2>&1 < /dev/null & echo $! > {q(job.pid)})"
-                )
+            remote = self.remote(node)
+            paths = self.paths(remote)
+            job = paths.job(job_id)
+            q = shlex.quote
+            # The session leader's pid is the job's session id: every process of the job
+            # carries it, whatever becomes of the wrapper (track.py).
+            remote.run(
+                f"cd {q(job.dir)} && touch {q(job.log)} && (setsid nohup {q(paths.python)} -I -S track.py . {linger} "
+                f"> /dev/null 2>&1 < /dev/null & echo $! > {q(job.pid)})"
+            )
 
         try:
             # Every node is reached and prepared before any starts: a node that fails its host

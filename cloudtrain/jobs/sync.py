@@ -4,7 +4,8 @@ The node's manifest (sync_node.py) records, for each shipped path, what it was h
 shipped: a file's size, mtime_ns and mode, or a link's target. A path whose record differs from
 what it is now ships again (mtime alone never lets a file of another size through); paths no
 longer shipped are deleted from the cache. Each job then runs on its own copy of the cache, so
-a job's edits reach neither the cache nor the next job. A cache that cannot be trusted (no
+a job's edits reach neither the cache nor the next job; the copy for an unchanged tree is made
+ahead, in the background after the previous run (sync_node.py's spare), so taking it is a rename. A cache that cannot be trusted (no
 manifest, a file missing or of another size, a run cut halfway) is rebuilt from a full upload.
 """
 

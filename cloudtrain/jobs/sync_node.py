@@ -4,7 +4,9 @@
     python3 -c SCRIPT CACHE WORK apply HEADER   tar of changed files on stdin: update the cache, then
                                                 copy it to WORK (the job's own snapshot)
 
-CACHE holds tree/ (the last shipped tree) and manifest.json ({"generation", "entries"}). Both
+CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries"}) and
+spare-<generation>/, a copy of the tree made in the background after each run: the next job
+of an unchanged tree takes it with one rename instead of copying every byte. Both
 modes hold CACHE/lock, so two runs on one node never interleave. The manifest is removed before
 the tree changes and written back only once it is whole again: a cut upload leaves no manifest,
 and the next run ships everything into a fresh tree.
@@ -17,9 +19,12 @@ import shutil
 import stat
 import subprocess
 import sys
+import time
 import uuid
 
 CONFLICT = 75  # the cache changed since the client read it: it plans again
+SPARE = "spare-"  # CACHE/spare-<generation>: a ready copy of that tree for the next job
+SPARE_WAIT_S = 120  # at most this long for a spare being made; then the run copies itself
 
 
 def load(cache):
@@ -86,17 +91,103 @@ def apply(cache, work, header_path):
         code = subprocess.call(["tar", "xf", "-", "-C", tree])  # stdin: the client's tar, untouched
         if code != 0:
             sys.exit("cloudtrain sync: tar exited %d unpacking the workdir" % code)
+    # Nothing changed: the tree keeps its generation, and with it the spare made for it.
+    unchanged = header["expect"] is not None and not header["tar"] and not header["delete"]
+    generation = header["expect"] if unchanged else uuid.uuid4().hex
     tmp = os.path.join(cache, "manifest.json.tmp")
     with open(tmp, "w") as f:
-        json.dump({"generation": uuid.uuid4().hex, "entries": header["entries"]}, f)
+        json.dump({"generation": generation, "entries": header["entries"]}, f)
     os.replace(tmp, os.path.join(cache, "manifest.json"))
-    # A real copy (reflinked where the filesystem can): a job that edits its workdir
-    # changes neither the cache nor the next job's snapshot.
-    os.makedirs(work, exist_ok=True)
-    src = os.path.join(tree, ".")
-    if subprocess.call(["cp", "-a", "--reflink=auto", src, work], stderr=subprocess.DEVNULL) != 0:
-        if subprocess.call(["cp", "-a", src, work]) != 0:
+    # The job's own real copy, so that its edits change neither the cache nor the next job's:
+    # the spare copy of this generation made after the last run (one rename), else a copy now.
+    os.makedirs(os.path.dirname(work), exist_ok=True)
+    if not claim_spare(cache, generation, work):
+        os.makedirs(work, exist_ok=True)
+        if not copy_tree(tree, work):
             sys.exit("cloudtrain sync: copying the cached workdir into %s failed" % work)
+    return generation
+
+
+def copy_tree(tree, dest):
+    """A real copy of tree's contents into dest (reflinked where the filesystem can)."""
+    src = os.path.join(tree, ".")
+    if subprocess.call(["cp", "-a", "--reflink=auto", src, dest], stderr=subprocess.DEVNULL) == 0:
+        return True
+    return subprocess.call(["cp", "-a", src, dest], stderr=subprocess.DEVNULL) == 0
+
+
+def await_spare(cache, generation):
+    """While a child is still making this generation's spare (runs back to back), wait for it
+    rather than copy the same tree a second time beside it."""
+    prefix = "making-%s-" % generation
+    deadline = time.monotonic() + SPARE_WAIT_S
+    while time.monotonic() < deadline and not os.path.isdir(os.path.join(cache, SPARE + generation)):
+        pids = [n[len(prefix):] for n in os.listdir(cache) if n.startswith(prefix)]
+        if not any(p.isdigit() and alive(int(p)) for p in pids):
+            break
+        time.sleep(0.02)
+
+
+def alive(pid):
+    try:
+        os.kill(pid, 0)
+        return True
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+
+
+def claim_spare(cache, generation, work):
+    await_spare(cache, generation)
+    spare = os.path.join(cache, SPARE + generation)
+    try:
+        os.rename(spare, work)  # replaces an empty `work`; fails when there is no spare
+        return True
+    except OSError:
+        return False
+
+
+def make_spare(cache, generation):
+    """In a detached child, after the job has its copy: the next run's copy of this tree, made
+    now so that an unchanged workdir's next run costs a rename, not a copy of every byte.
+    Kept only if no run changed the tree meanwhile (same generation before and after)."""
+    if os.fork() != 0:
+        return
+    try:
+        os.setsid()
+        null = os.open(os.devnull, os.O_RDWR)
+        for fd in (0, 1, 2):  # the SSH session ends when nothing holds its pipes
+            os.dup2(null, fd)
+        os.closerange(3, 1 << 16)  # the parent's lock too: its run releases it as it exits
+        wanted = SPARE + generation
+        with open(os.path.join(cache, "lock"), "a") as lock:
+            fcntl.flock(lock, fcntl.LOCK_EX)
+            for name in os.listdir(cache):  # under the lock: a spare is never removed as it is claimed
+                if name.startswith(SPARE) and name != wanted:
+                    os.rename(os.path.join(cache, name), os.path.join(cache, "trash-" + uuid.uuid4().hex))
+            current = load(cache)
+            needed = current is not None and current.get("generation") == generation and not os.path.exists(os.path.join(cache, wanted))
+        for name in os.listdir(cache):
+            path = os.path.join(cache, name)
+            # Older trees' spares; half-made ones that a killed child left (a day old: not in progress).
+            if name.startswith("trash-") or (name.startswith("making-") and time.time() - os.lstat(path).st_mtime > 86400):
+                remove(path)
+        if not needed:
+            os._exit(0)
+        tmp = os.path.join(cache, "making-%s-%d" % (generation, os.getpid()))
+        os.makedirs(tmp)
+        ok = copy_tree(os.path.join(cache, "tree"), tmp)
+        # No lock here: a run may hold it waiting for this copy (await_spare). A run that
+        # changed the tree meanwhile removed or replaced the manifest first, so the same
+        # generation now means the tree was the same throughout the copy.
+        current = load(cache)
+        if ok and current is not None and current.get("generation") == generation and not os.path.exists(os.path.join(cache, wanted)):
+            os.rename(tmp, os.path.join(cache, wanted))
+        else:
+            remove(tmp)
+    finally:
+        os._exit(0)
 
 
 def main():
@@ -108,7 +199,9 @@ def main():
             manifest = load(cache)
             sys.stdout.write(json.dumps(manifest or {}))
         else:
-            apply(cache, work, sys.argv[4])
+            generation = apply(cache, work, sys.argv[4])
+            sys.stdout.flush()
+            make_spare(cache, generation)
 
 
 main()

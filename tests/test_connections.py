@@ -1,0 +1,183 @@
+"""Connections over a real two-node local cluster (real sshd, real SSH): one session per node per
+command, counted in each node's sshd log; a lost session reopens; slow handshakes are retried
+with backoff while a host-key mismatch never is."""
+
+from __future__ import annotations
+
+import os
+import signal
+import socket
+import textwrap
+import threading
+import time
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+
+from conftest import Cli, _sshd_pids_under, pids_where
+
+OUTPUT_SCRIPT = textwrap.dedent(
+    """
+    import os
+    out = os.environ["CLOUDTRAIN_OUTPUT_DIR"]
+    with open(os.path.join(out, "model.bin"), "wb") as f:
+        f.write(os.urandom(3 << 20))
+    print("rank", os.environ["CLOUDTRAIN_NODE_RANK"], "done", flush=True)
+    """
+)
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory: pytest.TempPathFactory):
+    base = tmp_path_factory.mktemp("connections")
+    home = base / "home"
+    (base / "work").mkdir()
+    cli = Cli(home, base / "work")
+    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    yield cli
+    down = cli("down", timeout=120)
+    leaked = _sshd_pids_under(home)
+    for pid in leaked:
+        os.kill(pid, 9)
+    assert down.returncode == 0, down.stderr
+    assert not leaked, f"sshd left running after down: {leaked}"
+
+
+def _logins(home: Path) -> dict[str, int]:
+    """Authenticated connections each node's sshd has logged so far (LogLevel INFO)."""
+    logs = sorted(home.glob("clusters/**/sshd.log"))
+    assert len(logs) == 2, logs
+    return {log.parent.name: log.read_text(errors="replace").count("Accepted publickey") for log in logs}
+
+
+def _ssh_clients_of(home: Path) -> list[int]:
+    """OpenSSH client processes (masters included) using this cluster's key."""
+    return pids_where("cmdline", lambda cmd: cmd.split(b"\0")[0].endswith(b"ssh") and str(home).encode() in cmd)
+
+
+def _cluster_of(cli: Cli):
+    from cloudtrain.state import Store
+
+    record = Store(cli.home).cluster_dir("local").load()
+    assert record.cluster is not None
+    return record.cluster
+
+
+def test_a_run_opens_one_control_and_one_bulk_connection_per_node(cluster: Cli, tmp_path: Path) -> None:
+    proj = tmp_path / "proj"
+    proj.mkdir()
+    (proj / "train.py").write_text(OUTPUT_SCRIPT)
+    for i in range(5):
+        (proj / f"data-{i}.txt").write_text(f"data {i}\n" * 1000)
+    before = _logins(cluster.home)
+    proc = cluster("run", str(proj / "train.py"), "--output", str(tmp_path / "out"))
+    assert proc.returncode == 0, proc.stderr
+    assert (tmp_path / "out" / "model.bin").stat().st_size == 3 << 20
+    assert (tmp_path / "out" / "rank-1" / "model.bin").stat().st_size == 3 << 20
+    after = _logins(cluster.home)
+    # Ship, start, follow and collect share each node's session: paramiko's control connection
+    # and the one OpenSSH master that the workdir upload and the outputs download both ride.
+    assert {n: after[n] - before[n] for n in after} == {n: 2 for n in after}
+    assert _ssh_clients_of(cluster.home) == [], "an OpenSSH master outlived the command"
+
+
+def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:
+    from cloudtrain.jobs.sessions import Sessions
+
+    node = _cluster_of(cluster).head
+    with Sessions(_cluster_of(cluster).identity_file) as sessions:
+        remote = sessions.of(node)
+        server = int(remote.run("echo $PPID").stdout)  # the node's sshd process for this connection
+        transport = remote.client().get_transport()
+        assert transport is not None
+        before = _logins(cluster.home)[node.name]
+        os.kill(server, signal.SIGKILL)
+        deadline = time.monotonic() + 20
+        while transport.is_active() and time.monotonic() < deadline:
+            time.sleep(0.1)
+        assert not transport.is_active(), "the killed peer went unnoticed"
+        assert sessions.of(node) is remote  # one session per node: the same object, reconnected
+        assert int(remote.run("echo $PPID").stdout) != server
+        assert _logins(cluster.home)[node.name] == before + 1
+
+
+class _Stall:
+    """A loopback listener whose first connection is accepted and then stalls (silent, or a
+    banner and then silence); every later one is relayed to the node's real sshd."""
+
+    def __init__(self, target: tuple[str, int], first: bytes) -> None:
+        self.target, self.first = target, first
+        self.accepted = 0
+        self.listener = socket.create_server(("127.0.0.1", 0))
+        self.port = self.listener.getsockname()[1]
+        self._held: list[socket.socket] = []
+        threading.Thread(target=self._serve, daemon=True).start()
+
+    def _serve(self) -> None:
+        while True:
+            try:
+                conn, _ = self.listener.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            if self.accepted == 1:
+                conn.sendall(self.first)
+                self._held.append(conn)  # open and silent: the client's handshake times out
+                continue
+            upstream = socket.create_connection(self.target)
+            for a, b in ((conn, upstream), (upstream, conn)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        try:
+            while data := src.recv(65536):
+                dst.sendall(data)
+        except OSError:
+            pass
+        finally:
+            for s in (src, dst):
+                try:
+                    s.shutdown(socket.SHUT_RDWR)
+                except OSError:
+                    pass
+
+    def close(self) -> None:
+        self.listener.close()
+        for s in self._held:
+            s.close()
+
+
+@pytest.mark.parametrize("first", [b"", b"SSH-2.0-OpenSSH_9.2\r\n"], ids=["banner-timeout", "key-exchange-timeout"])
+def test_a_handshake_that_times_out_is_retried(cluster: Cli, first: bytes) -> None:
+    from cloudtrain.remote import SshRemote
+
+    c = _cluster_of(cluster)
+    stall = _Stall((c.head.host, c.head.port), first)
+    try:
+        node = replace(c.head, host="127.0.0.1", port=stall.port)
+        with SshRemote(node, c.identity_file, connect_timeout=60, handshake_timeout=1.0) as remote:
+            assert remote.run("echo through").stdout == "through\n"
+        assert stall.accepted == 2
+    finally:
+        stall.close()
+
+
+def test_a_host_key_mismatch_is_never_retried(cluster: Cli) -> None:
+    from cloudtrain.errors import HostKeyMismatch
+    from cloudtrain.remote import SshRemote
+
+    c = _cluster_of(cluster)
+    stall = _Stall((c.head.host, c.head.port), b"")
+    stall.accepted = 1  # relay from the first connection on
+    try:
+        other = c.nodes[1].host_key  # a real key, but another node's
+        node = replace(c.head, host="127.0.0.1", port=stall.port, host_key=other)
+        with SshRemote(node, c.identity_file, connect_timeout=60, handshake_timeout=1.0) as remote:
+            with pytest.raises(HostKeyMismatch):
+                remote.run("true")
+        assert stall.accepted == 2  # one connection: refused at once, never tried again
+    finally:
+        stall.close()

@@ -138,6 +138,8 @@ def launch(
     disk_gb: int = O.disk_gb,
     image: str = O.image,
     ssh_cidr: Optional[str] = O.ssh_cidr,
+    autostop: Optional[str] = O.autostop,
+    max_duration: Optional[str] = O.max_duration,
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
     output: Optional[Path] = OutputOpt,
@@ -155,7 +157,7 @@ def launch(
 
     store = Store()
     job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode), say)
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, autostop, max_duration)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None

@@ -100,7 +100,8 @@ def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecor
         remote.run(f"sudo install -m 0644 {q(folder)}/{UNIT} /etc/systemd/system/{UNIT} && sudo systemctl daemon-reload && sudo systemctl enable --now {UNIT}")
     else:
         # Its own session, no terminal, no tie to this SSH connection.
-        remote.run(f"cd / && setsid python3 {q(folder)}/watchdog.py {q(folder)} </dev/null >>{q(folder)}/out.txt 2>&1 &")
+        # The whole group in the background with its output redirected: nothing holds the channel open.
+        remote.run(f"(cd / && exec setsid python3 {q(folder)}/watchdog.py {q(folder)}) </dev/null >>{q(folder)}/out.txt 2>&1 &")
         remote.run(f"for i in $(seq 50); do [ -e {q(folder)}/pid.json ] && exit 0; sleep 0.1; done; exit 1")
 
 

@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import os
 import shlex
+import time
 from importlib import resources
 from typing import Callable
 
@@ -37,6 +38,20 @@ def check(spec: ClusterSpec, prov: object) -> None:
             f"the {getattr(prov, 'name', '?')} provider cannot stop its nodes yet, so --autostop/--max-duration cannot be enforced",
             "leave them out (and run `cloudtrain down` yourself), or choose another --provider",
         )
+
+
+def refuse_if_stopped(cdir: ClusterDir, record: ClusterRecord) -> None:
+    """`run` / `logs` on a cluster its watchdog stopped: say so, and how to reach its outputs."""
+    from cloudtrain import provisioner as provisioners
+
+    stop = provisioners.get(record.spec.provider).observed_stop(cdir, record)
+    if stop is None:
+        return
+    at = time.strftime("%H:%M", time.localtime(stop.get("at") or 0))
+    raise CloudtrainError(
+        f"cluster {cdir.name} is stopped ({stop.get('reason', '?')}, {at}); its jobs' outputs stay on its disks",
+        f"`cloudtrain up` with its options starts it again; `cloudtrain down --cluster {cdir.name}` starts it, brings the outputs home and destroys it",
+    )
 
 
 def _scaled(seconds: float) -> float:

@@ -22,7 +22,7 @@ from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, Provisio
 from cloudtrain.jobs.record import JobRecord, all_jobs, jobs_of
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.machine import Cluster
-from cloudtrain.spec import ClusterSpec
+from cloudtrain.spec import ClusterSpec, format_duration
 from cloudtrain.state import ClusterDir, ClusterRecord, Store
 
 Say = Callable[[str], None]
@@ -240,11 +240,23 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
             elif isinstance(e, KeyboardInterrupt):  # Ctrl-C, SIGTERM or SIGHUP: nothing was destroyed
                 say(f"stopped before destroying {cdir.name}; {still_up}")
             raise
+        stop = prov.observed_stop(cdir, record)
+        ran_s = record.running_s(stopped_at=stop.get("at") if stop else None)
         prov.destroy(cdir, record)
         store.bury(cdir.name, {"provider": record.spec.provider, "created_at": record.created_at})
         cdir.remove()
-    say(f"cluster {cdir.name} is down")
+    say(f"cluster {cdir.name} is down ({_cost_line(prov, record.spec, ran_s)})")
     return True
+
+
+def _cost_line(prov: provisioners.Provisioner, spec: ClusterSpec, ran_s: float) -> str:
+    """What the cluster cost: its machines' running time at its hourly price."""
+    try:
+        price = prov.hourly_price(spec)
+    except CloudtrainError:
+        price = None
+    cost = "price unknown" if price is None else ("free" if price == 0 else f"~${price * ran_s / 3600:.2f} at ${price:.2f}/h")
+    return f"ran {format_duration(ran_s)}, {cost}"
 
 
 def _owes(store: Store, cdir: ClusterDir, record: ClusterRecord) -> bool:

@@ -79,6 +79,13 @@ def test_an_idle_node_stops_and_status_says_so(ct: Cli) -> None:
     assert (_root(ct) / "venv").is_dir()
     text = ct("status").stdout
     assert "stopped (autostop, " in text and "autostop 1m" in text and "`cloudtrain up`" in text
+    script = ct.cwd / "hello.py"
+    script.write_text("print('hello')\n")
+    run = ct("run", str(script))  # says it is stopped, and how to get its outputs
+    assert run.returncode == 1
+    assert "cluster local is stopped (autostop, " in one_line_error(run) and "cloudtrain down" in run.stderr
+    down = ct("down", timeout=120)  # nothing owed: destroyed as it is
+    assert down.returncode == 0 and "cluster local is down (ran " in down.stderr and "starting it" not in down.stderr
 
 
 def test_up_starts_a_stopped_cluster_without_reinstalling(ct: Cli) -> None:

@@ -40,6 +40,9 @@ def _runner(store: Store, cluster: Optional[str]) -> "JobRunner":
     record = cdir.load()
     if record.status != "ready" or record.cluster is None:
         raise BadInput(f"cluster {cdir.name} is not ready ({record.status})", "run `cloudtrain up` for it first")
+    from cloudtrain.autostop import refuse_if_stopped
+
+    refuse_if_stopped(cdir, record)
     return JobRunner(store, cdir, record.cluster, say=say)
 
 

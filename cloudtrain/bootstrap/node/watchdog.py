@@ -120,6 +120,16 @@ def busy(root, marker):
     return why
 
 
+def _busy_or_unknown(folder, root, marker):
+    """A look that fails (a kernel without some /proc field, a race) counts as busy: the
+    watchdog never stops a node because it could not see what runs."""
+    try:
+        return bool(busy(root, marker))
+    except Exception as e:  # noqa: BLE001 - logged; the next look tries again
+        log(folder, f"could not tell whether the node is busy ({e!r}); counting it busy")
+        return True
+
+
 def end_jobs(root, grace):
     """TERM every running job's session, then KILL what is left after `grace` seconds."""
     sessions = running_jobs(root)
@@ -172,7 +182,7 @@ def main(folder):
             reason = "max-duration"
             log(folder, "deadline reached: ending jobs")
             end_jobs(root, grace)
-        elif busy(root, marker):
+        elif _busy_or_unknown(folder, root, marker):
             last_busy = now
         elif autostop and now - last_busy >= autostop:
             reason = "autostop"

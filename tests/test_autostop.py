@@ -216,3 +216,41 @@ def test_bad_durations_are_refused_before_anything_is_made(cli: Cli, flag: str, 
     assert proc.returncode == 2
     assert says in one_line_error(proc)
     assert not (cli.home / "clusters" / "local").exists()
+
+
+def _watchdog_module():
+    import importlib.util
+
+    from conftest import REPO
+
+    spec = importlib.util.spec_from_file_location("watchdog", REPO / "cloudtrain" / "bootstrap" / "node" / "watchdog.py")
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_what_counts_as_a_running_job_or_step(tmp_path: Path) -> None:
+    """Real pid files naming real processes: a live job without exit_code counts; one that has
+    its exit_code does not, even with a helper it left still alive (it must not keep the node
+    up for ever); nor does a pid file from before this boot, whose pid means nothing now."""
+    wd = _watchdog_module()
+    alive = subprocess.Popen(["sleep", "60"])
+    try:
+        jobs = tmp_path / "jobs"
+        for name in ("running", "ended", "stale"):
+            (jobs / name).mkdir(parents=True)
+            (jobs / name / "pid").write_text(f"{alive.pid}\n")
+        (jobs / "ended" / "exit_code").write_text("0\n")
+        os.utime(jobs / "stale" / "pid", (0, 0))
+        assert wd.running_jobs(str(tmp_path)) == [alive.pid]
+        steps = tmp_path / "bootstrap" / "steps"
+        steps.mkdir(parents=True)
+        (steps / "20-venv.pid").write_text(f"{alive.pid}\n")
+        assert wd.busy(str(tmp_path), "CLOUDTRAIN_NODE_ROOT=/nowhere") == ["job", "bootstrap step"]
+        (jobs / "running" / "exit_code").write_text("0\n")
+        alive.kill()
+        alive.wait()
+        assert wd.busy(str(tmp_path), "CLOUDTRAIN_NODE_ROOT=/nowhere") == []
+    finally:
+        alive.kill()
+        alive.wait()

@@ -40,18 +40,25 @@ def check(spec: ClusterSpec, prov: object) -> None:
         )
 
 
-def refuse_if_stopped(cdir: ClusterDir, record: ClusterRecord) -> None:
-    """`run` / `logs` on a cluster its watchdog stopped: say so, and how to reach its outputs."""
+def observed_stop(cdir: ClusterDir, record: ClusterRecord) -> dict | None:
     from cloudtrain import provisioner as provisioners
 
-    stop = provisioners.get(record.spec.provider).observed_stop(cdir, record)
-    if stop is None:
-        return
-    at = time.strftime("%H:%M", time.localtime(stop.get("at") or 0))
-    raise CloudtrainError(
-        f"cluster {cdir.name} is stopped ({stop.get('reason', '?')}, {at}); its jobs' outputs stay on its disks",
-        f"`cloudtrain up` with its options starts it again; `cloudtrain down --cluster {cdir.name}` starts it, brings the outputs home and destroys it",
-    )
+    return provisioners.get(record.spec.provider).observed_stop(cdir, record)
+
+
+def stop_phrase(stop: dict) -> str:
+    """'autostop, 03:12': why and when a watchdog stopped the cluster."""
+    return f"{stop.get('reason', '?')}, {time.strftime('%H:%M', time.localtime(stop.get('at') or 0))}"
+
+
+def refuse_if_stopped(cdir: ClusterDir, record: ClusterRecord) -> None:
+    """`run` / `logs` on a cluster its watchdog stopped: say so, and how to reach its outputs."""
+    stop = observed_stop(cdir, record)
+    if stop is not None:
+        raise CloudtrainError(
+            f"cluster {cdir.name} is stopped ({stop_phrase(stop)}); its jobs' outputs stay on its disks",
+            f"`cloudtrain up` with its options starts it again; `cloudtrain down --cluster {cdir.name}` starts it, brings the outputs home and destroys it",
+        )
 
 
 def _scaled(seconds: float) -> float:

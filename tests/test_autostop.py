@@ -254,3 +254,20 @@ def test_what_counts_as_a_running_job_or_step(tmp_path: Path) -> None:
     finally:
         alive.kill()
         alive.wait()
+
+
+def test_launch_past_its_max_duration_brings_the_partial_outputs_home_and_says_why(ct: Cli) -> None:
+    script = ct.cwd / "forever.py"
+    script.write_text(
+        "import os, time\nopen(os.path.join(os.environ['CLOUDTRAIN_OUTPUT_DIR'], 'epoch1.txt'), 'w').write('epoch 1')\n"
+        "print('training', flush=True)\ntime.sleep(3600)\n"
+    )
+    # A short patience: `launch` notices the lost node in seconds rather than minutes.
+    proc = ct("launch", str(script), *UP[1:], "--max-duration", "2m", env={"CLOUDTRAIN_NODE_PATIENCE": "5"}, timeout=400)
+    assert proc.returncode == 1, proc.stderr
+    last = proc.stderr.strip().splitlines()[-1]
+    assert "was ended by the cluster's watchdog (max-duration, " in last and "partial outputs are in" in last, proc.stderr
+    assert "cluster local is down" in proc.stderr
+    job_id = next(p.name for p in (ct.cwd / "runs").iterdir())
+    assert (ct.cwd / "runs" / job_id / "epoch1.txt").read_text() == "epoch 1"
+    assert not (ct.home / "clusters" / "local").exists()

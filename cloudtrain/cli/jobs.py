@@ -165,6 +165,7 @@ def launch(
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None
     record = None
+    stopped: str | None = None
     try:
         # Inside the try: a signal just after `up` returns must still tear the cluster down.
         cluster = lifecycle.up(store, spec, say).cluster
@@ -173,6 +174,16 @@ def launch(
         record = runner.submit(job)
         say(f"job {record.job_id} started on {', '.join(record.nodes)}")
         code = session.finish(runner, record, say)
+    except CloudtrainError:
+        # Lost the nodes because their watchdog stopped them (--max-duration): say that, not
+        # "cannot reach node"; `down` below still brings the partial outputs home.
+        from cloudtrain.autostop import observed_stop, stop_phrase
+
+        cdir = store.cluster_dir(spec.name)
+        stop = observed_stop(cdir, cdir.load()) if record is not None and cdir.exists() else None
+        if stop is None:
+            raise
+        stopped = stop_phrase(stop)
     finally:
         # `down` brings home whatever is still owed (a failed or interrupted job included);
         # a second signal must not cut it short and leave a machine billing.
@@ -182,6 +193,8 @@ def launch(
             if interrupts.signalled():
                 owed = f"outputs of job {record.job_id} are in {record.output}; " if record is not None else ""
                 interrupts.note(f"{owed}cluster {spec.name} is down")
+    if stopped is not None and record is not None:
+        raise CloudtrainError(f"job {record.job_id} was ended by the cluster's watchdog ({stopped})", f"its partial outputs are in {record.output}")
     if record is not None and code is not None:
         _exit_with(code, record)
 

@@ -13,6 +13,7 @@ import time
 from pathlib import Path
 from typing import Callable
 
+from cloudtrain import autostop
 from cloudtrain import provisioner as provisioners
 from cloudtrain import safefile
 from cloudtrain.bootstrap.cluster import bootstrap_cluster
@@ -22,7 +23,7 @@ from cloudtrain.jobs.record import JobRecord, all_jobs, jobs_of
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.machine import Cluster
 from cloudtrain.provisioner import hostkey_rotation
-from cloudtrain.spec import ClusterSpec
+from cloudtrain.spec import ClusterSpec, format_duration
 from cloudtrain.state import ClusterDir, ClusterRecord, Store
 
 Say = Callable[[str], None]
@@ -36,6 +37,7 @@ def check(store: Store, spec: ClusterSpec) -> None:
     """Everything that can be refused is refused here, before anything is created. `up` runs
     the part about an existing cluster again under the cluster's lock."""
     provisioners.get(spec.provider).check(spec)
+    autostop.check(spec, provisioners.get(spec.provider))
     check_existing(store.cluster_dir(spec.name), spec)
 
 
@@ -45,8 +47,10 @@ def check_existing(cdir: ClusterDir, spec: ClusterSpec) -> None:
         existing = cdir.load().spec
         # Providers fill in what was left to them (region, zone, the caller's /32); a flag left
         # out again means "whatever was chosen", not a change.
-        filled = {k: getattr(existing, k) for k in ("region", "zone", "ssh_cidr") if getattr(spec, k) is None}
+        filled = {k: getattr(existing, k) for k in ("region", "zone", "ssh_cidr", "autostop_s", "max_duration_s") if getattr(spec, k) is None}
         spec = dataclasses.replace(spec, **filled)
+        # The watchdog's settings are not the machines': `up` of the cluster may change them.
+        spec = dataclasses.replace(spec, autostop_s=existing.autostop_s, max_duration_s=existing.max_duration_s)
         if existing != spec:
             mine, theirs = spec.to_dict(), existing.to_dict()
             diff = ", ".join(f"{k}: {theirs[k]!r} -> {mine[k]!r}" for k in mine if mine[k] != theirs[k])
@@ -62,11 +66,14 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
         check_existing(cdir, spec)
         if cdir.exists():
             record = cdir.load()
-            if record.status == "ready" and record.cluster:
-                say(f"cluster {spec.name} exists; checking it is ready")
+            if record.status in ("ready", "stopped") and record.cluster:
+                _update_watchdog_settings(cdir, record, spec)
+                if restart(cdir, record, prov, say) is None:
+                    say(f"cluster {spec.name} exists; checking it is ready")
                 for line in prov.repair(cdir, record):
                     say(line)
                 run_bootstrap(record.cluster, spec, cdir)
+                autostop.install(record.cluster, record, cdir, prov, say)
                 return record
             if record.status == "destroying":
                 # A `down` that stopped part-way may still owe outputs: finish it, don't discard them.
@@ -86,6 +93,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             hostkey_rotation.after_create(prov, cdir, record)
             say(f"{len(record.cluster.nodes)} node(s) up in {time.monotonic() - started:.1f}s; bootstrapping")
             run_bootstrap(record.cluster, spec, cdir)
+            autostop.install(record.cluster, record, cdir, prov, say)
             record.status = "ready"
             cdir.save(record)
         except BaseException:
@@ -98,6 +106,32 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
             raise
         say(f"cluster {spec.name} is ready")
         return record
+
+
+def _update_watchdog_settings(cdir: ClusterDir, record: ClusterRecord, spec: ClusterSpec) -> None:
+    """`up --autostop/--max-duration` of an existing cluster: the new settings (a flag left out
+    keeps the recorded one); `autostop.install` then restarts the watchdogs with them."""
+    given = {k: getattr(spec, k) for k in ("autostop_s", "max_duration_s") if getattr(spec, k) is not None}
+    if any(getattr(record.spec, k) != v for k, v in given.items()):
+        record.spec = dataclasses.replace(record.spec, **given)
+        cdir.save(record)
+
+
+def restart(cdir: ClusterDir, record: ClusterRecord, prov: provisioners.Provisioner, say: Say) -> dict | None:
+    """Start a cluster its watchdog stopped (same nodes and keys), keeping its billed time; the
+    stop that was found, or None when it was running."""
+    stop = prov.observed_stop(cdir, record)
+    if stop is None:
+        return None
+    at = stop.get("at") or time.time()
+    record.ran_s, record.status = record.running_s(stopped_at=at), "stopped"
+    cdir.save(record)
+    say(f"cluster {record.spec.name} was stopped ({stop.get('reason', '?')}, {time.strftime('%H:%M', time.localtime(at))}); starting it")
+    for line in prov.start(cdir, record):
+        say(line)
+    record.started_at, record.status = time.time(), "ready"
+    cdir.save(record)
+    return stop
 
 
 def run_bootstrap(cluster: Cluster, spec: ClusterSpec, cdir: ClusterDir) -> None:
@@ -188,6 +222,11 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
                 ) from e
             _destroy_unrecorded(store, cdir, say)
             return True
+        prov = provisioners.get(record.spec.provider)
+        if record.cluster is not None and _owes(store, cdir, record):
+            # A stopped cluster's outputs are on its disks: start it to bring them home.
+            restart(cdir, record, prov, say)
+            autostop.disarm(record.cluster, prov)  # no stop in the middle of the transfer
         was = record.status
         record.status = "destroying"
         cdir.save(record)
@@ -207,11 +246,27 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
             elif isinstance(e, KeyboardInterrupt):  # Ctrl-C, SIGTERM or SIGHUP: nothing was destroyed
                 say(f"stopped before destroying {cdir.name}; {still_up}")
             raise
-        provisioners.get(record.spec.provider).destroy(cdir, record)
+        stop = prov.observed_stop(cdir, record)
+        ran_s = record.running_s(stopped_at=stop.get("at") if stop else None)
+        prov.destroy(cdir, record)
         store.bury(cdir.name, {"provider": record.spec.provider, "created_at": record.created_at})
         cdir.remove()
-    say(f"cluster {cdir.name} is down")
+    say(f"cluster {cdir.name} is down ({_cost_line(prov, record.spec, ran_s)})")
     return True
+
+
+def _cost_line(prov: provisioners.Provisioner, spec: ClusterSpec, ran_s: float) -> str:
+    """What the cluster cost: its machines' running time at its hourly price."""
+    try:
+        price = prov.hourly_price(spec)
+    except CloudtrainError:
+        price = None
+    cost = "price unknown" if price is None else ("free" if price == 0 else f"~${price * ran_s / 3600:.2f} at ${price:.2f}/h")
+    return f"ran {format_duration(ran_s)}, {cost}"
+
+
+def _owes(store: Store, cdir: ClusterDir, record: ClusterRecord) -> bool:
+    return any(j.status not in ("fetched", "abandoned") for j in jobs_of(store, cdir.name, record.created_at, warn=lambda _: None))
 
 
 def _gone(store: Store, name: str, say: Say) -> bool:

@@ -94,6 +94,8 @@ class ClusterSpec:
     disk_gb: int = 100
     image: str = "dl"
     ssh_cidr: str | None = None  # None: the caller's public address /32
+    autostop_s: int | None = None  # stop after this long idle; 0 = off; None = the provider's default
+    max_duration_s: int | None = None  # stop this long after `up` whatever runs; None = no deadline
 
     def __post_init__(self) -> None:
         check_cluster_name(self.name)
@@ -107,6 +109,11 @@ class ClusterSpec:
             raise BadInput(f"disk size {self.disk_gb} GB is out of range", "pass --disk-gb between 10 and 16384")
         if self.ssh_cidr is not None:
             check_cidr(self.ssh_cidr)
+
+    def watchdog_settings(self, default_autostop_s: int | None) -> tuple[int, int]:
+        """(autostop, deadline) in seconds, 0 meaning off, the provider's default autostop filled in."""
+        autostop = (default_autostop_s or 0) if self.autostop_s is None else self.autostop_s
+        return autostop, self.max_duration_s or 0
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -123,6 +130,30 @@ class ClusterSpec:
             return cls(**data)
         finally:
             _reading_record.reset(token)
+
+
+_DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
+MIN_DURATION_S = 60  # a node that stops sooner would stop between a user's commands
+
+
+def parse_duration(text: str, flag: str, allow_off: bool = True) -> int:
+    """'30m', '2h', '1h30m', '1d' -> seconds; 'off' -> 0 (where allowed). At least one minute."""
+    text = text.strip().lower()
+    if allow_off and text == "off":
+        return 0
+    m = _DURATION.match(text)
+    if not text or not m or not any(m.groups()):
+        raise BadInput(f"invalid {flag} {text!r}", "write a duration such as 30m, 2h or 1h30m" + (", or off" if allow_off else ""))
+    days, hours, minutes = (int(g or 0) for g in m.groups())
+    seconds = ((days * 24 + hours) * 60 + minutes) * 60
+    if seconds < MIN_DURATION_S:
+        raise BadInput(f"{flag} {text} is shorter than a minute", f"pass {flag} 1m or longer")
+    return seconds
+
+
+def format_duration(seconds: float) -> str:
+    minutes = int(seconds // 60)
+    return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
 def check_cidr(text: str) -> str:

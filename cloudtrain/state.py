@@ -43,8 +43,10 @@ class ClusterRecord:
     spec: ClusterSpec
     cluster: Cluster | None = None  # None until the provisioner hands nodes back
     provider_state: dict[str, Any] = field(default_factory=dict)
-    status: str = "creating"  # creating | ready | destroying
+    status: str = "creating"  # creating | ready | stopped (by its watchdog) | destroying
     created_at: float = field(default_factory=time.time)
+    started_at: float | None = None  # the last (re)start; None: created_at
+    ran_s: float = 0.0  # running time before the last start: what billed, for "cost so far"
 
     def to_dict(self) -> dict[str, Any]:
         return {
@@ -53,6 +55,8 @@ class ClusterRecord:
             "provider_state": self.provider_state,
             "status": self.status,
             "created_at": self.created_at,
+            "started_at": self.started_at,
+            "ran_s": self.ran_s,
         }
 
     @classmethod
@@ -63,7 +67,14 @@ class ClusterRecord:
             provider_state=data.get("provider_state", {}),
             status=data.get("status", "ready"),
             created_at=data.get("created_at", 0.0),
+            started_at=data.get("started_at"),
+            ran_s=data.get("ran_s", 0.0),
         )
+
+    def running_s(self, stopped_at: float | None = None) -> float:
+        """How long the cluster's machines have run in all: billed time."""
+        since = self.started_at or self.created_at
+        return self.ran_s + max(0.0, (stopped_at or time.time()) - since)
 
 
 class ClusterDir:

@@ -19,7 +19,7 @@ from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
 from cloudtrain.jobs.record import all_jobs
 from cloudtrain.reachability import mark_silent_nodes, silent_line
-from cloudtrain.spec import ClusterSpec
+from cloudtrain.spec import ClusterSpec, format_duration
 from cloudtrain.state import ClusterDir, Store
 
 O = UpOptions
@@ -40,6 +40,8 @@ def up(
     disk_gb: int = O.disk_gb,
     image: str = O.image,
     ssh_cidr: Optional[str] = O.ssh_cidr,
+    autostop: Optional[str] = O.autostop,
+    max_duration: Optional[str] = O.max_duration,
     preview: bool = typer.Option(False, "--preview", help="Show what would be created (clouds) and create nothing."),
 ) -> None:
     """Create a cluster and make it ready (bootstrapped).
@@ -49,7 +51,7 @@ def up(
     from cloudtrain import lifecycle  # here, not at the top: `--help` and `status` stay fast
 
     store = Store()
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration)
     if preview:
         lifecycle.check(store, spec)
         prov = provisioners.get(provider)
@@ -96,12 +98,20 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             say(f"warning: {e.line()}")
             continue
         price = _hourly_price(record.spec)
-        hours = (time.time() - record.created_at) / 3600
+        prov = provisioners.get(record.spec.provider)
+        stop = prov.observed_stop(store.cluster_dir(name), record) if record.status == "ready" else None
+        running_s = record.running_s(stopped_at=stop.get("at") if stop else None)
+        hours = running_s / 3600
+        autostop_s, deadline_s = record.spec.watchdog_settings(prov.default_autostop_s)
         clusters.append(
             {
                 "name": name,
                 "provider": record.spec.provider,
-                "status": record.status,
+                "status": "stopped" if stop else record.status,
+                "stopped": stop,  # {"reason": "autostop" | "max-duration", "at": epoch seconds}
+                "uptime_s": round(running_s),
+                "autostop_s": autostop_s if prov.can_stop else 0,
+                "max_duration_s": deadline_s if prov.can_stop else 0,
                 "framework": str(record.spec.framework),
                 "gpu": f"{record.spec.gpu}:{record.spec.gpu_count}" if record.spec.gpu else None,
                 "nodes": [n.to_dict() for n in record.cluster.nodes] if record.cluster else [],
@@ -133,7 +143,14 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
             cost = "free"
         else:
             cost = f"${c['price_per_hour']:.2f}/h, ~${c['cost_so_far']:.2f} so far"
-        print(f"{c['name']:<20} {c['provider']:<6} {c['status']:<10} {len(c['nodes'])} node(s)  {c['gpu'] or 'cpu'}  {c['framework']}  up {age / 60:.0f} min  {cost}")
+        state = c["status"]
+        if c["stopped"]:
+            state = f"stopped ({c['stopped'].get('reason', '?')}, {time.strftime('%H:%M', time.localtime(c['stopped'].get('at') or 0))})"
+        watch = [f"autostop {format_duration(c['autostop_s'])}"] if c["autostop_s"] else ["autostop off"]
+        watch += [f"deadline {format_duration(c['max_duration_s'])}"] if c["max_duration_s"] else []
+        print(f"{c['name']:<20} {c['provider']:<6} {state:<10} {len(c['nodes'])} node(s)  {c['gpu'] or 'cpu'}  {c['framework']}  ran {format_duration(c['uptime_s'])} (created {age / 60:.0f} min ago)  {cost}  {', '.join(watch)}")
+        if c["stopped"]:
+            print(f"  stopped by its watchdog: the machines no longer bill, their disks do{'' if c['price_per_hour'] else ' (nothing, on local)'}; `cloudtrain up` with the same options starts it, `cloudtrain down` brings owed outputs home and destroys it")
         if silent := silent_line(c):
             print(silent)
     if job_rows:

@@ -43,6 +43,9 @@ def _runner(store: Store, cluster: Optional[str]) -> "JobRunner":
     record = cdir.load()
     if record.status != "ready" or record.cluster is None:
         raise BadInput(f"cluster {cdir.name} is not ready ({record.status})", "run `cloudtrain up` for it first")
+    from cloudtrain.autostop import refuse_if_stopped
+
+    refuse_if_stopped(cdir, record)
     return JobRunner(store, cdir, record.cluster, say=say)
 
 
@@ -146,6 +149,8 @@ def launch(
     disk_gb: int = O.disk_gb,
     image: str = O.image,
     ssh_cidr: Optional[str] = O.ssh_cidr,
+    autostop: Optional[str] = O.autostop,
+    max_duration: Optional[str] = O.max_duration,
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
     output: Optional[Path] = OutputOpt,
@@ -166,11 +171,12 @@ def launch(
 
     store = Store()
     job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs), say)
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None
     record = None
+    stopped: str | None = None
     try:
         # Inside the try: a signal just after `up` returns must still tear the cluster down.
         cluster = lifecycle.up(store, spec, say).cluster
@@ -179,6 +185,16 @@ def launch(
             record = runner.submit(job)
             say(f"job {record.job_id} started on {', '.join(record.nodes)}")
             code = session.finish(runner, record, say)
+    except CloudtrainError:
+        # Lost the nodes because their watchdog stopped them (--max-duration): say that, not
+        # "cannot reach node"; `down` below still brings the partial outputs home.
+        from cloudtrain.autostop import observed_stop, stop_phrase
+
+        cdir = store.cluster_dir(spec.name)
+        stop = observed_stop(cdir, cdir.load()) if record is not None and cdir.exists() else None
+        if stop is None:
+            raise
+        stopped = stop_phrase(stop)
     finally:
         # `down` brings home whatever is still owed (a failed or interrupted job included);
         # a second signal must not cut it short and leave a machine billing.
@@ -188,6 +204,8 @@ def launch(
             if interrupts.signalled():
                 owed = f"outputs of job {record.job_id} are in {record.output}; " if record is not None else ""
                 interrupts.note(f"{owed}cluster {spec.name} is down")
+    if stopped is not None and record is not None:
+        raise CloudtrainError(f"job {record.job_id} was ended by the cluster's watchdog ({stopped})", f"its partial outputs are in {record.output}")
     if record is not None and code is not None:
         _exit_with(code, record)
 

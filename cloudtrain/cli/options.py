@@ -8,7 +8,7 @@ from typing import Optional
 import typer
 
 from cloudtrain import interrupts, provisioner
-from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_gpu
+from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_duration, parse_gpu
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
 
@@ -32,6 +32,8 @@ def build_spec(
     image: str,
     ssh_cidr: Optional[str],
     cuda_toolkit: bool = False,
+    autostop: Optional[str] = None,
+    max_duration: Optional[str] = None,
 ) -> ClusterSpec:
     prov = provisioner.get(provider)
     gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
@@ -50,6 +52,8 @@ def build_spec(
         disk_gb=disk_gb,
         image=image,
         ssh_cidr=ssh_cidr,
+        autostop_s=None if autostop is None else parse_duration(autostop, "--autostop"),
+        max_duration_s=None if max_duration is None else parse_duration(max_duration, "--max-duration", allow_off=False),
     )
 
 
@@ -69,3 +73,5 @@ class UpOptions:
     disk_gb = typer.Option(100, "--disk-gb", help="Root disk size in GB (clouds).")
     image = typer.Option("dl", "--image", help="dl (the cloud's deep-learning image) | ubuntu (bare Ubuntu LTS).")
     ssh_cidr = typer.Option(None, "--ssh-cidr", help="Who may reach SSH; default: your public address /32.")
+    autostop = typer.Option(None, "--autostop", help="Stop the cluster after this long idle (30m, 2h, off); default 60m on clouds, off on local.")
+    max_duration = typer.Option(None, "--max-duration", help="Stop the cluster this long after `up` whatever runs (8h); jobs get TERM, then KILL.")

@@ -23,6 +23,11 @@ class Provisioner(ABC):
     # The first-boot host key reached the node through a channel others can read (user data,
     # instance metadata): `up` replaces it after first contact (hostkey_rotation.py).
     rotates_host_keys: ClassVar[bool] = False
+    # The node-side watchdog (autostop.py): whether a node can stop itself, the autostop used
+    # when `up` is given none (None: off), and whether it runs as a systemd unit (VMs).
+    can_stop: ClassVar[bool] = False
+    default_autostop_s: ClassVar[int | None] = None
+    watchdog_systemd: ClassVar[bool] = False
 
     def default_name(self, spec_gpu: str | None) -> str:
         return f"{self.name}-{spec_gpu}" if spec_gpu else self.name
@@ -55,6 +60,22 @@ class Provisioner(ABC):
         """Bring back what a ready cluster lost where this provider can (a local node whose
         sshd died), before `up` re-checks its bootstrap; one line per repair. Default: none."""
         return []
+
+    def watchdog_stop_command(self, cdir: ClusterDir, record: ClusterRecord, index: int) -> list[str]:
+        """The argv node `index`'s watchdog runs to stop that node (where `can_stop`)."""
+        raise NotImplementedError
+
+    def watchdog_session_marker(self, root: str) -> str:
+        """An environment entry only the node's own interactive sessions carry; "" = any PTY."""
+        return ""
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        """{"reason", "at"} when a node of the cluster was stopped by its watchdog; else None."""
+        return None
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        """Start a stopped cluster's nodes again (same nodes, keys and host keys); one line each."""
+        raise ProvisionError(f"the {self.name} provider cannot start a stopped cluster yet", "start its machines in the cloud's console")
 
     @abstractmethod
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:

@@ -11,6 +11,7 @@ runs under a keeper (local_keeper.py) that keeps all the node starts in view for
 from __future__ import annotations
 
 import getpass
+import json
 import os
 import shutil
 import socket
@@ -100,6 +101,29 @@ def _sshd_config(node_dir: Path, address: str, port: int, user: str) -> str:
 
 class LocalProvisioner(Provisioner):
     name = "local"
+    can_stop = True  # its processes and sshd stop; its folder stays
+
+    def watchdog_stop_command(self, cdir: ClusterDir, record: ClusterRecord, index: int) -> list[str]:
+        root = Path(record.provider_state["node_dirs"][index]) / "root"
+        return [sys.executable, "-I", "-S", str(Path(__file__).with_name("local_processes.py")), str(root)]
+
+    def watchdog_session_marker(self, root: str) -> str:
+        return f"CLOUDTRAIN_NODE_ROOT={root}"  # this machine's own terminals are not the node's
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        stops = []
+        for entry in record.provider_state.get("node_dirs", []):
+            node_dir = Path(entry)
+            if self._sshd_running(node_dir):
+                continue
+            try:
+                stops.append(json.loads((node_dir / "root" / "watchdog" / "stopped.json").read_text()))
+            except (OSError, ValueError):
+                continue
+        return min(stops, key=lambda s: s.get("at", 0)) if stops else None
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        return self.repair(cdir, record)
 
     def default_name(self, spec_gpu: str | None) -> str:
         return "local"

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import os
 import signal
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -177,3 +178,8 @@ def _alive(pid: int) -> bool:
         return state != "Z"
     except OSError:
         return True
+
+
+if __name__ == "__main__":
+    # A local node's "power off", run by its watchdog (autostop.py): `python -I -S local_processes.py ROOT`.
+    stop_node_processes(Path(sys.argv[1]))

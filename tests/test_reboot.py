@@ -66,6 +66,21 @@ class Node:
         extra = f' "PATH={self.bin}:/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin" "CLOUDTRAIN_SYSROOT={self.sysroot}"'
         config.write_text("\n".join(line + extra if line.startswith("SetEnv ") else line for line in lines) + "\n")
         os.kill(self.listener(), signal.SIGHUP)  # sshd re-executes itself and rereads its config
+        self._wait_for_new_config()
+
+    def _wait_for_new_config(self) -> None:
+        # sshd handles SIGHUP in its main loop; a session accepted before it re-executed still has
+        # the old SetEnv (seen once in CI). Wait until a new session sees the new environment.
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with self.remote(connect_timeout=10) as remote:
+                    if remote.run('printf %s "${CLOUDTRAIN_SYSROOT:-}"', timeout=30).stdout == str(self.sysroot):
+                        return
+            except Exception:  # the listener is between execs; try again
+                pass
+            assert time.monotonic() < deadline, "the node's sshd never took the new SetEnv"
+            time.sleep(0.5)
 
     def listener(self) -> int:
         return int((self.dir / "sshd.pid").read_text())

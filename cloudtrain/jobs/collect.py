@@ -10,7 +10,7 @@ from typing import TYPE_CHECKING
 
 from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError
-from cloudtrain.jobs import metrics, transfer
+from cloudtrain.jobs import metrics, plot, transfer
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.machine import Node
 
@@ -19,9 +19,9 @@ if TYPE_CHECKING:
 
 
 def _reserved(rank: int) -> dict[str, str]:
-    """A job's own log.txt / run.json / manifest.json would be overwritten by cloudtrain's:
-    it comes home as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
-    names = ("log.txt", "run.json", "manifest.json") if rank == 0 else ("log.txt",)
+    """A job's own log.txt / run.json / manifest.json / metrics.png would be overwritten by
+    cloudtrain's: it comes home as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
+    names = ("log.txt", "run.json", "manifest.json", plot.FILE) if rank == 0 else ("log.txt",)
     return {n: Path(n).stem + ".from-job" + Path(n).suffix for n in names}
 
 
@@ -81,6 +81,11 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         record.extra["outputs_incomplete"] = sorted(missing)
     record.timings["fetch_s"] = round(time.monotonic() - started, 3)
     summary, series = metrics.read(output)
+    try:  # the picture is a convenience: the numbers stay in metrics.jsonl whatever happens here
+        png = plot.save(output, record.job_id)
+    except (ImportError, OSError, ValueError, RuntimeError) as e:
+        png = None
+        runner.say(f"warning: metrics.png was not drawn ({e}); the numbers are in {output / 'metrics.jsonl'}")
     run = {
         "job_id": record.job_id,
         "cluster": record.cluster,
@@ -92,6 +97,9 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "git": record.extra.get("git"),
         "nodes": [{"name": n.name, "facts": load_facts(runner.cdir, n)} for n in runner.cluster.nodes],
         "framework": {n.name: load_facts(runner.cdir, n).get("installed_framework") for n in runner.cluster.nodes},
+        "status": record.outcome(),
+        "cancelled_at": record.extra.get("cancelled_at"),
+        "cluster_spec": runner.cdir.load().spec.to_dict(),  # what `runs` prices the run by, after the cluster is gone
         "exit_code": record.exit_code,
         "submitted_at": record.submitted_at,
         "started_at": record.started_at,
@@ -99,6 +107,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "timings": {**record.timings, **({"run_s": round(record.ended_at - record.started_at, 3)} if record.ended_at and record.started_at else {})},
         "metrics": summary,
         "metrics_points": len(series),
+        "metrics_png": png is not None,
         "outputs": {"complete": not missing, **({"missing": missing} if missing else {})},
     }
     (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")

@@ -2,17 +2,21 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
+from cloudtrain import safefile
 from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError
 from cloudtrain.jobs import metrics, plot, transfer
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.machine import Node
+from cloudtrain.state import Store
 
 if TYPE_CHECKING:
     from cloudtrain.jobs.runner import JobRunner
@@ -42,11 +46,34 @@ def _write_manifest(output: Path, manifest: dict, missing: dict[str, str], error
             pass
 
 
+@contextmanager
+def _one_at_a_time(store: Store, job_id: str) -> Iterator[None]:
+    """One collect of a job at a time across processes: `run` following a job brings it home
+    while `cancel` (or `down`) in another terminal does too, into the same folder."""
+    fd = safefile.open_lock(store.jobs_dir / f".{job_id}.lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def collect(runner: "JobRunner", record: JobRecord) -> Path:
     """Bring every node's outputs and log home, verified; write manifest.json and run.json.
 
     A file the node cannot send is reported and the rest still come home; a failure here (a
     full disk, a lost node) raises after recording what did come home, and the job stays owed."""
+    with _one_at_a_time(runner.store, record.job_id):
+        try:  # a cancel recorded by another process (`cloudtrain cancel` while this one followed) stays
+            cancelled = JobRecord.load(runner.store, record.job_id).extra.get("cancelled_at")
+        except CloudtrainError:
+            cancelled = None
+        if cancelled is not None:
+            record.extra.setdefault("cancelled_at", cancelled)
+        return _collect(runner, record)
+
+
+def _collect(runner: "JobRunner", record: JobRecord) -> Path:
     output = Path(record.output)
     started = time.monotonic()
 

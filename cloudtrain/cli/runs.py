@@ -65,6 +65,11 @@ def _metrics(values: dict[str, Any], width: int = 40) -> str:
     return text if len(text) <= width else text[: width - 1] + "…"
 
 
+def _owed(r: history.Run) -> bool:
+    """Ended, but its outputs are not home yet (`logs JOB -f` or `down` brings them)."""
+    return not r.outputs_home and r.status not in ("starting", "running", "abandoned")
+
+
 @runs_app.callback()
 def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help="One JSON list, for scripts.")) -> None:
     """List past runs, oldest first; `cloudtrain runs show JOB` shows one whole.
@@ -81,7 +86,7 @@ def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
         print("no runs")
         return
     rows = [
-        (r.job_id, r.cluster, r.script, r.status, "-" if r.exit_code is None else str(r.exit_code), _duration(r.duration_s), _cost(r), _metrics(r.metrics), r.folder)
+        (r.job_id, r.cluster, r.script, r.status + (", owed" if _owed(r) else ""), "-" if r.exit_code is None else str(r.exit_code), _duration(r.duration_s), _cost(r), _metrics(r.metrics), r.folder)
         for r in found
     ]
     head = ("JOB", "CLUSTER", "SCRIPT", "STATUS", "EXIT", "TIME", "COST", "METRICS", "FOLDER")

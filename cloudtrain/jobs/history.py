@@ -17,7 +17,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cloudtrain.errors import NotFound
+from cloudtrain.errors import CloudtrainError, NotFound
 from cloudtrain.jobs import metrics
 from cloudtrain.jobs.record import JobRecord, Warn, all_jobs
 from cloudtrain.state import Store
@@ -109,7 +109,7 @@ def _from_record(store: Store, job: JobRecord, price: Price | None, warn: Warn) 
         warn(f"warning: job {job.job_id}: {why}; listed from its record")
     r = Run(
         job_id=job.job_id, cluster=job.cluster, script=job.script, status=job.outcome(), exit_code=job.exit_code,
-        folder=str(folder), submitted_at=job.submitted_at, outputs_home=run is not None and job.status == "fetched", note=why,
+        folder=str(folder), submitted_at=job.submitted_at, outputs_home=job.status == "fetched", note=why,
     )
     r.duration_s = _duration(run, job.started_at, job.ended_at, r.status)
     r.metrics = final_metrics(folder, run)
@@ -117,7 +117,7 @@ def _from_record(store: Store, job: JobRecord, price: Price | None, warn: Warn) 
     if spec is None:  # not home yet: the cluster that runs it, if it is still that one
         try:
             cluster = store.cluster_dir(job.cluster).load() if job.cluster in store.cluster_names() else None
-        except Exception:  # noqa: BLE001 - a damaged cluster record only costs this run its price
+        except CloudtrainError:  # a damaged cluster record only costs this run its price
             cluster = None
         if cluster is not None and job.cluster_created_at in (None, cluster.created_at):
             spec = cluster.spec.to_dict()
@@ -149,8 +149,11 @@ def runs(store: Store, here: Path, price: Price | None = None, warn: Warn | None
     folders = {Path(r.folder).resolve() for r in found}
     ids = {r.job_id for r in found}
     damaged = set(store.job_ids()) - ids  # skipped above, with a warning
-    local = here / "runs"
-    for folder in sorted(local.iterdir()) if local.is_dir() else []:
+    try:
+        entries = sorted((here / "runs").iterdir())
+    except OSError:  # none here, or not readable: the home's runs are all there is
+        entries = []
+    for folder in entries:
         if not folder.is_dir() or folder.resolve() in folders:
             continue
         run, why = read_run_json(folder)

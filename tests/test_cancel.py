@@ -103,8 +103,7 @@ def _wait(what: str, test, timeout: float = 60) -> None:
 def test_cancel_stops_the_job_on_every_node_and_brings_its_partial_outputs_home(cluster: Cli) -> None:
     marker = uuid.uuid4().hex
     job = _detach(cluster, "stubborn.py", STUBBORN, marker)
-    for rank in (0, 1):
-        _wait(f"rank {rank} ready", lambda: "ready" in cluster("logs", job, "--rank", str(rank), timeout=60).stdout)
+    _wait("the job ready on both nodes", lambda: _ready(cluster, job, marker))
     pids = _job_pids(cluster, job, marker)
     assert len(pids) >= 5, pids  # 2 leaders, 2 wrappers, 2 programs, rank 1's sleep: some may be exec'd
 
@@ -178,6 +177,8 @@ def test_cancel_of_a_job_that_already_ended_says_so_and_brings_its_outputs_home(
     _wait("the job's exit status on both nodes", lambda: all((d / "exit_code").exists() for d in _node_job_dirs(cluster, job)))
     out = cluster.cwd / "runs" / job
     assert not (out / "run.json").exists()  # owed: nobody followed it
+    row = next(line for line in cluster("runs").stdout.splitlines() if line.startswith(job))
+    assert " running " in row  # as last recorded: `runs` reads files, it reaches no node
 
     proc = cluster("cancel", job, timeout=120)
 

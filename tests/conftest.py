@@ -33,6 +33,15 @@ def _sshd_pids_under(root: Path) -> list[int]:
     return pids_where("cmdline", lambda cmd: b"sshd" in cmd and str(root).encode() in cmd)
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _matplotlib_cache(tmp_path_factory: pytest.TempPathFactory):
+    """metrics.png's matplotlib keeps a font cache: the tests' (theirs and the CLI's they start) in a temp dir, not ~/.cache."""
+    patch = pytest.MonkeyPatch()
+    patch.setenv("MPLCONFIGDIR", str(tmp_path_factory.mktemp("matplotlib")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh CLOUDTRAIN_HOME; after the test, no sshd of it may still run."""

@@ -17,7 +17,7 @@ except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
 # Command modules register themselves on `app` when imported.
-for _name in ("cluster", "jobs", "catalog", "compat"):
+for _name in ("cluster", "jobs", "catalog", "compat", "runs"):
     importlib.import_module(f"cloudtrain.cli.{_name}")
 
 

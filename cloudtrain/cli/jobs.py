@@ -1,4 +1,4 @@
-"""Job commands: run, logs, launch."""
+"""Job commands: run, logs, cancel, launch."""
 
 from __future__ import annotations
 
@@ -32,6 +32,8 @@ LogsOpt = typer.Option("rank0", "--logs", help="rank0 (stream rank 0's log) | al
 
 
 def _exit_with(code: int, record: JobRecord) -> None:
+    if record.outcome() == "cancelled":  # by `cloudtrain cancel` from another terminal
+        raise JobFailed(f"job {record.job_id} was cancelled (exit {code})", code or 143, f"its partial outputs are in {record.output}")
     if code != 0:
         raise JobFailed(f"job {record.job_id} exited {code}{exit_meaning(code)}", code, f"its log and outputs are in {record.output}")
 
@@ -130,6 +132,22 @@ def logs(
     with runner:
         code = session.finish(runner, record, say)
     _exit_with(code, record)
+
+
+@app.command()
+def cancel(
+    job: str = typer.Argument(..., help="Job id (see `cloudtrain runs`)."),
+    grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds between TERM and KILL, for a job that saves a checkpoint on TERM."),
+) -> None:
+    """Stop a job on every node (TERM, then KILL after the grace) and bring its partial outputs home.
+    A job that already ended is said so; its outputs come home if they are still owed.
+
+    Example: cloudtrain cancel mnist-20261129-101500-ab12
+    """
+    from cloudtrain.jobs import cancel as cancelling, history
+
+    store = Store()
+    cancelling.cancel(store, history.find(store, job), lambda cluster: _runner(store, cluster), say, grace)
 
 
 @app.command()

@@ -2,26 +2,30 @@
 
 from __future__ import annotations
 
+import fcntl
 import json
 import os
 import time
+from contextlib import contextmanager
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Iterator
 
+from cloudtrain import safefile
 from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError
-from cloudtrain.jobs import metrics, transfer
+from cloudtrain.jobs import metrics, plot, transfer
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.machine import Node
+from cloudtrain.state import Store
 
 if TYPE_CHECKING:
     from cloudtrain.jobs.runner import JobRunner
 
 
 def _reserved(rank: int) -> dict[str, str]:
-    """A job's own log.txt / run.json / manifest.json would be overwritten by cloudtrain's:
-    it comes home as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
-    names = ("log.txt", "run.json", "manifest.json") if rank == 0 else ("log.txt",)
+    """A job's own log.txt / run.json / manifest.json / metrics.png would be overwritten by
+    cloudtrain's: it comes home as e.g. log.from-job.txt instead, so nothing the job wrote is lost."""
+    names = ("log.txt", "run.json", "manifest.json", plot.FILE) if rank == 0 else ("log.txt",)
     return {n: Path(n).stem + ".from-job" + Path(n).suffix for n in names}
 
 
@@ -42,11 +46,34 @@ def _write_manifest(output: Path, manifest: dict, missing: dict[str, str], error
             pass
 
 
+@contextmanager
+def _one_at_a_time(store: Store, job_id: str) -> Iterator[None]:
+    """One collect of a job at a time across processes: `run` following a job brings it home
+    while `cancel` (or `down`) in another terminal does too, into the same folder."""
+    fd = safefile.open_lock(store.jobs_dir / f".{job_id}.lock")
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
 def collect(runner: "JobRunner", record: JobRecord) -> Path:
     """Bring every node's outputs and log home, verified; write manifest.json and run.json.
 
     A file the node cannot send is reported and the rest still come home; a failure here (a
     full disk, a lost node) raises after recording what did come home, and the job stays owed."""
+    with _one_at_a_time(runner.store, record.job_id):
+        try:  # a cancel recorded by another process (`cloudtrain cancel` while this one followed) stays
+            cancelled = JobRecord.load(runner.store, record.job_id).extra.get("cancelled_at")
+        except CloudtrainError:
+            cancelled = None
+        if cancelled is not None:
+            record.extra.setdefault("cancelled_at", cancelled)
+        return _collect(runner, record)
+
+
+def _collect(runner: "JobRunner", record: JobRecord) -> Path:
     output = Path(record.output)
     started = time.monotonic()
 
@@ -81,6 +108,11 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         record.extra["outputs_incomplete"] = sorted(missing)
     record.timings["fetch_s"] = round(time.monotonic() - started, 3)
     summary, series = metrics.read(output)
+    try:  # the picture is a convenience: the numbers stay in metrics.jsonl whatever happens here
+        png = plot.save(output, record.job_id)
+    except (ImportError, OSError, ValueError, RuntimeError) as e:
+        png = None
+        runner.say(f"warning: metrics.png was not drawn ({e}); the numbers are in {output / 'metrics.jsonl'}")
     run = {
         "job_id": record.job_id,
         "cluster": record.cluster,
@@ -92,6 +124,9 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "git": record.extra.get("git"),
         "nodes": [{"name": n.name, "facts": load_facts(runner.cdir, n)} for n in runner.cluster.nodes],
         "framework": {n.name: load_facts(runner.cdir, n).get("installed_framework") for n in runner.cluster.nodes},
+        "status": record.outcome(),
+        "cancelled_at": record.extra.get("cancelled_at"),
+        "cluster_spec": runner.cdir.load().spec.to_dict(),  # what `runs` prices the run by, after the cluster is gone
         "exit_code": record.exit_code,
         "submitted_at": record.submitted_at,
         "started_at": record.started_at,
@@ -99,6 +134,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "timings": {**record.timings, **({"run_s": round(record.ended_at - record.started_at, 3)} if record.ended_at and record.started_at else {})},
         "metrics": summary,
         "metrics_points": len(series),
+        "metrics_png": png is not None,
         "outputs": {"complete": not missing, **({"missing": missing} if missing else {})},
     }
     (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")

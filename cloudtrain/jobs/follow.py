@@ -24,6 +24,7 @@ from cloudtrain.remote import SshRemote
 
 if TYPE_CHECKING:
     from cloudtrain.jobs.runner import JobRunner
+    from cloudtrain.machine import Node
 
 T = TypeVar("T")
 FAILURE_TAIL_LINES = 20  # of a failing rank's log, when it is not the streamed rank 0
@@ -241,9 +242,9 @@ def _folder_gone(runner: "JobRunner", record: JobRecord, remotes: list[SshRemote
     )
 
 
-def _stop(runner: "JobRunner", remotes: list[SshRemote], paths: list[JobPaths], codes: list[int | None]) -> None:
-    """TERM every process of the job's session, KILL what is left after 10 s (a job that traps
-    TERM to checkpoint gets that long), and record 143 where the job left no status."""
+def _stop(runner: "JobRunner", remotes: list[SshRemote], paths: list[JobPaths], codes: list[int | None], grace: float = 10.0) -> None:
+    """TERM every process of the job's session, KILL what is left after `grace` s (a job that
+    traps TERM to checkpoint gets that long), and record 143 where the job left no status."""
     q = shlex.quote
     alive = session_alive('"$p"')
     for i, r in enumerate(remotes):
@@ -253,7 +254,7 @@ def _stop(runner: "JobRunner", remotes: list[SshRemote], paths: list[JobPaths], 
                 r.run(
                     f'p=$(cat {pid} 2>/dev/null); [ -n "$p" ] || exit 0; '
                     f'kill -TERM -- "-$p" 2>/dev/null; pkill -TERM -s "$p"; '
-                    f"for _ in $(seq 20); do {alive} || break; sleep 0.5; done; "
+                    f"for _ in $(seq {max(1, math.ceil(grace * 2))}); do {alive} || break; sleep 0.5; done; "
                     f'kill -KILL -- "-$p" 2>/dev/null; pkill -KILL -s "$p"; test -e {status} || echo 143 > {status}',
                     check=False,
                 )
@@ -284,8 +285,12 @@ def end(runner: "JobRunner", record: JobRecord) -> None:
     record.save(runner.store)
 
 
-def stop(runner: "JobRunner", record: JobRecord) -> None:
-    """Stop a still-running job on every node, keeping what it wrote."""
-    remotes = [runner.remote(n) for n in runner.cluster.nodes]
-    paths = [runner.paths(r).job(record.job_id) for r in remotes]
-    _stop(runner, remotes, paths, [None] * len(remotes))
+def stop(runner: "JobRunner", record: JobRecord, grace: float = 10.0) -> None:
+    """Stop a still-running job on every node at once (each gets the whole grace, not one after
+    another's), keeping what it wrote."""
+
+    def one(rank: int, node: "Node") -> None:
+        remote = runner.remote(node)
+        _stop(runner, [remote], [runner.paths(remote).job(record.job_id)], [None], grace)
+
+    runner._each(one)

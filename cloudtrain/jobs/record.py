@@ -51,13 +51,24 @@ class JobRecord:
     workdir: str
     nodes: list[str]
     cluster_created_at: float | None = None  # which incarnation of the named cluster ran it
-    status: str = "running"  # starting | running | ended | fetched | abandoned
+    status: str = "running"  # starting | running | ended | fetched | abandoned (a cancel: extra["cancelled_at"])
     exit_code: int | None = None
     submitted_at: float = field(default_factory=time.time)
     started_at: float | None = None
     ended_at: float | None = None
     timings: dict[str, float] = field(default_factory=dict)
     extra: dict[str, Any] = field(default_factory=dict)  # script hash, git commit
+
+    def outcome(self) -> str:
+        """What became of the job, as `runs` and run.json say it: starting | running | cancelled |
+        succeeded | failed | abandoned. `status` says instead whether its outputs are still owed."""
+        if self.status == "abandoned":
+            return "abandoned"
+        if self.extra.get("cancelled_at") is not None:
+            return "cancelled"
+        if self.status in ("starting", "running"):
+            return self.status
+        return "succeeded" if self.exit_code == 0 else "failed"
 
     def save(self, store: Store) -> None:
         store.save_job(self.job_id, asdict(self))

@@ -42,16 +42,20 @@ def up(
     ssh_cidr: Optional[str] = O.ssh_cidr,
     autostop: Optional[str] = O.autostop,
     max_duration: Optional[str] = O.max_duration,
+    host: Optional[List[str]] = O.host,
+    identity: Optional[Path] = O.identity,
     preview: bool = typer.Option(False, "--preview", help="Show what would be created (clouds) and create nothing."),
 ) -> None:
     """Create a cluster and make it ready (bootstrapped).
 
     Example: cloudtrain up --provider local --nodes 2 --framework torch==2.13.0
+
+    Your own machines: cloudtrain up --provider ssh --host me@gpu-box --identity ~/.ssh/id_ed25519
     """
     from cloudtrain import lifecycle  # here, not at the top: `--help` and `status` stay fast
 
     store = Store()
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration, host, identity)
     if preview:
         lifecycle.check(store, spec)
         prov = provisioners.get(provider)

@@ -151,6 +151,8 @@ def launch(
     ssh_cidr: Optional[str] = O.ssh_cidr,
     autostop: Optional[str] = O.autostop,
     max_duration: Optional[str] = O.max_duration,
+    host: Optional[List[str]] = O.host,
+    identity: Optional[Path] = O.identity,
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
     output: Optional[Path] = OutputOpt,
@@ -171,7 +173,7 @@ def launch(
 
     store = Store()
     job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs), say)
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration, host, identity)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None

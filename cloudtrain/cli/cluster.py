@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from cloudtrain import provisioner as provisioners
+from cloudtrain.cli import completion
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
@@ -198,7 +199,7 @@ def _ssh_args(cdir: ClusterDir, node_name: Optional[str]) -> tuple[list[str], st
 
 @app.command()
 def ssh(
-    cluster: Optional[str] = typer.Argument(None, help="Cluster name; may be left out when exactly one exists."),
+    cluster: Optional[str] = typer.Argument(None, help="Cluster name; may be left out when exactly one exists.", autocompletion=completion.cluster_names),
     node: Optional[str] = typer.Option(None, "--node", help="Node name (default: the first node)."),
     command: Optional[List[str]] = typer.Argument(None, help="A command to run instead of a shell (after --)."),
 ) -> None:

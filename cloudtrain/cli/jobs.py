@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from cloudtrain import interrupts
+from cloudtrain.cli import completion
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, JobFailed
@@ -81,7 +82,7 @@ def run(
 
 @app.command()
 def logs(
-    job: str = typer.Argument(..., help="Job id (see `cloudtrain status`)."),
+    job: str = typer.Argument(..., help="Job id (see `cloudtrain status`).", autocompletion=completion.job_ids),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends, then bring outputs home."),
     rank: int = typer.Option(0, "--rank", "-r", help="Whose log to print on a multi-node job (default 0, the one -f streams)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With -f: bring the outputs into this folder instead of the recorded one."),

@@ -9,10 +9,11 @@ from typing import List, Optional
 import typer
 
 from cloudtrain import interrupts, provisioner
+from cloudtrain.cli import completion
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_duration, parse_gpu
 
-ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
+ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.", autocompletion=completion.cluster_names)
 
 
 def say(text: str) -> None:

@@ -281,9 +281,14 @@ def test_up_run_down_leaves_the_machine_and_its_files(cli: Cli, home: Path, box:
     pid = int(pidfiles[0].read_text())
     assert _alive(pid)
 
+    # A process of cloudtrain's no job record names (a bootstrap step's straggler, say): its
+    # working folder is cloudtrain's, so `down` ends it too.
+    stray = subprocess.Popen(["sleep", "600"], cwd=roots[0] / "venv", start_new_session=True)
+
     down = cli("down", env=env)
     assert down.returncode == 0, down.stderr
     assert not _alive(pid)  # cloudtrain's job ended
+    assert stray.wait(timeout=30) == -15  # TERMed by down
     assert (tmp_path / "sleeping" / "started.txt").read_text() == "yes"  # its outputs came home
     assert not (box.home / sshprov.NODE_DIR).exists()  # cloudtrain's files are gone
     assert sentinel.read_text() == "the user's own"  # the machine's are not

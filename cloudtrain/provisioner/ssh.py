@@ -128,11 +128,12 @@ mine() {
     case "$(readlink "$p/cwd" 2>/dev/null)" in "$root"|"$root"/*) [ "${p#/proc/}" != $$ ] && echo "${p#/proc/}";; esac
   done
 }
+signal() { for t in $targets; do kill "-$1" "$t" 2>/dev/null; done; }  # dash's kill takes no "--"
 targets=$(mine)
 if [ -n "$targets" ]; then
-  kill -TERM -- $targets 2>/dev/null
+  signal TERM
   for i in $(seq 50); do targets=$(mine); [ -z "$targets" ] && break; sleep 0.1; done
-  [ -n "$targets" ] && kill -KILL -- $targets 2>/dev/null
+  signal KILL
 fi
 cd / && rm -rf -- "$root" && rmdir -- "$(dirname "$root")" 2>/dev/null
 exit 0

@@ -296,3 +296,27 @@ def test_up_run_down_leaves_the_machine_and_its_files(cli: Cli, home: Path, box:
     assert box.proc.poll() is None  # the machine itself still runs
     socket.create_connection(("127.0.0.1", box.port), timeout=5).close()
     _nothing_created(home)
+
+
+def test_down_force_with_a_damaged_record_removes_cloudtrains_folder(cli: Cli, home: Path, box: Box, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The folders are listed in the provider folder too: `down --force` finds them without the
+    record. (The provisioner's create in process, then the real CLI: no bootstrap needed.)"""
+    from cloudtrain.spec import ClusterSpec
+    from cloudtrain.state import ClusterRecord, Store
+
+    monkeypatch.setenv("HOME", str(box.client_dir))
+    box.pin()
+    spec = ClusterSpec(name="broken", provider="ssh", hosts=(box.target,), identity=str(box.identity))
+    cdir = Store().cluster_dir("broken")
+    cdir.create(provider="ssh")
+    record = ClusterRecord(spec=spec)
+    record.cluster = sshprov.SshProvisioner().create(spec, cdir, record)
+    cdir.save(record)
+    (root,) = list((box.home / sshprov.NODE_DIR).iterdir())
+    assert root.name.startswith("broken-")
+    cdir.record_path.write_text('{"spec": ')  # cut off
+    proc = cli("down", "--force", "--cluster", "broken", env=box.env())
+    assert proc.returncode == 0, proc.stderr
+    assert "destroying what the ssh provider can find" in proc.stderr
+    assert not (box.home / sshprov.NODE_DIR).exists()
+    _nothing_created(home)

@@ -18,7 +18,8 @@ from pathlib import Path
 
 import paramiko
 
-from cloudtrain.errors import BadInput, CloudtrainError, ProvisionError
+from cloudtrain import safefile
+from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, ProvisionError
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.provisioner.base import Provisioner
 from cloudtrain.remote import SshRemote
@@ -26,6 +27,7 @@ from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, ClusterRecord
 
 NODE_DIR = ".cloudtrain-node"  # under the SSH user's home
+ROOTS = "roots.json"  # in the cluster's provider folder: what `down --force` finds without the record
 CONNECT_TIMEOUT_S = 30.0  # a machine the user owns is either up or not: no boot to wait for
 DEFAULT_IDENTITIES = ("id_ed25519", "id_ecdsa", "id_rsa")
 _HOST = re.compile(r"^(?P<user>[^@\s:/]+)@(?:\[(?P<v6>[0-9A-Fa-f:.]+)\]|(?P<host>[A-Za-z0-9._-]+))(?::(?P<port>[^:]*))?$")
@@ -183,13 +185,17 @@ class SshProvisioner(Provisioner):
                 # Recorded before it exists: `down` removes it even after a crash right here.
                 record.provider_state["roots"].append({"node": node.to_dict(), "root": root, "identity": str(identity)})
                 cdir.save(record)
+                safefile.write_json(cdir.provider_dir / ROOTS, record.provider_state["roots"])
                 remote.run(f"mkdir -p {shlex.quote(root)} && chmod 700 {shlex.quote(root)}")
             nodes.append(Node(**{**node.to_dict(), "root": root}))
         return Cluster(name=spec.name, nodes=tuple(nodes), identity_file=identity)
 
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
+        self._clean(record.provider_state.get("roots", []), record.spec.name)
+
+    def _clean(self, entries: list[dict], name: str) -> None:
         failed = []
-        for entry in record.provider_state.get("roots", []):
+        for entry in entries:
             node = Node.from_dict(entry["node"])
             try:
                 with SshRemote(node, Path(entry["identity"]), connect_timeout=CONNECT_TIMEOUT_S) as remote:
@@ -199,8 +205,21 @@ class SshProvisioner(Provisioner):
         if failed:
             raise ProvisionError(
                 f"could not remove cloudtrain's files from {'; '.join(failed)}",
-                f"make the machine reachable and run `cloudtrain down --cluster {record.spec.name}` again",
+                f"make the machine reachable and run `cloudtrain down --cluster {name}` again",
             )
 
     def recognizes(self, cdir: ClusterDir) -> bool:
-        return False  # its record is the only trace: nothing of it lies in the provider folder
+        return (cdir.provider_dir / ROOTS).is_file()
+
+    def destroy_found(self, cdir: ClusterDir) -> None:
+        """`down --force` of a cluster whose record is damaged: the folders from roots.json."""
+        path = cdir.provider_dir / ROOTS
+        hint = f"remove ~/{NODE_DIR}/{cdir.name}-* on your machines by hand, then delete {cdir.root}"
+        try:
+            entries = safefile.read_json(path, f"the ssh provider's list of folders {path}", hint)
+        except FileNotFoundError:
+            return  # written before any folder is made: none was
+        try:
+            self._clean(entries, cdir.name)
+        except (KeyError, TypeError, ValueError, AttributeError) as e:
+            raise DamagedRecord(f"{path} is damaged too ({e})", hint, str(path)) from e

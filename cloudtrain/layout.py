@@ -1,4 +1,5 @@
-"""Where cloudtrain keeps things on a node: one folder, `$CLOUDTRAIN_NODE_ROOT` or ~/.cloudtrain.
+"""Where cloudtrain keeps things on a node: one folder, the node's own `root` where its provider
+chose one, else `$CLOUDTRAIN_NODE_ROOT` or ~/.cloudtrain.
 
     venv/                     the jobs' Python environment (bootstrap makes it)
     bootstrap/state.json      fingerprints of applied steps
@@ -25,6 +26,8 @@ class NodePaths:
 
     @classmethod
     def of(cls, remote: SshRemote) -> "NodePaths":
+        if remote.node.root:
+            return cls(root=remote.node.root)
         return cls(root=remote.run(f"echo {ROOT_EXPR}").stdout.strip())
 
     @property

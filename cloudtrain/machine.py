@@ -19,9 +19,15 @@ class Node:
     user: str
     host_key: str  # OpenSSH public key line the node must present: "ssh-ed25519 AAAA..."
     private_ip: str  # address other nodes of the cluster use (rank order in CLOUDTRAIN_NODE_IPS)
+    # cloudtrain's folder on the node when the provider chose one (a machine the user owns keeps
+    # it apart from their own files); None: $CLOUDTRAIN_NODE_ROOT or ~/.cloudtrain (layout.py).
+    root: str | None = None
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        data = asdict(self)
+        if data["root"] is None:
+            del data["root"]
+        return data
 
     @classmethod
     def from_dict(cls, data: dict[str, Any]) -> "Node":
@@ -32,6 +38,7 @@ class Node:
             user=data["user"],
             host_key=data["host_key"],
             private_ip=data["private_ip"],
+            root=data.get("root"),
         )
 
     @classmethod

@@ -121,8 +121,9 @@ class SshRemote:
             return self._client
         self._close_control()  # a dead control connection says nothing about the bulk one's master
         try:
-            pkey = paramiko.Ed25519Key.from_private_key_file(str(self.identity_file))
-        except (OSError, paramiko.SSHException) as e:
+            # Any type: a cluster's own key is ed25519, a machine the user owns may take their RSA key.
+            pkey = paramiko.PKey.from_path(self.identity_file)
+        except (OSError, ValueError, TypeError, paramiko.SSHException) as e:
             raise RemoteError(f"cannot read the cluster key {self.identity_file}: {e}", "recreate the cluster with `cloudtrain down` then `cloudtrain up`") from e
         deadline = time.monotonic() + self.connect_timeout
         delay = 0.2

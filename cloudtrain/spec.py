@@ -96,8 +96,11 @@ class ClusterSpec:
     ssh_cidr: str | None = None  # None: the caller's public address /32
     autostop_s: int | None = None  # stop after this long idle; 0 = off; None = the provider's default
     max_duration_s: int | None = None  # stop this long after `up` whatever runs; None = no deadline
+    hosts: tuple[str, ...] = ()  # the user's own machines, "user@host[:port]" (provider ssh)
+    identity: str | None = None  # private key for those machines (absolute path); None: ~/.ssh's
 
     def __post_init__(self) -> None:
+        object.__setattr__(self, "hosts", tuple(self.hosts))  # a record's JSON list compares equal
         check_cluster_name(self.name)
         if self.nodes < 1:
             raise BadInput(f"--nodes must be at least 1, got {self.nodes}", "pass --nodes 1 or more")

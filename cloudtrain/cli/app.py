@@ -12,7 +12,7 @@ app = typer.Typer(
     name="cloudtrain",
     help="Rent a GPU machine, train on it, bring the model home, give the machine back.",
     no_args_is_help=True,
-    add_completion=False,
+    add_completion=True,  # --install-completion / --show-completion (cli/completion.py completes names)
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )

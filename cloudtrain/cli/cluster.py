@@ -14,6 +14,7 @@ from typing import List, Optional
 import typer
 
 from cloudtrain import provisioner as provisioners
+from cloudtrain.cli import completion
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
@@ -42,16 +43,20 @@ def up(
     ssh_cidr: Optional[str] = O.ssh_cidr,
     autostop: Optional[str] = O.autostop,
     max_duration: Optional[str] = O.max_duration,
+    host: Optional[List[str]] = O.host,
+    identity: Optional[Path] = O.identity,
     preview: bool = typer.Option(False, "--preview", help="Show what would be created (clouds) and create nothing."),
 ) -> None:
     """Create a cluster and make it ready (bootstrapped).
 
     Example: cloudtrain up --provider local --nodes 2 --framework torch==2.13.0
+
+    Your own machines: cloudtrain up --provider ssh --host me@gpu-box --identity ~/.ssh/id_ed25519
     """
     from cloudtrain import lifecycle  # here, not at the top: `--help` and `status` stay fast
 
     store = Store()
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration, host, identity)
     if preview:
         lifecycle.check(store, spec)
         prov = provisioners.get(provider)
@@ -194,7 +199,7 @@ def _ssh_args(cdir: ClusterDir, node_name: Optional[str]) -> tuple[list[str], st
 
 @app.command()
 def ssh(
-    cluster: Optional[str] = typer.Argument(None, help="Cluster name; may be left out when exactly one exists."),
+    cluster: Optional[str] = typer.Argument(None, help="Cluster name; may be left out when exactly one exists.", autocompletion=completion.cluster_names),
     node: Optional[str] = typer.Option(None, "--node", help="Node name (default: the first node)."),
     command: Optional[List[str]] = typer.Argument(None, help="A command to run instead of a shell (after --)."),
 ) -> None:

@@ -9,6 +9,7 @@ from typing import TYPE_CHECKING, List, Optional
 import typer
 
 from cloudtrain import interrupts
+from cloudtrain.cli import completion
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
 from cloudtrain.errors import BadInput, CloudtrainError, JobFailed
@@ -83,7 +84,7 @@ def run(
 
 @app.command()
 def logs(
-    job: str = typer.Argument(..., help="Job id (see `cloudtrain status`)."),
+    job: str = typer.Argument(..., help="Job id (see `cloudtrain status`).", autocompletion=completion.job_ids),
     follow: bool = typer.Option(False, "--follow", "-f", help="Keep streaming until the job ends, then bring outputs home."),
     rank: int = typer.Option(0, "--rank", "-r", help="Whose log to print on a multi-node job (default 0, the one -f streams)."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="With -f: bring the outputs into this folder instead of the recorded one."),
@@ -136,7 +137,7 @@ def logs(
 
 @app.command()
 def cancel(
-    job: str = typer.Argument(..., help="Job id (see `cloudtrain runs`)."),
+    job: str = typer.Argument(..., help="Job id (see `cloudtrain runs`).", autocompletion=completion.job_ids),
     grace: float = typer.Option(10.0, "--grace", min=0, help="Seconds between TERM and KILL, for a job that saves a checkpoint on TERM."),
 ) -> None:
     """Stop a job on every node (TERM, then KILL after the grace) and bring its partial outputs home.
@@ -169,6 +170,8 @@ def launch(
     ssh_cidr: Optional[str] = O.ssh_cidr,
     autostop: Optional[str] = O.autostop,
     max_duration: Optional[str] = O.max_duration,
+    host: Optional[List[str]] = O.host,
+    identity: Optional[Path] = O.identity,
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
     output: Optional[Path] = OutputOpt,
@@ -189,7 +192,7 @@ def launch(
 
     store = Store()
     job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs), say)
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration)
+    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration, host, identity)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None

@@ -3,14 +3,17 @@
 from __future__ import annotations
 
 import sys
-from typing import Optional
+from pathlib import Path
+from typing import List, Optional
 
 import typer
 
 from cloudtrain import interrupts, provisioner
+from cloudtrain.cli import completion
+from cloudtrain.errors import BadInput
 from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_duration, parse_gpu
 
-ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
+ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.", autocompletion=completion.cluster_names)
 
 
 def say(text: str) -> None:
@@ -34,13 +37,19 @@ def build_spec(
     cuda_toolkit: bool = False,
     autostop: Optional[str] = None,
     max_duration: Optional[str] = None,
+    hosts: Optional[List[str]] = None,
+    identity: Optional[Path] = None,
 ) -> ClusterSpec:
     prov = provisioner.get(provider)
     gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
+    if (hosts or identity) and not prov.takes_hosts:
+        raise BadInput(f"--host and --identity name machines you own; --provider {provider} makes its own", "add --provider ssh, or leave out --host/--identity")
     return ClusterSpec(
         name=name or prov.default_name(gpu_name),
         provider=provider,
-        nodes=nodes,
+        nodes=len(hosts) if hosts else nodes,  # one node per --host
+        hosts=tuple(hosts or ()),
+        identity=str(identity.expanduser().absolute()) if identity else None,
         framework=FrameworkSpec.parse(framework),
         gpu=gpu_name,
         gpu_count=gpu_count,
@@ -60,7 +69,7 @@ def build_spec(
 class UpOptions:
     """The `up` flags, declared once for `up` and `launch`."""
 
-    provider = typer.Option("local", "--provider", "-p", help="local | aws | gcp | azure.")
+    provider = typer.Option("local", "--provider", "-p", help="local | ssh | aws | gcp | azure.")
     nodes = typer.Option(1, "--nodes", "-n", help="How many nodes.")
     name = typer.Option(None, "--name", help="Cluster name [a-z0-9-]; default 'local', or '<provider>-<gpu>'.")
     framework = typer.Option("torch", "--framework", "-f", help="torch | tensorflow | jax | none, optionally ==VERSION.")
@@ -75,3 +84,5 @@ class UpOptions:
     ssh_cidr = typer.Option(None, "--ssh-cidr", help="Who may reach SSH; default: your public address /32.")
     autostop = typer.Option(None, "--autostop", help="Stop the cluster after this long idle (30m, 2h, off); default 60m on clouds, off on local.")
     max_duration = typer.Option(None, "--max-duration", help="Stop the cluster this long after `up` whatever runs (8h); jobs get TERM, then KILL.")
+    host = typer.Option(None, "--host", help="--provider ssh: a machine you own, user@host[:port]; repeat for several nodes.")
+    identity = typer.Option(None, "--identity", "-i", help="--provider ssh: the private key for --host (default: ~/.ssh/id_ed25519, id_ecdsa or id_rsa).")

@@ -10,6 +10,7 @@ from typing import Any, Optional
 
 import typer
 
+from cloudtrain.cli import completion
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import say
 from cloudtrain.errors import CloudtrainError
@@ -97,7 +98,7 @@ def runs(ctx: typer.Context, as_json: bool = typer.Option(False, "--json", help=
 
 @runs_app.command("show")
 def show(
-    job: str = typer.Argument(..., help="Job id, or the start of one (see `cloudtrain runs`)."),
+    job: str = typer.Argument(..., help="Job id, or the start of one (see `cloudtrain runs`).", autocompletion=completion.job_ids),
     as_json: bool = typer.Option(False, "--json", help="The record, run.json and outputs as one JSON object."),
 ) -> None:
     """Everything about one run: its record, run.json, outputs and metrics.

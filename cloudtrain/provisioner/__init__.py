@@ -15,6 +15,7 @@ from cloudtrain.provisioner.base import Provisioner
 # `--provider local` never loads a cloud SDK; the clouds' SDKs come with the `cloud` extra.
 _REGISTRY = {
     "local": ("cloudtrain.provisioner.local:LocalProvisioner", ()),
+    "ssh": ("cloudtrain.provisioner.ssh:SshProvisioner", ()),
     "aws": ("cloudtrain.provisioner.cloud:AwsProvisioner", ("pulumi", "pulumi_aws", "boto3")),
     "gcp": ("cloudtrain.provisioner.cloud:GcpProvisioner", ("pulumi", "pulumi_gcp", "google.auth")),
     "azure": ("cloudtrain.provisioner.cloud:AzureProvisioner", ("pulumi", "pulumi_azure_native")),

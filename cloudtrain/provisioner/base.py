@@ -28,6 +28,9 @@ class Provisioner(ABC):
     can_stop: ClassVar[bool] = False
     default_autostop_s: ClassVar[int | None] = None
     watchdog_systemd: ClassVar[bool] = False
+    # The machines are the user's own, named by --host: `down` removes cloudtrain's files from
+    # them and never the machines.
+    takes_hosts: ClassVar[bool] = False
 
     def default_name(self, spec_gpu: str | None) -> str:
         return f"{self.name}-{spec_gpu}" if spec_gpu else self.name

@@ -24,7 +24,7 @@ from cloudtrain.spec import JobSpec
 # coordinator and one TF worker port per node.
 PORT_BASE, PORT_SPAN = 20000, 9000
 WORKER_FILE = "node_worker.py"
-FAILURES_FILE = "failures"  # in the job's folder: "<local_rank> <rank> <code>" per failed worker, first first
+FAILURES_FILE = "failures"  # in the job's folder: "<local_rank> <rank> <code> <attempt>" per failed worker, first first
 
 
 def job_port(job_id: str) -> int:
@@ -45,6 +45,14 @@ def plan(spec: JobSpec, framework: str, nodes: int, gpus_per_node: int) -> Launc
     """torchrun for torch when there is more than one node, more than one GPU on a node, or K
     was given; a plain process otherwise, or with --launcher none."""
     k = spec.nproc_per_node or max(1, gpus_per_node)
+    launch = _plan(spec, framework, nodes, gpus_per_node, k)
+    if spec.torchrun_restarts and not launch.torchrun:
+        raise BadInput(f"--torchrun-restarts {spec.torchrun_restarts} needs torchrun, and this job runs one plain process per node",
+                       "pass --launcher torchrun if the node has torch, or drop --torchrun-restarts")
+    return launch
+
+
+def _plan(spec: JobSpec, framework: str, nodes: int, gpus_per_node: int, k: int) -> Launch:
     if spec.launcher == "none":
         if spec.nproc_per_node not in (None, 1):
             raise BadInput("--nproc-per-node needs torchrun; --launcher none starts one process per node", "drop one of the two")
@@ -118,14 +126,24 @@ def command(paths: NodePaths, job: JobPaths, spec: JobSpec, launch: Launch, env:
     program = [spec.script_rel, *spec.args]
     if not launch.torchrun:
         return [paths.python, "-u", *program]
+    if spec.torchrun_restarts:
+        # Restarts need torch's c10d rendezvous (torchrun's documented fault-tolerant form):
+        # under the static one a node restarts alone, and its new workers meet the old
+        # attempt's keys in the shared store (tried: gloo's connectFullMesh times out). c10d
+        # restarts every node together in a new round; ranks follow the nodes' --local-addr
+        # (sorted as text, then pid), and rank 0's address is its private one.
+        node_ip = env["CLOUDTRAIN_NODE_IPS"].split(",")[int(env["CLOUDTRAIN_NODE_RANK"])]
+        rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+                "--rdzv-id", env["CLOUDTRAIN_JOB_ID"], "--local-addr", node_ip]
+    else:
+        rdzv = ["--node-rank", env["CLOUDTRAIN_NODE_RANK"],
+                "--rdzv-backend", "static", "--master-addr", env["MASTER_ADDR"], "--master-port", env["MASTER_PORT"]]
     return [
         paths.python, "-m", "torch.distributed.run",
-        "--nnodes", env["CLOUDTRAIN_NUM_NODES"], "--node-rank", env["CLOUDTRAIN_NODE_RANK"],
-        "--nproc-per-node", str(launch.nproc_per_node),
-        "--rdzv-backend", "static", "--master-addr", env["MASTER_ADDR"], "--master-port", env["MASTER_PORT"],
-        "--max-restarts", "0", "--monitor-interval", "1",
+        "--nnodes", env["CLOUDTRAIN_NUM_NODES"], "--nproc-per-node", str(launch.nproc_per_node), *rdzv,
+        "--max-restarts", str(spec.torchrun_restarts), "--monitor-interval", "1",
         *(["--tee", "3", "--log-dir", f"{job.dir}/torchrun"] if launch.nproc_per_node > 1 else []),
-        "--no-python", paths.python, "-I", "-S", f"{job.dir}/{WORKER_FILE}", f"{job.dir}/{FAILURES_FILE}",
+        "--no-python", paths.python, "-I", "-S", f"{job.dir}/{WORKER_FILE}", f"{job.dir}/{FAILURES_FILE}", job.main_pid,
         paths.python, "-u", *program,
     ]
 
@@ -142,11 +160,17 @@ def run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str], 
     if launch.torchrun and launch.nproc_per_node > 1:
         # Several local ranks share this node's log: each line says whose it is.
         exports += "export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[local rank ${local_rank}] '\n"
+    if launch.torchrun and spec.torchrun_restarts:
+        # A fresh store for each round's workers (rank 0 opens it on a free port): the one
+        # c10d shares by default keeps the failed round's keys, and gloo reads them (tried).
+        exports += "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1\n"
     argv = " ".join(q(a) for a in command(paths, job, spec, launch, env))
     failures = q(f"{job.dir}/{FAILURES_FILE}")
-    # torchrun exits 1 whatever its worker did: the job's status is the first failed worker's.
+    # torchrun exits 1 whatever its worker did: the job's status is that of the first worker
+    # that failed in the last attempt (first_failure, in awk: restarts add attempts).
+    last_attempt = 'NF>=3{a=(NF>3?$4:0); if(!(a in c)) c[a]=$3; if(a>=m) m=a} END{if(m in c) print c[m]}'
     worker_code = (
-        f'if [ "$code" -ne 0 ] && [ -s {failures} ]; then code=$(head -n 1 {failures} | cut -d" " -f3); fi\n'
+        f'if [ "$code" -ne 0 ] && [ -s {failures} ]; then w=$(awk {q(last_attempt)} {failures}); code=${{w:-$code}}; fi\n'
         if launch.torchrun else ""
     )
     return (
@@ -167,9 +191,13 @@ def run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str], 
 
 
 def first_failure(text: str) -> tuple[int, int, int] | None:
-    """(local rank, global rank, exit code) of the first failed worker in a `failures` file."""
+    """(local rank, global rank, exit code) of the first worker that failed in the last attempt
+    recorded in a `failures` file ("LOCAL_RANK RANK CODE [ATTEMPT]" lines; torchrun restarts
+    a node's workers up to --torchrun-restarts times, and only the last attempt ended the job)."""
+    first: dict[int, tuple[int, int, int]] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 3 and all(p.lstrip("-").isdigit() for p in parts):
-            return int(parts[0]), int(parts[1]), int(parts[2])
-    return None
+        if len(parts) in (3, 4) and all(p.lstrip("-").isdigit() for p in parts):
+            attempt = int(parts[3]) if len(parts) == 4 else 0
+            first.setdefault(attempt, (int(parts[0]), int(parts[1]), int(parts[2])))
+    return first[max(first)] if first else None

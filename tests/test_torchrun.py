@@ -21,6 +21,7 @@ from conftest import REPO, Cli, _sshd_pids_under, one_line_error, pids_where
 
 from cloudtrain.errors import BadInput
 from cloudtrain.jobs import launch
+from cloudtrain.machine import Cluster, Node
 from cloudtrain.spec import JobSpec
 
 ENV_SCRIPT = textwrap.dedent(
@@ -308,10 +309,9 @@ JAX_SCRIPT = textwrap.dedent(
     """
     import json, os
     import jax
-    # jax reads JAX_COORDINATOR_ADDRESS itself; the count and id are passed (README).
-    jax.distributed.initialize(num_processes=int(os.environ["JAX_NUM_PROCESSES"]),
-                               process_id=int(os.environ["JAX_PROCESS_ID"]), initialization_timeout=120)
-    seen = {"process_index": jax.process_index(), "process_count": jax.process_count()}
+    jax.distributed.initialize()  # no arguments: what the job's environment gives is enough
+    seen = {"process_index": jax.process_index(), "process_count": jax.process_count(),
+            "devices": len(jax.devices()), "local_devices": len(jax.local_devices())}
     with open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "jax.json"), "w") as f:
         json.dump(seen, f)
     print("jax process", seen["process_index"], "of", seen["process_count"], flush=True)
@@ -327,5 +327,26 @@ def test_jax_distributed_initializes_across_two_nodes_from_the_job_environment(c
     out = cli.cwd / "runs-jax"
     proc = cli("launch", "jaxjob/init.py", "--provider", "local", "--nodes", "2", "--framework", "jax", "--output", str(out), timeout=1500)
     assert proc.returncode == 0, proc.stdout[-2000:] + proc.stderr[-2000:]
-    assert json.loads((out / "jax.json").read_text()) == {"process_index": 0, "process_count": 2}
-    assert json.loads((out / "rank-1" / "jax.json").read_text()) == {"process_index": 1, "process_count": 2}
+    # One CPU device per process, both seen by each: one global jax runtime across the nodes.
+    assert json.loads((out / "jax.json").read_text()) == {"process_index": 0, "process_count": 2, "devices": 2, "local_devices": 1}
+    assert json.loads((out / "rank-1" / "jax.json").read_text()) == {"process_index": 1, "process_count": 2, "devices": 2, "local_devices": 1}
+
+
+def test_jax_cluster_variables_are_slurms_set_for_jax_only(tmp_path: Path) -> None:
+    env = launch.jax_cluster_env(["10.0.0.5", "10.0.0.6"], 1, "job-1", 8)
+    # The five jax's Slurm detection needs (jax/_src/clusters/slurm_cluster.py) ...
+    assert {k: env[k] for k in ("SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID")} == {
+        "SLURM_STEP_NODELIST": "10.0.0.5,10.0.0.6", "SLURM_NTASKS": "2", "SLURM_PROCID": "1", "SLURM_LOCALID": "0"}
+    assert env["SLURM_JOB_ID"].isdigit()
+    # ... and every GPU of the node for its one process, where Slurm's local id would give one.
+    assert env["JAX_LOCAL_DEVICE_IDS"] == "0,1,2,3,4,5,6,7"
+    assert "JAX_LOCAL_DEVICE_IDS" not in launch.jax_cluster_env(["10.0.0.5"], 0, "job-1", 0)  # a CPU node: jax's default
+    # In the job's environment only on a jax cluster with one process per node: elsewhere
+    # Slurm's variables would mislead (Lightning reads SLURM_NTASKS as a Slurm job).
+    nodes = tuple(Node(f"n{i}", "127.0.0.1", 22, "u", "ssh-ed25519 AAAA", ip) for i, ip in enumerate(["10.0.0.5", "10.0.0.6"]))
+    cluster = Cluster("c", nodes, tmp_path / "key")
+    slurm = lambda env: {k for k in env if k.startswith("SLURM_")}  # noqa: E731
+    assert slurm(launch.job_env(cluster, 1, "job-1", "/out", 0, launch.Launch(False, 1), "jax")) == {
+        "SLURM_JOB_ID", "SLURM_STEP_NODELIST", "SLURM_NTASKS", "SLURM_PROCID", "SLURM_LOCALID"}
+    assert not slurm(launch.job_env(cluster, 1, "job-1", "/out", 0, launch.Launch(False, 1), "torch"))
+    assert not slurm(launch.job_env(cluster, 1, "job-1", "/out", 0, launch.Launch(True, 2), "jax"))

@@ -67,7 +67,33 @@ def _plan(spec: JobSpec, framework: str, nodes: int, gpus_per_node: int, k: int)
     return Launch(False, 1)
 
 
-def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_node: int, launch: Launch | None = None) -> dict[str, str]:
+def jax_cluster_env(ips: list[str], rank: int, job_id: str, gpus_per_node: int) -> dict[str, str]:
+    """What makes `jax.distributed.initialize()` work with no arguments, one process per node.
+
+    jax (0.10.2 and main: jax/_src/distributed.py) reads only JAX_COORDINATOR_ADDRESS from
+    the environment; the process count and id come from its cluster detection
+    (jax/_src/clusters/), which knows Open MPI, Slurm, mpi4py (opt-in), TPU VMs and
+    Kubernetes. Slurm's is the one that reads plain variables (slurm_cluster.py: all of
+    SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID present);
+    Open MPI's needs OMPI_MCA_orte_hnp_uri, which would send any MPI library on the node
+    looking for an mpirun that does not exist. Slurm's local id would also give each
+    process one GPU (local_device_ids=[SLURM_LOCALID]); JAX_LOCAL_DEVICE_IDS, read first
+    (jax >= 0.4.32), keeps every GPU of the node with its one process. Set for jax clusters
+    only: Lightning, for one, takes SLURM_NTASKS to mean a Slurm job."""
+    env = {
+        "SLURM_JOB_ID": str(zlib.crc32(job_id.encode())),  # only jax's port fallback reads it; the address is given
+        "SLURM_STEP_NODELIST": ",".join(ips),  # jax takes the first entry as the coordinator's host, likewise a fallback
+        "SLURM_NTASKS": str(len(ips)),
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": "0",
+    }
+    if gpus_per_node > 0:
+        env["JAX_LOCAL_DEVICE_IDS"] = ",".join(str(i) for i in range(gpus_per_node))
+    return env
+
+
+def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_node: int, launch: Launch | None = None,
+            framework: str = "") -> dict[str, str]:
     """The job environment for one node (README: "The job's environment")."""
     ips = [n.private_ip for n in cluster.nodes]
     port = job_port(job_id)
@@ -82,8 +108,8 @@ def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_nod
         "CLOUDTRAIN_GPUS_PER_NODE": str(gpus_per_node),
         "MASTER_ADDR": ips[0],
         "MASTER_PORT": str(port),
-        # jax.distributed.initialize() reads the address itself (jax 0.10.2 reads no process
-        # count or id from the environment outside Slurm/Open MPI/k8s/TPU): the script passes those.
+        # jax.distributed.initialize() reads the address itself; on a jax cluster the count
+        # and id reach it through jax_cluster_env below.
         "JAX_COORDINATOR_ADDRESS": f"{ips[0]}:{port + 1}",
         "JAX_NUM_PROCESSES": str(n),
         "JAX_PROCESS_ID": str(rank),
@@ -91,6 +117,8 @@ def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_nod
     if launch is None or not launch.torchrun:
         # One process per node: an env:// script finds its place without a launcher.
         env.update(RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    if framework == "jax" and (launch is None or not launch.torchrun):
+        env.update(jax_cluster_env(ips, rank, job_id, gpus_per_node))
     if n > 1:
         # MultiWorkerMirroredStrategy: one worker per node, each on its own port (local nodes
         # share one machine, and TF's server listens on every interface).

@@ -248,6 +248,10 @@ def test_a_worker_records_its_local_rank_and_code_and_keeps_torchruns_status(tmp
     assert failures.read_text() == "1 3 3 0\n1 3 137 1\n"  # the second failure was torchrun's restart 1
     assert launch.first_failure(failures.read_text()) == (1, 3, 137)  # the last attempt's is what ended the job
     assert launch.first_failure("1 3 3\n0 2 143\n") == (1, 3, 3)  # a line without an attempt is attempt 0
+    # run.sh picks the job's code the same way, in awk on the node.
+    for text in (failures.read_text(), "1 3 3\n0 2 143\n", "0 2 3 0\n1 3 9 1\n0 2 143 1\n"):
+        awk = subprocess.run(["awk", launch.LAST_ATTEMPT_AWK], input=text, capture_output=True, text=True, check=True)
+        assert int(awk.stdout) == launch.first_failure(text)[2], text
     ok = subprocess.run([sys.executable, str(WORKER), str(tmp_path / "none"), agent, "true"], env=env, timeout=60)
     assert ok.returncode == 0 and not (tmp_path / "none").exists()
 

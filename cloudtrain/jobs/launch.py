@@ -1,8 +1,9 @@
 """What runs on each node for a job: its environment and the command that starts it.
 
 One plain process per node, or torchrun on every node (`--nnodes N --node-rank i
---nproc-per-node K`, static rendezvous on rank 0's private address at a port unique to the job),
-so an unmodified env:// script uses every process slot of every node. Each torchrun worker runs
+--nproc-per-node K`, static rendezvous on rank 0's private address at a port unique to the job,
+c10d there when restarts are asked for), so an unmodified env:// script uses every process slot
+of every node. Each torchrun worker runs
 under node_worker.py, which names the local rank that failed first (`failures` in the job's
 folder) and keeps a worker from outliving its torchrun agent.
 """
@@ -25,6 +26,8 @@ from cloudtrain.spec import JobSpec
 PORT_BASE, PORT_SPAN = 20000, 9000
 WORKER_FILE = "node_worker.py"
 FAILURES_FILE = "failures"  # in the job's folder: "<local_rank> <rank> <code> <attempt>" per failed worker, first first
+# run.sh's first_failure: the exit code of the first worker that failed in the last attempt.
+LAST_ATTEMPT_AWK = 'NF>=3{a=(NF>3?$4:0); if(!(a in c)) c[a]=$3; if(a>=m) m=a} END{if(m in c) print c[m]}'
 
 
 def job_port(job_id: str) -> int:
@@ -196,9 +199,8 @@ def run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str], 
     failures = q(f"{job.dir}/{FAILURES_FILE}")
     # torchrun exits 1 whatever its worker did: the job's status is that of the first worker
     # that failed in the last attempt (first_failure, in awk: restarts add attempts).
-    last_attempt = 'NF>=3{a=(NF>3?$4:0); if(!(a in c)) c[a]=$3; if(a>=m) m=a} END{if(m in c) print c[m]}'
     worker_code = (
-        f'if [ "$code" -ne 0 ] && [ -s {failures} ]; then w=$(awk {q(last_attempt)} {failures}); code=${{w:-$code}}; fi\n'
+        f'if [ "$code" -ne 0 ] && [ -s {failures} ]; then w=$(awk {q(LAST_ATTEMPT_AWK)} {failures}); code=${{w:-$code}}; fi\n'
         if launch.torchrun else ""
     )
     return (

@@ -235,6 +235,7 @@ class JobSpec:
     nproc_per_node: int | None = None  # torchrun processes per node; None: the node's GPUs (1 on a CPU node)
     launcher: str = "auto"  # one of LAUNCHERS
     logs: str = "rank0"  # one of LOGS: what `run` streams
+    torchrun_restarts: int = 0  # torchrun's --max-restarts: worker-group restarts per node
 
     @classmethod
     def build(
@@ -250,6 +251,7 @@ class JobSpec:
         nproc_per_node: int | None = None,
         launcher: str = "auto",
         logs: str = "rank0",
+        torchrun_restarts: int = 0,
     ) -> "JobSpec":
         # The folder the user named is resolved, the script's own name is not: `run link.py`
         # means "the folder link.py is in", never the folder its target happens to live in.
@@ -273,6 +275,8 @@ class JobSpec:
             raise BadInput(f"unknown --logs {logs!r}", f"choose one of {', '.join(LOGS)}")
         if nproc_per_node is not None and not 1 <= nproc_per_node <= 1024:
             raise BadInput(f"--nproc-per-node {nproc_per_node} is not a number of processes", "pass 1 or more, e.g. the node's GPU count")
+        if not 0 <= torchrun_restarts <= 100:
+            raise BadInput(f"--torchrun-restarts {torchrun_restarts} is not a number of restarts", "pass 0 (the default) to 100")
         return cls(
             script=path,
             workdir=wd,
@@ -285,6 +289,7 @@ class JobSpec:
             nproc_per_node=nproc_per_node,
             launcher=launcher,
             logs=logs,
+            torchrun_restarts=torchrun_restarts,
         )
 
     @property

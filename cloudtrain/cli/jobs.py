@@ -29,6 +29,7 @@ MaxUploadOpt = typer.Option(None, "--max-upload", help="Refuse a workdir bigger 
 ArgsArg = typer.Argument(None, help="Arguments for the script, after --.")
 NprocOpt = typer.Option(None, "--nproc-per-node", help="torchrun processes per node (default: the node's GPUs, 1 on a CPU node).")
 LauncherOpt = typer.Option("auto", "--launcher", help="auto (torchrun for torch on several nodes or GPUs, or with --nproc-per-node) | torchrun | none (one plain process per node).")
+RestartsOpt = typer.Option(0, "--torchrun-restarts", help="Under torchrun: restart a node's worker group up to N times after a worker fails (torchrun --max-restarts; default 0).")
 LogsOpt = typer.Option("rank0", "--logs", help="rank0 (stream rank 0's log) | all (every node's, each line prefixed [node i]).")
 
 
@@ -66,6 +67,7 @@ def run(
     nproc_per_node: Optional[int] = NprocOpt,
     launcher: str = LauncherOpt,
     logs: str = LogsOpt,
+    torchrun_restarts: int = RestartsOpt,
 ) -> None:
     """Ship the workdir, run SCRIPT on every node, stream its output, bring outputs home.
     Exits with the job's exit code.
@@ -74,7 +76,7 @@ def run(
     """
     from cloudtrain.jobs import session, shipment
 
-    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode, nproc_per_node, launcher, logs)
+    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode, nproc_per_node, launcher, logs, torchrun_restarts)
     store = Store()
     with _runner(store, cluster) as runner:  # one session per node for the whole command
         record, code = session.run(store, runner, shipment.prepare(spec, say), say)
@@ -180,6 +182,7 @@ def launch(
     nproc_per_node: Optional[int] = NprocOpt,
     launcher: str = LauncherOpt,
     logs: str = LogsOpt,
+    torchrun_restarts: int = RestartsOpt,
 ) -> None:
     """up + run + down in one go. Tears down even when the job fails or is interrupted,
     after bringing home what exists.
@@ -191,7 +194,7 @@ def launch(
     from cloudtrain.jobs.runner import JobRunner
 
     store = Store()
-    job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs), say)
+    job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs, torchrun_restarts), say)
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration, host, identity)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")

@@ -1,8 +1,9 @@
 """What runs on each node for a job: its environment and the command that starts it.
 
 One plain process per node, or torchrun on every node (`--nnodes N --node-rank i
---nproc-per-node K`, static rendezvous on rank 0's private address at a port unique to the job),
-so an unmodified env:// script uses every process slot of every node. Each torchrun worker runs
+--nproc-per-node K`, static rendezvous on rank 0's private address at a port unique to the job,
+c10d there when restarts are asked for), so an unmodified env:// script uses every process slot
+of every node. Each torchrun worker runs
 under node_worker.py, which names the local rank that failed first (`failures` in the job's
 folder) and keeps a worker from outliving its torchrun agent.
 """
@@ -24,7 +25,9 @@ from cloudtrain.spec import JobSpec
 # coordinator and one TF worker port per node.
 PORT_BASE, PORT_SPAN = 20000, 9000
 WORKER_FILE = "node_worker.py"
-FAILURES_FILE = "failures"  # in the job's folder: "<local_rank> <rank> <code>" per failed worker, first first
+FAILURES_FILE = "failures"  # in the job's folder: "<local_rank> <rank> <code> <attempt>" per failed worker, first first
+# run.sh's first_failure: the exit code of the first worker that failed in the last attempt.
+LAST_ATTEMPT_AWK = 'NF>=3{a=(NF>3?$4:0); if(!(a in c)) c[a]=$3; if(a>=m) m=a} END{if(m in c) print c[m]}'
 
 
 def job_port(job_id: str) -> int:
@@ -45,6 +48,14 @@ def plan(spec: JobSpec, framework: str, nodes: int, gpus_per_node: int) -> Launc
     """torchrun for torch when there is more than one node, more than one GPU on a node, or K
     was given; a plain process otherwise, or with --launcher none."""
     k = spec.nproc_per_node or max(1, gpus_per_node)
+    launch = _plan(spec, framework, nodes, gpus_per_node, k)
+    if spec.torchrun_restarts and not launch.torchrun:
+        raise BadInput(f"--torchrun-restarts {spec.torchrun_restarts} needs torchrun, and this job runs one plain process per node",
+                       "pass --launcher torchrun if the node has torch, or drop --torchrun-restarts")
+    return launch
+
+
+def _plan(spec: JobSpec, framework: str, nodes: int, gpus_per_node: int, k: int) -> Launch:
     if spec.launcher == "none":
         if spec.nproc_per_node not in (None, 1):
             raise BadInput("--nproc-per-node needs torchrun; --launcher none starts one process per node", "drop one of the two")
@@ -59,7 +70,33 @@ def plan(spec: JobSpec, framework: str, nodes: int, gpus_per_node: int) -> Launc
     return Launch(False, 1)
 
 
-def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_node: int, launch: Launch | None = None) -> dict[str, str]:
+def jax_cluster_env(ips: list[str], rank: int, job_id: str, gpus_per_node: int) -> dict[str, str]:
+    """What makes `jax.distributed.initialize()` work with no arguments, one process per node.
+
+    jax (0.10.2 and main: jax/_src/distributed.py) reads only JAX_COORDINATOR_ADDRESS from
+    the environment; the process count and id come from its cluster detection
+    (jax/_src/clusters/), which knows Open MPI, Slurm, mpi4py (opt-in), TPU VMs and
+    Kubernetes. Slurm's is the one that reads plain variables (slurm_cluster.py: all of
+    SLURM_JOB_ID, SLURM_STEP_NODELIST, SLURM_NTASKS, SLURM_PROCID, SLURM_LOCALID present);
+    Open MPI's needs OMPI_MCA_orte_hnp_uri, which would send any MPI library on the node
+    looking for an mpirun that does not exist. Slurm's local id would also give each
+    process one GPU (local_device_ids=[SLURM_LOCALID]); JAX_LOCAL_DEVICE_IDS, read first
+    (jax >= 0.4.32), keeps every GPU of the node with its one process. Set for jax clusters
+    only: Lightning, for one, takes SLURM_NTASKS to mean a Slurm job."""
+    env = {
+        "SLURM_JOB_ID": str(zlib.crc32(job_id.encode())),  # only jax's port fallback reads it; the address is given
+        "SLURM_STEP_NODELIST": ",".join(ips),  # jax takes the first entry as the coordinator's host, likewise a fallback
+        "SLURM_NTASKS": str(len(ips)),
+        "SLURM_PROCID": str(rank),
+        "SLURM_LOCALID": "0",
+    }
+    if gpus_per_node > 0:
+        env["JAX_LOCAL_DEVICE_IDS"] = ",".join(str(i) for i in range(gpus_per_node))
+    return env
+
+
+def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_node: int, launch: Launch | None = None,
+            framework: str = "") -> dict[str, str]:
     """The job environment for one node (README: "The job's environment")."""
     ips = [n.private_ip for n in cluster.nodes]
     port = job_port(job_id)
@@ -74,8 +111,8 @@ def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_nod
         "CLOUDTRAIN_GPUS_PER_NODE": str(gpus_per_node),
         "MASTER_ADDR": ips[0],
         "MASTER_PORT": str(port),
-        # jax.distributed.initialize() reads the address itself (jax 0.10.2 reads no process
-        # count or id from the environment outside Slurm/Open MPI/k8s/TPU): the script passes those.
+        # jax.distributed.initialize() reads the address itself; on a jax cluster the count
+        # and id reach it through jax_cluster_env below.
         "JAX_COORDINATOR_ADDRESS": f"{ips[0]}:{port + 1}",
         "JAX_NUM_PROCESSES": str(n),
         "JAX_PROCESS_ID": str(rank),
@@ -83,6 +120,8 @@ def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_nod
     if launch is None or not launch.torchrun:
         # One process per node: an env:// script finds its place without a launcher.
         env.update(RANK=str(rank), WORLD_SIZE=str(n), LOCAL_RANK="0", LOCAL_WORLD_SIZE="1")
+    if framework == "jax" and (launch is None or not launch.torchrun):
+        env.update(jax_cluster_env(ips, rank, job_id, gpus_per_node))
     if n > 1:
         # MultiWorkerMirroredStrategy: one worker per node, each on its own port (local nodes
         # share one machine, and TF's server listens on every interface).
@@ -118,14 +157,24 @@ def command(paths: NodePaths, job: JobPaths, spec: JobSpec, launch: Launch, env:
     program = [spec.script_rel, *spec.args]
     if not launch.torchrun:
         return [paths.python, "-u", *program]
+    if spec.torchrun_restarts:
+        # Restarts need torch's c10d rendezvous (torchrun's documented fault-tolerant form):
+        # under the static one a node restarts alone, and its new workers meet the old
+        # attempt's keys in the shared store (tried: gloo's connectFullMesh times out). c10d
+        # restarts every node together in a new round; ranks follow the nodes' --local-addr
+        # (sorted as text, then pid), and rank 0's address is its private one.
+        node_ip = env["CLOUDTRAIN_NODE_IPS"].split(",")[int(env["CLOUDTRAIN_NODE_RANK"])]
+        rdzv = ["--rdzv-backend", "c10d", "--rdzv-endpoint", f"{env['MASTER_ADDR']}:{env['MASTER_PORT']}",
+                "--rdzv-id", env["CLOUDTRAIN_JOB_ID"], "--local-addr", node_ip]
+    else:
+        rdzv = ["--node-rank", env["CLOUDTRAIN_NODE_RANK"],
+                "--rdzv-backend", "static", "--master-addr", env["MASTER_ADDR"], "--master-port", env["MASTER_PORT"]]
     return [
         paths.python, "-m", "torch.distributed.run",
-        "--nnodes", env["CLOUDTRAIN_NUM_NODES"], "--node-rank", env["CLOUDTRAIN_NODE_RANK"],
-        "--nproc-per-node", str(launch.nproc_per_node),
-        "--rdzv-backend", "static", "--master-addr", env["MASTER_ADDR"], "--master-port", env["MASTER_PORT"],
-        "--max-restarts", "0", "--monitor-interval", "1",
+        "--nnodes", env["CLOUDTRAIN_NUM_NODES"], "--nproc-per-node", str(launch.nproc_per_node), *rdzv,
+        "--max-restarts", str(spec.torchrun_restarts), "--monitor-interval", "1",
         *(["--tee", "3", "--log-dir", f"{job.dir}/torchrun"] if launch.nproc_per_node > 1 else []),
-        "--no-python", paths.python, "-I", "-S", f"{job.dir}/{WORKER_FILE}", f"{job.dir}/{FAILURES_FILE}",
+        "--no-python", paths.python, "-I", "-S", f"{job.dir}/{WORKER_FILE}", f"{job.dir}/{FAILURES_FILE}", job.main_pid,
         paths.python, "-u", *program,
     ]
 
@@ -142,11 +191,16 @@ def run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str], 
     if launch.torchrun and launch.nproc_per_node > 1:
         # Several local ranks share this node's log: each line says whose it is.
         exports += "export TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE='[local rank ${local_rank}] '\n"
+    if launch.torchrun and spec.torchrun_restarts:
+        # A fresh store for each round's workers (rank 0 opens it on a free port): the one
+        # c10d shares by default keeps the failed round's keys, and gloo reads them (tried).
+        exports += "export TORCH_DISABLE_SHARE_RDZV_TCP_STORE=1\n"
     argv = " ".join(q(a) for a in command(paths, job, spec, launch, env))
     failures = q(f"{job.dir}/{FAILURES_FILE}")
-    # torchrun exits 1 whatever its worker did: the job's status is the first failed worker's.
+    # torchrun exits 1 whatever its worker did: the job's status is that of the first worker
+    # that failed in the last attempt (first_failure, in awk: restarts add attempts).
     worker_code = (
-        f'if [ "$code" -ne 0 ] && [ -s {failures} ]; then code=$(head -n 1 {failures} | cut -d" " -f3); fi\n'
+        f'if [ "$code" -ne 0 ] && [ -s {failures} ]; then w=$(awk {q(LAST_ATTEMPT_AWK)} {failures}); code=${{w:-$code}}; fi\n'
         if launch.torchrun else ""
     )
     return (
@@ -167,9 +221,13 @@ def run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str], 
 
 
 def first_failure(text: str) -> tuple[int, int, int] | None:
-    """(local rank, global rank, exit code) of the first failed worker in a `failures` file."""
+    """(local rank, global rank, exit code) of the first worker that failed in the last attempt
+    recorded in a `failures` file ("LOCAL_RANK RANK CODE [ATTEMPT]" lines; torchrun restarts
+    a node's workers up to --torchrun-restarts times, and only the last attempt ended the job)."""
+    first: dict[int, tuple[int, int, int]] = {}
     for line in text.splitlines():
         parts = line.split()
-        if len(parts) == 3 and all(p.lstrip("-").isdigit() for p in parts):
-            return int(parts[0]), int(parts[1]), int(parts[2])
-    return None
+        if len(parts) in (3, 4) and all(p.lstrip("-").isdigit() for p in parts):
+            attempt = int(parts[3]) if len(parts) == 4 else 0
+            first.setdefault(attempt, (int(parts[0]), int(parts[1]), int(parts[2])))
+    return first[max(first)] if first else None

@@ -118,7 +118,7 @@ class JobRunner:
             self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
             if "requirements.txt" in files:
                 self._requirements(remote, paths, job)
-            env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch)
+            env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, framework)
             if launch.torchrun:
                 remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
             remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)

@@ -8,7 +8,8 @@ from typing import Optional
 import typer
 
 from cloudtrain import interrupts, provisioner
-from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_duration, parse_gpu
+from cloudtrain.errors import BadInput
+from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_duration, parse_gpu
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
 
@@ -57,6 +58,38 @@ def build_spec(
     )
 
 
+def with_task(ctx: typer.Context, path: object) -> dict:
+    """The command's parameters, merged with the task file's when `path` is one (taskfile.py):
+    flags given on the command line win over the file, the file over the flags' defaults."""
+    from cloudtrain import taskfile
+
+    params = dict(ctx.params)
+    if not taskfile.is_task(path):
+        return params
+    task = taskfile.load(path)  # type: ignore[arg-type]
+    given = {k for k in params if (src := ctx.get_parameter_source(k)) is not None and src.name == "COMMANDLINE"}
+    merged = taskfile.merge(task, params, given - {"script", "task"})
+    if "provider" in params and "gpu" not in given and not provisioner.get(merged["provider"]).needs_gpu:
+        if note := taskfile.without_gpu(merged, task.path):
+            say(note)
+    return merged
+
+
+def cluster_spec_of(p: dict) -> ClusterSpec:
+    return build_spec(p["provider"], p["nodes"], p["name"], p["framework"], p["gpu"], p["cuda"], p["region"], p["zone"], p["spot"],
+                      p["disk_gb"], p["image"], p["ssh_cidr"], p["cuda_toolkit"], p["autostop"], p["max_duration"])
+
+
+def job_spec_of(p: dict, detach: bool = False) -> JobSpec:
+    from cloudtrain import taskfile
+
+    if taskfile.is_task(p["script"]) and p.get("shell") is None:
+        raise BadInput(f"task file {p['script']} has no `run`", "add `run:` (a script path or shell commands) to the file")
+    return JobSpec.build(p["script"], p["workdir"], p["args"] or [], p["env"] or [], p["output"], detach, p["max_upload"], p["output_mode"],
+                         p["nproc_per_node"], p["launcher"], p["logs"], shell=p.get("shell"), setup=p.get("setup"), name=p.get("task_name"),
+                         secrets=p.get("secret"))
+
+
 class UpOptions:
     """The `up` flags, declared once for `up` and `launch`."""
 
@@ -74,4 +107,5 @@ class UpOptions:
     image = typer.Option("dl", "--image", help="dl (the cloud's deep-learning image) | ubuntu (bare Ubuntu LTS).")
     ssh_cidr = typer.Option(None, "--ssh-cidr", help="Who may reach SSH; default: your public address /32.")
     autostop = typer.Option(None, "--autostop", help="Stop the cluster after this long idle (30m, 2h, off); default 60m on clouds, off on local.")
+    task = typer.Argument(None, help="A task file (.yaml, SkyPilot-style keys; see the README); flags override it.")
     max_duration = typer.Option(None, "--max-duration", help="Stop the cluster this long after `up` whatever runs (8h); jobs get TERM, then KILL.")

@@ -109,6 +109,9 @@ def plan(spec: JobSpec, exclude: list[Path], say: Say) -> Shipment:
     if script is not None and script not in files:
         raise BadInput(f"script {script} never ships: {_guarded(roots, wd, script, wd / script)}", "run a script that holds no secret, outside the cloudtrain home and ~/.ssh")
     files.sort()
+    secret_files = {str(wd / rel) for rel in files} & {str(Path(f)) for f in spec.secrets.values() if f is not None}
+    if secret_files:  # it would sit on every node's disk: a --secret's value travels only to the job's environment
+        raise BadInput(f"secret file {sorted(secret_files)[0]} is inside the workdir and would ship to the nodes", "move it out of the workdir, or leave it out with .cloudtrainignore")
     size = total_size(wd, files)
 
     def biggest() -> str:

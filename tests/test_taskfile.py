@@ -16,6 +16,7 @@ from conftest import Cli, _sshd_pids_under, one_line_error
 
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import cluster_spec_of, job_spec_of, with_task
+from cloudtrain.errors import BadInput
 
 import cloudtrain.cli  # noqa: F401  (registers the commands on `app`)
 
@@ -101,30 +102,39 @@ def test_a_run_snippet_and_setup_become_the_job_s_shell_parts(project: Path) -> 
     assert job.workdir == project and job.script_rel is None
 
 
-def _refused(cli: Cli, text: str, *flags: str) -> str:
-    path = cli.cwd / "bad.yaml"
-    path.write_text(textwrap.dedent(text))
-    proc = cli("launch", str(path), *flags)
-    assert proc.returncode == 2, proc.stderr
-    line = one_line_error(proc).lower()
-    assert not (cli.home / "clusters").exists() or not any((cli.home / "clusters").iterdir())
-    return line
+def _refused_here(project: Path, text: str, *flags: str) -> str:
+    """The BadInput the CLI would print (as its one line) for this task file."""
+    (project / "bad.yaml").write_text(textwrap.dedent(text))
+    with pytest.raises(BadInput) as e:
+        _specs(["bad.yaml", *flags])
+    return e.value.line().lower()
 
 
-def test_unknown_refused_and_damaged_task_files_are_one_line_exit_2(cli: Cli) -> None:
-    assert "unknown key `num_node`" in (line := _refused(cli, "num_node: 2\nrun: echo hi\n")) and "did you mean `num_nodes`" in line
-    assert "did you mean `resources.accelerators`" in _refused(cli, "resources:\n  accelerator: T4\nrun: echo hi\n")
-    assert "`file_mounts` is not supported" in _refused(cli, "file_mounts:\n  /data: s3://bucket\nrun: echo hi\n")
-    assert "`resources.instance_type` is not supported" in _refused(cli, "resources:\n  instance_type: p3.2xlarge\nrun: echo hi\n")
-    assert "`service` is not supported" in _refused(cli, "service:\n  readiness_probe: /\nrun: echo hi\n")
-    assert "not valid yaml at line 2" in _refused(cli, "run: echo hi\n  bad: [unclosed\n")
-    assert "is not a mapping" in _refused(cli, "- just\n- a list\n")
-    assert "holds a value" in _refused(cli, "secrets:\n  TOKEN: abc123\nrun: echo hi\n")
-    assert "has no `run`" in _refused(cli, "num_nodes: 1\n", "--framework", "none")
-    assert "the local provider has no gpus" in _refused(cli, "run: echo hi\n", "--gpu", "t4")  # a flag is never dropped
+def test_unknown_and_refused_keys_name_the_key_and_what_to_do(project: Path) -> None:
+    assert "unknown key `num_node`" in (line := _refused_here(project, "num_node: 2\nrun: echo hi\n")) and "did you mean `num_nodes`" in line
+    assert "did you mean `resources.accelerators`" in _refused_here(project, "resources:\n  accelerator: T4\nrun: echo hi\n")
+    assert "`file_mounts` is not supported" in _refused_here(project, "file_mounts:\n  /data: s3://bucket\nrun: echo hi\n")
+    assert "`resources.instance_type` is not supported" in _refused_here(project, "resources:\n  instance_type: p3.2xlarge\nrun: echo hi\n")
+    assert "`service` is not supported" in _refused_here(project, "service:\n  readiness_probe: /\nrun: echo hi\n")
+    assert "is not a mapping" in _refused_here(project, "- just\n- a list\n")
+    assert "holds a value" in _refused_here(project, "secrets:\n  TOKEN: abc123\nrun: echo hi\n")
+    assert "has no `run`" in _refused_here(project, "num_nodes: 1\n")
+    assert "several candidates" in _refused_here(project, "resources:\n  accelerators: [T4, L4]\nrun: echo hi\n")
+    assert "cloud 'k8s' is not supported" in _refused_here(project, "resources:\n  infra: k8s/my-context\nrun: echo hi\n")
+    (project / "bad.yaml").write_text("run: echo hi\n")
+    assert _specs(["bad.yaml", "--gpu", "t4"])[0].gpu == "t4"  # a flag's GPU is never dropped: local then refuses it
+
+
+def test_a_damaged_or_unknown_task_file_is_one_line_exit_2_through_the_cli(cli: Cli) -> None:
+    (cli.cwd / "bad.yaml").write_text("run: echo hi\n  bad: [unclosed\n")
     (cli.cwd / "bin.yaml").write_bytes(b"\xff\xfe\x00garbage")
-    proc = cli("up", "bin.yaml")
-    assert proc.returncode == 2 and "cannot read task file" in one_line_error(proc)
+    (cli.cwd / "typo.yaml").write_text("num_node: 2\nrun: echo hi\n")
+    for args, words in ((["launch", "bad.yaml"], "not valid yaml at line 2"), (["up", "bin.yaml"], "cannot read task file"),
+                        (["run", "typo.yaml"], "did you mean `num_nodes`")):
+        proc = cli(*args)
+        assert proc.returncode == 2, proc.stderr
+        assert words in one_line_error(proc).lower()
+    assert not (cli.home / "clusters").exists() or not any((cli.home / "clusters").iterdir())
 
 
 @pytest.fixture(scope="module")
@@ -221,14 +231,34 @@ run: |
 """
 
 
-def test_a_plain_skypilot_task_file_launches_on_the_local_provider(cli: Cli, tmp_path: Path) -> None:
-    proj = tmp_path / "hello-sky"
-    proj.mkdir()
-    (proj / "hello_sky.yaml").write_text(HELLO_SKY)
-    (proj / "train.py").write_text("import os\nopen(os.environ['CLOUDTRAIN_OUTPUT_DIR'] + '/model.txt', 'w').write('trained')\n")
-    proc = cli("launch", "hello_sky.yaml", "--provider", "local", "--framework", "none", "--output", str(tmp_path / "out"), cwd=proj, timeout=300)
+def _hello_sky(folder: Path) -> Path:
+    folder.mkdir()
+    (folder / "hello_sky.yaml").write_text(HELLO_SKY)
+    (folder / "train.py").write_text("import os\nopen(os.environ['CLOUDTRAIN_OUTPUT_DIR'] + '/model.txt', 'w').write('trained')\n")
+    return folder / "hello_sky.yaml"
+
+
+def test_a_plain_skypilot_task_file_s_gpu_is_dropped_on_local_with_a_note(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]) -> None:
+    monkeypatch.chdir(_hello_sky(tmp_path / "hello-sky").parent)
+    cluster, job = _specs(["hello_sky.yaml", "--provider", "local", "--framework", "none"])
+    assert (cluster.provider, cluster.gpu) == ("local", None)
+    assert "hello_sky.yaml asks for GPU a100:8; the local provider has none, so it runs on CPU" in capsys.readouterr().err
+    assert _specs(["hello_sky.yaml"])[0].gpu == "a100"  # on the cloud it names, the GPU stands
+
+
+def test_a_plain_skypilot_task_file_runs_as_it_is(cluster: Cli, tmp_path: Path) -> None:
+    task = _hello_sky(tmp_path / "hello-sky")
+    proc = cluster("run", task.name, "--output", str(tmp_path / "out"), cwd=task.parent)
     assert proc.returncode == 0, proc.stderr
-    assert "asks for GPU a100:8; the local provider has none, so it runs on CPU" in proc.stderr
     log = (tmp_path / "out" / "log.txt").read_text()
     assert "Running setup." in log and "Hello, SkyPilot!" in log
     assert (tmp_path / "out" / "model.txt").read_text() == "trained"
+
+
+@pytest.mark.parametrize("name", ["aws", "gcp", "azure", "local"])
+def test_the_example_task_files_build_specs(name: str, monkeypatch: pytest.MonkeyPatch) -> None:
+    examples = Path(__file__).resolve().parent.parent / "examples"
+    monkeypatch.chdir(examples)
+    cluster, job = _specs([f"{name}.yaml"])
+    assert cluster.provider == name and job.workdir == examples
+    assert (cluster.gpu, job.script_rel) == ((None, None) if name == "local" else ("t4", "mnist.py"))

@@ -335,13 +335,7 @@ class JobSpec:
 
     def script_sha256(self) -> str:
         """What ran: the script's bytes, or the shell snippet's."""
-        if self.shell is not None:
-            return hashlib.sha256(self.shell.encode()).hexdigest()
-        digest = hashlib.sha256()
-        with open(self.script, "rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-        return digest.hexdigest()
+        return hashlib.sha256(self.shell.encode() if self.shell is not None else self.script.read_bytes()).hexdigest()
 
 
 _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
@@ -350,8 +344,6 @@ _SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
 def parse_secrets(items: list[str]) -> dict[str, str | None]:
     """`--secret NAME` (from the caller's environment) or `--secret NAME=@FILE`, checked now so a
     missing one is refused before anything exists; the value itself is read when the job starts."""
-    import os
-
     found: dict[str, str | None] = {}
     for item in items:
         name, sep, source = item.partition("=")

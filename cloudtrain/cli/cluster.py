@@ -53,7 +53,7 @@ def up(
     from cloudtrain import lifecycle  # here, not at the top: `--help` and `status` stay fast
 
     store = Store()
-    spec = cluster_spec_of(with_task(ctx, task))
+    spec = cluster_spec_of(with_task(ctx, task, only_task=True))
     if preview:
         lifecycle.check(store, spec)
         prov = provisioners.get(spec.provider)

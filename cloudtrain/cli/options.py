@@ -58,12 +58,14 @@ def build_spec(
     )
 
 
-def with_task(ctx: typer.Context, path: object) -> dict:
+def with_task(ctx: typer.Context, path: object, only_task: bool = False) -> dict:
     """The command's parameters, merged with the task file's when `path` is one (taskfile.py):
     flags given on the command line win over the file, the file over the flags' defaults."""
     from cloudtrain import taskfile
 
     params = dict(ctx.params)
+    if only_task and path is not None and not taskfile.is_task(path):
+        raise BadInput(f"{path} is not a task file", "name a .yaml task file, or leave it out and use flags")
     if not taskfile.is_task(path):
         return params
     task = taskfile.load(path)  # type: ignore[arg-type]
@@ -93,6 +95,7 @@ def job_spec_of(p: dict, detach: bool = False) -> JobSpec:
 class UpOptions:
     """The `up` flags, declared once for `up` and `launch`."""
 
+    task = typer.Argument(None, help="A task file (.yaml, SkyPilot-style keys; see the README); flags override it.")
     provider = typer.Option("local", "--provider", "-p", help="local | aws | gcp | azure.")
     nodes = typer.Option(1, "--nodes", "-n", help="How many nodes.")
     name = typer.Option(None, "--name", help="Cluster name [a-z0-9-]; default 'local', or '<provider>-<gpu>'.")
@@ -107,5 +110,4 @@ class UpOptions:
     image = typer.Option("dl", "--image", help="dl (the cloud's deep-learning image) | ubuntu (bare Ubuntu LTS).")
     ssh_cidr = typer.Option(None, "--ssh-cidr", help="Who may reach SSH; default: your public address /32.")
     autostop = typer.Option(None, "--autostop", help="Stop the cluster after this long idle (30m, 2h, off); default 60m on clouds, off on local.")
-    task = typer.Argument(None, help="A task file (.yaml, SkyPilot-style keys; see the README); flags override it.")
     max_duration = typer.Option(None, "--max-duration", help="Stop the cluster this long after `up` whatever runs (8h); jobs get TERM, then KILL.")

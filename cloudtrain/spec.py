@@ -7,7 +7,9 @@ quota) live with the catalog and the provisioners; this module owns what is comm
 from __future__ import annotations
 
 import contextvars
+import hashlib
 import ipaddress
+import os
 import re
 from os import path as os_path
 from dataclasses import asdict, dataclass, field
@@ -236,6 +238,14 @@ class JobSpec:
     launcher: str = "auto"  # one of LAUNCHERS
     logs: str = "rank0"  # one of LOGS: what `run` streams
     torchrun_restarts: int = 0  # torchrun's --max-restarts: worker-group restarts per node
+    # A task file's (taskfile.py): `run` as a shell snippet instead of a script, `setup` run once
+    # per node per distinct content, and the job's name (its id's stem).
+    shell: str | None = None
+    setup: str | None = None
+    name: str | None = None
+    # Secret NAME -> None (the value is the caller's environment's) or the file holding it. Only
+    # where the value comes from: values are read when the job starts (jobs/secrets.py).
+    secrets: dict[str, str | None] = field(default_factory=dict)
 
     @classmethod
     def build(
@@ -252,7 +262,13 @@ class JobSpec:
         launcher: str = "auto",
         logs: str = "rank0",
         torchrun_restarts: int = 0,
+        shell: str | None = None,
+        setup: str | None = None,
+        name: str | None = None,
+        secrets: list[str] | None = None,
     ) -> "JobSpec":
+        if shell is not None:
+            return cls._shell_job(shell, workdir, args, env, output, detach, max_upload, output_mode, nproc_per_node, launcher, logs, setup, name, secrets)
         # The folder the user named is resolved, the script's own name is not: `run link.py`
         # means "the folder link.py is in", never the folder its target happens to live in.
         plain = Path(os_path.abspath(Path(script).expanduser()))
@@ -290,8 +306,64 @@ class JobSpec:
             launcher=launcher,
             logs=logs,
             torchrun_restarts=torchrun_restarts,
+            setup=setup,
+            name=name,
+            secrets=parse_secrets(secrets or []),
+        )
+
+    @classmethod
+    def _shell_job(cls, shell: str, workdir: str | Path | None, args: list[str] | tuple[str, ...], env: list[str] | None, output: str | Path | None,
+                   detach: bool, max_upload: str | None, output_mode: str | None, nproc_per_node: int | None, launcher: str, logs: str,
+                   setup: str | None, name: str | None, secrets: list[str] | None) -> "JobSpec":
+        """A task file's `run` snippet: one bash per node, in the workdir (default: here)."""
+        if args:
+            raise BadInput("a shell `run` takes no script arguments", "put them in the task file's `run`")
+        if launcher == "torchrun" or nproc_per_node is not None:
+            raise BadInput("a shell `run` starts one process per node", "call torchrun in the `run` snippet itself, or name a Python script in `run`")
+        wd = Path(workdir).expanduser().resolve() if workdir else Path.cwd()
+        if not wd.is_dir():
+            raise BadInput(f"workdir {workdir} is not a directory", "name the folder to ship")
+        if logs not in LOGS:
+            raise BadInput(f"unknown --logs {logs!r}", f"choose one of {', '.join(LOGS)}")
+        return cls(
+            script=wd, workdir=wd, env=parse_env(env or []), output=check_output(output, output_mode), detach=detach,
+            max_upload=parse_size(max_upload) if max_upload is not None else None, output_mode=output_mode,
+            launcher="none", logs=logs, shell=shell, setup=setup, name=name, secrets=parse_secrets(secrets or []),
         )
 
     @property
-    def script_rel(self) -> str:
-        return self.script.relative_to(self.workdir).as_posix()
+    def script_rel(self) -> str | None:
+        """The script, relative to the workdir; None for a shell `run`."""
+        return None if self.shell is not None else self.script.relative_to(self.workdir).as_posix()
+
+    @property
+    def stem(self) -> Path:
+        """What the job id is named after: the task's name, else the script's."""
+        return Path(self.name) if self.name else (Path("task") if self.shell is not None else self.script)
+
+    def script_sha256(self) -> str:
+        """What ran: the script's bytes, or the shell snippet's."""
+        return hashlib.sha256(self.shell.encode() if self.shell is not None else self.script.read_bytes()).hexdigest()
+
+
+_SECRET_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]*$")
+
+
+def parse_secrets(items: list[str]) -> dict[str, str | None]:
+    """`--secret NAME` (from the caller's environment) or `--secret NAME=@FILE`, checked now so a
+    missing one is refused before anything exists; the value itself is read when the job starts."""
+    found: dict[str, str | None] = {}
+    for item in items:
+        name, sep, source = item.partition("=")
+        if not _SECRET_NAME.match(name) or (sep and not source.startswith("@")):
+            raise BadInput(f"invalid --secret {item!r}", "write --secret NAME (its value from your environment) or --secret NAME=@FILE")
+        if sep:
+            path = Path(source[1:]).expanduser().resolve()
+            if not path.is_file() or not os.access(path, os.R_OK):
+                raise BadInput(f"--secret {name}: {source[1:]} is not a readable file", "name the file that holds the secret's value")
+            found[name] = str(path)
+        elif name not in os.environ:
+            raise BadInput(f"secret {name} is not set in your environment", f"export {name}=... first, or pass --secret {name}=@FILE")
+        else:
+            found[name] = None
+    return found

@@ -16,7 +16,7 @@ import typer
 from cloudtrain import provisioner as provisioners
 from cloudtrain.cli import completion
 from cloudtrain.cli.app import app
-from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
+from cloudtrain.cli.options import ClusterOpt, UpOptions, cluster_spec_of, say, with_task
 from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, MissingTool, NotFound
 from cloudtrain.jobs.record import all_jobs
 from cloudtrain.reachability import mark_silent_nodes, silent_line
@@ -28,6 +28,8 @@ O = UpOptions
 
 @app.command()
 def up(
+    ctx: typer.Context,
+    task: Optional[Path] = O.task,
     provider: str = O.provider,
     nodes: int = O.nodes,
     name: Optional[str] = O.name,
@@ -49,17 +51,17 @@ def up(
 ) -> None:
     """Create a cluster and make it ready (bootstrapped).
 
-    Example: cloudtrain up --provider local --nodes 2 --framework torch==2.13.0
+    Example: cloudtrain up --provider local --nodes 2 --framework torch==2.13.0  (or: cloudtrain up task.yaml)
 
     Your own machines: cloudtrain up --provider ssh --host me@gpu-box --identity ~/.ssh/id_ed25519
     """
     from cloudtrain import lifecycle  # here, not at the top: `--help` and `status` stay fast
 
     store = Store()
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration, host, identity)
+    spec = cluster_spec_of(with_task(ctx, task, only_task=True))
     if preview:
         lifecycle.check(store, spec)
-        prov = provisioners.get(provider)
+        prov = provisioners.get(spec.provider)
         if not prov.supports_preview:
             print(prov.describe(spec))
             return

@@ -11,10 +11,10 @@ import typer
 from cloudtrain import interrupts
 from cloudtrain.cli import completion
 from cloudtrain.cli.app import app
-from cloudtrain.cli.options import ClusterOpt, UpOptions, build_spec, say
+from cloudtrain.cli.options import ClusterOpt, UpOptions, cluster_spec_of, job_spec_of, say, with_task
 from cloudtrain.errors import BadInput, CloudtrainError, JobFailed
 from cloudtrain.jobs.record import JobRecord, exit_meaning
-from cloudtrain.spec import JobSpec, check_output
+from cloudtrain.spec import check_output
 from cloudtrain.state import Store
 
 if TYPE_CHECKING:
@@ -23,6 +23,7 @@ if TYPE_CHECKING:
 O = UpOptions
 WorkdirOpt = typer.Option(None, "--workdir", "-w", help="Folder to ship (default: the script's folder).")
 EnvOpt = typer.Option(None, "--env", "-e", help="K=V set in the job's environment; repeatable.")
+SecretOpt = typer.Option(None, "--secret", help="NAME (its value from your environment) or NAME=@FILE: in the job's environment only, never in a file, argv or log; repeatable.")
 OutputOpt = typer.Option(None, "--output", "-o", help="Where outputs land (default: ./runs/<job-id>).")
 OutputModeOpt = typer.Option(None, "--output-mode", help="When --output is not empty: merge (keep other files, overwrite same names) | replace (empty a folder cloudtrain filled).")
 MaxUploadOpt = typer.Option(None, "--max-upload", help="Refuse a workdir bigger than this, e.g. 500M or 2G (powers of 1024).")
@@ -55,11 +56,13 @@ def _runner(store: Store, cluster: Optional[str]) -> "JobRunner":
 
 @app.command()
 def run(
-    script: Path = typer.Argument(..., help="The Python script to run, inside the workdir."),
+    ctx: typer.Context,
+    script: Path = typer.Argument(..., help="The Python script to run, inside the workdir, or a task file (.yaml)."),
     args: Optional[List[str]] = ArgsArg,
     cluster: Optional[str] = ClusterOpt,
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
+    secret: Optional[List[str]] = SecretOpt,
     output: Optional[Path] = OutputOpt,
     output_mode: Optional[str] = OutputModeOpt,
     max_upload: Optional[str] = MaxUploadOpt,
@@ -76,7 +79,7 @@ def run(
     """
     from cloudtrain.jobs import session, shipment
 
-    spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode, nproc_per_node, launcher, logs, torchrun_restarts)
+    spec = job_spec_of(with_task(ctx, script), detach)
     store = Store()
     with _runner(store, cluster) as runner:  # one session per node for the whole command
         record, code = session.run(store, runner, shipment.prepare(spec, say), say)
@@ -155,7 +158,8 @@ def cancel(
 
 @app.command()
 def launch(
-    script: Path = typer.Argument(..., help="The Python script to run, inside the workdir."),
+    ctx: typer.Context,
+    script: Path = typer.Argument(..., help="The Python script to run, inside the workdir, or a task file (.yaml)."),
     args: Optional[List[str]] = ArgsArg,
     provider: str = O.provider,
     nodes: int = O.nodes,
@@ -176,6 +180,7 @@ def launch(
     identity: Optional[Path] = O.identity,
     workdir: Optional[Path] = WorkdirOpt,
     env: Optional[List[str]] = EnvOpt,
+    secret: Optional[List[str]] = SecretOpt,
     output: Optional[Path] = OutputOpt,
     output_mode: Optional[str] = OutputModeOpt,
     max_upload: Optional[str] = MaxUploadOpt,
@@ -194,8 +199,9 @@ def launch(
     from cloudtrain.jobs.runner import JobRunner
 
     store = Store()
-    job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs, torchrun_restarts), say)
-    spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration, host, identity)
+    p = with_task(ctx, script)
+    job = shipment.prepare(job_spec_of(p), say)
+    spec = cluster_spec_of(p)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None

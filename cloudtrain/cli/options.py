@@ -11,7 +11,7 @@ import typer
 from cloudtrain import interrupts, provisioner
 from cloudtrain.cli import completion
 from cloudtrain.errors import BadInput
-from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_duration, parse_gpu
+from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_duration, parse_gpu
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.", autocompletion=completion.cluster_names)
 
@@ -66,9 +66,44 @@ def build_spec(
     )
 
 
+def with_task(ctx: typer.Context, path: object, only_task: bool = False) -> dict:
+    """The command's parameters, merged with the task file's when `path` is one (taskfile.py):
+    flags given on the command line win over the file, the file over the flags' defaults."""
+    from cloudtrain import taskfile
+
+    params = dict(ctx.params)
+    if only_task and path is not None and not taskfile.is_task(path):
+        raise BadInput(f"{path} is not a task file", "name a .yaml task file, or leave it out and use flags")
+    if not taskfile.is_task(path):
+        return params
+    task = taskfile.load(path)  # type: ignore[arg-type]
+    given = {k for k in params if (src := ctx.get_parameter_source(k)) is not None and src.name == "COMMANDLINE"}
+    merged = taskfile.merge(task, params, given - {"script", "task"})
+    if "provider" in params and "gpu" not in given and not provisioner.get(merged["provider"]).needs_gpu:
+        if note := taskfile.without_gpu(merged, task.path):
+            say(note)
+    return merged
+
+
+def cluster_spec_of(p: dict) -> ClusterSpec:
+    return build_spec(p["provider"], p["nodes"], p["name"], p["framework"], p["gpu"], p["cuda"], p["region"], p["zone"], p["spot"],
+                      p["disk_gb"], p["image"], p["ssh_cidr"], p["cuda_toolkit"], p["autostop"], p["max_duration"], p.get("host"), p.get("identity"))
+
+
+def job_spec_of(p: dict, detach: bool = False) -> JobSpec:
+    from cloudtrain import taskfile
+
+    if taskfile.is_task(p["script"]) and p.get("shell") is None:
+        raise BadInput(f"task file {p['script']} has no `run`", "add `run:` (a script path or shell commands) to the file")
+    return JobSpec.build(p["script"], p["workdir"], p["args"] or [], p["env"] or [], p["output"], detach, p["max_upload"], p["output_mode"],
+                         p["nproc_per_node"], p["launcher"], p["logs"], p.get("torchrun_restarts", 0), shell=p.get("shell"), setup=p.get("setup"), name=p.get("task_name"),
+                         secrets=p.get("secret"))
+
+
 class UpOptions:
     """The `up` flags, declared once for `up` and `launch`."""
 
+    task = typer.Argument(None, help="A task file (.yaml, SkyPilot-style keys; see the README); flags override it.")
     provider = typer.Option("local", "--provider", "-p", help="local | ssh | aws | gcp | azure.")
     nodes = typer.Option(1, "--nodes", "-n", help="How many nodes.")
     name = typer.Option(None, "--name", help="Cluster name [a-z0-9-]; default 'local', or '<provider>-<gpu>'.")

@@ -119,6 +119,7 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         "script": record.script,
         "args": record.args,
         "env_keys": record.env_keys,
+        "secret_names": record.extra.get("secrets", []),  # names only: values are never recorded
         "workdir": record.workdir,
         "script_sha256": record.extra.get("script_sha256"),
         "git": record.extra.get("git"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudtrain.errors import BadInput
+from cloudtrain.jobs import task_shell
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.machine import Cluster
 from cloudtrain.spec import JobSpec
@@ -154,6 +155,8 @@ def _ifname_sh(q_python: str, address: str) -> str:
 
 def command(paths: NodePaths, job: JobPaths, spec: JobSpec, launch: Launch, env: dict[str, str]) -> list[str]:
     """The argv that starts the job on this node."""
+    if spec.shell is not None:  # a task file's `run` snippet
+        return task_shell.command(paths, spec.shell)
     program = [spec.script_rel, *spec.args]
     if not launch.torchrun:
         return [paths.python, "-u", *program]

@@ -19,13 +19,14 @@ from cloudtrain.errors import CloudtrainError, CommandFailed
 from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs import follow as following
 from cloudtrain.jobs import launch as launching
-from cloudtrain.jobs import sync
+from cloudtrain.jobs import secrets as secrets_
+from cloudtrain.jobs import sync, task_shell
 from cloudtrain.jobs.record import JobRecord, new_job_id
 from cloudtrain.jobs import destination
 from cloudtrain.jobs import shipment as shipping
 from cloudtrain.jobs.sessions import Sessions
 from cloudtrain.jobs.shipment import Shipment
-from cloudtrain.jobs.workdir import git_commit, sha256_file
+from cloudtrain.jobs.workdir import git_commit
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.remote import SshRemote
@@ -87,7 +88,8 @@ class JobRunner:
         gpus = [len(load_facts(self.cdir, n).get("gpus") or []) for n in self.cluster.nodes]
         framework = self.cdir.load().spec.framework.name
         launch = launching.plan(spec, framework, len(self.cluster.nodes), min(gpus))  # refused before anything is claimed
-        job_id = new_job_id(spec.script)
+        secrets = secrets_.values(spec.secrets)  # read once; refused before anything is claimed
+        job_id = new_job_id(spec.stem)
         output = spec.output or (Path.cwd() / "runs" / job_id)
         # Before the record: a folder that cannot take this job's outputs must not end up owed them.
         destination.claim(output, spec.output_mode, job_id, spec.workdir, explicit=spec.output is not None)
@@ -95,13 +97,13 @@ class JobRunner:
             job_id=job_id,
             cluster=self.cluster.name,
             output=str(output),
-            script=spec.script_rel,
+            script=spec.script_rel or "(task run)",
             args=list(spec.args),
             env_keys=sorted(spec.env),
             workdir=str(spec.workdir),
             nodes=[n.name for n in self.cluster.nodes],
             cluster_created_at=self.cdir.load().created_at,
-            extra={"script_sha256": sha256_file(spec.script), "git": git_commit(spec.workdir), "files": len(files),
+            extra={"script_sha256": spec.script_sha256(), "secrets": sorted(spec.secrets), "git": git_commit(spec.workdir), "files": len(files),
                    "launcher": "torchrun" if launch.torchrun else "none", "nproc_per_node": launch.nproc_per_node, "logs": spec.logs},
         )
         record.status = "starting"
@@ -119,6 +121,8 @@ class JobRunner:
             if "requirements.txt" in files:
                 self._requirements(remote, paths, job)
             env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, framework)
+            if spec.setup is not None:  # a task file's (jobs/task_shell.py)
+                task_shell.setup(remote, paths, job, spec.setup, {**env, **spec.env, **secrets}, self.say)
             if launch.torchrun:
                 remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
             remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)
@@ -129,6 +133,9 @@ class JobRunner:
             paths = self.paths(remote)
             job = paths.job(job_id)
             q = shlex.quote
+            if secrets:  # over the channel's stdin, never on the node's disk (jobs/secrets.py)
+                secrets_.start(remote, paths, job, linger, secrets)
+                return
             # The session leader's pid is the job's session id: every process of the job
             # carries it, whatever becomes of the wrapper (track.py).
             remote.run(

@@ -79,7 +79,7 @@ def plan(spec: JobSpec, exclude: list[Path], say: Say) -> Shipment:
     """Decide what ships; BadInput (nothing shipped, nothing created) when it cannot be what was meant."""
     wd, script, roots = spec.workdir, spec.script_rel, _protected()
     names = candidates(wd, exclude)
-    if script not in names:
+    if script is not None and script not in names:  # None: a task's shell `run`
         why = ignored_by(wd, script, exclude) or "the workdir's ignore rules"
         raise BadInput(f"script {script} would not ship: it is left out by {why}", "remove that rule or rename the script, then run again")
     left_out: dict[str, None] = {}  # an ordered set of "name (why)"
@@ -106,9 +106,12 @@ def plan(spec: JobSpec, exclude: list[Path], say: Say) -> Shipment:
         else:
             where = "something that does not ship" if real.is_relative_to(wd) else "outside the workdir"
             left_out[f"{rel} -> {os.readlink(wd / rel)} (a link to {where}; not followed)"] = None
-    if script not in files:
+    if script is not None and script not in files:
         raise BadInput(f"script {script} never ships: {_guarded(roots, wd, script, wd / script)}", "run a script that holds no secret, outside the cloudtrain home and ~/.ssh")
     files.sort()
+    secret_files = {str(wd / rel) for rel in files} & {str(Path(f)) for f in spec.secrets.values() if f is not None}
+    if secret_files:  # it would sit on every node's disk: a --secret's value travels only to the job's environment
+        raise BadInput(f"secret file {sorted(secret_files)[0]} is inside the workdir and would ship to the nodes", "move it out of the workdir, or leave it out with .cloudtrainignore")
     size = total_size(wd, files)
 
     def biggest() -> str:

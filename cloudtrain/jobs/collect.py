@@ -17,6 +17,18 @@ from cloudtrain.machine import Node
 if TYPE_CHECKING:
     from cloudtrain.jobs.runner import JobRunner
 
+# Written into a job's folder by the node's watchdog before it signals the job
+# (bootstrap/node/watchdog.py): the job's end is then named for what caused it.
+ENDED_BY = "ended_by.json"
+
+
+def _ended_by(remote: object, job_dir: str) -> dict | None:
+    try:
+        marker = json.loads(remote.read_from(f"{job_dir}/{ENDED_BY}", 0) or b"null")  # type: ignore[attr-defined]
+    except ValueError:
+        return None  # damaged: the exit status alone still says how the job ended
+    return marker if isinstance(marker, dict) else None
+
 
 def _reserved(rank: int) -> dict[str, str]:
     """A job's own log.txt / run.json / manifest.json would be overwritten by cloudtrain's:
@@ -49,6 +61,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
     full disk, a lost node) raises after recording what did come home, and the job stays owed."""
     output = Path(record.output)
     started = time.monotonic()
+    ended_by: dict[int, dict] = {}
 
     def fetch(rank: int, node: Node) -> tuple[dict, dict[str, str]] | CloudtrainError:
         dest = output if rank == 0 else output / f"rank-{rank}"
@@ -57,6 +70,9 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
             remote = runner.remote(node)
             job = runner.paths(remote).job(record.job_id)
             got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank))
+            marker = _ended_by(remote, job.dir)
+            if marker is not None:
+                ended_by[rank] = marker
         except CloudtrainError as e:
             return e
         for theirs, ours in got.renamed:
@@ -80,6 +96,8 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         runner.say(f"warning: {len(missing)} output file(s) could not be brought home, the rest did: {shown}{' ...' if len(missing) > 5 else ''}")
         record.extra["outputs_incomplete"] = sorted(missing)
     record.timings["fetch_s"] = round(time.monotonic() - started, 3)
+    if ended_by:
+        record.extra["ended_by"] = min(ended_by.values(), key=lambda m: m.get("at") or 0)
     summary, series = metrics.read(output)
     run = {
         "job_id": record.job_id,
@@ -100,6 +118,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "metrics": summary,
         "metrics_points": len(series),
         "outputs": {"complete": not missing, **({"missing": missing} if missing else {})},
+        **({"ended_by": record.extra["ended_by"]} if "ended_by" in record.extra else {}),
     }
     (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     record.status = "fetched"

@@ -221,6 +221,25 @@ class AwsProvisioner(CloudProvisioner):
 class GcpProvisioner(CloudProvisioner):
     name: ClassVar[str] = "gcp"
     signals: ClassVar[failover.Signals] = cloud_errors.GCP
+    can_stop: ClassVar[bool] = True
+    default_autostop_s: ClassVar[int | None] = 3600
+
+    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
+        from cloudtrain.provisioner import power_gcp  # google.auth loads only for GCP clusters
+
+        cluster = super().create(spec, cdir, record)
+        power_gcp.remember(dataclasses.replace(record, cluster=cluster))  # its VM names, into provider_state
+        return cluster
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        from cloudtrain.provisioner import power_gcp
+
+        return power_gcp.observed_stop(record)
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        from cloudtrain.provisioner import power_gcp
+
+        return power_gcp.start(record)
 
 
 class AzureProvisioner(CloudProvisioner):

@@ -204,7 +204,9 @@ class AwsProvisioner(CloudProvisioner):
         from cloudtrain.provisioner import power_aws  # boto3 loads only for AWS clusters
 
         cluster = super().create(spec, cdir, record)
-        power_aws.remember(dataclasses.replace(record, cluster=cluster))  # its instance ids, into provider_state
+        made = dataclasses.replace(record, cluster=cluster)
+        power_aws.remember(made)
+        record.provider_state = made.provider_state  # with its instance ids: saved by the caller
         return cluster
 
     def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
@@ -228,7 +230,9 @@ class GcpProvisioner(CloudProvisioner):
         from cloudtrain.provisioner import power_gcp  # google.auth loads only for GCP clusters
 
         cluster = super().create(spec, cdir, record)
-        power_gcp.remember(dataclasses.replace(record, cluster=cluster))  # its VM names, into provider_state
+        made = dataclasses.replace(record, cluster=cluster)
+        power_gcp.remember(made)
+        record.provider_state = made.provider_state  # with its VM names: saved by the caller
         return cluster
 
     def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:

@@ -307,9 +307,3 @@ def test_launch_past_its_max_duration_brings_the_partial_outputs_home_and_says_w
     assert (ct.cwd / "runs" / job_id / "epoch1.txt").read_text() == "epoch 1"
     assert not (ct.home / "clusters" / "local").exists()
 
-
-def test_azure_autostop_is_refused_until_it_can_see_a_stopped_vm(cli: Cli) -> None:
-    proc = cli("up", "--provider", "azure", "--gpu", "t4", "--ssh-cidr", "198.51.100.7/32", "--autostop", "30m")
-    assert proc.returncode == 2
-    assert "azure provider cannot stop its nodes yet" in one_line_error(proc)
-    assert not (cli.home / "clusters").exists() or not any((cli.home / "clusters").iterdir())

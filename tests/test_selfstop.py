@@ -118,12 +118,11 @@ def test_aws_and_gcp_shut_down(sandbox) -> None:
     assert Azure.calls == []
 
 
-@pytest.mark.parametrize("provider,method,can_stop", [("aws", "shutdown", True), ("gcp", "shutdown", True), ("azure", "azure-deallocate", False)])
+@pytest.mark.parametrize("provider,method,can_stop", [("aws", "shutdown", True), ("gcp", "shutdown", True), ("azure", "azure-deallocate", True)])
 def test_each_cloud_declares_its_watchdogs_stop(provider: str, method: str, can_stop: bool) -> None:
-    """Azure cannot yet see or start a stopped VM (observed_stop/start): until it does, its
-    --autostop stays refused, so `down` never meets a stopped VM it cannot bring back."""
+    """Each cloud stops where it can also see and start a stopped VM (observed_stop/start)."""
     from cloudtrain import provisioner
 
     prov = provisioner.get(provider)
-    assert prov.can_stop is can_stop and prov.watchdog_systemd and prov.default_autostop_s == (3600 if can_stop else None)
+    assert prov.can_stop is can_stop and prov.watchdog_systemd and prov.default_autostop_s == 3600
     assert prov.watchdog_stop_command(None, None, 0) == ["/usr/bin/python3", "{watchdog}/selfstop.py", method, "{watchdog}"]

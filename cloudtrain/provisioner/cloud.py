@@ -57,7 +57,7 @@ class CloudProvisioner(Provisioner):
     # The watchdog (autostop.py) runs as a systemd unit and stops the VM itself, by the method
     # `node_stop` names in bootstrap/node/selfstop.py; 60 min idle by default where it can stop.
     # `can_stop` only where `observed_stop`/`start` can see and start a stopped VM again: else
-    # `down` could not bring a stopped cluster's outputs home.
+    # `down` could not bring a stopped cluster's outputs home. Each cloud below declares it.
     can_stop: ClassVar[bool] = False
     default_autostop_s: ClassVar[int | None] = None
     watchdog_systemd: ClassVar[bool] = True
@@ -250,3 +250,15 @@ class AzureProvisioner(CloudProvisioner):
     name: ClassVar[str] = "azure"
     signals: ClassVar[failover.Signals] = cloud_errors.AZURE
     node_stop: ClassVar[str] = "azure-deallocate"  # an OS shutdown alone leaves the VM allocated, billing
+    can_stop: ClassVar[bool] = True
+    default_autostop_s: ClassVar[int | None] = 3600
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        from cloudtrain.provisioner import power_azure
+
+        return power_azure.observed_stop(record)
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        from cloudtrain.provisioner import power_azure
+
+        return power_azure.start(record)

@@ -105,14 +105,17 @@ def test_up_starts_a_stopped_cluster_without_reinstalling(ct: Cli) -> None:
 def test_a_detached_job_keeps_the_node_up_and_down_brings_its_outputs_home(ct: Cli) -> None:
     assert ct(*UP, timeout=300).returncode == 0
     script = ct.cwd / "train.py"
+    release = ct.cwd / "release"  # the job runs until the test says (a local node shares this disk)
     script.write_text(
         "import os, time\nout = os.environ['CLOUDTRAIN_OUTPUT_DIR']\n"
-        "time.sleep(15)\nopen(os.path.join(out, 'model.txt'), 'w').write('trained')\nprint('done', flush=True)\n"
+        f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.2)\n"
+        "open(os.path.join(out, 'model.txt'), 'w').write('trained')\nprint('done', flush=True)\n"
     )
     run = ct("run", str(script), "--detach")
     assert run.returncode == 0, run.stderr
     _arm(ct, "--autostop", "1m")
-    _stays_up(ct)  # 12s of a 15s job: well past the 3s autostop
+    _stays_up(ct)  # 12s of a job still running: well past the 3s autostop
+    release.touch()
     c = _wait_stopped(ct)  # the job ended; then idle
     assert c["stopped"]["reason"] == "autostop"
     job_id = json.loads(ct("status", "--json").stdout)["jobs"][0]["job_id"]

@@ -25,8 +25,8 @@ ENDED_BY = "ended_by.json"
 def _ended_by(remote: object, job_dir: str) -> dict | None:
     try:
         marker = json.loads(remote.read_from(f"{job_dir}/{ENDED_BY}", 0) or b"null")  # type: ignore[attr-defined]
-    except ValueError:
-        return None  # damaged: the exit status alone still says how the job ended
+    except (ValueError, CloudtrainError):
+        return None  # damaged or unreadable: the exit status alone still says how the job ended
     return marker if isinstance(marker, dict) else None
 
 

@@ -28,6 +28,7 @@ Say = Callable[[str], None]
 POLL_S = 10.0
 GRACE_S = 30.0  # between a deadline's TERM and its KILL: time for a job to write a checkpoint
 UNIT = "cloudtrain-watchdog.service"
+NODE_SCRIPTS = ("watchdog.py", "selfstop.py")  # bootstrap/node/: the watchdog, and how a cloud VM stops itself
 
 
 def check(spec: ClusterSpec, prov: object) -> None:
@@ -84,17 +85,18 @@ def install(cluster: Cluster, record: ClusterRecord, cdir: ClusterDir, prov: obj
         if autostop or deadline:
             say(f"warning: the {record.spec.provider} provider cannot stop its nodes yet; nothing stops this cluster but `cloudtrain down`")
         return
-    script = resources.files("cloudtrain.bootstrap").joinpath("node/watchdog.py").read_text()
+    here = resources.files("cloudtrain.bootstrap").joinpath("node")
+    scripts = {name: here.joinpath(name).read_text() for name in NODE_SCRIPTS}
     for index, node in enumerate(cluster.nodes):
         with SshRemote(node, cluster.identity_file) as remote:
-            _install_one(remote, node, index, record, cdir, prov, script, autostop, deadline)
+            _install_one(remote, node, index, record, cdir, prov, scripts, autostop, deadline)
     what = [f"autostop after {format_duration(autostop)} idle"] if autostop else []
     what += [f"stops {format_duration(deadline)} after start"] if deadline else []
     if what:
         say(f"cluster {record.spec.name}: watchdog on every node: {', '.join(what)}")
 
 
-def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecord, cdir: ClusterDir, prov: object, script: str, autostop: int, deadline: int) -> None:
+def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecord, cdir: ClusterDir, prov: object, scripts: dict[str, str], autostop: int, deadline: int) -> None:
     root = NodePaths.of(remote).root
     folder = f"{root}/watchdog"
     config = {
@@ -104,7 +106,8 @@ def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecor
         "poll_s": _poll(),
         "grace_s": _scaled(GRACE_S),
         "session_marker": prov.watchdog_session_marker(root),  # type: ignore[attr-defined]
-        "stop_command": prov.watchdog_stop_command(cdir, record, index),  # type: ignore[attr-defined]
+        # "{watchdog}": the folder the node's own stop helper (node/selfstop.py) is shipped to.
+        "stop_command": [a.replace("{watchdog}", folder) for a in prov.watchdog_stop_command(cdir, record, index)],  # type: ignore[attr-defined]
     }
     text = json.dumps(config, sort_keys=True)
     q = shlex.quote
@@ -115,7 +118,8 @@ def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecor
     if not (autostop or deadline):
         return
     remote.run(f"mkdir -p {q(folder)} && rm -f {q(folder)}/stopped.json {q(folder)}/state.json")
-    remote.write_text(f"{folder}/watchdog.py", script, mode=0o644)
+    for name, body in scripts.items():
+        remote.write_text(f"{folder}/{name}", body, mode=0o644)
     remote.write_text(f"{folder}/config.json", text, mode=0o644)
     if getattr(prov, "watchdog_systemd", False):
         remote.write_text(f"{folder}/{UNIT}", systemd_unit(folder))

@@ -225,7 +225,12 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
         prov = provisioners.get(record.spec.provider)
         if record.cluster is not None and _owes(store, cdir, record):
             # A stopped cluster's outputs are on its disks: start it to bring them home.
-            restart(cdir, record, prov, say)
+            try:
+                restart(cdir, record, prov, say)
+            except CloudtrainError as e:  # e.g. a terminated spot node: --force must still destroy what bills
+                if not force:
+                    raise
+                say(f"warning: {e.message}; destroying it anyway (--force)")
             autostop.disarm(record.cluster, prov)  # no stop in the middle of the transfer
         was = record.status
         record.status = "destroying"

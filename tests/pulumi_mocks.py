@@ -34,6 +34,8 @@ class Recorder(pulumi.runtime.Mocks):
             nic = dict(out["networkInterfaces"][0])
             nic.update(networkIp=f"10.78.0.{n}", accessConfigs=[{"natIp": f"203.0.113.{n}"}])
             out["networkInterfaces"] = [nic]
+        elif args.typ == "azure-native:compute:VirtualMachine" and "identity" in out:
+            out["identity"] = {**out["identity"], "principalId": f"principal-of-{args.name}", "tenantId": "tenant"}
         elif args.typ == "azure-native:network:PublicIPAddress":
             out["ipAddress"] = f"203.0.113.{n}"
         elif args.typ == "azure-native:network:NetworkInterface":

@@ -105,14 +105,17 @@ def test_up_starts_a_stopped_cluster_without_reinstalling(ct: Cli) -> None:
 def test_a_detached_job_keeps_the_node_up_and_down_brings_its_outputs_home(ct: Cli) -> None:
     assert ct(*UP, timeout=300).returncode == 0
     script = ct.cwd / "train.py"
+    release = ct.cwd / "release"  # the job runs until the test says (a local node shares this disk)
     script.write_text(
         "import os, time\nout = os.environ['CLOUDTRAIN_OUTPUT_DIR']\n"
-        "time.sleep(15)\nopen(os.path.join(out, 'model.txt'), 'w').write('trained')\nprint('done', flush=True)\n"
+        f"while not os.path.exists({str(release)!r}):\n    time.sleep(0.2)\n"
+        "open(os.path.join(out, 'model.txt'), 'w').write('trained')\nprint('done', flush=True)\n"
     )
     run = ct("run", str(script), "--detach")
     assert run.returncode == 0, run.stderr
     _arm(ct, "--autostop", "1m")
-    _stays_up(ct)  # 12s of a 15s job: well past the 3s autostop
+    _stays_up(ct)  # 12s of a job still running: well past the 3s autostop
+    release.touch()
     c = _wait_stopped(ct)  # the job ended; then idle
     assert c["stopped"]["reason"] == "autostop"
     job_id = json.loads(ct("status", "--json").stdout)["jobs"][0]["job_id"]
@@ -183,7 +186,40 @@ def test_max_duration_stops_a_busy_node_and_its_partial_outputs_come_home(ct: Cl
     out = ct.cwd / "runs" / job_id
     assert (out / "epoch1.txt").read_text() == "epoch 1"
     assert (out / "last.ckpt").read_text() == "saved at TERM"
-    assert json.loads((out / "run.json").read_text())["exit_code"] == 143
+    run = json.loads((out / "run.json").read_text())
+    assert run["exit_code"] == 143 and run["ended_by"]["reason"] == "max-duration"
+
+
+def test_the_watchdog_marks_a_job_before_it_signals_it(tmp_path: Path) -> None:
+    """The job's TERM handler finds the watchdog's marker already in its folder: whoever sees
+    the job's end can name the watchdog, however the race to `launch` goes."""
+    wd = _watchdog_module()
+    job = tmp_path / "jobs" / "j1"
+    job.mkdir(parents=True)
+    (tmp_path / "watchdog").mkdir()
+    seen = job / "seen_at_term"
+    code = (
+        "import os, signal, sys, time\n"
+        "def term(*_):\n"
+        f"    open({str(seen)!r}, 'w').write(str(os.path.exists({str(job / 'ended_by.json')!r})))\n"
+        "    sys.exit(143)\n"
+        "signal.signal(signal.SIGTERM, term)\n"
+        f"open({str(job / 'ready')!r}, 'w').close()\n"
+        "time.sleep(60)\n"
+    )
+    proc = subprocess.Popen(["python3", "-c", code], start_new_session=True)
+    try:
+        (job / "pid").write_text(f"{proc.pid}\n")
+        deadline = time.monotonic() + 20
+        while not (job / "ready").exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        wd.end_jobs(str(tmp_path / "watchdog"), str(tmp_path), 5.0, "max-duration")
+        assert proc.wait(timeout=20) == 143
+    finally:
+        proc.kill()
+        proc.wait()
+    assert seen.read_text() == "True"
+    assert json.loads((job / "ended_by.json").read_text())["reason"] == "max-duration"
 
 
 def test_the_watchdog_outlives_its_nodes_sshd(ct: Cli) -> None:
@@ -265,14 +301,12 @@ def test_launch_past_its_max_duration_brings_the_partial_outputs_home_and_says_w
     # A short patience: `launch` notices the lost node in seconds rather than minutes.
     proc = ct("launch", str(script), *UP[1:], "--max-duration", "2m", env={"CLOUDTRAIN_NODE_PATIENCE": "5"}, timeout=400)
     last = proc.stderr.strip().splitlines()[-1]
-    if proc.returncode == 143:
-        # A race, seen in CI: the job's end (TERM from the watchdog) can reach `launch` before
-        # the node stops, and then it reports the job's own SIGTERM. The outputs still come home.
-        assert "exited 143 (SIGTERM" in last, proc.stderr
-    else:
-        assert proc.returncode == 1, proc.stderr
-        assert "was ended by the cluster's watchdog (max-duration, " in last and "partial outputs are in" in last, proc.stderr
+    # Whichever reaches `launch` first, the job's end (TERM from the watchdog) or the node's
+    # stop, the watchdog is named: it marks the job before it signals it.
+    assert proc.returncode == 1, proc.stderr
+    assert "was ended by the cluster's watchdog (max-duration, " in last and "partial outputs are in" in last, proc.stderr
     assert "cluster local is down" in proc.stderr
     job_id = next(p.name for p in (ct.cwd / "runs").iterdir())
     assert (ct.cwd / "runs" / job_id / "epoch1.txt").read_text() == "epoch 1"
     assert not (ct.home / "clusters" / "local").exists()
+

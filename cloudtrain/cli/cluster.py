@@ -156,7 +156,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         watch = [f"autostop {format_duration(c['autostop_s'])}"] if c["autostop_s"] else ["autostop off"]
         watch += [f"deadline {format_duration(c['max_duration_s'])}"] if c["max_duration_s"] else []
         print(f"{c['name']:<20} {c['provider']:<6} {state:<10} {len(c['nodes'])} node(s)  {c['gpu'] or 'cpu'}  {c['framework']}  ran {format_duration(c['uptime_s'])} (created {age / 60:.0f} min ago)  {cost}  {', '.join(watch)}")
-        if c["stopped"]:
+        if c["stopped"] and c["stopped"].get("terminated"):
+            print("  a node was terminated (a spot node cannot stop): its disk and any outputs not brought home are gone; the rest still bills until `cloudtrain down --force`")
+        elif c["stopped"] and c["stopped"].get("still_billing"):
+            print("  its OS is shut down but the VM is still allocated, and billed: `cloudtrain down` (or deallocate it in the portal); the watchdog's selfstop.json on the node says why it could not deallocate")
+        elif c["stopped"]:
             print(f"  stopped by its watchdog: the machines no longer bill, their disks do{'' if c['price_per_hour'] else ' (nothing, on local)'}; `cloudtrain up` with the same options starts it, `cloudtrain down` brings owed outputs home and destroys it")
         if silent := silent_line(c):
             print(silent)

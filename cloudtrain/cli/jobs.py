@@ -37,6 +37,11 @@ LogsOpt = typer.Option("rank0", "--logs", help="rank0 (stream rank 0's log) | al
 def _exit_with(code: int, record: JobRecord) -> None:
     if record.outcome() == "cancelled":  # by `cloudtrain cancel` from another terminal
         raise JobFailed(f"job {record.job_id} was cancelled (exit {code})", code or 143, f"its partial outputs are in {record.output}")
+    ended_by = record.extra.get("ended_by")
+    if code != 0 and isinstance(ended_by, dict):  # TERMed at its deadline: name the watchdog, not the signal
+        from cloudtrain.autostop import stop_phrase
+
+        raise CloudtrainError(f"job {record.job_id} was ended by the cluster's watchdog ({stop_phrase(ended_by)})", f"its partial outputs are in {record.output}")
     if code != 0:
         raise JobFailed(f"job {record.job_id} exited {code}{exit_meaning(code)}", code, f"its log and outputs are in {record.output}")
 

@@ -21,6 +21,18 @@ from cloudtrain.state import Store
 if TYPE_CHECKING:
     from cloudtrain.jobs.runner import JobRunner
 
+# Written into a job's folder by the node's watchdog before it signals the job
+# (bootstrap/node/watchdog.py): the job's end is then named for what caused it.
+ENDED_BY = "ended_by.json"
+
+
+def _ended_by(remote: object, job_dir: str) -> dict | None:
+    try:
+        marker = json.loads(remote.read_from(f"{job_dir}/{ENDED_BY}", 0) or b"null")  # type: ignore[attr-defined]
+    except (ValueError, CloudtrainError):
+        return None  # damaged or unreadable: the exit status alone still says how the job ended
+    return marker if isinstance(marker, dict) else None
+
 
 def _reserved(rank: int) -> dict[str, str]:
     """A job's own log.txt / run.json / manifest.json / metrics.png would be overwritten by
@@ -76,6 +88,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
 def _collect(runner: "JobRunner", record: JobRecord) -> Path:
     output = Path(record.output)
     started = time.monotonic()
+    ended_by: dict[int, dict] = {}
 
     def fetch(rank: int, node: Node) -> tuple[dict, dict[str, str]] | CloudtrainError:
         dest = output if rank == 0 else output / f"rank-{rank}"
@@ -84,6 +97,9 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
             remote = runner.remote(node)
             job = runner.paths(remote).job(record.job_id)
             got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank))
+            marker = _ended_by(remote, job.dir)
+            if marker is not None:
+                ended_by[rank] = marker
         except CloudtrainError as e:
             return e
         for theirs, ours in got.renamed:
@@ -107,6 +123,8 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         runner.say(f"warning: {len(missing)} output file(s) could not be brought home, the rest did: {shown}{' ...' if len(missing) > 5 else ''}")
         record.extra["outputs_incomplete"] = sorted(missing)
     record.timings["fetch_s"] = round(time.monotonic() - started, 3)
+    if ended_by:
+        record.extra["ended_by"] = min(ended_by.values(), key=lambda m: m.get("at") or 0)
     summary, series = metrics.read(output)
     try:  # the picture is a convenience: the numbers stay in metrics.jsonl whatever happens here
         png = plot.save(output, record.job_id)
@@ -137,6 +155,7 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         "metrics_points": len(series),
         "metrics_png": png is not None,
         "outputs": {"complete": not missing, **({"missing": missing} if missing else {})},
+        **({"ended_by": record.extra["ended_by"]} if "ended_by" in record.extra else {}),
     }
     (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     record.status = "fetched"

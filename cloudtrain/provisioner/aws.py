@@ -162,6 +162,11 @@ class AwsCluster(pulumi.ComponentResource):
                 user_data=pulumi.Output.secret(user_data(plan.host_keys[i])),
                 user_data_replace_on_change=True,
                 instance_market_options=market,
+                # The watchdog's `shutdown -h now` (autostop.py) then stops the instance, keeping its
+                # disk. A one-time spot instance cannot be stopped ("You can only stop Spot Instances
+                # associated with persistent Spot Instance requests", AWS EC2 User Guide, "Stop a
+                # Spot Instance"; SpotMarketOptions: persistent only with stop/hibernate): it terminates.
+                instance_initiated_shutdown_behavior="terminate" if plan.spot else "stop",
                 metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
                 tags={**tags, "Name": node},
                 volume_tags={**tags, "Name": node},

@@ -13,7 +13,7 @@ import base64
 from dataclasses import dataclass
 
 import pulumi
-from pulumi_azure_native import compute, network, resources
+from pulumi_azure_native import authorization, compute, network, resources
 
 from cloudtrain.catalog import Choice, Image
 from cloudtrain.provisioner.cloudinit import user_data
@@ -21,6 +21,10 @@ from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
 
 VNET_CIDR = "10.79.0.0/16"
 SUBNET_CIDR = "10.79.1.0/24"
+# What a node's watchdog may do to its own VM: deallocate it (an OS shutdown alone leaves an
+# Azure VM allocated and billing). Action name: Azure resource provider operations,
+# Microsoft.Compute, "Powers off the virtual machine and releases the compute resources".
+DEALLOCATE = "Microsoft.Compute/virtualMachines/deallocate/action"
 
 
 def security_profile() -> compute.SecurityProfileArgs:
@@ -134,6 +138,18 @@ class AzureCluster(pulumi.ComponentResource):
             if plan.nodes > 1
             else None
         )
+        # A custom role that allows nothing but deallocation; custom roles are assignable at a
+        # resource group at the narrowest (Azure RBAC "Azure custom roles": AssignableScopes),
+        # each VM's assignment below is scoped to that VM alone.
+        deallocate = authorization.RoleDefinition(
+            f"{name}-deallocate",
+            role_name=group.name.apply(lambda g: f"cloudtrain self-deallocate ({g})"),  # unique in the tenant
+            description=f"{plan.marker()}: a node's watchdog deallocates its own VM",
+            permissions=[authorization.PermissionArgs(actions=[DEALLOCATE])],
+            assignable_scopes=[group.id],
+            scope=group.id,
+            opts=child,
+        )
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -200,9 +216,21 @@ class AzureCluster(pulumi.ComponentResource):
                 ),
                 security_profile=security_profile(),
                 proximity_placement_group=compute.SubResourceArgs(id=ppg.id) if ppg else None,
+                # The identity the watchdog's IMDS token is issued to (autostop: deallocate itself).
+                identity=compute.VirtualMachineIdentityArgs(type=compute.ResourceIdentityType.SYSTEM_ASSIGNED),
                 tags=tags,
                 opts=child,
                 **spot,
+            )
+            authorization.RoleAssignment(
+                f"{node}-deallocate",
+                scope=vm.id,
+                principal_id=vm.identity.apply(lambda ident: ident.principal_id),
+                # A just-made identity may not have replicated yet: the type spares ARM the lookup
+                # (Azure RBAC "Assign roles using Azure Resource Manager templates": principalType).
+                principal_type="ServicePrincipal",
+                role_definition_id=deallocate.id,
+                opts=child,
             )
             # Tie the entry to the VM so `nodes` resolves only once the machine exists.
             public_ip = pulumi.Output.all(vm.id, pip.ip_address).apply(lambda v: v[1])

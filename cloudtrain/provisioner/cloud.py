@@ -8,6 +8,7 @@ program, the stack wrapper and the catalog are shared, and which component runs 
 
 from __future__ import annotations
 
+import dataclasses
 import importlib
 import sys
 import tempfile
@@ -53,6 +54,17 @@ class CloudProvisioner(Provisioner):
     supports_preview: ClassVar[bool] = True
     signals: ClassVar[failover.Signals]  # how this cloud says "no capacity here" / "over quota"
     rotates_host_keys: ClassVar[bool] = True  # the first-boot key is in user data / metadata
+    # The watchdog (autostop.py) runs as a systemd unit and stops the VM itself, by the method
+    # `node_stop` names in bootstrap/node/selfstop.py; 60 min idle by default where it can stop.
+    # `can_stop` only where `observed_stop`/`start` can see and start a stopped VM again: else
+    # `down` could not bring a stopped cluster's outputs home. Each cloud below declares it.
+    can_stop: ClassVar[bool] = False
+    default_autostop_s: ClassVar[int | None] = None
+    watchdog_systemd: ClassVar[bool] = True
+    node_stop: ClassVar[str] = "shutdown"
+
+    def watchdog_stop_command(self, cdir: ClusterDir, record: ClusterRecord, index: int) -> list[str]:
+        return ["/usr/bin/python3", "{watchdog}/selfstop.py", self.node_stop, "{watchdog}"]
 
     def __init__(
         self,
@@ -185,13 +197,68 @@ class CloudProvisioner(Provisioner):
 class AwsProvisioner(CloudProvisioner):
     name: ClassVar[str] = "aws"
     signals: ClassVar[failover.Signals] = cloud_errors.AWS
+    can_stop: ClassVar[bool] = True
+    default_autostop_s: ClassVar[int | None] = 3600
+
+    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
+        from cloudtrain.provisioner import power_aws  # boto3 loads only for AWS clusters
+
+        cluster = super().create(spec, cdir, record)
+        made = dataclasses.replace(record, cluster=cluster)
+        power_aws.remember(made)
+        record.provider_state = made.provider_state  # with its instance ids: saved by the caller
+        return cluster
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        from cloudtrain.provisioner import power_aws
+
+        return power_aws.observed_stop(record)
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        from cloudtrain.provisioner import power_aws
+
+        return power_aws.start(record)
 
 
 class GcpProvisioner(CloudProvisioner):
     name: ClassVar[str] = "gcp"
     signals: ClassVar[failover.Signals] = cloud_errors.GCP
+    can_stop: ClassVar[bool] = True
+    default_autostop_s: ClassVar[int | None] = 3600
+
+    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
+        from cloudtrain.provisioner import power_gcp  # google.auth loads only for GCP clusters
+
+        cluster = super().create(spec, cdir, record)
+        made = dataclasses.replace(record, cluster=cluster)
+        power_gcp.remember(made)
+        record.provider_state = made.provider_state  # with its VM names: saved by the caller
+        return cluster
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        from cloudtrain.provisioner import power_gcp
+
+        return power_gcp.observed_stop(record)
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        from cloudtrain.provisioner import power_gcp
+
+        return power_gcp.start(record)
 
 
 class AzureProvisioner(CloudProvisioner):
     name: ClassVar[str] = "azure"
     signals: ClassVar[failover.Signals] = cloud_errors.AZURE
+    node_stop: ClassVar[str] = "azure-deallocate"  # an OS shutdown alone leaves the VM allocated, billing
+    can_stop: ClassVar[bool] = True
+    default_autostop_s: ClassVar[int | None] = 3600
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        from cloudtrain.provisioner import power_azure
+
+        return power_azure.observed_stop(record)
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        from cloudtrain.provisioner import power_azure
+
+        return power_azure.start(record)

@@ -9,7 +9,10 @@ written by bootstrap/apply.py); an interactive session (a process with a pseudo-
 controlling tty; on a local node only those carrying the node's mark). After `autostop_s`
 without any, or at the deadline (`max_duration_s` after the first start), the watchdog records
 why in stopped.json and runs the stop command. At the deadline the jobs' sessions first get
-TERM, then KILL after `grace_s`: their partial outputs stay on the node's disk.
+TERM, then KILL after `grace_s`: their partial outputs stay on the node's disk. Before it
+signals a job, the watchdog writes ENDED_BY into that job's folder: whoever reads the job's
+exit status (cloudtrain/jobs/collect.py) can then name the watchdog, even when the job's end
+reaches it before the node has stopped.
 """
 
 import json
@@ -20,6 +23,7 @@ import sys
 import time
 
 PTS_MAJORS = range(136, 144)  # Unix98 pseudo-terminals (Documentation/admin-guide/devices.txt)
+ENDED_BY = "ended_by.json"  # in a job's folder; the same name is in cloudtrain/jobs/collect.py
 
 
 def _read(path):
@@ -64,8 +68,8 @@ def _live_pidfiles(folder, pattern_suffix, skip_if=None):
     return found
 
 
-def running_jobs(root):
-    """Session ids of the node's running jobs."""
+def running_jobs(root, folders=None):
+    """Session ids of the node's running jobs (their folders appended to `folders` if given)."""
     jobs, found = os.path.join(root, "jobs"), []
     try:
         ids = os.listdir(jobs)
@@ -75,7 +79,10 @@ def running_jobs(root):
         job = os.path.join(jobs, job_id)
         if os.path.exists(os.path.join(job, "exit_code")):
             continue
-        found += _live_pidfiles(job, "pid", skip_if=lambda p: os.path.basename(p) != "pid")
+        live = _live_pidfiles(job, "pid", skip_if=lambda p: os.path.basename(p) != "pid")
+        found += live
+        if live and folders is not None:
+            folders.append(job)
     return found
 
 
@@ -130,9 +137,16 @@ def _busy_or_unknown(folder, root, marker):
         return True
 
 
-def end_jobs(root, grace):
-    """TERM every running job's session, then KILL what is left after `grace` seconds."""
-    sessions = running_jobs(root)
+def end_jobs(folder, root, grace, reason):
+    """Mark every running job as ended by the watchdog (`reason`), TERM its session, then KILL
+    what is left after `grace` seconds."""
+    folders = []
+    sessions = running_jobs(root, folders)
+    for job in folders:  # before any signal: the job's exit status must never come first
+        try:
+            write_json(os.path.join(job, ENDED_BY), {"by": "watchdog", "reason": reason, "at": time.time()})
+        except OSError as e:
+            log(folder, f"could not mark {job} ({e!r})")
     for sig in (signal.SIGTERM, signal.SIGKILL):
         for sid in sessions:
             try:
@@ -181,7 +195,7 @@ def main(folder):
         if deadline is not None and now >= deadline:
             reason = "max-duration"
             log(folder, "deadline reached: ending jobs")
-            end_jobs(root, grace)
+            end_jobs(folder, root, grace, reason)
         elif _busy_or_unknown(folder, root, marker):
             last_busy = now
         elif autostop and now - last_busy >= autostop:

@@ -74,6 +74,7 @@ def run(
     spec = JobSpec.build(script, workdir, args or [], env or [], output, detach, max_upload, output_mode, nproc_per_node, launcher, logs)
     store = Store()
     with _runner(store, cluster) as runner:  # one session per node for the whole command
+        runner.warm()  # the nodes are reached while the workdir is planned here
         record, code = session.run(store, runner, shipment.prepare(spec, say), say)
     if code is not None:
         _exit_with(code, record)

@@ -8,7 +8,6 @@ import time
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError
 from cloudtrain.jobs import metrics, transfer
 from cloudtrain.jobs.record import JobRecord
@@ -90,8 +89,8 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "workdir": record.workdir,
         "script_sha256": record.extra.get("script_sha256"),
         "git": record.extra.get("git"),
-        "nodes": [{"name": n.name, "facts": load_facts(runner.cdir, n)} for n in runner.cluster.nodes],
-        "framework": {n.name: load_facts(runner.cdir, n).get("installed_framework") for n in runner.cluster.nodes},
+        "nodes": [{"name": n.name, "facts": runner.facts(n)} for n in runner.cluster.nodes],
+        "framework": {n.name: runner.facts(n).get("installed_framework") for n in runner.cluster.nodes},
         "exit_code": record.exit_code,
         "submitted_at": record.submitted_at,
         "started_at": record.started_at,

@@ -240,7 +240,8 @@ def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, 
 
 def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, bytes], renames: dict[bytes, bytes], fetched: Fetched, damaged: dict[str, int]) -> bool:
     """One stream of everything still owed; True when nothing is left to fetch."""
-    stream = remote.stream_stdout(f"python3 -c {shlex.quote(wire.SENDER)}", stdin=io.BytesIO(json.dumps(request).encode()))
+    # -I -S: the sender is stdlib only; no site-packages scan, no user environment (issue 9: start-up).
+    stream = remote.stream_stdout(f"python3 -I -S -c {shlex.quote(wire.SENDER)}", stdin=io.BytesIO(json.dumps(request).encode()))
     fd, h, current, redo = -1, hashlib.sha256(), None, False
     try:
         for tag, payload in wire.read_frames(stream):

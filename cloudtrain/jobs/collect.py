@@ -54,8 +54,9 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         prefix = "" if rank == 0 else f"rank-{rank}/"
         try:
             remote = runner.remote(node)
-            job = runner.paths(remote).job(record.job_id)
-            got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank))
+            paths = runner.paths(remote)
+            job = paths.job(record.job_id)
+            got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank), python=paths.python)
         except CloudtrainError as e:
             return e
         for theirs, ours in got.renamed:

@@ -10,11 +10,13 @@ from __future__ import annotations
 import json
 import shlex
 import sys
+import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
+from cloudtrain import safefile
 from cloudtrain.errors import CloudtrainError, CommandFailed
 from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs import follow as following
@@ -49,6 +51,7 @@ class JobRunner:
         self.sessions = Sessions(cluster.identity_file)
         self._paths: dict[str, NodePaths] = {}
         self._warming: dict[str, Future] = {}
+        self._paths_lock = threading.Lock()  # node-paths.json, from a thread per node
 
     def __enter__(self) -> "JobRunner":
         return self
@@ -95,10 +98,38 @@ class JobRunner:
         return json.loads(path.read_text()) if path.exists() else {}
 
     def paths(self, remote: SshRemote) -> NodePaths:
-        """Where cloudtrain keeps things on that node, asked once per command."""
+        """Where cloudtrain keeps things on that node: asked once per node, then remembered in
+        the cluster's folder (each command asking again cost a node-side shell: issue 9)."""
         found = self._paths.get(remote.node.name)
         if found is None:
-            found = self._paths[remote.node.name] = NodePaths.of(remote)
+            found = self._paths[remote.node.name] = self._remembered(remote)
+        return found
+
+    def _remembered(self, remote: SshRemote) -> NodePaths:
+        node = remote.node
+        # Keyed by where and what the node is: a node replaced under the same name is asked again.
+        key = f"{node.user}@{node.host}:{node.port} {node.host_key}"
+        file = self.cdir.root / "node-paths.json"
+        with self._paths_lock:
+            try:
+                known = json.loads(file.read_text())
+                entry = known.get(node.name)
+                if isinstance(entry, dict) and entry.get("node") == key and isinstance(entry.get("root"), str) and entry["root"]:
+                    return NodePaths(root=entry["root"])
+            except (OSError, ValueError, AttributeError):  # absent or damaged: ask the node
+                known = {}
+        found = NodePaths.of(remote)
+        with self._paths_lock:
+            try:
+                known = json.loads(file.read_text())
+                known = known if isinstance(known, dict) else {}
+            except (OSError, ValueError):
+                known = {}
+            known[node.name] = {"node": key, "root": found.root}
+            try:
+                safefile.write_json(file, known)
+            except OSError:
+                pass  # only a cache: the next command asks again
         return found
 
     def _each(self, fn: Callable[[int, Node], object]) -> list[object]:

@@ -49,3 +49,10 @@ def test_plain_help_keeps_example_lines_and_typer_still_checks_values(tmp_path: 
     bad = subprocess.run([*cli, "up", "--nodes", "two"], env=env, capture_output=True, text=True, timeout=60)
     assert bad.returncode == 2 and bad.stderr.startswith("cloudtrain: error:") and "--nodes" in bad.stderr, bad.stderr
     assert len(bad.stderr.strip().splitlines()) == 1
+
+
+def test_bare_cloudtrain_prints_the_help_and_no_error_line(tmp_path: Path) -> None:
+    env = {**os.environ, "CLOUDTRAIN_HOME": str(tmp_path / "home")}
+    bare = subprocess.run([sys.executable, "-m", "cloudtrain.cli"], env=env, capture_output=True, text=True, timeout=60)
+    assert bare.returncode == 2 and bare.stderr == "", bare.stderr
+    assert bare.stdout.startswith("Usage:") and "status" in bare.stdout

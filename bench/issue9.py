@@ -98,6 +98,7 @@ def main() -> int:
     work_size = (16 if args.quick else 300) * MiB
 
     signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))
+    startup.compile_package()  # every cloudtrain command below starts as an installed one does
     base = Path(tempfile.mkdtemp(prefix="cloudtrain-bench9-"))
     os.environ["CLOUDTRAIN_HOME"] = str(base / "ct-home")
     print(f"{dt.datetime.now():%Y-%m-%d %H:%M}  {os.cpu_count()} CPUs  load {os.getloadavg()[0]:.2f}", flush=True)

@@ -19,7 +19,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-import paramiko
+# paramiko imports invoke (a third of paramiko's import time, issue 9) only to run an ssh_config's
+# `Match exec` lines, and cloudtrain never hands paramiko an ssh_config: paramiko loads without it
+# (it then says so if such a line is ever parsed). Where invoke is already loaded, it is used.
+_without_invoke = "invoke" not in sys.modules
+if _without_invoke:
+    sys.modules["invoke"] = None  # type: ignore[assignment]  # makes `import invoke` raise ImportError
+try:
+    import paramiko
+finally:
+    if _without_invoke and sys.modules.get("invoke", 0) is None:
+        del sys.modules["invoke"]
 
 from cloudtrain import channels, keys, openssh
 from cloudtrain.errors import CommandFailed, HostKeyMismatch, RemoteError
@@ -89,6 +99,7 @@ class SshRemote:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._openssh: openssh.OpenSsh | None = None
+        self._abandoned = False  # set by abandon(): stop retrying a connection nobody waits for
 
     # -- connection -------------------------------------------------------------------------
 
@@ -97,6 +108,10 @@ class SshRemote:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+    def abandon(self) -> None:
+        """Make a connection being retried in another thread give up at its next retry."""
+        self._abandoned = True
 
     def close(self) -> None:
         if self._openssh is not None:
@@ -166,7 +181,7 @@ class SshRemote:
                 # installed: a booting or busy node. Retried with backoff, up to connect_timeout.
                 client.close()
                 last = e
-                if time.monotonic() + delay > deadline:
+                if self._abandoned or time.monotonic() + delay > deadline:
                     break
                 time.sleep(delay)
                 delay = min(delay * 2, 5.0)

@@ -83,6 +83,60 @@ def test_a_run_opens_one_control_and_one_bulk_connection_per_node(cluster: Cli, 
     assert _ssh_clients_of(cluster.home) == [], "an OpenSSH master outlived the command"
 
 
+RUN_PROBE = """
+import json, sys
+from cloudtrain.cli import main
+try:
+    main(sys.argv[1:])
+except SystemExit as e:
+    code = e.code
+heavy = ("cloudtrain.bootstrap", "cloudtrain.compat", "cloudtrain.lifecycle", "pulumi", "pydantic", "invoke", "rich")
+print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))}), file=sys.stderr)
+"""
+
+
+def test_a_run_loads_only_what_reaching_nodes_needs(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: a no-op run costs little more than one ssh. It loaded the whole bootstrap (and the
+    resolver's tables) for one facts file, pydantic for its plain str/Path/int options and invoke
+    with paramiko; none is needed to ship, run and collect a job."""
+    import json
+    import subprocess
+    import sys
+
+    (tmp_path / "noop.py").write_text("pass\n")
+    env = {**os.environ, "CLOUDTRAIN_HOME": str(cluster.home)}
+    argv = ["run", str(tmp_path / "noop.py"), "--output", str(tmp_path / "out"), "-e", "A=1", "--", "x"]
+    proc = subprocess.run([sys.executable, "-c", RUN_PROBE, *argv], cwd=tmp_path, env=env, capture_output=True, text=True, timeout=300)
+    probe = json.loads(proc.stderr.strip().splitlines()[-1])
+    assert probe["code"] == 0, proc.stderr
+    assert probe["loaded"] == [], f"`cloudtrain run` loaded {probe['loaded']}"
+    assert (tmp_path / "out" / "manifest.json").exists()
+    bad = cluster("run", str(tmp_path / "noop.py"), "--nproc-per-node", "one")  # typer still checks what it is given
+    assert bad.returncode == 2 and "--nproc-per-node" in bad.stderr and len(bad.stderr.strip().splitlines()) == 1, bad.stderr
+
+
+def test_node_paths_are_remembered_per_node_and_a_damaged_or_stale_entry_is_asked_again(cluster: Cli, tmp_path: Path) -> None:
+    """Each command asked every node where cloudtrain lives (a node-side shell each, issue 9);
+    the answer is kept in the cluster's folder, keyed by the node's address and host key."""
+    import json
+
+    remembered = cluster.home / "clusters" / "local" / "node-paths.json"
+    (tmp_path / "noop.py").write_text("pass\n")
+    remembered.write_text("{not json")  # damaged: ignored and replaced
+    assert cluster("run", str(tmp_path / "noop.py"), "--output", str(tmp_path / "a")).returncode == 0
+    known = json.loads(remembered.read_text())
+    nodes = {n.name: n for n in _cluster_of(cluster).nodes}
+    assert set(known) == set(nodes)
+    for name, entry in known.items():
+        assert entry["root"].endswith(f"{name}/root") and nodes[name].host_key in entry["node"]
+    # An entry for another machine under the same name (a replaced node) is not believed.
+    stale = {name: {"node": "root@10.9.9.9:22 ssh-ed25519 AAAAstale", "root": "/nowhere"} for name in known}
+    remembered.write_text(json.dumps(stale))
+    proc = cluster("run", str(tmp_path / "noop.py"), "--output", str(tmp_path / "b"))
+    assert proc.returncode == 0, proc.stderr
+    assert json.loads(remembered.read_text()) == known
+
+
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:
     from cloudtrain.jobs.sessions import Sessions
 

@@ -16,6 +16,8 @@ try:  # recent typer vendors click; older ones depend on it
 except ImportError:  # pragma: no cover
     from click import exceptions as click_errors
 
+_NO_ARGS = getattr(click_errors, "NoArgsIsHelpError", ())  # typer's own click; () matches nothing
+
 # Command modules register themselves on `app` when imported.
 for _name in ("cluster", "jobs", "catalog", "compat", "runs"):
     importlib.import_module(f"cloudtrain.cli.{_name}")
@@ -37,6 +39,9 @@ def main(argv: list[str] | None = None) -> None:
     except CloudtrainError as e:
         _error(e.line())
         code = e.exit_code
+    except _NO_ARGS as e:  # bare `cloudtrain`: the help, on stdout as `--help` prints it
+        print(e.format_message())
+        code = 2
     except click_errors.UsageError as e:
         where = f"cloudtrain {e.ctx.command_path.split(' ', 1)[1]}" if e.ctx and " " in e.ctx.command_path else "cloudtrain"
         _error(f"{e.format_message()} (see `{where} --help`)")

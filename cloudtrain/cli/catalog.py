@@ -7,7 +7,6 @@ from typing import Optional
 
 import typer
 
-from cloudtrain import catalog
 from cloudtrain.cli.app import app
 from cloudtrain.errors import BadInput
 
@@ -31,6 +30,8 @@ def gpus(
 
     Example: cloudtrain gpus --gpu h100 --sort price --spot
     """
+    from cloudtrain import catalog  # here: loading the catalog's tables would slow every command's start
+
     if sort not in _SORTS:
         raise BadInput(f"unknown --sort {sort!r}", f"choose one of {', '.join(_SORTS)}")
     rows = catalog.for_provider(provider)

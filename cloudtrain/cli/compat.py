@@ -8,7 +8,6 @@ from typing import Optional
 import typer
 
 from cloudtrain.cli.app import app
-from cloudtrain.compat import Node, resolve
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import FrameworkSpec, parse_gpu
 
@@ -31,6 +30,8 @@ def compat(
 
     An impossible combination exits 2 with the reason and a request that works.
     """
+    from cloudtrain.compat import Node, resolve  # here: the resolver's tables would slow every command's start
+
     if "==" in gpu:
         raise BadInput(f"--gpu takes a GPU name, got {gpu!r}", "write e.g. --gpu v100 or --gpu h100:8")
     name, count = parse_gpu(gpu)

@@ -87,6 +87,7 @@ def run(
     spec = job_spec_of(with_task(ctx, script), detach)
     store = Store()
     with _runner(store, cluster) as runner:  # one session per node for the whole command
+        runner.warm()  # the nodes are reached while the workdir is planned here
         record, code = session.run(store, runner, shipment.prepare(spec, say), say)
     if code is not None:
         _exit_with(code, record)

@@ -11,7 +11,6 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Iterator
 
 from cloudtrain import safefile
-from cloudtrain.bootstrap.cluster import load_facts
 from cloudtrain.errors import CloudtrainError
 from cloudtrain.jobs import metrics, plot, transfer
 from cloudtrain.jobs.record import JobRecord
@@ -95,8 +94,9 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         prefix = "" if rank == 0 else f"rank-{rank}/"
         try:
             remote = runner.remote(node)
-            job = runner.paths(remote).job(record.job_id)
-            got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank))
+            paths = runner.paths(remote)
+            job = paths.job(record.job_id)
+            got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank), python=paths.python)
             marker = _ended_by(remote, job.dir)
             if marker is not None:
                 ended_by[rank] = marker
@@ -141,8 +141,8 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         "workdir": record.workdir,
         "script_sha256": record.extra.get("script_sha256"),
         "git": record.extra.get("git"),
-        "nodes": [{"name": n.name, "facts": load_facts(runner.cdir, n)} for n in runner.cluster.nodes],
-        "framework": {n.name: load_facts(runner.cdir, n).get("installed_framework") for n in runner.cluster.nodes},
+        "nodes": [{"name": n.name, "facts": runner.facts(n)} for n in runner.cluster.nodes],
+        "framework": {n.name: runner.facts(n).get("installed_framework") for n in runner.cluster.nodes},
         "status": record.outcome(),
         "cancelled_at": record.extra.get("cancelled_at"),
         "cluster_spec": runner.cdir.load().spec.to_dict(),  # what `runs` prices the run by, after the cluster is gone

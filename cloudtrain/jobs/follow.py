@@ -126,7 +126,7 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
                 last_alive_check = time.monotonic()
                 _check_alive(runner, retry, remotes, paths, codes, sids)
             time.sleep(pause)
-            pause = min(pause * 1.5, POLL_MAX_S)
+            pause = min(pause * 1.25, POLL_MAX_S)  # slowly: a short job's end is seen within a poll or two
     finally:
         for r, timeout in zip(remotes, patient):
             r.connect_timeout = timeout

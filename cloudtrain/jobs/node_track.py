@@ -11,6 +11,7 @@ too (or, for a helper it left behind, after `linger` seconds): its presence mean
 
 import ctypes
 import os
+import select
 import signal
 import sys
 import time
@@ -66,6 +67,13 @@ def main(job_dir: str, linger: float) -> None:
     # `_stop` TERMs the whole session; this process stays to see the rest end (a job that
     # traps TERM to checkpoint takes a while) and is KILLed with them if they do not.
     signal.signal(signal.SIGTERM, lambda *_: None)
+    # A child's end wakes the poll below at once (the wrapper's end is the job's, for a short
+    # job); the pipe is close-on-exec, so the job never sees it.
+    wake_r, wake_w = os.pipe()
+    os.set_blocking(wake_r, False)
+    os.set_blocking(wake_w, False)
+    signal.set_wakeup_fd(wake_w)
+    signal.signal(signal.SIGCHLD, lambda *_: None)
     me, sid = os.getpid(), os.getsid(0)
     wrapper = os.fork()
     if wrapper == 0:
@@ -100,7 +108,11 @@ def main(job_dir: str, linger: float) -> None:
                 if time.monotonic() > deadline:
                     lingering = True  # a helper it left behind: stopped with the node at `down`
                     break
-        time.sleep(pause)
+        select.select([wake_r], [], [], pause)
+        try:
+            os.read(wake_r, 512)
+        except BlockingIOError:
+            pass
         pause = min(pause * 1.5, POLL_S)
     code = _read("main_exit") or str(statuses.get(main_pid, statuses[wrapper]) if main_pid else statuses[wrapper])
     try:

@@ -7,14 +7,16 @@ log up again by offset and `collect` brings the outputs home whenever it is call
 
 from __future__ import annotations
 
+import json
 import shlex
 import sys
+import threading
 import time
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from pathlib import Path
 from typing import Callable
 
-from cloudtrain.bootstrap.cluster import load_facts
+from cloudtrain import safefile
 from cloudtrain.errors import CloudtrainError, CommandFailed
 from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs import follow as following
@@ -49,6 +51,8 @@ class JobRunner:
         # One session per node for this command: submit, follow, stop and collect share it.
         self.sessions = Sessions(cluster.identity_file)
         self._paths: dict[str, NodePaths] = {}
+        self._warming: dict[str, Future] = {}
+        self._paths_lock = threading.Lock()  # node-paths.json, from a thread per node
 
     def __enter__(self) -> "JobRunner":
         return self
@@ -57,17 +61,76 @@ class JobRunner:
         self.close()
 
     def close(self) -> None:
+        for name, future in list(self._warming.items()):
+            self.sessions.of(self._node(name)).abandon()  # a node still being retried: stop
+            future.exception()  # nothing may open a connection (or an ssh master) after this
+        self._warming.clear()
         self.sessions.close()
+
+    def warm(self) -> None:
+        """Start reaching every node now, in the background, while this machine plans and
+        records the job (issue 9): the connection, where cloudtrain lives on the node, and the
+        bulk path's master. The first use of a node waits for its warm-up and meets its error."""
+        if self._warming:
+            return
+        pool = ThreadPoolExecutor(max_workers=min(16, len(self.cluster.nodes)), thread_name_prefix="warm")
+        self._warming = {n.name: pool.submit(self._warm, n) for n in self.cluster.nodes}
+        pool.shutdown(wait=False)
+
+    def _warm(self, node: Node) -> None:
+        remote = self.sessions.of(node)
+        remote.warm_bulk()
+        self.paths(remote)
+
+    def _node(self, name: str) -> Node:
+        return next(n for n in self.cluster.nodes if n.name == name)
 
     def remote(self, node: Node) -> SshRemote:
         """This node's shared session (opened on first use)."""
+        future = self._warming.pop(node.name, None)
+        if future is not None and (error := future.exception()) is not None:
+            raise error
         return self.sessions.of(node)
 
+    def facts(self, node: Node) -> dict:
+        """What bootstrap recorded about the node: bootstrap.cluster.load_facts, without loading
+        the whole bootstrap (and the resolver's tables) into every `run` (issue 9)."""
+        path = self.cdir.root / "facts" / f"{node.name}.json"
+        return json.loads(path.read_text()) if path.exists() else {}
+
     def paths(self, remote: SshRemote) -> NodePaths:
-        """Where cloudtrain keeps things on that node, asked once per command."""
+        """Where cloudtrain keeps things on that node: asked once per node, then remembered in
+        the cluster's folder (each command asking again cost a node-side shell: issue 9)."""
         found = self._paths.get(remote.node.name)
         if found is None:
-            found = self._paths[remote.node.name] = NodePaths.of(remote)
+            found = self._paths[remote.node.name] = self._remembered(remote)
+        return found
+
+    def _remembered(self, remote: SshRemote) -> NodePaths:
+        node = remote.node
+        # Keyed by where and what the node is: a node replaced under the same name is asked again.
+        key = f"{node.user}@{node.host}:{node.port} {node.host_key}"
+        file = self.cdir.root / "node-paths.json"
+        with self._paths_lock:
+            try:
+                known = json.loads(file.read_text())
+                entry = known.get(node.name)
+                if isinstance(entry, dict) and entry.get("node") == key and isinstance(entry.get("root"), str) and entry["root"]:
+                    return NodePaths(root=entry["root"])
+            except (OSError, ValueError, AttributeError):  # absent or damaged: ask the node
+                known = {}
+        found = NodePaths.of(remote)
+        with self._paths_lock:
+            try:
+                known = json.loads(file.read_text())
+                known = known if isinstance(known, dict) else {}
+            except (OSError, ValueError):
+                known = {}
+            known[node.name] = {"node": key, "root": found.root}
+            try:
+                safefile.write_json(file, known)
+            except OSError:
+                pass  # only a cache: the next command asks again
         return found
 
     def _each(self, fn: Callable[[int, Node], object]) -> list[object]:
@@ -85,7 +148,7 @@ class JobRunner:
         following.patience_s()  # a bad setting is refused before anything is claimed or shipped
         shipment = job if isinstance(job, Shipment) else shipping.prepare(job, self.say)
         spec, files = shipment.spec, shipment.files
-        gpus = [len(load_facts(self.cdir, n).get("gpus") or []) for n in self.cluster.nodes]
+        gpus = [len(self.facts(n).get("gpus") or []) for n in self.cluster.nodes]
         framework = self.cdir.load().spec.framework.name
         launch = launching.plan(spec, framework, len(self.cluster.nodes), min(gpus))  # refused before anything is claimed
         secrets = secrets_.values(spec.secrets)  # read once; refused before anything is claimed

@@ -53,7 +53,8 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
     """Make `work` on the node hold exactly `files` of `workdir`, sending only what changed."""
     local = entries(workdir, files)
     q = shlex.quote
-    base = f"python3 -c {q(_NODE.read_text())} {q(paths.workdir_cache)} {q(work)}"
+    # The cluster's venv python, -I -S (stdlib only): no PATH lookup or shim, no site scan (issue 9).
+    base = f"{q(paths.python)} -I -S -c {q(_NODE.read_text())} {q(paths.workdir_cache)} {q(work)}"
     for fresh in (False, True):  # a second try (after a concurrent run changed the cache) ships all
         cached: dict = {} if fresh else _read(remote, base)
         have = cached.get("entries", {})

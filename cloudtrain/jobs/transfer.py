@@ -203,17 +203,20 @@ class _Home:
             shutil.rmtree(self.partial, ignore_errors=True)
 
 
-def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict[str, str] | None = None, rename: dict[str, str] | None = None) -> Fetched:
+def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict[str, str] | None = None, rename: dict[str, str] | None = None, python: str | None = None) -> Fetched:
     """Bring `remote_dir`'s regular files (and `extra`: {local name: node path}) into `dest`,
-    every one checked against the node's sha256; resume across cuts and later calls."""
+    every one checked against the node's sha256; resume across cuts and later calls.
+
+    `python`: the node's interpreter to run the sender with (the cluster's venv python starts
+    without PATH lookups or shims; issue 9), python3 where it is missing or not given."""
     home = _Home(dest)
     try:
-        return _download(remote, remote_dir, home, extra or {}, rename or {})
+        return _download(remote, remote_dir, home, extra or {}, rename or {}, python)
     finally:
         home.close(done=False)
 
 
-def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, str], rename: dict[str, str]) -> Fetched:
+def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, str], rename: dict[str, str], python: str | None) -> Fetched:
     names = {"x" + os.fsencode(k).hex(): os.fsencode(k) for k in (extra or {})}
     renames = {os.fsencode(k): os.fsencode(v) for k, v in (rename or {}).items()}
     fetched = Fetched()
@@ -222,7 +225,7 @@ def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, 
     for _ in range(PASSES):
         request = {"root": os.fsencode(remote_dir).hex(), "extra": {fid: os.fsencode(p).hex() for fid, p in zip(names, (extra or {}).values())}, "have": home.have(), "done": home.done()}
         try:
-            complete = _one_stream(remote, home, request, names, renames, fetched, damaged)
+            complete = _one_stream(remote, home, request, names, renames, fetched, damaged, python)
         except CommandFailed as e:  # the node's side failed outright (no python3?): retrying won't help
             raise TransferError(f"{remote.node.name} could not send its outputs: {e.message}", "check the node with `cloudtrain ssh`; the files are still there") from e
         except (wire.Cut, RemoteError) as e:
@@ -238,9 +241,11 @@ def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, 
     raise TransferError(f"outputs from {remote.node.name} did not come home after {PASSES} attempts: {last}", "run `cloudtrain logs JOB -f` or `cloudtrain down` again; it resumes where this stopped and the files are still on the node") from last
 
 
-def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, bytes], renames: dict[bytes, bytes], fetched: Fetched, damaged: dict[str, int]) -> bool:
+def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, bytes], renames: dict[bytes, bytes], fetched: Fetched, damaged: dict[str, int], python: str | None) -> bool:
     """One stream of everything still owed; True when nothing is left to fetch."""
-    stream = remote.stream_stdout(f"python3 -c {shlex.quote(wire.SENDER)}", stdin=io.BytesIO(json.dumps(request).encode()))
+    # -I -S: the sender is stdlib only; no site-packages scan, no user environment (issue 9: start-up).
+    pick = f"p={shlex.quote(python)}; [ -x \"$p\" ] || p=python3; " if python else "p=python3; "
+    stream = remote.stream_stdout(f'{pick}exec "$p" -I -S -c {shlex.quote(wire.SENDER)}', stdin=io.BytesIO(json.dumps(request).encode()))
     fd, h, current, redo = -1, hashlib.sha256(), None, False
     try:
         for tag, payload in wire.read_frames(stream):

@@ -7,6 +7,7 @@ travel again, and a job that sees the workdir's content proves it did."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -27,9 +28,19 @@ LIST_SCRIPT = textwrap.dedent(
             rel = os.path.relpath(os.path.join(dirpath, name), ".")
             seen[rel] = open(rel, errors="replace").read() if name.endswith(".txt") else os.path.getsize(rel)
     json.dump(seen, open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "seen.json"), "w"))
-    if len(sys.argv) > 1:  # a job that edits its own workdir
+    if "edit" in sys.argv:  # a job that edits its own workdir
         open("a.txt", "a").write("EDITED")
         open("made-by-job.txt", "w").write("job")
+    if "scribble" in sys.argv:  # one that writes in place into a big file (a hard link, if shared)
+        with open("big.bin", "r+b") as f:
+            f.write(b"SCRIBBLED")
+    if "hold" in sys.argv:  # one that runs until the test lets it end
+        import time
+        release = sys.argv[-1]
+        for _ in range(1200):
+            if os.path.exists(release):
+                break
+            time.sleep(0.1)
     """
 )
 
@@ -82,23 +93,18 @@ def _tamper(path: Path, text: str) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _spare(home: Path) -> Path:
-    """The node's ready copy of its current cached tree (made in the background after a run)."""
-    cache = _cached(home, "").parent
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        spare = cache / f"spare-{json.loads((cache / 'manifest.json').read_text())['generation']}"
-        if spare.is_dir() and not list(cache.glob("making-*")):
-            return spare
-        time.sleep(0.1)
-    raise AssertionError(f"no spare copy of the cached tree appeared in {cache}")
-
-
 def _tamper_cache(home: Path, rel: str, text: str) -> None:
-    """Tamper the cached tree and its spare copy alike: what the next job would get either way."""
-    spare = _spare(home)
+    """Tamper the cached tree and any spare copy alike: what the next job would get either way."""
     _tamper(_cached(home, rel), text)
-    _tamper(spare / rel, text)
+    cache = _cached(home, "").parent
+    for spare in cache.glob("spare-*"):
+        _tamper(spare / rel, text)
+
+
+def _work(home: Path, out: Path) -> Path:
+    job_id = json.loads((out / "run.json").read_text())["job_id"]
+    (work,) = home.glob(f"clusters/**/jobs/{job_id}/work")
+    return work
 
 
 def test_unchanged_workdir_ships_nothing_and_one_changed_file_ships_alone(node, tmp_path: Path) -> None:
@@ -152,19 +158,50 @@ def test_a_jobs_edits_to_its_workdir_reach_neither_the_cache_nor_the_next_job(no
     assert "sent 0 of 5 file(s)" in said, said
 
 
-def test_an_unchanged_workdirs_next_job_takes_the_ready_copy_instead_of_copying(node, tmp_path: Path) -> None:
+def test_an_unchanged_workdirs_next_job_links_its_big_files_and_copies_its_small_ones(node, tmp_path: Path) -> None:
+    """No copy of the bytes per run: a 300 MiB workdir's next run costs a link per big file."""
     cli, home = node
     proj = _project(tmp_path / "proj")
-    _run(cli, proj, tmp_path / "o1", "edit")  # the job edits its copy; the spare is the tree's
-    spare = _spare(home)
-    inode = (spare / "big.bin").stat().st_ino
+    _run(cli, proj, tmp_path / "o1", "edit")  # the job edits its small a.txt: its own copy
     second, said = _run(cli, proj, tmp_path / "o2")
     assert "sent 0 of 5 file(s)" in said, said
     assert second["a.txt"] == "aaaa" and "made-by-job.txt" not in second
-    job_id = json.loads((tmp_path / "o2" / "run.json").read_text())["job_id"]
-    (work,) = home.glob(f"clusters/**/jobs/{job_id}/work")
-    assert (work / "big.bin").stat().st_ino == inode, "the job's workdir was copied again, not taken ready"
-    assert (_spare(home) / "big.bin").stat().st_ino != inode  # the next job gets a copy of its own
+    work = _work(home, tmp_path / "o2")
+    assert (work / "big.bin").stat().st_ino == _cached(home, "big.bin").stat().st_ino, "the big file was copied, not linked"
+    assert (work / "a.txt").stat().st_ino != _cached(home, "a.txt").stat().st_ino, "a small file was linked, not copied"
+
+
+def test_a_job_writing_in_place_through_a_link_never_reaches_the_next_job(node, tmp_path: Path) -> None:
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    original = (proj / "big.bin").read_bytes()
+    _run(cli, proj, tmp_path / "o1", "scribble")
+    # The job wrote through its hard link: the next run sees the tree's copy changed, ships
+    # that file alone again, and tar gives it a new inode (the first job keeps what it made).
+    second, said = _run(cli, proj, tmp_path / "o2")
+    assert "sent 1 of 5 file(s), 3.0 MiB changed" in said, said
+    assert (_work(home, tmp_path / "o2") / "big.bin").read_bytes() == original
+    assert (_work(home, tmp_path / "o1") / "big.bin").read_bytes().startswith(b"SCRIBBLED")
+
+
+def test_a_job_that_overlaps_a_running_one_gets_a_real_copy(node, tmp_path: Path) -> None:
+    """While a job that shares the links runs, the next one must not share a byte it could change."""
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    _run(cli, proj, tmp_path / "o0")
+    release = tmp_path / "release"
+    held = cli("run", str(proj / "list.py"), "--detach", "--output", str(tmp_path / "o1"), "--", "hold", str(release))
+    assert held.returncode == 0, held.stderr
+    try:
+        second, said = _run(cli, proj, tmp_path / "o2")
+        assert "sent 0 of 5 file(s)" in said, said
+        work = _work(home, tmp_path / "o2")
+        assert (work / "big.bin").stat().st_ino != _cached(home, "big.bin").stat().st_ino, "linked while a sharing job ran"
+        assert (work / "big.bin").read_bytes() == (proj / "big.bin").read_bytes()
+    finally:
+        release.touch()
+    job = re.search(r"job (\S+) started", held.stderr).group(1)  # type: ignore[union-attr]
+    assert cli("logs", job, "-f", timeout=300).returncode == 0
 
 
 def test_a_damaged_cache_is_rebuilt_from_a_full_upload(node, tmp_path: Path) -> None:

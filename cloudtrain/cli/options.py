@@ -2,20 +2,20 @@
 
 from __future__ import annotations
 
-import sys
 from typing import Optional
 
 import typer
 
-from cloudtrain import interrupts, provisioner
+from cloudtrain import progress, provisioner
 from cloudtrain.spec import ClusterSpec, FrameworkSpec, parse_duration, parse_gpu
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.")
 
 
 def say(text: str) -> None:
-    # A closed terminal must not turn the teardown this may be reporting into a crash.
-    interrupts.write(f"cloudtrain: {text}", sys.stderr)
+    # Live on a terminal, plain lines elsewhere, or quiet (progress.py); a closed terminal
+    # must not turn the teardown this may be reporting into a crash.
+    progress.say(text)
 
 
 def build_spec(

@@ -18,6 +18,7 @@ import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudtrain import progress
 from cloudtrain.errors import CommandFailed, TransferError
 from cloudtrain.jobs import transfer
 from cloudtrain.jobs.workdir import link_target
@@ -67,16 +68,17 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
         incoming = f"{paths.workdir_cache}/incoming-{uuid.uuid4().hex}.json"
         remote.write_text(incoming, json.dumps(header))
         apply = f"{base} apply {q(incoming)}"
+        size = sum(local[rel][1] for rel in changed if local[rel][0] == "f")
         try:
             if changed:
-                transfer.send_tar(remote, workdir, changed, apply)
+                with progress.phase(f"{remote.node.name}: shipping {len(changed)} file(s)", total=size):
+                    transfer.send_tar(remote, workdir, changed, apply)
             else:
                 remote.run(apply)
         except CommandFailed as e:
             if e.result.exit_code == CONFLICT and not fresh:
                 continue
             raise TransferError(f"updating the workdir on {remote.node.name} failed: {(e.result.stderr or '').strip()[-300:]}", "run it again; the next run ships the whole workdir") from e
-        size = sum(local[rel][1] for rel in changed if local[rel][0] == "f")
         return Synced(sent=len(changed), total=len(files), bytes=size)
     raise AssertionError("unreachable: the fresh pass never conflicts")
 

@@ -1,0 +1,318 @@
+"""What the user sees while a long phase runs: live on a terminal, plain lines elsewhere, or quiet.
+
+Every phase line today goes through one `say` callback (cli/options.py); the reporter here
+takes them. On a terminal (stdout and stderr both ttys) the lines scroll above a rich spinner
+that shows the latest line with the time since it, and phases that move bytes (shipping,
+bringing home) get a bar with bytes, rate and ETA. Anywhere else the lines print as before,
+one per line, with no escape codes. `--quiet` keeps errors, warnings and `Result` lines only.
+
+rich is imported only once a live display starts, so pipes, `--help` and `status` never pay
+for it. Transfers report bytes through `advance()`/`expect()`, which cost a dict lookup when
+no byte phase is live on the calling thread.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+import threading
+import time
+from contextlib import contextmanager
+from typing import Any, Callable, Iterator
+
+PLAIN, LIVE, QUIET = "plain", "live", "quiet"
+PREFIX = "cloudtrain: "
+
+
+class Result(str):
+    """A line that is the command's outcome: printed even with --quiet."""
+
+
+class _Phase:
+    """A byte-moving phase on the live display: one row with a bar, bytes, rate and ETA."""
+
+    def __init__(self, reporter: "Reporter", title: str, total: int | None) -> None:
+        self.reporter, self.title, self.total, self.done = reporter, title, total, 0
+        self.poll: Callable[[], int | None] | None = None
+        self.task: Any = None
+
+    def advance(self, n: int) -> None:
+        self.done += n
+        self.reporter._update(self)
+
+    def expect(self, n: int) -> None:
+        self.total = (self.total or 0) + n
+        self.reporter._update(self)
+
+
+_local = threading.local()  # the calling thread's byte phase, if one is live
+
+
+class Reporter:
+    def __init__(self, mode: str = PLAIN, stream: Any = None) -> None:
+        self.mode = mode
+        self.stream = stream  # None: sys.stderr at the time of writing (tests swap it)
+        self._lock = threading.RLock()
+        self._progress: Any = None
+        self._status: Any = None  # the live row showing the latest line
+
+    # -- lines ----------------------------------------------------------------------------
+    def say(self, text: str) -> None:
+        if self.mode == QUIET and not isinstance(text, Result) and not text.startswith("warning:"):
+            return
+        with self._lock:
+            if self.mode != LIVE:
+                self._write(PREFIX + text)
+                return
+            progress = self._live()
+            try:
+                progress.console.print(PREFIX + text, markup=False, highlight=False, soft_wrap=True)
+            except OSError:
+                return  # a closed terminal must not turn a teardown into a crash
+            if self._status is not None:
+                progress.remove_task(self._status)
+            # A new row per line, so its elapsed time counts from the line (the phase it names).
+            self._status = progress.add_task(text.strip()[:100], total=None, kind="status")
+
+    def _write(self, line: str) -> None:
+        from cloudtrain import interrupts
+
+        interrupts.write(line, self.stream or sys.stderr)
+
+    # -- byte phases ----------------------------------------------------------------------
+    @contextmanager
+    def phase(self, title: str, total: int | None = None) -> Iterator[_Phase]:
+        """A phase that moves bytes; on a terminal a bar while it lasts. Elsewhere it prints nothing."""
+        phase = _Phase(self, title, total)
+        if self.mode != LIVE:
+            yield phase
+            return
+        with self._lock:
+            phase.task = self._live().add_task(title[:100], total=total, kind="bytes", phase=phase)
+        previous, _local.phase = getattr(_local, "phase", None), phase
+        try:
+            yield phase
+        finally:
+            _local.phase = previous
+            with self._lock:
+                if self._progress is not None:
+                    self._progress.remove_task(phase.task)
+
+    def _update(self, phase: _Phase) -> None:
+        if phase.task is not None and self._progress is not None:
+            self._progress.update(phase.task, completed=phase.done, total=phase.total)
+
+    def _live(self) -> Any:
+        if self._progress is None:
+            from rich.console import Console
+            from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+            self._progress = Progress(
+                SpinnerColumn(),
+                TextColumn("{task.description}"),
+                BarColumn(bar_width=24),
+                _BytesColumn(),
+                TimeElapsedColumn(),
+                console=Console(file=_Survive(self.stream or sys.stderr), force_terminal=True),  # LIVE is chosen on a tty
+                transient=True,
+                refresh_per_second=8,
+                redirect_stdout=False,  # ours below also takes the job's bytes (sys.stdout.buffer)
+                redirect_stderr=False,
+            )
+            self._progress.start()
+            self._stdout, sys.stdout = sys.stdout, _Above(self)  # type: ignore[assignment]
+            threading.Thread(target=self._poll, daemon=True, name="cloudtrain-progress").start()
+        return self._progress
+
+    def _poll(self) -> None:
+        # Phases whose bytes move in another process (the system tar feeding ssh) are read here.
+        while self._progress is not None:
+            for task in list(self._progress.tasks):
+                phase = task.fields.get("phase")
+                if phase is not None and phase.poll is not None and (n := phase.poll()) is not None:
+                    phase.done = n
+                    self._update(phase)
+            time.sleep(0.25)
+
+    def close(self) -> None:
+        with self._lock:
+            if self._progress is not None:
+                if isinstance(sys.stdout, _Above):
+                    sys.stdout.flush_line()
+                    sys.stdout = self._stdout
+                progress, self._progress = self._progress, None
+                try:
+                    progress.stop()
+                except OSError:
+                    pass
+
+
+class _Survive:
+    """The live display's terminal: once it is gone (a closed window: EIO), writes are dropped,
+    so no refresh, in whichever thread, turns the cleanup that follows into a crash."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream, self.dead = stream, False
+
+    def write(self, text: str) -> int:
+        if not self.dead:
+            try:
+                self.stream.write(text)
+            except (OSError, ValueError):
+                self._die()
+        return len(text)
+
+    def flush(self) -> None:
+        if not self.dead:
+            try:
+                self.stream.flush()
+            except (OSError, ValueError):
+                self._die()
+
+    def _die(self) -> None:
+        from cloudtrain import interrupts
+
+        self.dead = True
+        interrupts.silence(self.stream)
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.stream.fileno()
+
+    @property
+    def encoding(self) -> str:
+        return getattr(self.stream, "encoding", "utf-8") or "utf-8"
+
+
+class _Above:
+    """sys.stdout while a live display runs: the job's output, text or bytes, printed line by
+    line above the display rather than written through it."""
+
+    def __init__(self, reporter: Reporter) -> None:
+        import codecs
+
+        self.reporter, self.pending = reporter, ""
+        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
+        self.buffer = self  # follow writes bytes to sys.stdout.buffer
+
+    def write(self, data: str | bytes) -> int:
+        text = self.decoder.decode(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+        *lines, self.pending = (self.pending + text).split("\n")
+        progress = self.reporter._progress
+        for line in lines:
+            try:
+                (progress.console.print(line, markup=False, highlight=False, soft_wrap=True) if progress is not None else self.reporter._stdout.write(line + "\n"))
+            except OSError:
+                pass
+        return len(data)
+
+    def flush_line(self) -> None:
+        if self.pending:
+            self.write("\n")
+
+    def flush(self) -> None:
+        pass
+
+    def isatty(self) -> bool:
+        return True
+
+    def fileno(self) -> int:
+        return self.reporter._stdout.fileno()
+
+
+def _bytes_column_class() -> type:
+    from rich.progress import ProgressColumn
+    from rich.text import Text
+
+    class BytesColumn(ProgressColumn):
+        """bytes done / total, rate, ETA for byte phases; nothing for the status row."""
+
+        def render(self, task: Any) -> Text:
+            if task.fields.get("kind") != "bytes":
+                return Text("")
+            done = human(task.completed)
+            total = f"/{human(task.total)}" if task.total else ""
+            rate = f" {human(task.speed)}/s" if task.speed else ""
+            eta = ""
+            if task.total and task.speed and task.completed < task.total:
+                eta = f" ETA {int((task.total - task.completed) / task.speed)}s"
+            return Text(f"{done}{total}{rate}{eta}")
+
+    return BytesColumn
+
+
+def _BytesColumn() -> Any:  # noqa: N802 - a column built when rich is imported, not before
+    return _bytes_column_class()()
+
+
+def human(size: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if size < 1024 or unit == "GiB":
+            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
+        size /= 1024
+    raise AssertionError("unreachable")
+
+
+_reporter = Reporter()
+
+
+def configure(quiet: bool = False) -> Reporter:
+    """The CLI's choice, once per process: quiet, live on a terminal, else plain lines."""
+    global _reporter
+    _reporter.close()
+    if quiet:
+        mode = QUIET
+    elif sys.stdout.isatty() and sys.stderr.isatty() and os.environ.get("TERM", "") not in ("", "dumb"):
+        mode = LIVE
+    else:
+        mode = PLAIN
+    _reporter = Reporter(mode)
+    return _reporter
+
+
+def reporter() -> Reporter:
+    return _reporter
+
+
+def say(text: str) -> None:
+    _reporter.say(text)
+
+
+def phase(title: str, total: int | None = None):  # type: ignore[no-untyped-def]
+    return _reporter.phase(title, total)
+
+
+def advance(n: int) -> None:
+    """Bytes moved by the calling thread's phase (a transfer loop calls this per chunk)."""
+    if (current := getattr(_local, "phase", None)) is not None:
+        current.advance(n)
+
+
+def expect(n: int) -> None:
+    """More bytes the calling thread's phase will move (a download learns sizes file by file)."""
+    if (current := getattr(_local, "phase", None)) is not None:
+        current.expect(n)
+
+
+def poll(fn: Callable[[], int | None]) -> None:
+    """Bytes of the calling thread's phase are counted elsewhere: `fn` says how many so far."""
+    if (current := getattr(_local, "phase", None)) is not None:
+        current.poll = fn
+
+
+def bytes_read(pid: int) -> int | None:
+    """What process `pid` has read so far (Linux's /proc/PID/io); None once it is gone."""
+    try:
+        with open(f"/proc/{pid}/io") as f:
+            for line in f:
+                if line.startswith("rchar:"):
+                    return int(line.split()[1])
+    except (OSError, ValueError):
+        return None
+    return None
+
+
+def close() -> None:
+    _reporter.close()

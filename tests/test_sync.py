@@ -17,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudtrain.jobs import sync
 from conftest import Cli, _sshd_pids_under
 
 LIST_SCRIPT = textwrap.dedent(
@@ -80,9 +81,10 @@ def _run(cli: Cli, proj: Path, out: Path, *args: str) -> tuple[dict, str]:
 
 
 def _cached(home: Path, rel: str) -> Path:
-    trees = list(home.glob("clusters/**/workdir-cache/tree"))
-    assert len(trees) == 1, f"expected one node cache under {home}, found {trees}"
-    return trees[0] / rel
+    """The node's cached tree of the project that ran last (each workdir has its own)."""
+    trees = list(home.glob("clusters/**/workdir-cache/*/tree"))
+    assert trees, f"no node cache under {home}"
+    return max(trees, key=lambda t: (t.parent / "manifest.json").stat().st_mtime_ns) / rel
 
 
 def _tamper(path: Path, text: str) -> None:
@@ -144,6 +146,22 @@ def test_a_deleted_file_is_gone_from_the_cache_and_the_next_job(node, tmp_path: 
     assert "sub/c.txt" not in seen and seen["sub"] == len("a file where a folder was")
     assert not _cached(home, "sub/c.txt").exists() and _cached(home, "sub").is_file()
     assert "sent 1 of 5 file(s)" in said, said
+
+
+def test_runs_alternating_between_two_workdirs_ship_neither_again(node, tmp_path: Path) -> None:
+    """Each workdir keeps its own tree on the node: a tiny project run in between does not
+    replace the big one's (it did: the next run of the big one shipped everything again)."""
+    cli, _ = node
+    big, tiny = _project(tmp_path / "big"), tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "list.py").write_text(LIST_SCRIPT)
+    _run(cli, big, tmp_path / "o1")
+    _run(cli, tiny, tmp_path / "o2")
+    seen, said = _run(cli, big, tmp_path / "o3")
+    assert "sent 0 of 5 file(s)" in said, said
+    assert seen["big.bin"] == 3 << 20 and seen["a.txt"] == "aaaa"
+    _, said = _run(cli, tiny, tmp_path / "o4")
+    assert "sent 0 of 1 file(s)" in said, said
 
 
 def test_a_jobs_edits_to_its_workdir_reach_neither_the_cache_nor_the_next_job(node, tmp_path: Path) -> None:
@@ -238,3 +256,22 @@ def test_two_runs_at_once_each_get_exactly_their_own_workdir(node, tmp_path: Pat
     first, second = (json.loads((tmp_path / f"o{i}" / "seen.json").read_text()) for i in range(2))
     assert first["a.txt"] == "aaaa" and "only-in-p2.txt" not in first
     assert second["a.txt"] == "second project" and second["only-in-p2.txt"] == "p2"
+
+
+def test_a_node_keeps_the_trees_of_the_workdirs_used_last_and_no_more(tmp_path: Path) -> None:
+    """The node side alone (no sshd needed): beyond KEEP_TREES workdirs the ones used longest
+    ago go; one used in the last minutes stays, as a run may be between its read and update."""
+    node = Path(sync.__file__).with_name("sync_node.py")
+    parent = tmp_path / "workdir-cache"
+    now = time.time()
+    for i in range(5):  # five old workdirs' trees, used a day ago and earlier
+        (parent / f"old{i}" / "tree").mkdir(parents=True)
+        os.utime(parent / f"old{i}", (now - 86400 - i, now - 86400 - i))
+    (parent / "young" / "tree").mkdir(parents=True)
+    cache, work = parent / "new", tmp_path / "jobs" / "j1" / "work"
+    subprocess.run([sys.executable, str(node), str(cache), str(work), "read"], check=True, capture_output=True)
+    header = cache / "incoming.json"
+    header.write_text(json.dumps({"expect": None, "entries": {}, "delete": [], "tar": False}))
+    subprocess.run([sys.executable, str(node), str(cache), str(work), "apply", str(header)], check=True, capture_output=True)
+    kept = sorted(p.name for p in parent.iterdir())
+    assert kept == ["new", "old0", "old1", "young"], kept  # KEEP_TREES = 4: the newest old ones stay

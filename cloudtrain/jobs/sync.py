@@ -1,4 +1,5 @@
-"""Incremental workdir: each node keeps the last tree shipped to it; a run sends only what changed.
+"""Incremental workdir: each node keeps the last tree shipped to it from each workdir (the
+most recent few, sync_node.py's KEEP_TREES); a run sends only what changed.
 
 The node's manifest (sync_node.py) records, for each shipped path, what it was here when it
 shipped: a file's size, mtime_ns and mode, or a link's target. A path whose record differs from
@@ -11,9 +12,11 @@ manifest, a file missing or of another size, a run cut halfway) is rebuilt from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
@@ -50,11 +53,18 @@ def entries(workdir: Path, files: list[str]) -> dict[str, list]:
     return found
 
 
+def cache_key(workdir: Path) -> str:
+    """Which of the node's trees is this workdir's: one per workdir (and machine it ships
+    from), so that runs alternating between two projects do not ship each whole every time."""
+    return hashlib.sha256(f"{socket.gethostname()}\0{workdir.resolve()}".encode()).hexdigest()[:16]
+
+
 def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], work: str) -> Synced:
     """Make `work` on the node hold exactly `files` of `workdir`, sending only what changed."""
     local = entries(workdir, files)
     q = shlex.quote
-    base = f"python3 -c {q(_NODE.read_text())} {q(paths.workdir_cache)} {q(work)}"
+    cache = f"{paths.workdir_cache}/{cache_key(workdir)}"
+    base = f"python3 -c {q(_NODE.read_text())} {q(cache)} {q(work)}"
     for fresh in (False, True):  # a second try (after a concurrent run changed the cache) ships all
         cached: dict = {} if fresh else _read(remote, base)
         have = cached.get("entries", {})
@@ -65,7 +75,7 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
             "delete": sorted(rel for rel in have if rel not in local),
             "tar": bool(changed),
         }
-        incoming = f"{paths.workdir_cache}/incoming-{uuid.uuid4().hex}.json"
+        incoming = f"{cache}/incoming-{uuid.uuid4().hex}.json"
         remote.write_text(incoming, json.dumps(header))
         apply = f"{base} apply {q(incoming)}"
         size = sum(local[rel][1] for rel in changed if local[rel][0] == "f")

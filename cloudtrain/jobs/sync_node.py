@@ -36,6 +36,7 @@ SPARE = "spare-"  # CACHE/spare-<generation>: a ready copy of that tree for the 
 SPARE_WAIT_S = 120  # at most this long for a spare being made; then the run copies itself
 LINK_OVER = 1 << 20  # files from this size are linked into a snapshot; smaller ones (code, configs) copied
 STARTING_S = 600  # a job folder without a pid this young is being started: counted as running
+KEEP_TREES = 4  # workdirs whose trees a node keeps (CACHE is one of the folders beside each other)
 
 
 def node_stat(st):
@@ -293,6 +294,30 @@ def make_spare(cache, generation):
         os._exit(0)
 
 
+def evict(cache):
+    """Beyond KEEP_TREES workdirs, the trees used longest ago go (never one a run holds locked).
+    Jobs that linked their files keep them: removing a name never changes an inode."""
+    parent = os.path.dirname(cache)
+    others = []
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if path != cache and os.path.isdir(path) and not os.path.islink(path):
+            try:
+                # Every run writes its header and manifest in the folder: its mtime is its last use.
+                others.append((os.stat(path).st_mtime, path))
+            except OSError:
+                pass
+    for used, path in sorted(others)[: max(0, len(others) - (KEEP_TREES - 1))]:
+        if time.time() - used < STARTING_S:
+            continue  # a run may be between reading this cache and updating it
+        try:
+            with open(os.path.join(path, "lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                remove(path)
+        except OSError:
+            pass  # in use, or already gone
+
+
 def main():
     cache, work, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     os.makedirs(cache, exist_ok=True)
@@ -304,6 +329,7 @@ def main():
         else:
             generation, copied = apply(cache, work, sys.argv[4])
             sys.stdout.flush()
+            evict(cache)
             if copied:  # runs overlap: the next one likely will too, so its copy is made ahead
                 make_spare(cache, generation)
 

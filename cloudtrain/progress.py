@@ -69,9 +69,11 @@ class Reporter:
                 progress.console.print(PREFIX + text, markup=False, highlight=False, soft_wrap=True)
             except OSError:
                 return  # a closed terminal must not turn a teardown into a crash
+            if text.startswith((" ", "warning:")):
+                return  # a job's log line or a warning: the phase goes on
             if self._status is not None:
                 progress.remove_task(self._status)
-            # A new row per line, so its elapsed time counts from the line (the phase it names).
+            # A new row per phase line, so its elapsed time counts from the line that named it.
             self._status = progress.add_task(text.strip()[:100], total=None, kind="status")
 
     def _write(self, line: str) -> None:

@@ -55,6 +55,8 @@ class Reporter:
         self._lock = threading.RLock()
         self._progress: Any = None
         self._status: Any = None  # the live row showing the latest line
+        self._stdout: Any = None  # the real streams while ours stand in for them
+        self._stderr: Any = None
 
     # -- lines ----------------------------------------------------------------------------
     def say(self, text: str) -> None:
@@ -64,17 +66,22 @@ class Reporter:
             if self.mode != LIVE:
                 self._write(PREFIX + text)
                 return
+            self._show(PREFIX + text, text)
+
+    def _show(self, line: str, phase: str | None) -> None:
+        """Print `line` above the live display; `phase`, when it names one, becomes its row."""
+        with self._lock:
             progress = self._live()
             try:
-                progress.console.print(PREFIX + text, markup=False, highlight=False, soft_wrap=True)
+                progress.console.print(line, markup=False, highlight=False, soft_wrap=True)
             except OSError:
                 return  # a closed terminal must not turn a teardown into a crash
-            if text.startswith((" ", "warning:")):
+            if phase is None or phase.startswith((" ", "warning:")):
                 return  # a job's log line or a warning: the phase goes on
             if self._status is not None:
                 progress.remove_task(self._status)
             # A new row per phase line, so its elapsed time counts from the line that named it.
-            self._status = progress.add_task(text.strip()[:100], total=None, kind="status")
+            self._status = progress.add_task(phase.strip(), total=None, kind="status")
 
     def _write(self, line: str) -> None:
         from cloudtrain import interrupts
@@ -108,13 +115,16 @@ class Reporter:
         if self._progress is None:
             from rich.console import Console
             from rich.progress import BarColumn, Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+            from rich.table import Column
 
             self._progress = Progress(
                 SpinnerColumn(),
-                TextColumn("{task.description}"),
-                BarColumn(bar_width=24),
+                # The description takes what the other columns leave, cut with an ellipsis: one row each.
+                TextColumn("{task.description}", markup=False, table_column=Column(ratio=1, no_wrap=True, overflow="ellipsis")),
+                BarColumn(bar_width=16),
                 _BytesColumn(),
                 TimeElapsedColumn(),
+                expand=True,
                 console=Console(file=_Survive(self.stream or sys.stderr), force_terminal=True),  # LIVE is chosen on a tty
                 transient=True,
                 refresh_per_second=8,
@@ -122,7 +132,10 @@ class Reporter:
                 redirect_stderr=False,
             )
             self._progress.start()
-            self._stdout, sys.stdout = sys.stdout, _Above(self)  # type: ignore[assignment]
+            # Whatever else writes to the terminal (the job's output, bootstrap's per-node
+            # lines) prints above the display, never through it.
+            self._stdout, sys.stdout = sys.stdout, _Above(self, phases=False)  # type: ignore[assignment]
+            self._stderr, sys.stderr = sys.stderr, _Above(self, phases=True)  # type: ignore[assignment]
             threading.Thread(target=self._poll, daemon=True, name="cloudtrain-progress").start()
         return self._progress
 
@@ -138,15 +151,35 @@ class Reporter:
 
     def close(self) -> None:
         with self._lock:
+            if isinstance(sys.stderr, _Quiet):
+                sys.stderr = self._stderr
             if self._progress is not None:
                 if isinstance(sys.stdout, _Above):
                     sys.stdout.flush_line()
                     sys.stdout = self._stdout
+                if isinstance(sys.stderr, _Above):
+                    sys.stderr.flush_line()
+                    sys.stderr = self._stderr
                 progress, self._progress = self._progress, None
                 try:
                     progress.stop()
                 except OSError:
                     pass
+
+
+class _Quiet:
+    """sys.stderr under --quiet: only lines that carry an error or a warning get through."""
+
+    def __init__(self, stream: Any) -> None:
+        self.stream = stream
+
+    def write(self, text: str) -> int:
+        if "error:" in text or "warning:" in text:
+            self.stream.write(text)
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self.stream, name)
 
 
 class _Survive:
@@ -192,22 +225,25 @@ class _Above:
     """sys.stdout while a live display runs: the job's output, text or bytes, printed line by
     line above the display rather than written through it."""
 
-    def __init__(self, reporter: Reporter) -> None:
+    def __init__(self, reporter: Reporter, phases: bool) -> None:
         import codecs
 
-        self.reporter, self.pending = reporter, ""
+        self.reporter, self.phases, self.pending = reporter, phases, ""
         self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
         self.buffer = self  # follow writes bytes to sys.stdout.buffer
 
     def write(self, data: str | bytes) -> int:
-        text = self.decoder.decode(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-        *lines, self.pending = (self.pending + text).split("\n")
-        progress = self.reporter._progress
+        with self.reporter._lock:  # bootstrap's node threads write at once
+            text = self.decoder.decode(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
+            *lines, self.pending = (self.pending + text).split("\n")
         for line in lines:
-            try:
-                (progress.console.print(line, markup=False, highlight=False, soft_wrap=True) if progress is not None else self.reporter._stdout.write(line + "\n"))
-            except OSError:
-                pass
+            if self.reporter._progress is not None:
+                self.reporter._show(line, line.removeprefix(PREFIX) if self.phases else None)
+            else:
+                try:
+                    (self.reporter._stderr if self.phases else self.reporter._stdout).write(line + "\n")
+                except (OSError, ValueError):
+                    pass
         return len(data)
 
     def flush_line(self) -> None:
@@ -221,7 +257,7 @@ class _Above:
         return True
 
     def fileno(self) -> int:
-        return self.reporter._stdout.fileno()
+        return (self.reporter._stderr if self.phases else self.reporter._stdout).fileno()
 
 
 def _bytes_column_class() -> type:
@@ -271,6 +307,11 @@ def configure(quiet: bool = False) -> Reporter:
     else:
         mode = PLAIN
     _reporter = Reporter(mode)
+    if mode == QUIET:
+        # Lines written straight to stderr (bootstrap's per-node ones) obey --quiet too; the
+        # reporter's own results go to the real stderr.
+        _reporter.stream = _reporter._stderr = sys.stderr
+        sys.stderr = _Quiet(sys.stderr)  # type: ignore[assignment]
     return _reporter
 
 

@@ -6,7 +6,8 @@ that shows the latest line with the time since it, and phases that move bytes (s
 bringing home) get a bar with bytes, rate and ETA. Anywhere else the lines print as before,
 one per line, with no escape codes. `--quiet` keeps errors, warnings and `Result` lines only.
 
-rich is imported only once a live display starts, so pipes, `--help` and `status` never pay
+The stand-ins for stdout/stderr while it draws are in progress_streams.py. rich is
+imported only once a live display starts, so pipes, `--help` and `status` never pay
 for it. Transfers report bytes through `advance()`/`expect()`, which cost a dict lookup when
 no byte phase is live on the calling thread.
 """
@@ -20,8 +21,9 @@ import time
 from contextlib import contextmanager
 from typing import Any, Callable, Iterator
 
+from cloudtrain.progress_streams import PREFIX, Above, Quiet, Survive
+
 PLAIN, LIVE, QUIET = "plain", "live", "quiet"
-PREFIX = "cloudtrain: "
 
 
 class Result(str):
@@ -125,7 +127,7 @@ class Reporter:
                 _BytesColumn(),
                 TimeElapsedColumn(),
                 expand=True,
-                console=Console(file=_Survive(self.stream or sys.stderr), force_terminal=True),  # LIVE is chosen on a tty
+                console=Console(file=Survive(self.stream or sys.stderr), force_terminal=True),  # LIVE is chosen on a tty
                 transient=True,
                 refresh_per_second=8,
                 redirect_stdout=False,  # ours below also takes the job's bytes (sys.stdout.buffer)
@@ -134,8 +136,8 @@ class Reporter:
             self._progress.start()
             # Whatever else writes to the terminal (the job's output, bootstrap's per-node
             # lines) prints above the display, never through it.
-            self._stdout, sys.stdout = sys.stdout, _Above(self, phases=False)  # type: ignore[assignment]
-            self._stderr, sys.stderr = sys.stderr, _Above(self, phases=True)  # type: ignore[assignment]
+            self._stdout, sys.stdout = sys.stdout, Above(self, phases=False)  # type: ignore[assignment]
+            self._stderr, sys.stderr = sys.stderr, Above(self, phases=True)  # type: ignore[assignment]
             threading.Thread(target=self._poll, daemon=True, name="cloudtrain-progress").start()
         return self._progress
 
@@ -151,13 +153,13 @@ class Reporter:
 
     def close(self) -> None:
         with self._lock:
-            if isinstance(sys.stderr, _Quiet):
+            if isinstance(sys.stderr, Quiet):
                 sys.stderr = self._stderr
             if self._progress is not None:
-                if isinstance(sys.stdout, _Above):
+                if isinstance(sys.stdout, Above):
                     sys.stdout.flush_line()
                     sys.stdout = self._stdout
-                if isinstance(sys.stderr, _Above):
+                if isinstance(sys.stderr, Above):
                     sys.stderr.flush_line()
                     sys.stderr = self._stderr
                 progress, self._progress = self._progress, None
@@ -165,99 +167,6 @@ class Reporter:
                     progress.stop()
                 except OSError:
                     pass
-
-
-class _Quiet:
-    """sys.stderr under --quiet: only lines that carry an error or a warning get through."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream = stream
-
-    def write(self, text: str) -> int:
-        if "error:" in text or "warning:" in text:
-            self.stream.write(text)
-        return len(text)
-
-    def __getattr__(self, name: str) -> Any:
-        return getattr(self.stream, name)
-
-
-class _Survive:
-    """The live display's terminal: once it is gone (a closed window: EIO), writes are dropped,
-    so no refresh, in whichever thread, turns the cleanup that follows into a crash."""
-
-    def __init__(self, stream: Any) -> None:
-        self.stream, self.dead = stream, False
-
-    def write(self, text: str) -> int:
-        if not self.dead:
-            try:
-                self.stream.write(text)
-            except (OSError, ValueError):
-                self._die()
-        return len(text)
-
-    def flush(self) -> None:
-        if not self.dead:
-            try:
-                self.stream.flush()
-            except (OSError, ValueError):
-                self._die()
-
-    def _die(self) -> None:
-        from cloudtrain import interrupts
-
-        self.dead = True
-        interrupts.silence(self.stream)
-
-    def isatty(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return self.stream.fileno()
-
-    @property
-    def encoding(self) -> str:
-        return getattr(self.stream, "encoding", "utf-8") or "utf-8"
-
-
-class _Above:
-    """sys.stdout while a live display runs: the job's output, text or bytes, printed line by
-    line above the display rather than written through it."""
-
-    def __init__(self, reporter: Reporter, phases: bool) -> None:
-        import codecs
-
-        self.reporter, self.phases, self.pending = reporter, phases, ""
-        self.decoder = codecs.getincrementaldecoder("utf-8")("replace")
-        self.buffer = self  # follow writes bytes to sys.stdout.buffer
-
-    def write(self, data: str | bytes) -> int:
-        with self.reporter._lock:  # bootstrap's node threads write at once
-            text = self.decoder.decode(data) if isinstance(data, (bytes, bytearray, memoryview)) else data
-            *lines, self.pending = (self.pending + text).split("\n")
-        for line in lines:
-            if self.reporter._progress is not None:
-                self.reporter._show(line, line.removeprefix(PREFIX) if self.phases else None)
-            else:
-                try:
-                    (self.reporter._stderr if self.phases else self.reporter._stdout).write(line + "\n")
-                except (OSError, ValueError):
-                    pass
-        return len(data)
-
-    def flush_line(self) -> None:
-        if self.pending:
-            self.write("\n")
-
-    def flush(self) -> None:
-        pass
-
-    def isatty(self) -> bool:
-        return True
-
-    def fileno(self) -> int:
-        return (self.reporter._stderr if self.phases else self.reporter._stdout).fileno()
 
 
 def _bytes_column_class() -> type:
@@ -311,7 +220,7 @@ def configure(quiet: bool = False) -> Reporter:
         # Lines written straight to stderr (bootstrap's per-node ones) obey --quiet too; the
         # reporter's own results go to the real stderr.
         _reporter.stream = _reporter._stderr = sys.stderr
-        sys.stderr = _Quiet(sys.stderr)  # type: ignore[assignment]
+        sys.stderr = Quiet(sys.stderr)  # type: ignore[assignment]
     return _reporter
 
 

@@ -129,12 +129,13 @@ def apply(cache, work, header_path):
         json.dump({"generation": generation, "entries": header["entries"], "node": seen}, f)
     os.replace(tmp, os.path.join(cache, "manifest.json"))
     os.makedirs(os.path.dirname(work), exist_ok=True)
-    linked = [w for w in load_linked(cache) if os.path.isdir(w)]
-    if not any(running(w) for w in linked):
+    # Only sharers that may still write matter: a finished job never runs again here.
+    linked = [w for w in load_linked(cache) if os.path.isdir(w) and running(w)]
+    if not linked:
         # No job that could write through a link runs: small files copied, big ones linked.
         if not link_tree(tree, work):
             sys.exit("cloudtrain sync: making the job's workdir %s failed" % work)
-        save_linked(cache, linked + [work])
+        save_linked(cache, [work])
         return generation, False
     # A job sharing the links runs: a real copy, the spare made ahead (one rename) or one now.
     if not claim_spare(cache, generation, work):

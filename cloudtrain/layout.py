@@ -4,7 +4,7 @@ chose one, else `$CLOUDTRAIN_NODE_ROOT` or ~/.cloudtrain.
     venv/                     the jobs' Python environment (bootstrap makes it)
     bootstrap/state.json      fingerprints of applied steps
     bootstrap/steps/, logs/   each step's script and output
-    workdir-cache/            tree/ (the last workdir shipped here), manifest.json, lock (jobs/sync.py)
+    workdir-cache/<key>/      per workdir: tree/ (its last tree shipped here), manifest.json, lock (jobs/sync.py)
     jobs/<job-id>/            work/ (shipped files), out/ ($CLOUDTRAIN_OUTPUT_DIR), log.txt,
                               run.sh, track.py (the job's session leader), pid (its pid = the
                               job's session id), main_pid and main_exit (the program's),

@@ -22,6 +22,7 @@ from cloudtrain.errors import BadInput, CloudtrainError, DamagedRecord, Provisio
 from cloudtrain.jobs.record import JobRecord, all_jobs, jobs_of
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.machine import Cluster
+from cloudtrain.progress import Result
 from cloudtrain.provisioner import hostkey_rotation
 from cloudtrain.spec import ClusterSpec, format_duration
 from cloudtrain.state import ClusterDir, ClusterRecord, Store
@@ -104,7 +105,7 @@ def up(store: Store, spec: ClusterSpec, say: Say) -> ClusterRecord:
                 prov.destroy(cdir, record)
                 cdir.remove()
             raise
-        say(f"cluster {spec.name} is ready")
+        say(Result(f"cluster {spec.name} is ready"))
         return record
 
 
@@ -253,10 +254,11 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
             raise
         stop = prov.observed_stop(cdir, record)
         ran_s = record.running_s(stopped_at=stop.get("at") if stop else None)
+        say(f"cluster {cdir.name}: destroying")  # the phase a live display shows while it lasts
         prov.destroy(cdir, record)
         store.bury(cdir.name, {"provider": record.spec.provider, "created_at": record.created_at})
         cdir.remove()
-    say(f"cluster {cdir.name} is down ({_cost_line(prov, record.spec, ran_s)})")
+    say(Result(f"cluster {cdir.name} is down ({_cost_line(prov, record.spec, ran_s)})"))
     return True
 
 
@@ -305,4 +307,4 @@ def _destroy_unrecorded(store: Store, cdir: ClusterDir, say: Say) -> None:
     kept = _keep_logs(store, cdir)
     store.bury(cdir.name, {"provider": name, "damaged": True})
     cdir.remove()
-    say(f"cluster {cdir.name} is down" + (f" (logs kept in {kept})" if kept else ""))
+    say(Result(f"cluster {cdir.name} is down" + (f" (logs kept in {kept})" if kept else "")))

@@ -7,6 +7,7 @@ travel again, and a job that sees the workdir's content proves it did."""
 from __future__ import annotations
 
 import json
+import re
 import os
 import subprocess
 import sys
@@ -16,6 +17,7 @@ from pathlib import Path
 
 import pytest
 
+from cloudtrain.jobs import sync
 from conftest import Cli, _sshd_pids_under
 
 LIST_SCRIPT = textwrap.dedent(
@@ -27,9 +29,19 @@ LIST_SCRIPT = textwrap.dedent(
             rel = os.path.relpath(os.path.join(dirpath, name), ".")
             seen[rel] = open(rel, errors="replace").read() if name.endswith(".txt") else os.path.getsize(rel)
     json.dump(seen, open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "seen.json"), "w"))
-    if len(sys.argv) > 1:  # a job that edits its own workdir
+    if "edit" in sys.argv:  # a job that edits its own workdir
         open("a.txt", "a").write("EDITED")
         open("made-by-job.txt", "w").write("job")
+    if "scribble" in sys.argv:  # one that writes in place into a big file (a hard link, if shared)
+        with open("big.bin", "r+b") as f:
+            f.write(b"SCRIBBLED")
+    if "hold" in sys.argv:  # one that runs until the test lets it end
+        import time
+        release = sys.argv[-1]
+        for _ in range(1200):
+            if os.path.exists(release):
+                break
+            time.sleep(0.1)
     """
 )
 
@@ -69,9 +81,10 @@ def _run(cli: Cli, proj: Path, out: Path, *args: str) -> tuple[dict, str]:
 
 
 def _cached(home: Path, rel: str) -> Path:
-    trees = list(home.glob("clusters/**/workdir-cache/tree"))
-    assert len(trees) == 1, f"expected one node cache under {home}, found {trees}"
-    return trees[0] / rel
+    """The node's cached tree of the project that ran last (each workdir has its own)."""
+    trees = list(home.glob("clusters/**/workdir-cache/*/tree"))
+    assert trees, f"no node cache under {home}"
+    return max(trees, key=lambda t: (t.parent / "manifest.json").stat().st_mtime_ns) / rel
 
 
 def _tamper(path: Path, text: str) -> None:
@@ -82,23 +95,18 @@ def _tamper(path: Path, text: str) -> None:
     os.utime(path, ns=(st.st_atime_ns, st.st_mtime_ns))
 
 
-def _spare(home: Path) -> Path:
-    """The node's ready copy of its current cached tree (made in the background after a run)."""
-    cache = _cached(home, "").parent
-    deadline = time.monotonic() + 120
-    while time.monotonic() < deadline:
-        spare = cache / f"spare-{json.loads((cache / 'manifest.json').read_text())['generation']}"
-        if spare.is_dir() and not list(cache.glob("making-*")):
-            return spare
-        time.sleep(0.1)
-    raise AssertionError(f"no spare copy of the cached tree appeared in {cache}")
-
-
 def _tamper_cache(home: Path, rel: str, text: str) -> None:
-    """Tamper the cached tree and its spare copy alike: what the next job would get either way."""
-    spare = _spare(home)
+    """Tamper the cached tree and any spare copy alike: what the next job would get either way."""
     _tamper(_cached(home, rel), text)
-    _tamper(spare / rel, text)
+    cache = _cached(home, "").parent
+    for spare in cache.glob("spare-*"):
+        _tamper(spare / rel, text)
+
+
+def _work(home: Path, out: Path) -> Path:
+    job_id = json.loads((out / "run.json").read_text())["job_id"]
+    (work,) = home.glob(f"clusters/**/jobs/{job_id}/work")
+    return work
 
 
 def test_unchanged_workdir_ships_nothing_and_one_changed_file_ships_alone(node, tmp_path: Path) -> None:
@@ -140,6 +148,22 @@ def test_a_deleted_file_is_gone_from_the_cache_and_the_next_job(node, tmp_path: 
     assert "sent 1 of 5 file(s)" in said, said
 
 
+def test_runs_alternating_between_two_workdirs_ship_neither_again(node, tmp_path: Path) -> None:
+    """Each workdir keeps its own tree on the node: a tiny project run in between does not
+    replace the big one's (it did: the next run of the big one shipped everything again)."""
+    cli, _ = node
+    big, tiny = _project(tmp_path / "big"), tmp_path / "tiny"
+    tiny.mkdir()
+    (tiny / "list.py").write_text(LIST_SCRIPT)
+    _run(cli, big, tmp_path / "o1")
+    _run(cli, tiny, tmp_path / "o2")
+    seen, said = _run(cli, big, tmp_path / "o3")
+    assert "sent 0 of 5 file(s)" in said, said
+    assert seen["big.bin"] == 3 << 20 and seen["a.txt"] == "aaaa"
+    _, said = _run(cli, tiny, tmp_path / "o4")
+    assert "sent 0 of 1 file(s)" in said, said
+
+
 def test_a_jobs_edits_to_its_workdir_reach_neither_the_cache_nor_the_next_job(node, tmp_path: Path) -> None:
     cli, home = node
     proj = _project(tmp_path / "proj")
@@ -152,19 +176,50 @@ def test_a_jobs_edits_to_its_workdir_reach_neither_the_cache_nor_the_next_job(no
     assert "sent 0 of 5 file(s)" in said, said
 
 
-def test_an_unchanged_workdirs_next_job_takes_the_ready_copy_instead_of_copying(node, tmp_path: Path) -> None:
+def test_an_unchanged_workdirs_next_job_links_its_big_files_and_copies_its_small_ones(node, tmp_path: Path) -> None:
+    """No copy of the bytes per run: a 300 MiB workdir's next run costs a link per big file."""
     cli, home = node
     proj = _project(tmp_path / "proj")
-    _run(cli, proj, tmp_path / "o1", "edit")  # the job edits its copy; the spare is the tree's
-    spare = _spare(home)
-    inode = (spare / "big.bin").stat().st_ino
+    _run(cli, proj, tmp_path / "o1", "edit")  # the job edits its small a.txt: its own copy
     second, said = _run(cli, proj, tmp_path / "o2")
     assert "sent 0 of 5 file(s)" in said, said
     assert second["a.txt"] == "aaaa" and "made-by-job.txt" not in second
-    job_id = json.loads((tmp_path / "o2" / "run.json").read_text())["job_id"]
-    (work,) = home.glob(f"clusters/**/jobs/{job_id}/work")
-    assert (work / "big.bin").stat().st_ino == inode, "the job's workdir was copied again, not taken ready"
-    assert (_spare(home) / "big.bin").stat().st_ino != inode  # the next job gets a copy of its own
+    work = _work(home, tmp_path / "o2")
+    assert (work / "big.bin").stat().st_ino == _cached(home, "big.bin").stat().st_ino, "the big file was copied, not linked"
+    assert (work / "a.txt").stat().st_ino != _cached(home, "a.txt").stat().st_ino, "a small file was linked, not copied"
+
+
+def test_a_job_writing_in_place_through_a_link_never_reaches_the_next_job(node, tmp_path: Path) -> None:
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    original = (proj / "big.bin").read_bytes()
+    _run(cli, proj, tmp_path / "o1", "scribble")
+    # The job wrote through its hard link: the next run sees the tree's copy changed, ships
+    # that file alone again, and tar gives it a new inode (the first job keeps what it made).
+    second, said = _run(cli, proj, tmp_path / "o2")
+    assert "sent 1 of 5 file(s), 3.0 MiB changed" in said, said
+    assert (_work(home, tmp_path / "o2") / "big.bin").read_bytes() == original
+    assert (_work(home, tmp_path / "o1") / "big.bin").read_bytes().startswith(b"SCRIBBLED")
+
+
+def test_a_job_that_overlaps_a_running_one_gets_a_real_copy(node, tmp_path: Path) -> None:
+    """While a job that shares the links runs, the next one must not share a byte it could change."""
+    cli, home = node
+    proj = _project(tmp_path / "proj")
+    _run(cli, proj, tmp_path / "o0")
+    release = tmp_path / "release"
+    held = cli("run", str(proj / "list.py"), "--detach", "--output", str(tmp_path / "o1"), "--", "hold", str(release))
+    assert held.returncode == 0, held.stderr
+    try:
+        second, said = _run(cli, proj, tmp_path / "o2")
+        assert "sent 0 of 5 file(s)" in said, said
+        work = _work(home, tmp_path / "o2")
+        assert (work / "big.bin").stat().st_ino != _cached(home, "big.bin").stat().st_ino, "linked while a sharing job ran"
+        assert (work / "big.bin").read_bytes() == (proj / "big.bin").read_bytes()
+    finally:
+        release.touch()
+    job = re.search(r"job (\S+) started", held.stderr).group(1)  # type: ignore[union-attr]
+    assert cli("logs", job, "-f", timeout=300).returncode == 0
 
 
 def test_a_damaged_cache_is_rebuilt_from_a_full_upload(node, tmp_path: Path) -> None:
@@ -201,3 +256,22 @@ def test_two_runs_at_once_each_get_exactly_their_own_workdir(node, tmp_path: Pat
     first, second = (json.loads((tmp_path / f"o{i}" / "seen.json").read_text()) for i in range(2))
     assert first["a.txt"] == "aaaa" and "only-in-p2.txt" not in first
     assert second["a.txt"] == "second project" and second["only-in-p2.txt"] == "p2"
+
+
+def test_a_node_keeps_the_trees_of_the_workdirs_used_last_and_no_more(tmp_path: Path) -> None:
+    """The node side alone (no sshd needed): beyond KEEP_TREES workdirs the ones used longest
+    ago go; one used in the last minutes stays, as a run may be between its read and update."""
+    node = Path(sync.__file__).with_name("sync_node.py")
+    parent = tmp_path / "workdir-cache"
+    now = time.time()
+    for i in range(5):  # five old workdirs' trees, used a day ago and earlier
+        (parent / f"old{i}" / "tree").mkdir(parents=True)
+        os.utime(parent / f"old{i}", (now - 86400 - i, now - 86400 - i))
+    (parent / "young" / "tree").mkdir(parents=True)
+    cache, work = parent / "new", tmp_path / "jobs" / "j1" / "work"
+    subprocess.run([sys.executable, str(node), str(cache), str(work), "read"], check=True, capture_output=True)
+    header = cache / "incoming.json"
+    header.write_text(json.dumps({"expect": None, "entries": {}, "delete": [], "tar": False}))
+    subprocess.run([sys.executable, str(node), str(cache), str(work), "apply", str(header)], check=True, capture_output=True)
+    kept = sorted(p.name for p in parent.iterdir())
+    assert kept == ["new", "old0", "old1", "young"], kept  # KEEP_TREES = 4: the newest old ones stay

@@ -7,7 +7,7 @@ import sys
 
 import typer
 
-from cloudtrain import interrupts
+from cloudtrain import interrupts, progress
 from cloudtrain.cli.app import app
 from cloudtrain.errors import CloudtrainError
 
@@ -34,6 +34,7 @@ def main(argv: list[str] | None = None) -> None:
             code = app(args=argv, standalone_mode=False)
         finally:
             interrupts.hold()  # done: a signal now would only turn the exit into a traceback
+            progress.close()  # the live display ends before any error line prints
         if interrupts.signalled() is not None:
             code = _interrupted()  # typer turns the KeyboardInterrupt into a plain 130
     except CloudtrainError as e:

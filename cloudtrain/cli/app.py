@@ -46,6 +46,13 @@ app = typer.Typer(
 )
 
 
+@app.callback()
+def _options(quiet: bool = typer.Option(False, "--quiet", "-q", help="Print only errors, warnings and the final result (no progress).")) -> None:
+    from cloudtrain import progress
+
+    progress.configure(quiet=quiet)  # live on a terminal, plain lines elsewhere
+
+
 def fail(err: CloudtrainError) -> "typer.Exit":
     """Print the error's one line on stderr and return the Exit carrying its code."""
     print(f"cloudtrain: error: {err.line()}", file=sys.stderr)

@@ -2,13 +2,12 @@
 
 from __future__ import annotations
 
-import sys
 from pathlib import Path
 from typing import List, Optional
 
 import typer
 
-from cloudtrain import interrupts, provisioner
+from cloudtrain import progress, provisioner
 from cloudtrain.cli import completion
 from cloudtrain.errors import BadInput
 from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_duration, parse_gpu
@@ -17,8 +16,9 @@ ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be le
 
 
 def say(text: str) -> None:
-    # A closed terminal must not turn the teardown this may be reporting into a crash.
-    interrupts.write(f"cloudtrain: {text}", sys.stderr)
+    # Live on a terminal, plain lines elsewhere, or quiet (progress.py); a closed terminal
+    # must not turn the teardown this may be reporting into a crash.
+    progress.say(text)
 
 
 def build_spec(

@@ -10,6 +10,7 @@ from cloudtrain.jobs import destination, metrics
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.jobs.shipment import Shipment
+from cloudtrain.progress import Result
 from cloudtrain.spec import JobSpec
 from cloudtrain.state import Store
 
@@ -30,10 +31,10 @@ def verified_count(output: Path) -> int | None:
 def report(record: JobRecord, output: Path, say: Say) -> None:
     count = verified_count(output)
     files = f"{count} file(s) in {output} (sha256 verified)" if count is not None else f"no readable manifest.json in {output}"
-    say(f"job {record.job_id} exited {record.exit_code}; {files}")
+    say(Result(f"job {record.job_id} exited {record.exit_code}; {files}"))
     summary, series = metrics.read(output)
     for line in metrics.render(summary, series):
-        say(line)
+        say(Result(line))
 
 
 def redirect(store: Store, record: JobRecord, output: Path, mode: str | None, say: Say) -> None:
@@ -62,7 +63,7 @@ def finish(runner: JobRunner, record: JobRecord, say: Say, offset: int = 0) -> i
 def run(store: Store, runner: JobRunner, job: JobSpec | Shipment, say: Say) -> tuple[JobRecord, int | None]:
     record = runner.submit(job)
     if (job.spec if isinstance(job, Shipment) else job).detach:
-        say(f"job {record.job_id} started; follow it with `cloudtrain logs {record.job_id} -f`")
+        say(Result(f"job {record.job_id} started; follow it with `cloudtrain logs {record.job_id} -f`"))
         return record, None
     say(f"job {record.job_id} started on {', '.join(record.nodes)}")
     try:

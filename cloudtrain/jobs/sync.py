@@ -1,4 +1,5 @@
-"""Incremental workdir: each node keeps the last tree shipped to it; a run sends only what changed.
+"""Incremental workdir: each node keeps the last tree shipped to it from each workdir (the
+most recent few, sync_node.py's KEEP_TREES); a run sends only what changed.
 
 The node's manifest (sync_node.py) records, for each shipped path, what it was here when it
 shipped: a file's size, mtime_ns and mode, or a link's target. A path whose record differs from
@@ -11,13 +12,16 @@ manifest, a file missing or of another size, a run cut halfway) is rebuilt from 
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
 import shlex
+import socket
 import uuid
 from dataclasses import dataclass
 from pathlib import Path
 
+from cloudtrain import progress
 from cloudtrain.errors import CommandFailed, TransferError
 from cloudtrain.jobs import transfer
 from cloudtrain.jobs.workdir import link_target
@@ -49,12 +53,19 @@ def entries(workdir: Path, files: list[str]) -> dict[str, list]:
     return found
 
 
+def cache_key(workdir: Path) -> str:
+    """Which of the node's trees is this workdir's: one per workdir (and machine it ships
+    from), so that runs alternating between two projects do not ship each whole every time."""
+    return hashlib.sha256(f"{socket.gethostname()}\0{workdir.resolve()}".encode()).hexdigest()[:16]
+
+
 def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], work: str) -> Synced:
     """Make `work` on the node hold exactly `files` of `workdir`, sending only what changed."""
     local = entries(workdir, files)
     q = shlex.quote
+    cache = f"{paths.workdir_cache}/{cache_key(workdir)}"
     # The cluster's venv python, -I -S (stdlib only): no PATH lookup or shim, no site scan (issue 9).
-    base = f"{q(paths.python)} -I -S -c {q(_NODE.read_text())} {q(paths.workdir_cache)} {q(work)}"
+    base = f"{q(paths.python)} -I -S -c {q(_NODE.read_text())} {q(cache)} {q(work)}"
     for fresh in (False, True):  # a second try (after a concurrent run changed the cache) ships all
         cached: dict = {} if fresh else _read(remote, base)
         have = cached.get("entries", {})
@@ -65,19 +76,20 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
             "delete": sorted(rel for rel in have if rel not in local),
             "tar": bool(changed),
         }
-        incoming = f"{paths.workdir_cache}/incoming-{uuid.uuid4().hex}.json"
+        incoming = f"{cache}/incoming-{uuid.uuid4().hex}.json"
         remote.write_text(incoming, json.dumps(header))
         apply = f"{base} apply {q(incoming)}"
+        size = sum(local[rel][1] for rel in changed if local[rel][0] == "f")
         try:
             if changed:
-                transfer.send_tar(remote, workdir, changed, apply)
+                with progress.phase(f"{remote.node.name}: shipping {len(changed)} file(s)", total=size):
+                    transfer.send_tar(remote, workdir, changed, apply)
             else:
                 remote.run(apply)
         except CommandFailed as e:
             if e.result.exit_code == CONFLICT and not fresh:
                 continue
             raise TransferError(f"updating the workdir on {remote.node.name} failed: {(e.result.stderr or '').strip()[-300:]}", "run it again; the next run ships the whole workdir") from e
-        size = sum(local[rel][1] for rel in changed if local[rel][0] == "f")
         return Synced(sent=len(changed), total=len(files), bytes=size)
     raise AssertionError("unreachable: the fresh pass never conflicts")
 

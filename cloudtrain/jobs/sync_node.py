@@ -4,12 +4,21 @@
     python3 -c SCRIPT CACHE WORK apply HEADER   tar of changed files on stdin: update the cache, then
                                                 copy it to WORK (the job's own snapshot)
 
-CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries"}) and
-spare-<generation>/, a copy of the tree made in the background after each run: the next job
-of an unchanged tree takes it with one rename instead of copying every byte. Both
-modes hold CACHE/lock, so two runs on one node never interleave. The manifest is removed before
-the tree changes and written back only once it is whole again: a cut upload leaves no manifest,
-and the next run ships everything into a fresh tree.
+CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries", "node":
+each file's size, mtime_ns and mode here}), linked.json (the jobs whose snapshots share the
+tree's big files) and, when runs overlap, spare-<generation>/ (a copy made in the background).
+
+A job's snapshot is its own copy of every small file and a hard link to every big one
+(LINK_OVER), taken in one pass over the tree without copying the bytes, as long as no job
+that shares those links still runs. A hard link is not copy-on-write: a job that writes in
+place into a big file changes the tree's copy too. So the tree's files are checked against
+the "node" record at every run, and one a job changed is dropped from the manifest: the
+client ships it again, and tar unlinks the old one before writing it (the finished job keeps
+what it made). While a job that shares the links still runs, the next job instead gets a
+real copy (the spare made ahead for it, else a copy now), so running jobs never share a
+byte a job could change. Both modes hold CACHE/lock, so two runs on one node never interleave.
+The manifest is removed before the tree changes and written back only once it is whole again:
+a cut upload leaves no manifest, and the next run ships everything into a fresh tree.
 """
 
 import fcntl
@@ -25,6 +34,13 @@ import uuid
 CONFLICT = 75  # the cache changed since the client read it: it plans again
 SPARE = "spare-"  # CACHE/spare-<generation>: a ready copy of that tree for the next job
 SPARE_WAIT_S = 120  # at most this long for a spare being made; then the run copies itself
+LINK_OVER = 1 << 20  # files from this size are linked into a snapshot; smaller ones (code, configs) copied
+STARTING_S = 600  # a job folder without a pid this young is being started: counted as running
+KEEP_TREES = 4  # workdirs whose trees a node keeps (CACHE is one of the folders beside each other)
+
+
+def node_stat(st):
+    return [st.st_size, st.st_mtime_ns, st.st_mode & 0o7777]
 
 
 def load(cache):
@@ -32,14 +48,20 @@ def load(cache):
         with open(os.path.join(cache, "manifest.json")) as f:
             manifest = json.load(f)
         entries = manifest["entries"]
+        seen = manifest.get("node", {})
         tree = os.path.join(cache, "tree")
+        edited = []
         for rel, entry in entries.items():
             st = os.lstat(os.path.join(tree, rel))
             if entry[0] == "l":
                 if not stat.S_ISLNK(st.st_mode) or os.readlink(os.path.join(tree, rel)) != entry[1]:
                     return None
-            elif not stat.S_ISREG(st.st_mode) or st.st_size != entry[1]:
+            elif not stat.S_ISREG(st.st_mode):
                 return None
+            elif seen.get(rel) != node_stat(st):
+                edited.append(rel)  # written in place through a job's link (or damaged): ship it again
+        for rel in edited:
+            del entries[rel]
         return manifest
     except (OSError, ValueError, KeyError, TypeError, IndexError, AttributeError):
         return None  # missing, damaged or out of step with the tree: ship everything afresh
@@ -87,25 +109,108 @@ def apply(cache, work, header_path):
             except OSError:
                 break
             parent = os.path.dirname(parent)
+    if header["expect"] is None:
+        save_linked(cache, [])  # a fresh tree shares nothing with any job
     if header["tar"]:
-        code = subprocess.call(["tar", "xf", "-", "-C", tree])  # stdin: the client's tar, untouched
+        # --unlink-first: a file that ships again gets a new inode, never written through a
+        # job's link. stdin: the client's tar, untouched.
+        code = subprocess.call(["tar", "xf", "-", "--unlink-first", "-C", tree])
         if code != 0:
             sys.exit("cloudtrain sync: tar exited %d unpacking the workdir" % code)
     # Nothing changed: the tree keeps its generation, and with it the spare made for it.
     unchanged = header["expect"] is not None and not header["tar"] and not header["delete"]
     generation = header["expect"] if unchanged else uuid.uuid4().hex
     tmp = os.path.join(cache, "manifest.json.tmp")
+    seen = {}
+    for rel, entry in header["entries"].items():
+        if entry[0] == "f":
+            seen[rel] = node_stat(os.lstat(inside(tree, rel)))
     with open(tmp, "w") as f:
-        json.dump({"generation": generation, "entries": header["entries"]}, f)
+        json.dump({"generation": generation, "entries": header["entries"], "node": seen}, f)
     os.replace(tmp, os.path.join(cache, "manifest.json"))
-    # The job's own real copy, so that its edits change neither the cache nor the next job's:
-    # the spare copy of this generation made after the last run (one rename), else a copy now.
     os.makedirs(os.path.dirname(work), exist_ok=True)
+    # Only sharers that may still write matter: a finished job never runs again here.
+    linked = [w for w in load_linked(cache) if os.path.isdir(w) and running(w)]
+    if not linked:
+        # No job that could write through a link runs: small files copied, big ones linked.
+        if not link_tree(tree, work):
+            sys.exit("cloudtrain sync: making the job's workdir %s failed" % work)
+        save_linked(cache, [work])
+        return generation, False
+    # A job sharing the links runs: a real copy, the spare made ahead (one rename) or one now.
     if not claim_spare(cache, generation, work):
         os.makedirs(work, exist_ok=True)
         if not copy_tree(tree, work):
             sys.exit("cloudtrain sync: copying the cached workdir into %s failed" % work)
-    return generation
+    if any(node_stat(os.lstat(inside(tree, rel))) != was for rel, was in seen.items()):
+        # The running job wrote through its links while we copied: the copy may hold half of
+        # it. The client ships everything afresh into a new tree, which no job shares.
+        remove(os.path.join(cache, "manifest.json"))
+        remove(work)
+        sys.exit(CONFLICT)
+    return generation, True
+
+
+def load_linked(cache):
+    try:
+        with open(os.path.join(cache, "linked.json")) as f:
+            found = json.load(f)
+        return [w for w in found if isinstance(w, str)] if isinstance(found, list) else []
+    except (OSError, ValueError):
+        return []
+
+
+def save_linked(cache, works):
+    tmp = os.path.join(cache, "linked.json.tmp")
+    with open(tmp, "w") as f:
+        json.dump(works, f)
+    os.replace(tmp, os.path.join(cache, "linked.json"))
+
+
+def running(work):
+    """Whether the job whose snapshot is `work` may still write into it (layout.py's job files)."""
+    job = os.path.dirname(work)
+    if os.path.exists(os.path.join(job, "exit_code")):
+        return False  # written once every process of the job has ended
+    try:
+        with open(os.path.join(job, "pid")) as f:
+            return alive(int(f.read().strip()))
+    except (OSError, ValueError):
+        try:
+            return time.time() - os.stat(job).st_mtime < STARTING_S
+        except OSError:
+            return False
+
+
+def link_tree(tree, dest):
+    """dest: tree's folders and links remade, its small files copied, its big files hard-linked."""
+    folders = []
+    try:
+        os.makedirs(dest, exist_ok=True)
+        for dirpath, dirnames, filenames in os.walk(tree):
+            rel = os.path.relpath(dirpath, tree)
+            out = dest if rel == "." else os.path.join(dest, rel)
+            for name in dirnames:
+                src = os.path.join(dirpath, name)
+                if os.path.islink(src):
+                    os.symlink(os.readlink(src), os.path.join(out, name))
+                else:
+                    os.mkdir(os.path.join(out, name))
+                    folders.append((src, os.path.join(out, name)))
+            for name in filenames:
+                src, dst = os.path.join(dirpath, name), os.path.join(out, name)
+                st = os.lstat(src)
+                if stat.S_ISLNK(st.st_mode):
+                    os.symlink(os.readlink(src), dst)
+                elif st.st_size >= LINK_OVER:
+                    os.link(src, dst)
+                else:
+                    shutil.copy2(src, dst)
+        for src, dst in reversed(folders):  # last: a read-only folder must take its files first
+            shutil.copystat(src, dst)
+        return True
+    except OSError:
+        return False
 
 
 def copy_tree(tree, dest):
@@ -190,6 +295,30 @@ def make_spare(cache, generation):
         os._exit(0)
 
 
+def evict(cache):
+    """Beyond KEEP_TREES workdirs, the trees used longest ago go (never one a run holds locked).
+    Jobs that linked their files keep them: removing a name never changes an inode."""
+    parent = os.path.dirname(cache)
+    others = []
+    for name in os.listdir(parent):
+        path = os.path.join(parent, name)
+        if path != cache and os.path.isdir(path) and not os.path.islink(path):
+            try:
+                # Every run writes its header and manifest in the folder: its mtime is its last use.
+                others.append((os.stat(path).st_mtime, path))
+            except OSError:
+                pass
+    for used, path in sorted(others)[: max(0, len(others) - (KEEP_TREES - 1))]:
+        if time.time() - used < STARTING_S:
+            continue  # a run may be between reading this cache and updating it
+        try:
+            with open(os.path.join(path, "lock"), "a") as lock:
+                fcntl.flock(lock, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                remove(path)
+        except OSError:
+            pass  # in use, or already gone
+
+
 def main():
     cache, work, mode = sys.argv[1], sys.argv[2], sys.argv[3]
     os.makedirs(cache, exist_ok=True)
@@ -199,9 +328,11 @@ def main():
             manifest = load(cache)
             sys.stdout.write(json.dumps(manifest or {}))
         else:
-            generation = apply(cache, work, sys.argv[4])
+            generation, copied = apply(cache, work, sys.argv[4])
             sys.stdout.flush()
-            make_spare(cache, generation)
+            evict(cache)
+            if copied:  # runs overlap: the next one likely will too, so its copy is made ahead
+                make_spare(cache, generation)
 
 
 main()

@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from cloudtrain import progress
 from cloudtrain.errors import CommandFailed, RemoteError, TransferError
 from cloudtrain.jobs import wire
 from cloudtrain.jobs.workdir import write_tar
@@ -55,6 +56,7 @@ def send_tar(remote: SshRemote, workdir: Path, files: list[str], command: str) -
         listing.write(b"".join(os.fsencode(f) + b"\0" for f in files))
         listing.flush()
         proc = subprocess.Popen([tar, "-C", str(workdir), "--null", "--no-recursion", "-T", listing.name, "-cf", "-"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+        progress.poll(lambda: progress.bytes_read(proc.pid))  # the bytes never pass through us
         try:
             remote.send_stream(command, lambda out: shutil.copyfileobj(proc.stdout, out, 1 << 20), source=proc.stdout)  # type: ignore[arg-type]
         finally:
@@ -211,7 +213,8 @@ def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict
     without PATH lookups or shims; issue 9), python3 where it is missing or not given."""
     home = _Home(dest)
     try:
-        return _download(remote, remote_dir, home, extra or {}, rename or {}, python)
+        with progress.phase(f"{remote.node.name}: bringing home"):  # a bar on a terminal, else nothing
+            return _download(remote, remote_dir, home, extra or {}, rename or {}, python)
     finally:
         home.close(done=False)
 
@@ -251,6 +254,7 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
         for tag, payload in wire.read_frames(stream):
             if tag == b"D":
                 h.update(payload)
+                progress.advance(len(payload))
                 try:
                     _write_all(fd, payload, home.dest)
                 except TransferError:
@@ -272,6 +276,7 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
                     e = home.verified[fid]
                     fetched.files[display(bytes.fromhex(e["local"]))] = _entry(bytes.fromhex(e["local"]), local, e["sha256"], size)
                     continue
+                progress.expect(size - start)
                 if start:
                     fetched.resumed[display(local)] = start
                 fd, h = _begin(home, fid, start, size, local)

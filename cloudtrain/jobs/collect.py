@@ -100,6 +100,7 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "metrics": summary,
         "metrics_points": len(series),
         "outputs": {"complete": not missing, **({"missing": missing} if missing else {})},
+        **({"recovery": record.extra["recovery"]} if "recovery" in record.extra else {}),  # launch --recover
     }
     (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     record.status = "fetched"

@@ -34,6 +34,15 @@ class Recorder(pulumi.runtime.Mocks):
             nic = dict(out["networkInterfaces"][0])
             nic.update(networkIp=f"10.78.0.{n}", accessConfigs=[{"natIp": f"203.0.113.{n}"}])
             out["networkInterfaces"] = [nic]
+        elif args.typ == "gcp:serviceaccount/account:Account":
+            out["email"] = f"{args.inputs['accountId']}@p.iam.gserviceaccount.com"
+        elif args.typ == "azure-native:compute:VirtualMachine" and "identity" in out:
+            # Asked for as a list of identity ids; Azure answers with a map keyed by them.
+            identity = dict(out["identity"])
+            identity["userAssignedIdentities"] = {i: {} for i in identity.get("userAssignedIdentities") or []}
+            out["identity"] = identity
+        elif args.typ == "azure-native:managedidentity:UserAssignedIdentity":
+            out["principalId"] = f"principal-{n}"
         elif args.typ == "azure-native:network:PublicIPAddress":
             out["ipAddress"] = f"203.0.113.{n}"
         elif args.typ == "azure-native:network:NetworkInterface":

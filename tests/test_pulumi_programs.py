@@ -282,6 +282,13 @@ UNTAGGABLE = {
     "aws:ec2/routeTableAssociation:RouteTableAssociation": "not an EC2 resource: goes with its route table",
     "aws:ec2/tag:Tag": "is itself the tag (on an instance's network interface)",
     "azure-native:network:Subnet": "part of the tagged vnet, in the cluster's resource group",
+    # The checkpoint bucket's parts (provisioner/buckets.py): each goes with its tagged bucket or role.
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": "a setting of the tagged bucket",
+    "aws:s3/bucketPolicy:BucketPolicy": "a setting of the tagged bucket",
+    "aws:iam/rolePolicy:RolePolicy": "an inline policy of the tagged role",
+    "gcp:storage/bucketIAMMember:BucketIAMMember": "a grant on the labelled bucket",
+    "azure-native:storage:BlobContainer": "part of the tagged storage account, in the cluster's resource group",
+    "azure-native:authorization:RoleAssignment": "takes no tags; scoped to the cluster's container",
 }
 # GCP types without labels in the Compute API: their description starts with the marker.
 DESCRIBED = {
@@ -289,6 +296,7 @@ DESCRIBED = {
     "gcp:compute/subnetwork:Subnetwork",
     "gcp:compute/firewall:Firewall",
     "gcp:compute/resourcePolicy:ResourcePolicy",
+    "gcp:serviceaccount/account:Account",
 }
 
 

@@ -15,6 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from cloudtrain.catalog import Choice, Image
+from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
 from cloudtrain.errors import BadInput
 from cloudtrain.provisioner.contract import CLUSTER_TAG, NODES, ClusterPlan, node_entry
@@ -144,6 +145,7 @@ class AwsCluster(pulumi.ComponentResource):
             if plan.spot
             else None
         )
+        checkpoints = buckets.aws(name, plan, self)  # $CLOUDTRAIN_CHECKPOINT_DIR's copy off the nodes
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -162,6 +164,7 @@ class AwsCluster(pulumi.ComponentResource):
                 user_data=pulumi.Output.secret(user_data(plan.host_keys[i])),
                 user_data_replace_on_change=True,
                 instance_market_options=market,
+                iam_instance_profile=checkpoints.for_nodes,
                 metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
                 tags={**tags, "Name": node},
                 volume_tags={**tags, "Name": node},

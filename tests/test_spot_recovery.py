@@ -130,13 +130,14 @@ def test_max_restarts_is_honoured(cli: Cli, tmp_path: Path) -> None:
     assert event["recovered"] is False and event["nodes"] == ["local-0"]
 
 
-@pytest.mark.parametrize("argv", [["--max-restarts", "2"], ["--recover", "--max-restarts", "-1"]])
-def test_bad_recovery_flags_are_refused_before_anything_is_made(cli: Cli, tmp_path: Path, argv: list[str]) -> None:
+@pytest.mark.parametrize("argv, says", [(["--max-restarts", "2"], "add --recover"), (["--recover", "--max-restarts", "-1"], ">= 0")])
+def test_bad_recovery_flags_are_refused_before_anything_is_made(cli: Cli, tmp_path: Path, argv: list[str], says: str) -> None:
     script = tmp_path / "t.py"
     script.write_text("print(1)\n")
     proc = cli("launch", str(script), "--provider", "local", "--framework", "none", *argv)
     assert proc.returncode == 2
-    assert "--max-restarts" in one_line_error(proc)
+    line = one_line_error(proc)
+    assert "--max-restarts" in line and says in line
     assert not (cli.home / "clusters").exists() or not any((cli.home / "clusters").iterdir())
 
 

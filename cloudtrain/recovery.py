@@ -109,8 +109,15 @@ class Recovering:
                 if restarts >= self.policy.max_restarts:
                     self._give_up(record, event)
                 restarts += 1
-                runner = self._replace(record, lost, event)
-                runner.submit(job, restart_of=record, restart_count=restarts)
+                try:
+                    runner = self._replace(record, lost, event)
+                    runner.submit(job, restart_of=record, restart_count=restarts)
+                except BaseException:
+                    # What ran on the lost node is gone; `down` must not wait for it (the
+                    # checkpoints are home) and must not leave a new machine billing.
+                    event["recovered"] = False
+                    self._abandon(record)
+                    raise
                 record.extra["recovery"]["restarts"] = restarts
                 event["recovered_in_s"] = round(time.time() - event["at"], 1)
                 record.save(self.store)
@@ -155,12 +162,15 @@ class Recovering:
         self.say(f"{', '.join(names)} is gone (preempted?); job {record.job_id} has {len(kept)} checkpoint file(s) at home")
         return event
 
-    def _give_up(self, record: JobRecord, event: dict) -> None:
-        event["recovered"] = False
+    def _abandon(self, record: JobRecord) -> None:
         record.status = "abandoned"  # what was on the lost node is gone; `down` must not wait for it
         record.exit_code = 1
         record.ended_at = time.time()
         record.save(self.store)
+
+    def _give_up(self, record: JobRecord, event: dict) -> None:
+        event["recovered"] = False
+        self._abandon(record)
         raise CloudtrainError(
             f"job {record.job_id} lost its node again after {self.policy.max_restarts} restart(s) (--max-restarts {self.policy.max_restarts}); not recovering it",
             f"its checkpoints are in {checkpoints.local_dir(record.output)}; run it again with a higher --max-restarts",

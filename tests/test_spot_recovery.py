@@ -169,3 +169,16 @@ def test_mnist_killed_mid_training_resumes_on_a_new_node_and_reaches_the_same_ac
     summary = json.loads((out / "metrics.json").read_text())
     assert summary["test_accuracy"] >= 0.90  # an uninterrupted 4-epoch run: 0.9x on this subset
     assert json.loads((out / "run.json").read_text())["recovery"]["restarts"] == 1
+
+
+def test_a_task_files_job_recovery_maps_to_the_same_policy() -> None:
+    """`resources.job_recovery` (the task-file engineer's key) reads into what --recover builds."""
+    from cloudtrain.errors import BadInput
+    from cloudtrain.recovery import RecoveryPolicy
+
+    assert RecoveryPolicy.parse(None) is None and RecoveryPolicy.parse(False) is None
+    assert RecoveryPolicy.parse(True) == RecoveryPolicy.parse("FAILOVER") == RecoveryPolicy(3)
+    assert RecoveryPolicy.parse({"max_restarts_on_errors": 5}) == RecoveryPolicy(5)
+    for bad in ({"max_restarts": -1}, {"max_restarts": "x"}, 3.5):
+        with pytest.raises(BadInput):
+            RecoveryPolicy.parse(bad)

@@ -130,7 +130,7 @@ def test_max_restarts_is_honoured(cli: Cli, tmp_path: Path) -> None:
     assert event["recovered"] is False and event["nodes"] == ["local-0"]
 
 
-@pytest.mark.parametrize("argv, says", [(["--max-restarts", "2"], "add --recover"), (["--recover", "--max-restarts", "-1"], ">= 0")])
+@pytest.mark.parametrize("argv, says", [(["--max-restarts", "2"], "Add --recover"), (["--recover", "--max-restarts", "-1"], ">= 0")])
 def test_bad_recovery_flags_are_refused_before_anything_is_made(cli: Cli, tmp_path: Path, argv: list[str], says: str) -> None:
     script = tmp_path / "t.py"
     script.write_text("print(1)\n")

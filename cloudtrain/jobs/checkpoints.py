@@ -73,6 +73,7 @@ class Puller:
         self.remote, self.paths, self.job_id, self.say = remote, paths, job_id, say
         self.dest = local_dir(output)
         self._seen: dict[str, tuple[int, int]] = {}  # the previous poll's (size, mtime_ns)
+        self._taken: dict[str, tuple[int, int]] = {}  # the (size, mtime_ns) each file had when it was home
         self._have: dict[str, str] = {p.relative_to(self.dest).as_posix(): _sha256(p) for p in complete_files(self.dest)}
         self._stop = threading.Event()
         self._lock = threading.Lock()  # the thread's polls and the last one never overlap
@@ -114,17 +115,22 @@ class Puller:
                     continue
                 if not final and self._seen.get(rel) != (size, mtime):
                     continue  # not yet unchanged over two polls
-                if self._fetch(rel):
+                if self._taken.get(rel) == (size, mtime):
+                    continue  # this very version came home already: no sha256 of a big file every poll
+                if self._fetch(rel, (size, mtime)):
                     fetched.append(rel)
             self._seen = {rel: (size, mtime) for rel, size, mtime, _ in listing}
             self.pulled.extend(fetched)
             return fetched
 
-    def _fetch(self, rel: str) -> bool:
+    def _fetch(self, rel: str, stat: tuple[int, int]) -> bool:
         path = shlex.quote(f"{self.folder}/{rel}")
         result = self.remote.run(f"sha256sum -- {path}", check=False)
         want = result.stdout.split()[0] if result.ok and result.stdout.split() else None
-        if want is None or self._have.get(rel) == want:
+        if want is None:
+            return False  # gone meanwhile
+        if self._have.get(rel) == want:
+            self._taken[rel] = stat  # e.g. a checkpoint restored from home
             return False
         incoming = self.dest / INCOMING / rel
         incoming.parent.mkdir(parents=True, exist_ok=True)
@@ -137,7 +143,7 @@ class Puller:
         final = self.dest / rel
         final.parent.mkdir(parents=True, exist_ok=True)
         os.replace(incoming, final)
-        self._have[rel] = want
+        self._have[rel], self._taken[rel] = want, stat
         self.say(f"job {self.job_id}: checkpoint {rel} copied home ({final.stat().st_size} B)")
         return True
 

@@ -146,6 +146,8 @@ def launch(
     region: Optional[str] = O.region,
     zone: Optional[str] = O.zone,
     spot: bool = O.spot,
+    recover: bool = typer.Option(False, "--recover", help="When a node is preempted (gone), replace it, restore $CLOUDTRAIN_CHECKPOINT_DIR and restart the job; this command must keep running."),
+    max_restarts: Optional[int] = typer.Option(None, "--max-restarts", help="With --recover: give up after this many restarts (default 3)."),
     disk_gb: int = O.disk_gb,
     image: str = O.image,
     ssh_cidr: Optional[str] = O.ssh_cidr,
@@ -159,8 +161,6 @@ def launch(
     nproc_per_node: Optional[int] = NprocOpt,
     launcher: str = LauncherOpt,
     logs: str = LogsOpt,
-    recover: bool = typer.Option(False, "--recover", help="When a node is preempted (gone), replace it, restore $CLOUDTRAIN_CHECKPOINT_DIR and restart the job; this command must keep running."),
-    max_restarts: Optional[int] = typer.Option(None, "--max-restarts", help="With --recover: give up after this many restarts (default 3)."),
 ) -> None:
     """up + run + down in one go. Tears down even when the job fails or is interrupted,
     after bringing home what exists.
@@ -174,14 +174,14 @@ def launch(
     store = Store()
     job = shipment.prepare(JobSpec.build(script, workdir, args or [], env or [], output, False, max_upload, output_mode, nproc_per_node, launcher, logs), say)
     spec = build_spec(provider, nodes, name, framework, gpu, cuda, region, zone, spot, disk_gb, image, ssh_cidr, cuda_toolkit, autostop, max_duration)
+    if store.cluster_dir(spec.name).exists():
+        raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     from cloudtrain import recovery
 
     if max_restarts is not None and not recover:
         raise BadInput("--max-restarts says how often --recover restarts the job", "add --recover, or drop --max-restarts")
     policy = recovery.RecoveryPolicy(3 if max_restarts is None else max_restarts) if recover else None
     recovery.check(spec, policy)
-    if store.cluster_dir(spec.name).exists():
-        raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
     code: int | None = None
     record = None
     stopped: str | None = None

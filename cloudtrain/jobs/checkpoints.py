@@ -38,6 +38,11 @@ def node_dir(job: JobPaths) -> str:
     return f"{job.dir}/checkpoints"
 
 
+def job_env(job: JobPaths, restart_count: int) -> dict[str, str]:
+    """What every job sees of checkpoints and recovery (README: "The job's environment")."""
+    return {"CLOUDTRAIN_CHECKPOINT_DIR": node_dir(job), "CLOUDTRAIN_RESTART_COUNT": str(restart_count)}
+
+
 def local_dir(output: str | Path) -> Path:
     return Path(output) / LOCAL_DIR
 

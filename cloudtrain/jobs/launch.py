@@ -59,19 +59,13 @@ def plan(spec: JobSpec, framework: str, nodes: int, gpus_per_node: int) -> Launc
     return Launch(False, 1)
 
 
-def job_env(
-    cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_node: int, launch: Launch | None = None,
-    checkpoint_dir: str | None = None, restart_count: int = 0,
-) -> dict[str, str]:
+def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_node: int, launch: Launch | None = None) -> dict[str, str]:
     """The job environment for one node (README: "The job's environment")."""
     ips = [n.private_ip for n in cluster.nodes]
     port = job_port(job_id)
     n = len(ips)
     env = {
         "CLOUDTRAIN_OUTPUT_DIR": out_dir,
-        # Copied home while the job runs and restored on recovery (jobs/checkpoints.py, recovery.py).
-        "CLOUDTRAIN_CHECKPOINT_DIR": checkpoint_dir or f"{out_dir.rsplit('/', 1)[0]}/checkpoints",
-        "CLOUDTRAIN_RESTART_COUNT": str(restart_count),
         "CLOUDTRAIN_JOB_ID": job_id,
         "CLOUDTRAIN_NODE_RANK": str(rank),
         "CLOUDTRAIN_NUM_NODES": str(n),

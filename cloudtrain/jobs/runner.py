@@ -124,12 +124,14 @@ class JobRunner:
             self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
             if "requirements.txt" in files:
                 self._requirements(remote, paths, job)
+            env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch)
+            if launch.torchrun:
+                remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
+            # $CLOUDTRAIN_CHECKPOINT_DIR; on a restart (recovery.py) what came home is restored into it.
             restored = checkpoints.restore(remote, job, checkpoints.local_dir(record.output) if restart_of is not None else None)
             if restored:
                 self.say(f"job {job_id}: {node.name} restored {len(restored)} checkpoint file(s)")
-            env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, checkpoints.node_dir(job), restart_count)
-            if launch.torchrun:
-                remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
+            env = {**env, **checkpoints.job_env(job, restart_count)}
             remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)
             remote.write_text(job.tracker, Path(__file__).with_name("node_track.py").read_text(), mode=0o600)
 

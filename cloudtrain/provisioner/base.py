@@ -20,6 +20,8 @@ class Provisioner(ABC):
     needs_gpu: ClassVar[bool] = False  # a --gpu is required (clouds) or refused (local)
     bills: ClassVar[bool] = False  # machines cost money: print the price before creating
     supports_preview: ClassVar[bool] = False
+    # `launch --recover` (recovery.py): whether a lost node can be replaced by a new one.
+    replaces_nodes: ClassVar[bool] = False
     # The first-boot host key reached the node through a channel others can read (user data,
     # instance metadata): `up` replaces it after first contact (hostkey_rotation.py).
     rotates_host_keys: ClassVar[bool] = False
@@ -28,8 +30,6 @@ class Provisioner(ABC):
     can_stop: ClassVar[bool] = False
     default_autostop_s: ClassVar[int | None] = None
     watchdog_systemd: ClassVar[bool] = False
-    # `launch --recover` (recovery.py): whether a lost node can be replaced by a new one.
-    replaces_nodes: ClassVar[bool] = False
 
     def default_name(self, spec_gpu: str | None) -> str:
         return f"{self.name}-{spec_gpu}" if spec_gpu else self.name

@@ -30,23 +30,18 @@ class Recorder(pulumi.runtime.Mocks):
             out["selfLink"] = f"https://www.googleapis.com/compute/v1/projects/p/regions/r/resourcePolicies/{args.name}"
         elif args.typ == "aws:ec2/keyPair:KeyPair":
             out["keyName"] = args.name
-        elif args.typ == "gcp:compute/instance:Instance":
-            nic = dict(out["networkInterfaces"][0])
-            nic.update(networkIp=f"10.78.0.{n}", accessConfigs=[{"natIp": f"203.0.113.{n}"}])
-            out["networkInterfaces"] = [nic]
         elif args.typ == "aws:s3/bucketV2:BucketV2":
             out.update(bucket=f"{args.name}-x1", arn=f"arn:aws:s3:::{args.name}-x1")
         elif args.typ == "aws:iam/role:Role":
             out["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
         elif args.typ == "gcp:serviceaccount/account:Account":
             out["email"] = f"{args.inputs['accountId']}@p.iam.gserviceaccount.com"
+        elif args.typ == "gcp:compute/instance:Instance":
+            nic = dict(out["networkInterfaces"][0])
+            nic.update(networkIp=f"10.78.0.{n}", accessConfigs=[{"natIp": f"203.0.113.{n}"}])
+            out["networkInterfaces"] = [nic]
         elif args.typ == "azure-native:compute:VirtualMachine" and "identity" in out:
-            # Asked for as a list of identity ids; Azure answers with a map keyed by them.
-            identity = dict(out["identity"])
-            identity["userAssignedIdentities"] = {i: {} for i in identity.get("userAssignedIdentities") or []}
-            out["identity"] = identity
-        elif args.typ == "azure-native:managedidentity:UserAssignedIdentity":
-            out["principalId"] = f"principal-{n}"
+            out["identity"] = {**out["identity"], "principalId": f"principal-of-{args.name}", "tenantId": "tenant"}
         elif args.typ == "azure-native:network:PublicIPAddress":
             out["ipAddress"] = f"203.0.113.{n}"
         elif args.typ == "azure-native:network:NetworkInterface":

@@ -75,23 +75,21 @@ def test_gcp_bucket_is_private_and_only_the_nodes_account_is_granted() -> None:
         assert vm["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_write"]
 
 
-def test_azure_container_is_private_and_only_the_nodes_identity_may_write() -> None:
+def test_azure_container_is_private_and_only_the_nodes_identities_may_write() -> None:
     rec = _run("azure")
     (_, account), = rec.of("azure-native:storage:StorageAccount")
     assert account["allowBlobPublicAccess"] is False and account["allowSharedKeyAccess"] is False
     assert account["minimumTlsVersion"] == "TLS1_2" and account["tags"]["cloudtrain-cluster"] == "ct-test"
     (_, container), = rec.of("azure-native:storage:BlobContainer")
     assert container["publicAccess"] == "None"
-    (identity_name, identity), = rec.of("azure-native:managedidentity:UserAssignedIdentity")
-    (_, grant), = rec.of("azure-native:authorization:RoleAssignment")
-    assert grant["roleDefinitionId"].endswith(f"/providers/Microsoft.Authorization/roleDefinitions/{buckets.AZURE_BLOB_CONTRIBUTOR}")
-    assert grant["scope"] == "ct-test-ckpt-container-id"  # the container, not the account or the group
-    assert grant["principalType"] == "ServicePrincipal" and grant["principalId"].startswith("principal-")
     vms = rec.of("azure-native:compute:VirtualMachine")
-    assert len(vms) == 2
-    for _, vm in vms:
-        assert vm["identity"]["type"] == "UserAssigned"
-        assert list(vm["identity"]["userAssignedIdentities"]) == [f"{identity_name}-id"]
+    assert len(vms) == 2 and all(vm["identity"]["type"] == "SystemAssigned" for _, vm in vms)
+    grants = [g for _, g in rec.of("azure-native:authorization:RoleAssignment") if g["scope"] == "ct-test-ckpt-container-id"]
+    # One grant per node, to that VM's own identity, on the container only (not the account or the group).
+    assert sorted(g["principalId"] for g in grants) == sorted(f"principal-of-{name}" for name, _ in vms)
+    for g in grants:
+        assert g["roleDefinitionId"].endswith(f"/providers/Microsoft.Authorization/roleDefinitions/{buckets.AZURE_BLOB_CONTRIBUTOR}")
+        assert g["principalType"] == "ServicePrincipal"
 
 
 # --- the node-side upload path, against moto's S3 ---------------------------------------

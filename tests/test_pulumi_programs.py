@@ -279,16 +279,16 @@ def test_spot_settings(sc):
 
 # Resource types that take no tags or labels, and how a sweep finds them instead.
 UNTAGGABLE = {
-    "aws:ec2/routeTableAssociation:RouteTableAssociation": "not an EC2 resource: goes with its route table",
-    "aws:ec2/tag:Tag": "is itself the tag (on an instance's network interface)",
-    "azure-native:network:Subnet": "part of the tagged vnet, in the cluster's resource group",
     # The checkpoint bucket's parts (provisioner/buckets.py): each goes with its tagged bucket or role.
     "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": "a setting of the tagged bucket",
     "aws:s3/bucketPolicy:BucketPolicy": "a setting of the tagged bucket",
     "aws:iam/rolePolicy:RolePolicy": "an inline policy of the tagged role",
     "gcp:storage/bucketIAMMember:BucketIAMMember": "a grant on the labelled bucket",
     "azure-native:storage:BlobContainer": "part of the tagged storage account, in the cluster's resource group",
-    "azure-native:authorization:RoleAssignment": "takes no tags; scoped to the cluster's container",
+    "azure-native:authorization:RoleAssignment": "takes no tags; scoped to the VM or the container it grants on",
+    "aws:ec2/routeTableAssociation:RouteTableAssociation": "not an EC2 resource: goes with its route table",
+    "aws:ec2/tag:Tag": "is itself the tag (on an instance's network interface)",
+    "azure-native:network:Subnet": "part of the tagged vnet, in the cluster's resource group",
 }
 # GCP types without labels in the Compute API: their description starts with the marker.
 DESCRIBED = {

@@ -94,13 +94,13 @@ def collect(runner: "JobRunner", record: JobRecord) -> Path:
         "framework": {n.name: load_facts(runner.cdir, n).get("installed_framework") for n in runner.cluster.nodes},
         "exit_code": record.exit_code,
         "submitted_at": record.submitted_at,
+        **({"recovery": record.extra["recovery"]} if "recovery" in record.extra else {}),  # launch --recover
         "started_at": record.started_at,
         "ended_at": record.ended_at,
         "timings": {**record.timings, **({"run_s": round(record.ended_at - record.started_at, 3)} if record.ended_at and record.started_at else {})},
         "metrics": summary,
         "metrics_points": len(series),
         "outputs": {"complete": not missing, **({"missing": missing} if missing else {})},
-        **({"recovery": record.extra["recovery"]} if "recovery" in record.extra else {}),  # launch --recover
     }
     (output / "run.json").write_text(json.dumps(run, indent=2, sort_keys=True) + "\n")
     record.status = "fetched"

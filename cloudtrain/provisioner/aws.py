@@ -156,6 +156,7 @@ class AwsCluster(pulumi.ComponentResource):
                 subnet_id=subnet.id,
                 vpc_security_group_ids=[sg.id],
                 key_name=key.key_name,
+                iam_instance_profile=checkpoints.for_nodes,
                 placement_group=group.name if group else None,
                 root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                     volume_size=plan.disk_gb, volume_type="gp3", delete_on_termination=True, encrypted=True
@@ -164,7 +165,6 @@ class AwsCluster(pulumi.ComponentResource):
                 user_data=pulumi.Output.secret(user_data(plan.host_keys[i])),
                 user_data_replace_on_change=True,
                 instance_market_options=market,
-                iam_instance_profile=checkpoints.for_nodes,
                 metadata_options=aws.ec2.InstanceMetadataOptionsArgs(http_tokens="required"),
                 tags={**tags, "Name": node},
                 volume_tags={**tags, "Name": node},

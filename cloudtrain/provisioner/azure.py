@@ -92,6 +92,7 @@ class AzureCluster(pulumi.ComponentResource):
 
         group = resources.ResourceGroup(f"{name}-rg", location=loc, tags=tags, opts=child)
         rg = group.name
+        checkpoints = buckets.azure(name, plan, self, rg)  # $CLOUDTRAIN_CHECKPOINT_DIR's copy off the nodes
         nsg = network.NetworkSecurityGroup(
             f"{name}-nsg",
             resource_group_name=rg,
@@ -135,7 +136,6 @@ class AzureCluster(pulumi.ComponentResource):
             if plan.nodes > 1
             else None
         )
-        checkpoints = buckets.azure(name, plan, self, rg)  # $CLOUDTRAIN_CHECKPOINT_DIR's copy off the nodes
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -173,7 +173,6 @@ class AzureCluster(pulumi.ComponentResource):
                 node,
                 resource_group_name=rg,
                 location=loc,
-                identity=compute.VirtualMachineIdentityArgs(type="UserAssigned", user_assigned_identities=[checkpoints.for_nodes]),
                 hardware_profile=compute.HardwareProfileArgs(vm_size=args.vm_size),
                 os_profile=compute.OSProfileArgs(
                     computer_name=node,
@@ -203,6 +202,8 @@ class AzureCluster(pulumi.ComponentResource):
                 ),
                 security_profile=security_profile(),
                 proximity_placement_group=compute.SubResourceArgs(id=ppg.id) if ppg else None,
+                # The identity the watchdog's IMDS token is issued to (autostop: deallocate itself).
+                identity=compute.VirtualMachineIdentityArgs(type=compute.ResourceIdentityType.SYSTEM_ASSIGNED),
                 tags=tags,
                 opts=child,
                 **spot,
@@ -212,6 +213,7 @@ class AzureCluster(pulumi.ComponentResource):
             private = nic.ip_configurations.apply(lambda cfgs: cfgs[0].private_ip_address)
             private_ip = pulumi.Output.all(vm.id, private).apply(lambda v: v[1])
             entries.append(node_entry(node, public_ip, private_ip, user, plan.host_keys[i].public))
+            buckets.azure_writer(node, checkpoints, vm, self)  # its identity writes checkpoints
         self.nodes = pulumi.Output.all(*entries)
         self.register_outputs({NODES: self.nodes})
 

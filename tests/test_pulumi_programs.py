@@ -279,6 +279,13 @@ def test_spot_settings(sc):
 
 # Resource types that take no tags or labels, and how a sweep finds them instead.
 UNTAGGABLE = {
+    # The checkpoint bucket's parts (provisioner/buckets.py): each goes with its tagged bucket or role.
+    "aws:s3/bucketPublicAccessBlock:BucketPublicAccessBlock": "a setting of the tagged bucket",
+    "aws:s3/bucketPolicy:BucketPolicy": "a setting of the tagged bucket",
+    "aws:iam/rolePolicy:RolePolicy": "an inline policy of the tagged role",
+    "gcp:storage/bucketIAMMember:BucketIAMMember": "a grant on the labelled bucket",
+    "azure-native:storage:BlobContainer": "part of the tagged storage account, in the cluster's resource group",
+    "azure-native:authorization:RoleAssignment": "takes no tags; scoped to the VM or the container it grants on",
     "aws:ec2/routeTableAssociation:RouteTableAssociation": "not an EC2 resource: goes with its route table",
     "aws:ec2/tag:Tag": "is itself the tag (on an instance's network interface)",
     "azure-native:network:Subnet": "part of the tagged vnet, in the cluster's resource group",
@@ -291,6 +298,7 @@ DESCRIBED = {
     "gcp:compute/subnetwork:Subnetwork",
     "gcp:compute/firewall:Firewall",
     "gcp:compute/resourcePolicy:ResourcePolicy",
+    "gcp:serviceaccount/account:Account",
 }
 
 

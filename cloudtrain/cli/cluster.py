@@ -132,7 +132,8 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
     jobs = all_jobs(store, warn=say)
     jobs.sort(key=lambda j: j.submitted_at)
     job_rows = [
-        {"job_id": j.job_id, "cluster": j.cluster, "status": j.status, "exit_code": j.exit_code, "output": j.output}
+        {"job_id": j.job_id, "cluster": j.cluster, "status": j.status, "exit_code": j.exit_code, "output": j.output,
+         **({"recovery": j.extra["recovery"]} if "recovery" in j.extra else {})}  # launch --recover: restarts, preemptions
         for j in jobs[-20:]
     ]
     if as_json:
@@ -169,6 +170,10 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         for j in job_rows:
             code = "" if j["exit_code"] is None else f"exit {j['exit_code']}"
             print(f"{j['job_id']:<40} {j['cluster']:<20} {j['status']:<8} {code:<8} {j['output']}")
+            if rec := j.get("recovery"):
+                lost = ", ".join(f"{'+'.join(e['nodes'])} at {time.strftime('%H:%M', time.localtime(e['at']))} (ran {format_duration(e['attempt_s'])}"
+                                 + (f", ${e['attempt_cost']:.2f}" if e.get("attempt_cost") is not None else "") + ")" for e in rec["preemptions"])
+                print(f"  preempted {len(rec['preemptions'])}x, restarted {rec['restarts']} of {rec['max_restarts']}" + (f": {lost}" if lost else ""))
 
 
 def _hourly_price(spec: ClusterSpec) -> float | None:

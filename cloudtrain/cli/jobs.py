@@ -177,6 +177,8 @@ def launch(
     region: Optional[str] = O.region,
     zone: Optional[str] = O.zone,
     spot: bool = O.spot,
+    recover: bool = typer.Option(False, "--recover", help="When a node is preempted (gone), replace it, restore $CLOUDTRAIN_CHECKPOINT_DIR and restart the job; this command must keep running."),
+    max_restarts: Optional[int] = typer.Option(None, "--max-restarts", help="With --recover: give up after this many restarts (default 3)."),
     disk_gb: int = O.disk_gb,
     image: str = O.image,
     ssh_cidr: Optional[str] = O.ssh_cidr,
@@ -210,6 +212,12 @@ def launch(
     spec = cluster_spec_of(p)
     if store.cluster_dir(spec.name).exists():
         raise BadInput(f"cluster {spec.name!r} already exists and launch would tear it down", "pass --name for a new cluster, or use `cloudtrain run` on the existing one")
+    from cloudtrain import recovery
+
+    if max_restarts is not None and not recover:
+        raise BadInput("--max-restarts says how often --recover restarts the job", "add --recover, or drop --max-restarts")
+    policy = recovery.RecoveryPolicy(3 if max_restarts is None else max_restarts) if recover else None
+    recovery.check(spec, policy)
     code: int | None = None
     record = None
     stopped: str | None = None
@@ -217,10 +225,17 @@ def launch(
         # Inside the try: a signal just after `up` returns must still tear the cluster down.
         cluster = lifecycle.up(store, spec, say).cluster
         assert cluster is not None  # up returns only ready clusters
-        with JobRunner(store, store.cluster_dir(spec.name), cluster, say=say) as runner:
-            record = runner.submit(job)
-            say(f"job {record.job_id} started on {', '.join(record.nodes)}")
-            code = session.finish(runner, record, say)
+        if policy is not None:
+            recovering = recovery.Recovering(store, store.cluster_dir(spec.name), policy, say)
+            try:
+                code = recovering.run(job)
+            finally:
+                record = recovering.record
+        else:
+            with JobRunner(store, store.cluster_dir(spec.name), cluster, say=say) as runner:
+                record = runner.submit(job)
+                say(f"job {record.job_id} started on {', '.join(record.nodes)}")
+                code = session.finish(runner, record, say)
     except CloudtrainError:
         # Lost the nodes because their watchdog stopped them (--max-duration): say that, not
         # "cannot reach node"; `down` below still brings the partial outputs home.

@@ -148,6 +148,7 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         "cluster_spec": runner.cdir.load().spec.to_dict(),  # what `runs` prices the run by, after the cluster is gone
         "exit_code": record.exit_code,
         "submitted_at": record.submitted_at,
+        **({"recovery": record.extra["recovery"]} if "recovery" in record.extra else {}),  # launch --recover
         "started_at": record.started_at,
         "ended_at": record.ended_at,
         "timings": {**record.timings, **({"run_s": round(record.ended_at - record.started_at, 3)} if record.ended_at and record.started_at else {})},

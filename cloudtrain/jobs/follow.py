@@ -63,13 +63,13 @@ def session_alive(sid: str) -> str:
     return f"ps -e -o sid= -o stat= | awk -v s={sid} '$1 == s && $2 !~ /^Z/ {{ f = 1 }} END {{ exit !f }}'"
 
 
-def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: int = 0) -> int:
+def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: int = 0, patience: float | None = None) -> int:
     """Stream rank 0's log until every node's job has ended; return the job's exit code.
 
     The first failing rank's code wins; when one rank fails, the others are stopped so a
     distributed job does not hang waiting for a dead peer. A node that stops answering is
     retried for `patience_s()`, then `run` ends saying how to get the outputs later."""
-    patience = patience_s()
+    patience = patience_s() if patience is None else patience  # recovery.py waits less: it replaces a lost node
     connect = min(CONNECT_TIMEOUT_S, max(patience, 1.0))
     remotes = [runner.remote(n) for n in runner.cluster.nodes]
     # Each reconnection is bounded by `connect`; the sessions go on to collect as they are.

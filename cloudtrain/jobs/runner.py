@@ -18,6 +18,7 @@ from typing import Callable
 
 from cloudtrain import safefile
 from cloudtrain.errors import CloudtrainError, CommandFailed
+from cloudtrain.jobs import checkpoints
 from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs import follow as following
 from cloudtrain.jobs import launch as launching
@@ -139,11 +140,12 @@ class JobRunner:
 
     # -- submit -----------------------------------------------------------------------------
 
-    def submit(self, job: Shipment | JobSpec) -> JobRecord:
+    def submit(self, job: Shipment | JobSpec, restart_of: JobRecord | None = None, restart_count: int = 0) -> JobRecord:
         """Claim the outputs folder, record the job, ship and start it on every node.
 
         `job` is best planned with `shipment.prepare` before anything else happens (so a refusal
-        costs nothing); a bare JobSpec is planned here."""
+        costs nothing); a bare JobSpec is planned here. `restart_of`: the same job again, on
+        this (recovered) cluster, with its checkpoints restored (recovery.py)."""
         linger = following.linger_s()
         following.patience_s()  # a bad setting is refused before anything is claimed or shipped
         shipment = job if isinstance(job, Shipment) else shipping.prepare(job, self.say)
@@ -152,23 +154,27 @@ class JobRunner:
         framework = self.cdir.load().spec.framework.name
         launch = launching.plan(spec, framework, len(self.cluster.nodes), min(gpus))  # refused before anything is claimed
         secrets = secrets_.values(spec.secrets)  # read once; refused before anything is claimed
-        job_id = new_job_id(spec.stem)
-        output = spec.output or (Path.cwd() / "runs" / job_id)
-        # Before the record: a folder that cannot take this job's outputs must not end up owed them.
-        destination.claim(output, spec.output_mode, job_id, spec.workdir, explicit=spec.output is not None)
-        record = JobRecord(
-            job_id=job_id,
-            cluster=self.cluster.name,
-            output=str(output),
-            script=spec.script_rel or "(task run)",
-            args=list(spec.args),
-            env_keys=sorted(spec.env),
-            workdir=str(spec.workdir),
-            nodes=[n.name for n in self.cluster.nodes],
-            cluster_created_at=self.cdir.load().created_at,
-            extra={"script_sha256": spec.script_sha256(), "secrets": sorted(spec.secrets), "git": git_commit(spec.workdir), "files": len(files),
-                   "launcher": "torchrun" if launch.torchrun else "none", "nproc_per_node": launch.nproc_per_node, "logs": spec.logs},
-        )
+        if restart_of is not None:
+            record = restart_of
+            job_id, record.nodes = record.job_id, [n.name for n in self.cluster.nodes]
+        else:
+            job_id = new_job_id(spec.stem)
+            output = spec.output or (Path.cwd() / "runs" / job_id)
+            # Before the record: a folder that cannot take this job's outputs must not end up owed them.
+            destination.claim(output, spec.output_mode, job_id, spec.workdir, explicit=spec.output is not None)
+            record = JobRecord(
+                job_id=job_id,
+                cluster=self.cluster.name,
+                output=str(output),
+                script=spec.script_rel or "(task run)",
+                args=list(spec.args),
+                env_keys=sorted(spec.env),
+                workdir=str(spec.workdir),
+                nodes=[n.name for n in self.cluster.nodes],
+                cluster_created_at=self.cdir.load().created_at,
+                extra={"script_sha256": spec.script_sha256(), "secrets": sorted(spec.secrets), "git": git_commit(spec.workdir), "files": len(files),
+                       "launcher": "torchrun" if launch.torchrun else "none", "nproc_per_node": launch.nproc_per_node, "logs": spec.logs},
+            )
         record.status = "starting"
         record.save(self.store)  # before anything runs, so `down` always knows what is owed
         started = time.monotonic()
@@ -188,6 +194,11 @@ class JobRunner:
                 task_shell.setup(remote, paths, job, spec.setup, {**env, **spec.env, **secrets}, self.say)
             if launch.torchrun:
                 remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
+            # $CLOUDTRAIN_CHECKPOINT_DIR; on a restart (recovery.py) what came home is restored into it.
+            restored = checkpoints.restore(remote, job, checkpoints.local_dir(record.output) if restart_of is not None else None)
+            if restored:
+                self.say(f"job {job_id}: {node.name} restored {len(restored)} checkpoint file(s)")
+            env = {**env, **checkpoints.job_env(job, restart_count)}
             remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)
             remote.write_text(job.tracker, Path(__file__).with_name("node_track.py").read_text(), mode=0o600)
 
@@ -243,8 +254,8 @@ class JobRunner:
 
     # -- follow, stop, collect: their own modules; the runner is what they share ------------
 
-    def follow(self, record: JobRecord, stream: bool = True, offset: int = 0) -> int:
-        return following.follow(self, record, stream=stream, offset=offset)
+    def follow(self, record: JobRecord, stream: bool = True, offset: int = 0, patience: float | None = None) -> int:
+        return following.follow(self, record, stream=stream, offset=offset, patience=patience)
 
     def exit_codes(self, record: JobRecord) -> list[int | None]:
         return following.exit_codes(self, record)

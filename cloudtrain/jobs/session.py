@@ -6,7 +6,7 @@ import json
 from pathlib import Path
 from typing import Callable
 
-from cloudtrain.jobs import destination, metrics
+from cloudtrain.jobs import checkpoints, destination, metrics
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.jobs.shipment import Shipment
@@ -49,12 +49,13 @@ def redirect(store: Store, record: JobRecord, output: Path, mode: str | None, sa
     say(f"job {record.job_id}: outputs now land in {output}")
 
 
-def finish(runner: JobRunner, record: JobRecord, say: Say, offset: int = 0) -> int:
+def finish(runner: JobRunner, record: JobRecord, say: Say, offset: int = 0, patience: float | None = None) -> int:
     """Follow to the end, bring the outputs home, report; return the job's exit code.
 
     Outputs come home even when the job fails. An interrupted follow leaves the job running
     on the cluster; `logs -f` or `down` collects it later."""
-    code = runner.follow(record, offset=offset)
+    with checkpoints.Puller(runner.remote(runner.cluster.head), runner.paths, record.job_id, record.output, say):
+        code = runner.follow(record, offset=offset, patience=patience)  # completed checkpoints come home meanwhile
     output = runner.collect(record)
     report(record, output, say)
     return code

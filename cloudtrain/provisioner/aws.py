@@ -15,6 +15,7 @@ import pulumi
 import pulumi_aws as aws
 
 from cloudtrain.catalog import Choice, Image
+from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
 from cloudtrain.errors import BadInput
 from cloudtrain.provisioner.contract import CLUSTER_TAG, NODES, ClusterPlan, node_entry
@@ -144,6 +145,7 @@ class AwsCluster(pulumi.ComponentResource):
             if plan.spot
             else None
         )
+        checkpoints = buckets.aws(name, plan, self)  # $CLOUDTRAIN_CHECKPOINT_DIR's copy off the nodes
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -154,6 +156,7 @@ class AwsCluster(pulumi.ComponentResource):
                 subnet_id=subnet.id,
                 vpc_security_group_ids=[sg.id],
                 key_name=key.key_name,
+                iam_instance_profile=checkpoints.for_nodes,
                 placement_group=group.name if group else None,
                 root_block_device=aws.ec2.InstanceRootBlockDeviceArgs(
                     volume_size=plan.disk_gb, volume_type="gp3", delete_on_termination=True, encrypted=True

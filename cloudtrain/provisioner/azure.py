@@ -16,6 +16,7 @@ import pulumi
 from pulumi_azure_native import authorization, compute, network, resources
 
 from cloudtrain.catalog import Choice, Image
+from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
 from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
 
@@ -95,6 +96,7 @@ class AzureCluster(pulumi.ComponentResource):
 
         group = resources.ResourceGroup(f"{name}-rg", location=loc, tags=tags, opts=child)
         rg = group.name
+        checkpoints = buckets.azure(name, plan, self, rg)  # $CLOUDTRAIN_CHECKPOINT_DIR's copy off the nodes
         nsg = network.NetworkSecurityGroup(
             f"{name}-nsg",
             resource_group_name=rg,
@@ -237,6 +239,7 @@ class AzureCluster(pulumi.ComponentResource):
             private = nic.ip_configurations.apply(lambda cfgs: cfgs[0].private_ip_address)
             private_ip = pulumi.Output.all(vm.id, private).apply(lambda v: v[1])
             entries.append(node_entry(node, public_ip, private_ip, user, plan.host_keys[i].public))
+            buckets.azure_writer(node, checkpoints, vm, self)  # its identity writes checkpoints
         self.nodes = pulumi.Output.all(*entries)
         self.register_outputs({NODES: self.nodes})
 

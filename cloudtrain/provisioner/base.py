@@ -20,6 +20,8 @@ class Provisioner(ABC):
     needs_gpu: ClassVar[bool] = False  # a --gpu is required (clouds) or refused (local)
     bills: ClassVar[bool] = False  # machines cost money: print the price before creating
     supports_preview: ClassVar[bool] = False
+    # `launch --recover` (recovery.py): whether a lost node can be replaced by a new one.
+    replaces_nodes: ClassVar[bool] = False
     # The first-boot host key reached the node through a channel others can read (user data,
     # instance metadata): `up` replaces it after first contact (hostkey_rotation.py).
     rotates_host_keys: ClassVar[bool] = False
@@ -79,6 +81,18 @@ class Provisioner(ABC):
     def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
         """Start a stopped cluster's nodes again (same nodes, keys and host keys); one line each."""
         raise ProvisionError(f"the {self.name} provider cannot start a stopped cluster yet", "start its machines in the cloud's console")
+
+    def lost_nodes(self, cdir: ClusterDir, record: ClusterRecord) -> list[int]:
+        """Indexes of the nodes that are gone (preempted, deleted): those no SSH server answers for."""
+        from cloudtrain.reachability import why_silent
+
+        nodes = record.cluster.nodes if record.cluster else ()
+        return [i for i, n in enumerate(nodes) if why_silent(n.host, n.port, 5.0) is not None]
+
+    def replace_nodes(self, cdir: ClusterDir, record: ClusterRecord, lost: list[int]) -> list[str]:
+        """Put a new machine in place of each lost node (where `replaces_nodes`), updating
+        `record.cluster` and saving the record; one line per node. Bootstrap comes after."""
+        raise ProvisionError(f"the {self.name} provider cannot replace a lost node yet", "run the job again with `cloudtrain launch`")
 
     @abstractmethod
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:

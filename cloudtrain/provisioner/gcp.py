@@ -16,6 +16,7 @@ import pulumi
 import pulumi_gcp as gcp
 
 from cloudtrain.catalog import Choice, Image
+from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
 from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
 
@@ -128,6 +129,7 @@ class GcpCluster(pulumi.ComponentResource):
             if plan.nodes > 1 and compact_placement(args.machine_type)
             else None
         )
+        checkpoints = buckets.gcp(name, plan, self)  # $CLOUDTRAIN_CHECKPOINT_DIR's copy off the nodes
         entries = []
         for i in range(plan.nodes):
             node = plan.node_name(i)
@@ -163,6 +165,7 @@ class GcpCluster(pulumi.ComponentResource):
                 tags=[tag],
                 resource_policies=policy.self_link if policy else None,
                 allow_stopping_for_update=True,
+                service_account=checkpoints.for_nodes,
                 opts=pulumi.ResourceOptions(parent=self, depends_on=[ssh, intra]),
             )
             public_ip = inst.network_interfaces.apply(lambda nics: nics[0].access_configs[0].nat_ip)

@@ -102,6 +102,7 @@ def _sshd_config(node_dir: Path, address: str, port: int, user: str) -> str:
 class LocalProvisioner(Provisioner):
     name = "local"
     can_stop = True  # its processes and sshd stop; its folder stays
+    replaces_nodes = True  # a lost node's stand-in: a new node folder (new sshd, port, host key; empty disk)
 
     def watchdog_stop_command(self, cdir: ClusterDir, record: ClusterRecord, index: int) -> list[str]:
         root = Path(record.provider_state["node_dirs"][index]) / "root"
@@ -147,21 +148,49 @@ class LocalProvisioner(Provisioner):
         nodes: list[Node] = []
         record.provider_state["node_dirs"] = []
         for i in range(spec.nodes):
-            name = f"{spec.name}-{i}"
-            address = f"127.0.0.{i + 2}"
-            node_dir = cdir.provider_dir / name
-            (node_dir / "root").mkdir(parents=True, exist_ok=True)
-            (node_dir / "home").mkdir(exist_ok=True)
-            os.chmod(node_dir, 0o700)
-            host_key = keys.write_pair(node_dir / "ssh_host_ed25519_key", comment=name)
-            (node_dir / "authorized_keys").write_text(client_key + "\n")
-            os.chmod(node_dir / "authorized_keys", 0o600)
-            # Record the folder before starting anything, so destroy finds it even after a crash.
-            record.provider_state["node_dirs"].append(str(node_dir))
-            cdir.save(record)
-            port = self._start(sshd, node_dir, address, user)
-            nodes.append(Node(name=name, host=address, port=port, user=user, host_key=host_key, private_ip=address))
+            record.provider_state["node_dirs"].append(None)
+            nodes.append(self._make_node(sshd, cdir, record, i, f"{spec.name}-{i}", cdir.provider_dir / f"{spec.name}-{i}", user, client_key))
         return Cluster(name=spec.name, nodes=tuple(nodes), identity_file=cdir.identity_file)
+
+    def _make_node(self, sshd: str, cdir: ClusterDir, record: ClusterRecord, i: int, name: str, node_dir: Path, user: str, client_key: str) -> Node:
+        address = f"127.0.0.{i + 2}"
+        (node_dir / "root").mkdir(parents=True, exist_ok=True)
+        (node_dir / "home").mkdir(exist_ok=True)
+        os.chmod(node_dir, 0o700)
+        host_key = keys.write_pair(node_dir / "ssh_host_ed25519_key", comment=name)
+        (node_dir / "authorized_keys").write_text(client_key + "\n")
+        os.chmod(node_dir / "authorized_keys", 0o600)
+        # Record the folder before starting anything, so destroy finds it even after a crash.
+        record.provider_state["node_dirs"][i] = str(node_dir)
+        cdir.save(record)
+        port = self._start(sshd, node_dir, address, user)
+        return Node(name=name, host=address, port=port, user=user, host_key=host_key, private_ip=address)
+
+    def lost_nodes(self, cdir: ClusterDir, record: ClusterRecord) -> list[int]:
+        """A local node is gone when its sshd is (killed with its processes: the stand-in for a
+        preemption), unless its own watchdog stopped it (autostop is not a preemption)."""
+        dirs = record.provider_state.get("node_dirs", [])
+        return [i for i, d in enumerate(dirs) if not self._sshd_running(Path(d)) and not (Path(d) / "root/watchdog/stopped.json").exists()]
+
+    def replace_nodes(self, cdir: ClusterDir, record: ClusterRecord, lost: list[int]) -> list[str]:
+        assert record.cluster is not None
+        nodes, lines = list(record.cluster.nodes), []
+        for i in lost:
+            old = Path(record.provider_state["node_dirs"][i])
+            self._stop_pidfile(old / "sshd.pid")
+            stop_node_processes(old / "root")
+            # Its folder is left for `destroy` to remove: deleting a torch venv and its uv cache
+            # file by file would keep the job waiting for minutes on a busy machine.
+            lost_dirs = record.provider_state.setdefault("lost_dirs", [])
+            lost_dirs.append(str(old))
+            cdir.save(record)
+            generation = record.provider_state["replacements"] = record.provider_state.get("replacements", 0) + 1
+            node_dir = cdir.provider_dir / f"{nodes[i].name}.r{generation}"
+            nodes[i] = self._make_node(find_sshd(), cdir, record, i, nodes[i].name, node_dir, nodes[i].user, cdir.client_public_key())
+            lines.append(f"{nodes[i].name}: replaced by a new node ({node_dir.name}, port {nodes[i].port})")
+        record.cluster = Cluster(name=record.cluster.name, nodes=tuple(nodes), identity_file=record.cluster.identity_file)
+        cdir.save(record)
+        return lines
 
     def _start(self, sshd: str, node_dir: Path, address: str, user: str) -> int:
         config = node_dir / "sshd_config"
@@ -234,6 +263,8 @@ class LocalProvisioner(Provisioner):
         return False
 
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
+        for entry in record.provider_state.get("lost_dirs", []):  # nodes replaced by `launch --recover`
+            shutil.rmtree(entry, ignore_errors=True)
         for entry in record.provider_state.get("node_dirs", []):
             node_dir = Path(entry)
             self._stop_pidfile(node_dir / "sshd.pid")

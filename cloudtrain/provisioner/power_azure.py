@@ -17,7 +17,8 @@ from typing import Any
 
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner.leftovers import azure as groups
-from cloudtrain.provisioner.leftovers.http import Http
+from cloudtrain.provisioner.rest import ApiError, Rest
+from cloudtrain.provisioner.rest import Transport as Http
 from cloudtrain.state import ClusterRecord
 
 COMPUTE_API, NETWORK_API = "2024-11-01", "2024-05-01"
@@ -25,10 +26,10 @@ START_WAIT_S, POLL_S = 600.0, 10.0
 
 
 def _get(http: Http, url: str) -> list[dict[str, Any]]:
-    reply = http.request("GET", url)
-    if reply.status >= 400:
-        raise RuntimeError(f"HTTP {reply.status} {reply.error_code()}")
-    return (reply.json() or {}).get("value", [])
+    try:
+        return (Rest(http, "Azure").get(url) or {}).get("value", [])
+    except ApiError as e:
+        raise RuntimeError(e.brief()) from e
 
 
 def _group(record: ClusterRecord, http: Http, sub: str, arm: str) -> str:

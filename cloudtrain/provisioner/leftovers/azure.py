@@ -23,7 +23,8 @@ from typing import Callable
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG
 from cloudtrain.provisioner.leftovers.base import Leftover
-from cloudtrain.provisioner.leftovers.http import BearerHttp, Http, Reply
+from cloudtrain.provisioner.rest import ApiError, Bearer, Reply, Rest, same_origin
+from cloudtrain.provisioner.rest import Transport as Http
 
 SWEEPS = True
 ARM = "https://management.azure.com"
@@ -43,7 +44,7 @@ def _client(http: Http | None, subscription_id: str | None) -> tuple[Http, str]:
     from cloudtrain.provisioner.preflight import azure as login  # the pre-flight's login lookups
 
     sub = subscription_id or login.subscription()
-    return http or BearerHttp(login.token(sub)), sub
+    return http or Bearer(login.token(sub)), sub
 
 
 def _tag_value(group: dict) -> str | None:
@@ -52,10 +53,8 @@ def _tag_value(group: dict) -> str | None:
 
 
 def _ours(url: str, arm: str) -> str:
-    """A link ARM handed back (nextLink, Location) must stay on ARM: the token goes with it."""
-    if not url.startswith(arm + "/"):
-        raise RuntimeError(f"Azure answered with a link outside {arm}: {url[:120]}")
-    return url
+    """A link ARM handed back (a Location) must stay on ARM: the token goes with it."""
+    return same_origin(url, arm, "Azure")
 
 
 def find(cluster: str, region: str, http: Http | None = None, subscription_id: str | None = None, arm: str | None = None) -> tuple[list[Leftover], list[str]]:
@@ -63,17 +62,15 @@ def find(cluster: str, region: str, http: Http | None = None, subscription_id: s
     http, sub = _client(http, subscription_id)
     arm = arm or ARM
     where = urllib.parse.quote(f"tagName eq '{CLUSTER_TAG}' and tagValue eq '{cluster}'")
-    url: str | None = f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}"
+    url = f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}"
     found: list[Leftover] = []
-    while url:
-        reply = http.request("GET", url)
-        if reply.status >= 400:
-            raise RuntimeError(f"listing resource groups: HTTP {reply.status} {reply.error_code()}")
-        page = reply.json() or {}
-        for group in page.get("value", []):
-            if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower():
-                found.append(Leftover("resource-group", group["name"], group["location"], group))
-        url = _ours(page["nextLink"], arm) if page.get("nextLink") else None
+    try:
+        for page in Rest(http, "Azure").pages(url):
+            for group in page.get("value", []):
+                if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower():
+                    found.append(Leftover("resource-group", group["name"], group["location"], group))
+    except ApiError as e:
+        raise RuntimeError(f"listing resource groups: {e.brief()}") from e
     return found, []
 
 

@@ -15,7 +15,6 @@ networks; each operation is waited for.
 
 from __future__ import annotations
 
-import os
 from cloudtrain.provisioner.contract import CLUSTER_TAG, marker
 from cloudtrain.provisioner.leftovers.base import Leftover
 from cloudtrain.provisioner.rest import ApiError, Google, Rest, Transport, with_query
@@ -47,13 +46,10 @@ def _client(http: Transport | None, project: str | None) -> tuple[Rest, str]:
     """The Compute API signed with the application default credentials (or `http`, a test's)."""
     if http is not None and project is not None:
         return Rest(http, "GCP"), project
-    import google.auth
+    from cloudtrain.provisioner.preflight import gcp as login  # the pre-flight's credentials and project, as Azure's sweep does
 
-    creds, default_project = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or default_project
-    if not project:
-        raise RuntimeError("no GCP project: set GOOGLE_CLOUD_PROJECT or `gcloud config set project ID`")
-    return Rest(http or Google(creds, timeout=180.0), "GCP"), project  # operations.wait answers within ~2 min
+    creds, default_project = login.project_and_credentials()
+    return Rest(http or Google(creds, timeout=180.0), "GCP"), project or default_project  # operations.wait answers within ~2 min
 
 
 def why(e: Exception) -> str:

@@ -23,8 +23,7 @@ from typing import Callable
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG
 from cloudtrain.provisioner.leftovers.base import Leftover
-from cloudtrain.provisioner.rest import ApiError, Bearer, Reply, Rest, same_origin
-from cloudtrain.provisioner.rest import Transport as Http
+from cloudtrain.provisioner.rest import ApiError, Bearer, Reply, Rest, Transport, same_origin
 
 SWEEPS = True
 ARM = "https://management.azure.com"
@@ -38,7 +37,7 @@ def console_filter(cluster: str, where: str | None) -> str:
     return f"`az group list --tag {CLUSTER_TAG}={cluster}` and `az resource list --tag {CLUSTER_TAG}={cluster}`"
 
 
-def _client(http: Http | None, subscription_id: str | None) -> tuple[Http, str]:
+def _client(http: Transport | None, subscription_id: str | None) -> tuple[Transport, str]:
     if http is not None and subscription_id is not None:
         return http, subscription_id
     from cloudtrain.provisioner.preflight import azure as login  # the pre-flight's login lookups
@@ -57,7 +56,7 @@ def _ours(url: str, arm: str) -> str:
     return same_origin(url, arm, "Azure")
 
 
-def find(cluster: str, region: str, http: Http | None = None, subscription_id: str | None = None, arm: str | None = None) -> tuple[list[Leftover], list[str]]:
+def find(cluster: str, region: str, http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None) -> tuple[list[Leftover], list[str]]:
     """The resource groups in `region` whose `cloudtrain-cluster` tag is exactly `cluster`."""
     http, sub = _client(http, subscription_id)
     arm = arm or ARM
@@ -81,7 +80,7 @@ def _retry_after(reply: Reply) -> float:
         return _DEFAULT_POLL_S
 
 
-def _wait(http: Http, accepted: Reply, group_url: str, arm: str, wait_s: float, sleep: Callable[[float], None]) -> str | None:
+def _wait(http: Transport, accepted: Reply, group_url: str, arm: str, wait_s: float, sleep: Callable[[float], None]) -> str | None:
     """Poll a 202's operation to its end: None when the group is gone, else why it is not."""
     status_url = accepted.headers.get("azure-asyncoperation")
     location = accepted.headers.get("location")
@@ -116,7 +115,7 @@ def _wait(http: Http, accepted: Reply, group_url: str, arm: str, wait_s: float, 
         delay = _retry_after(reply)
 
 
-def remove(found: list[Leftover], http: Http | None = None, subscription_id: str | None = None, arm: str | None = None,
+def remove(found: list[Leftover], http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None,
            wait_s: float = WAIT_S, sleep: Callable[[float], None] = time.sleep) -> list[str]:
     """Delete each group and wait for it; the lines of what remains."""
     if not found:

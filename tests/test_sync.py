@@ -16,7 +16,8 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, local_cluster
+from conftest import Cli, _sshd_pids_under
+from conftest import local_cluster
 
 LIST_SCRIPT = textwrap.dedent(
     """

@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
 from pathlib import Path
-from typing import Callable
+from typing import Any, Callable, Iterator
 
 import pytest
 
@@ -75,6 +76,32 @@ def cli(home: Path, tmp_path: Path) -> Cli:
     work = tmp_path / "work"
     work.mkdir()
     return Cli(home, work)
+
+
+@contextlib.contextmanager
+def local_cluster(tmp_path_factory: pytest.TempPathFactory, name: str, nodes: int = 1, framework: str = "none",
+                  up_timeout: float = 300, down_timeout: float = 120) -> Iterator[tuple[Cli, Any]]:
+    """A ready local cluster for a module's tests: the Cli (its home and work folder fresh under
+    `name`) and the cluster's record. At the end it is downed, and no sshd of it may be left
+    (any found is killed, then the test fails), nor its record."""
+    from cloudtrain.state import Store
+
+    base = tmp_path_factory.mktemp(name)
+    home, work = base / "home", base / "work"
+    work.mkdir()
+    cli = Cli(home, work)
+    try:
+        proc = cli("up", "--provider", "local", "--nodes", str(nodes), "--framework", framework, timeout=up_timeout)
+        assert proc.returncode == 0, proc.stderr[-3000:]
+        yield cli, Store(home).resolve("local").load()
+    finally:
+        down = cli("down", timeout=down_timeout)
+        leaked = _sshd_pids_under(home)
+        for pid in leaked:
+            os.kill(pid, 9)
+    assert down.returncode == 0, down.stderr
+    assert not leaked, f"sshd left running after down: {leaked}"
+    assert not (home / "clusters" / "local").exists()
 
 
 def one_line_error(proc: subprocess.CompletedProcess) -> str:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under
+from conftest import local_cluster, _sshd_pids_under
 
 from cloudtrain.bootstrap import apply as applier
 from cloudtrain.bootstrap import detached, dpkg
@@ -26,26 +26,15 @@ from cloudtrain.state import Store
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
     """A one-node local cluster (framework none): its Node, key and the node's root folder here."""
-    base = tmp_path_factory.mktemp("resume")
-    home, work = base / "home", base / "work"
-    work.mkdir()
-    cli = Cli(home, work)
-    proc = cli("up", "--provider", "local", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    cdir = Store(home).resolve("local")
-    cluster = cdir.load().cluster
-    assert cluster is not None
-    with SshRemote(cluster.nodes[0], cdir.identity_file) as remote:
-        root = Path(NodePaths.of(remote).root)
-    yield cluster.nodes[0], cdir.identity_file, root, home
-    with SshRemote(cluster.nodes[0], cdir.identity_file) as remote:
-        applier.end_steps(remote)  # a failed test's stand-in step must not outlive it
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked, f"sshd left running after down: {leaked}"
+    with local_cluster(tmp_path_factory, "resume") as (cli, record):
+        cluster = record.cluster
+        assert cluster is not None
+        identity = Store(cli.home).resolve("local").identity_file
+        with SshRemote(cluster.nodes[0], identity) as remote:
+            root = Path(NodePaths.of(remote).root)
+        yield cluster.nodes[0], identity, root, cli.home
+        with SshRemote(cluster.nodes[0], identity) as remote:
+            applier.end_steps(remote)  # a failed test's stand-in step must not outlive it
 
 
 def _descendants(pids: list[int]) -> list[int]:

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under, one_line_error, pids_where
+from conftest import Cli, local_cluster, one_line_error, pids_where
 
 # Rank 0 saves a checkpoint on TERM and exits; rank 1 ignores TERM, and so does its child
 # (an ignored signal stays ignored across exec): only KILL stops them.
@@ -50,19 +50,8 @@ QUICK = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("cancel")
-    home, work = base / "home", base / "work"
-    work.mkdir()
-    cli = Cli(home, work)
-    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked, f"sshd left running after down: {leaked}"
+    with local_cluster(tmp_path_factory, "cancel", nodes=2) as (cli, _):
+        yield cli
 
 
 def _detach(cli: Cli, name: str, text: str, marker: str) -> str:

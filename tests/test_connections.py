@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under, pids_where
+from conftest import Cli, local_cluster, pids_where
 
 OUTPUT_SCRIPT = textwrap.dedent(
     """
@@ -30,19 +30,8 @@ OUTPUT_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("connections")
-    home = base / "home"
-    (base / "work").mkdir()
-    cli = Cli(home, base / "work")
-    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked, f"sshd left running after down: {leaked}"
+    with local_cluster(tmp_path_factory, "connections", nodes=2) as (cli, _):
+        yield cli
 
 
 def _logins(home: Path) -> dict[str, int]:

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under, one_line_error, pids_where
+from conftest import Cli, local_cluster, one_line_error, pids_where
 
 from cloudtrain.jobs.workdir import sha256_file
 
@@ -55,21 +55,8 @@ SLOW_SCRIPT = textwrap.dedent(
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """One ready two-node cluster (framework none) shared by this module's tests."""
-    base = tmp_path_factory.mktemp("jobs")
-    home = base / "home"
-    work = base / "work"
-    work.mkdir()
-    cli = Cli(home, work)
-    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked, f"sshd left running after down: {leaked}"
-    assert not (home / "clusters" / "local").exists()
+    with local_cluster(tmp_path_factory, "jobs", nodes=2) as (cli, _):
+        yield cli
 
 
 def _write(folder: Path, name: str, text: str) -> Path:

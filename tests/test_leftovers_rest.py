@@ -22,12 +22,12 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
-import requests
 
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner import leftovers
 from cloudtrain.provisioner.contract import CLUSTER_TAG
 from cloudtrain.provisioner.leftovers import azure, gcp
+from cloudtrain.provisioner.rest import Bearer, Rest
 from cloudtrain.provisioner.preflight import azure as azure_login
 
 P = "proj-1"
@@ -170,8 +170,8 @@ def test_gcp_sweep_removes_the_marked_networks_firewalls_subnets_and_policies_in
     compute.add("subnetworks", "regions/us-east1", "g1-subnet-east", description=f"{CLUSTER_TAG}=g1", network=f"{GLOBAL}/networks/default")
     others = compute.names() - before
 
-    session = requests.Session()
-    found, unchecked = gcp.find("g1", "us-central1", session=session, project=P, api=compute.api)
+    http = Bearer("ya29.test")  # the real transport; the fake API does not check the token
+    found, unchecked = gcp.find("g1", "us-central1", http=http, project=P, api=compute.api)
     assert unchecked == []
     assert [(x.kind, x.id, x.region) for x in found] == [
         ("instance", "g1-0", "us-central1-a"), ("disk", "g1-data", "us-central1-a"),
@@ -179,8 +179,7 @@ def test_gcp_sweep_removes_the_marked_networks_firewalls_subnets_and_policies_in
         ("subnetwork", "g1-subnet", "us-central1"), ("resource-policy", "g1-placement", "us-central1"),
         ("network", "g1-net", "global"),
     ]
-    assert gcp.remove(found, session=session, project=P, api=compute.api) == []
-    session.close()
+    assert gcp.remove(found, http=http, project=P, api=compute.api) == []
     assert compute.names() == others, "the sweep removed too little or touched another cluster's resources"
     assert compute.waits == 2 * len(found)  # each operation polled until DONE
 
@@ -189,13 +188,12 @@ def test_gcp_a_network_that_cannot_be_removed_fails_down_with_what_remains(compu
     plant_gcp(compute, "g9")
     # A firewall rule someone added by hand to our network blocks the network's deletion.
     compute.add("firewalls", "global", "hand-made", description="", network=f"{GLOBAL}/networks/g9-net")
-    session = requests.Session()
-    monkeypatch.setattr(gcp, "_session_and_project", lambda s, p: (session, P))
+    http = Bearer("ya29.test")  # the real transport; the fake API does not check the token
+    monkeypatch.setattr(gcp, "_client", lambda h, p: (Rest(http, "GCP"), P))
     monkeypatch.setattr(gcp, "API", compute.api)
     said: list[str] = []
     with pytest.raises(ProvisionError) as e:
         leftovers.sweep("gcp", "g9", "us-central1", said.append)
-    session.close()
     line = e.value.line()
     assert "could not remove 1 leftover(s) of cluster g9: network g9-net in global (HTTP 400 resourceInUseByAnotherResource)" in line
     assert "cloudtrain down --cluster g9" in line and "description~^cloudtrain-cluster=g9" in line
@@ -210,24 +208,22 @@ def test_gcp_sweep_removes_the_labelled_instances_and_disks_of_the_region_only(c
     compute.add("instances", "zones/us-east1-b", "g1-elsewhere", labels=label)  # another region
     compute.add("instances", "zones/us-central1-a", "g1-other-0", labels={CLUSTER_TAG: "g1-other"})
     compute.add("instances", "zones/us-central1-a", "unlabelled", labels={})
-    session = requests.Session()
-    found, _ = gcp.find("g1", "us-central1", session=session, project=P, api=compute.api)
+    http = Bearer("ya29.test")  # the real transport; the fake API does not check the token
+    found, _ = gcp.find("g1", "us-central1", http=http, project=P, api=compute.api)
     assert [(x.kind, x.id, x.region) for x in found] == [("instance", "g1-0", "us-central1-a"), ("disk", "g1-data", "us-central1-b")]
     assert compute.filters == [f'labels.{CLUSTER_TAG}="g1"'] * 2
-    assert gcp.remove(found, session=session, project=P, api=compute.api) == []
-    session.close()
+    assert gcp.remove(found, http=http, project=P, api=compute.api) == []
     assert compute.names() == {"instances/g1-elsewhere", "instances/g1-other-0", "instances/unlabelled"}
 
 
 def test_gcp_a_free_kind_that_cannot_be_listed_is_a_warning_and_the_rest_is_swept(compute, monkeypatch):
     plant_gcp(compute, "g5")
     compute.forbidden.add("resourcePolicies")
-    session = requests.Session()
-    monkeypatch.setattr(gcp, "_session_and_project", lambda s, p: (session, P))
+    http = Bearer("ya29.test")  # the real transport; the fake API does not check the token
+    monkeypatch.setattr(gcp, "_client", lambda h, p: (Rest(http, "GCP"), P))
     monkeypatch.setattr(gcp, "API", compute.api)
     said: list[str] = []
     leftovers.sweep("gcp", "g5", "us-central1", said.append)
-    session.close()
     assert said[0].startswith("warning: could not look for resourcePolicies (HTTP 403 forbidden) tagged g5 in us-central1")
     assert compute.names() == {"resourcePolicies/g5-placement"}
 

@@ -13,7 +13,7 @@ import pytest
 from cloudtrain.errors import ProvisionError
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.provisioner import power_azure
-from cloudtrain.provisioner.leftovers.http import Reply
+from cloudtrain.provisioner.rest import Reply
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterRecord
 

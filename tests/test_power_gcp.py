@@ -1,31 +1,28 @@
 """GCP clusters stopped by their watchdog, seen and started again through the Compute Engine
-REST API. A fake session answers like the API (instances.list pages with `items`, a
+REST API. A fake transport answers like the API (instances.list pages with `items`, a
 `compute#operation` for instances.start, TERMINATED then RUNNING with a new external IP)."""
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
+from urllib.parse import parse_qs
 
 import pytest
 
 from cloudtrain.errors import ProvisionError
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.provisioner import power_gcp
+from cloudtrain.provisioner.rest import Reply
 from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterRecord
 
 API, PROJECT, ZONE = "https://compute.test/compute/v1", "proj-1", "us-central1-a"
 
 
-class Resp:
-    def __init__(self, status: int, body: dict) -> None:
-        import json
-
-        self.status_code, self._body, self.content = status, body, json.dumps(body).encode()
-
-    def json(self) -> dict:
-        return self._body
+def _reply(body: dict) -> Reply:
+    return Reply(200, {"content-type": "application/json"}, json.dumps(body).encode())
 
 
 class FakeCompute:
@@ -47,21 +44,25 @@ class FakeCompute:
         vm["status"], vm["lastStopTimestamp"] = "TERMINATED", "2026-12-01T06:03:12.345-08:00"
         vm["networkInterfaces"][0]["accessConfigs"][0].pop("natIP")  # an ephemeral address goes with the stop
 
-    def get(self, url: str, params: dict | None = None, timeout: float = 0) -> Resp:
-        assert url == f"{API}/projects/{PROJECT}/zones/{ZONE}/instances", url
-        key, _, value = params["filter"].partition("=")
+    def request(self, method: str, url: str) -> Reply:
+        return self.get(url) if method == "GET" else self.post(url)
+
+    def get(self, url: str) -> Reply:
+        path, _, query = url.partition("?")
+        assert path == f"{API}/projects/{PROJECT}/zones/{ZONE}/instances", url
+        key, _, value = parse_qs(query)["filter"][0].partition("=")
         assert key == "labels.cloudtrain-cluster"
         items = [v for v in self.vms.values() if v["labels"]["cloudtrain-cluster"] == value]
-        return Resp(200, {"kind": "compute#instanceList", "id": f"projects/{PROJECT}/zones/{ZONE}/instances", **({"items": items} if items else {})})
+        return _reply({"kind": "compute#instanceList", "id": f"projects/{PROJECT}/zones/{ZONE}/instances", **({"items": items} if items else {})})
 
-    def post(self, url: str, timeout: float = 0) -> Resp:
+    def post(self, url: str) -> Reply:
         self.posts.append(url)
         name = url.rsplit("/", 2)[-2]
         vm = self.vms[name]
         self.n += 1
         vm["status"] = "RUNNING"
         vm["networkInterfaces"][0]["accessConfigs"][0]["natIP"] = f"34.2.0.{self.n}"
-        return Resp(200, {"kind": "compute#operation", "operationType": "start", "status": "RUNNING", "targetLink": f"{API}/projects/{PROJECT}/zones/{ZONE}/instances/{name}"})
+        return _reply({"kind": "compute#operation", "operationType": "start", "status": "RUNNING", "targetLink": f"{API}/projects/{PROJECT}/zones/{ZONE}/instances/{name}"})
 
 
 def _record(fake: FakeCompute, name: str = "ct-test", spot: bool = False) -> ClusterRecord:

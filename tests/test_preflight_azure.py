@@ -28,7 +28,7 @@ import pytest
 from cloudtrain import catalog
 from cloudtrain.errors import NotOffered, PreflightError, QuotaExceeded
 from cloudtrain.provisioner.preflight import azure
-from cloudtrain.provisioner.preflight.rest import error_from_body
+from cloudtrain.provisioner.rest import error_from_body
 from cloudtrain.spec import ClusterSpec
 
 SUB = "00000000-0000-0000-0000-00000000000a"

@@ -25,7 +25,7 @@ import pytest
 from cloudtrain import catalog
 from cloudtrain.errors import NotOffered, PreflightError, QuotaExceeded
 from cloudtrain.provisioner.preflight import gcp
-from cloudtrain.provisioner.preflight.rest import ApiError, error_from_body
+from cloudtrain.provisioner.rest import ApiError, error_from_body
 from cloudtrain.spec import ClusterSpec
 
 PROJECT = "proj-9"

@@ -13,7 +13,8 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 import pytest
 
 from cloudtrain.provisioner.preflight import gcp
-from cloudtrain.provisioner.preflight.rest import ApiError, BearerRest, Unreachable
+from cloudtrain.provisioner import rest as shared
+from cloudtrain.provisioner.rest import ApiError, Unreachable
 
 ROUTES = {
     "/ok": (200, {"value": [{"name": "Standard_NC4as_T4_v3"}]}),
@@ -54,14 +55,14 @@ def server():
 
 def test_bearer_rest_sends_the_token_and_reads_json(server):
     base, seen = server
-    assert BearerRest("tok-1").get(f"{base}/ok") == ROUTES["/ok"][1]
+    assert shared.bearer("tok-1").get(f"{base}/ok") == ROUTES["/ok"][1]
     assert seen[-1]["auth"] == "Bearer tok-1"
 
 
 def test_bearer_rest_turns_an_arm_error_body_into_its_code(server):
     base, _ = server
     with pytest.raises(ApiError) as e:
-        BearerRest("tok-1").get(f"{base}/arm-denied")
+        shared.bearer("tok-1").get(f"{base}/arm-denied")
     assert (e.value.status, e.value.code) == (403, "AuthorizationFailed")
 
 
@@ -69,7 +70,7 @@ def test_google_transport_signs_and_reads_the_reason(server):
     from google.oauth2.credentials import Credentials
 
     base, seen = server
-    rest = gcp.AuthorizedRest(Credentials(token="ya29.test"))  # a valid token: no refresh, no network
+    rest = shared.google(Credentials(token="ya29.test"))  # a valid token: no refresh, no network
     assert rest.get(f"{base}/ok") == ROUTES["/ok"][1]
     assert seen[-1]["auth"] == "Bearer ya29.test"
     with pytest.raises(ApiError) as e:
@@ -82,7 +83,7 @@ def test_nothing_listening_is_unreachable():
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     with pytest.raises(Unreachable):
-        BearerRest("t", timeout=5).get(f"http://127.0.0.1:{port}/ok")
+        shared.bearer("t", timeout=5).get(f"http://127.0.0.1:{port}/ok")
 
 
 def test_google_credentials_that_cannot_refresh_are_one_line(server):
@@ -92,7 +93,7 @@ def test_google_credentials_that_cannot_refresh_are_one_line(server):
     from cloudtrain.errors import PreflightError
 
     base, seen = server
-    api = gcp._Api(gcp.AuthorizedRest(Credentials(token=None)), "proj-9")
+    api = gcp._Api(shared.google(Credentials(token=None)), "proj-9")
     with pytest.raises(PreflightError) as e:
         api.get("projects/proj-9", "compute.projects.get", PreflightError("unused"))
     assert "Google rejected the credentials (refreshFailed)" in e.value.line() and "gcloud auth application-default login" in e.value.line()

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under, one_line_error
+from conftest import local_cluster, one_line_error
 from test_startup import PROBE
 
 from cloudtrain.jobs import plot
@@ -40,25 +40,15 @@ FAILS = "import sys\nprint('no curves here')\nsys.exit(3)\n"
 @pytest.fixture(scope="module")
 def ran(tmp_path_factory: pytest.TempPathFactory):
     """A one-node cluster and two finished runs: one with curves (exit 0), one failing without."""
-    base = tmp_path_factory.mktemp("runs")
-    home, work = base / "home", base / "work"
-    work.mkdir()
-    cli = Cli(home, work)
-    up = cli("up", "--provider", "local", "--framework", "none", timeout=300)
-    assert up.returncode == 0, up.stderr
-    ids = {}
-    for name, text, code in (("curves.py", CURVES, 0), ("fails.py", FAILS, 3)):
-        (work / name).write_text(text)
-        proc = cli("run", str(work / name), timeout=300)
-        assert proc.returncode == code, proc.stderr
-        ids[name] = re.search(r"job (\S+) started", proc.stderr).group(1)  # type: ignore[union-attr]
-    yield cli, ids
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked
+    with local_cluster(tmp_path_factory, "runs") as (cli, _):
+        work = cli.cwd
+        ids = {}
+        for name, text, code in (("curves.py", CURVES, 0), ("fails.py", FAILS, 3)):
+            (work / name).write_text(text)
+            proc = cli("run", str(work / name), timeout=300)
+            assert proc.returncode == code, proc.stderr
+            ids[name] = re.search(r"job (\S+) started", proc.stderr).group(1)  # type: ignore[union-attr]
+        yield cli, ids
 
 
 def test_runs_lists_each_run_with_its_outcome_metrics_cost_and_folder_from_any_folder(ran, tmp_path: Path) -> None:

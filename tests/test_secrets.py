@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under, one_line_error
+from conftest import Cli, local_cluster, one_line_error
 
 JOB = textwrap.dedent(
     """
@@ -30,19 +30,8 @@ JOB = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("secrets")
-    home, work = base / "home", base / "work"
-    work.mkdir()
-    cli = Cli(home, work)
-    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked
+    with local_cluster(tmp_path_factory, "secrets", nodes=2) as (cli, _):
+        yield cli
 
 
 def _files_holding(root: Path, needles: list[bytes]) -> list[str]:

@@ -19,6 +19,7 @@ import pytest
 
 from cloudtrain.jobs import sync
 from conftest import Cli, _sshd_pids_under
+from conftest import local_cluster
 
 LIST_SCRIPT = textwrap.dedent(
     """
@@ -48,19 +49,8 @@ LIST_SCRIPT = textwrap.dedent(
 
 @pytest.fixture(scope="module")
 def node(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("sync")
-    home = base / "home"
-    (base / "work").mkdir()
-    cli = Cli(home, base / "work")
-    proc = cli("up", "--provider", "local", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli, home
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked, f"sshd left running after down: {leaked}"
+    with local_cluster(tmp_path_factory, "sync") as (cli, _):
+        yield cli, cli.home
 
 
 def _project(root: Path) -> Path:

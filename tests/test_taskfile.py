@@ -5,14 +5,13 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
 import textwrap
 from pathlib import Path
 
 import pytest
 import typer
 
-from conftest import Cli, _sshd_pids_under, one_line_error
+from conftest import Cli, local_cluster, one_line_error
 
 from cloudtrain.cli.app import app
 from cloudtrain.cli.options import cluster_spec_of, job_spec_of, with_task
@@ -140,19 +139,8 @@ def test_a_damaged_or_unknown_task_file_is_one_line_exit_2_through_the_cli(cli: 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """One ready two-node cluster (framework none) shared by this module's end-to-end tests."""
-    base = tmp_path_factory.mktemp("task")
-    home, work = base / "home", base / "work"
-    work.mkdir()
-    cli = Cli(home, work)
-    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked
+    with local_cluster(tmp_path_factory, "task", nodes=2) as (cli, _):
+        yield cli
 
 
 RUN = """\

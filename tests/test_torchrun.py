@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import REPO, Cli, _sshd_pids_under, one_line_error, pids_where
+from conftest import Cli, local_cluster, one_line_error, pids_where, REPO
 
 from cloudtrain.errors import BadInput
 from cloudtrain.jobs import launch
@@ -81,19 +81,8 @@ def _job_pids(marker: str) -> list[int]:
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
     """One ready two-node cluster with the CPU torch, shared by this module's tests."""
-    base = tmp_path_factory.mktemp("torchrun")
-    home, work = base / "home", base / "work"
-    work.mkdir()
-    cli = Cli(home, work)
-    proc = cli("up", "--provider", "local", "--nodes", "2", "--framework", "torch==2.13.0", timeout=1500)
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    yield cli
-    down = cli("down", timeout=300)
-    leaked = _sshd_pids_under(home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked, f"sshd left running after down: {leaked}"
+    with local_cluster(tmp_path_factory, "torchrun", nodes=2, framework="torch==2.13.0", up_timeout=1500, down_timeout=300) as (cli, _):
+        yield cli
 
 
 def _script(cli: Cli, folder: str, text: str, name: str) -> Path:

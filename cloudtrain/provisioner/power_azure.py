@@ -17,21 +17,21 @@ from typing import Any
 
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner.leftovers import azure as groups
-from cloudtrain.provisioner.leftovers.http import Http
+from cloudtrain.provisioner.rest import ApiError, Rest, Transport
 from cloudtrain.state import ClusterRecord
 
 COMPUTE_API, NETWORK_API = "2024-11-01", "2024-05-01"
 START_WAIT_S, POLL_S = 600.0, 10.0
 
 
-def _get(http: Http, url: str) -> list[dict[str, Any]]:
-    reply = http.request("GET", url)
-    if reply.status >= 400:
-        raise RuntimeError(f"HTTP {reply.status} {reply.error_code()}")
-    return (reply.json() or {}).get("value", [])
+def _get(http: Transport, url: str) -> list[dict[str, Any]]:
+    try:
+        return (Rest(http, "Azure").get(url) or {}).get("value", [])
+    except ApiError as e:
+        raise RuntimeError(e.brief()) from e
 
 
-def _group(record: ClusterRecord, http: Http, sub: str, arm: str) -> str:
+def _group(record: ClusterRecord, http: Transport, sub: str, arm: str) -> str:
     assert record.cluster is not None
     hosts = {n.host for n in record.cluster.nodes}
     found, _ = groups.find(record.spec.name, record.spec.region or "", http, sub, arm)
@@ -49,11 +49,11 @@ def _power(vm: dict[str, Any]) -> str:
     return "unknown"
 
 
-def _vms(http: Http, sub: str, arm: str, group: str) -> list[dict[str, Any]]:
+def _vms(http: Transport, sub: str, arm: str, group: str) -> list[dict[str, Any]]:
     return _get(http, f"{arm}/subscriptions/{sub}/resourceGroups/{group}/providers/Microsoft.Compute/virtualMachines?api-version={COMPUTE_API}&statusOnly=true")
 
 
-def observed_stop(record: ClusterRecord, http: Http | None = None, subscription_id: str | None = None, arm: str = groups.ARM) -> dict | None:
+def observed_stop(record: ClusterRecord, http: Transport | None = None, subscription_id: str | None = None, arm: str = groups.ARM) -> dict | None:
     """{"reason", "at"[, "still_billing"]} when a VM is deallocated or stopped; None when all run,
     or when Azure cannot be asked (nothing is decided on a guess)."""
     if record.cluster is None:
@@ -70,7 +70,7 @@ def observed_stop(record: ClusterRecord, http: Http | None = None, subscription_
     return None
 
 
-def start(record: ClusterRecord, http: Http | None = None, subscription_id: str | None = None, arm: str = groups.ARM, poll_s: float = POLL_S) -> list[str]:
+def start(record: ClusterRecord, http: Transport | None = None, subscription_id: str | None = None, arm: str = groups.ARM, poll_s: float = POLL_S) -> list[str]:
     """Start the VMs that are not running and wait until all run (same VMs, disks, static
     addresses and host keys). One line per VM started."""
     try:

@@ -17,7 +17,8 @@ from typing import Any
 
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner.contract import CLUSTER_TAG
-from cloudtrain.provisioner.leftovers.gcp import API, _json, _pages, _session_and_project
+from cloudtrain.provisioner.leftovers.gcp import API, _client
+from cloudtrain.provisioner.rest import Rest, Transport, with_query
 from cloudtrain.state import ClusterRecord
 
 _STOPPED = {"STOPPING", "TERMINATED", "SUSPENDING", "SUSPENDED"}
@@ -32,17 +33,17 @@ def _nat(inst: dict[str, Any]) -> str | None:
     return None
 
 
-def _listed(record: ClusterRecord, session: Any, project: str, api: str) -> list[dict[str, Any]]:
-    url = f"{api}/projects/{project}/zones/{record.spec.zone}/instances"
-    return [i for page in _pages(session, url, {"filter": f"labels.{CLUSTER_TAG}={record.spec.name}"}) for i in page.get("items", [])]
+def _listed(record: ClusterRecord, rest: Rest, project: str, api: str) -> list[dict[str, Any]]:
+    url = with_query(f"{api}/projects/{project}/zones/{record.spec.zone}/instances", filter=f"labels.{CLUSTER_TAG}={record.spec.name}")
+    return [i for page in rest.pages(url) for i in page.get("items", [])]
 
 
-def remember(record: ClusterRecord, session: Any | None = None, project: str | None = None, api: str = API) -> None:
+def remember(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> None:
     """Record the VM names of a just-made cluster in `record.provider_state`."""
     assert record.cluster is not None
     try:
-        session, project = _session_and_project(session, project)
-        by_host = {_nat(i): i["name"] for i in _listed(record, session, project, api) if _nat(i)}
+        rest, project = _client(http, project)
+        by_host = {_nat(i): i["name"] for i in _listed(record, rest, project, api) if _nat(i)}
     except Exception:  # noqa: BLE001 - no credentials or network: looked up by private address later
         return
     names = [by_host.get(n.host) for n in record.cluster.nodes]
@@ -50,10 +51,10 @@ def remember(record: ClusterRecord, session: Any | None = None, project: str | N
         record.provider_state["instance_names"] = names
 
 
-def instances(record: ClusterRecord, session: Any, project: str, api: str = API) -> list[dict[str, Any] | None]:
+def instances(record: ClusterRecord, rest: Rest, project: str, api: str = API) -> list[dict[str, Any] | None]:
     """The cluster's VMs in node order; None for a node whose VM no longer exists."""
     assert record.cluster is not None
-    found = _listed(record, session, project, api)
+    found = _listed(record, rest, project, api)
     names = record.provider_state.get("instance_names")
     if names:
         by_name = {i["name"]: i for i in found}
@@ -77,15 +78,15 @@ def _at(inst: dict[str, Any]) -> float:
         return time.time()
 
 
-def observed_stop(record: ClusterRecord, session: Any | None = None, project: str | None = None, api: str = API) -> dict | None:
+def observed_stop(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> dict | None:
     """{"reason", "at"[, "terminated"]} when a VM is stopped or gone; None when running, or
     when GCP cannot be asked (nothing is decided on a guess; `status`'s SSH probe still runs)."""
     if record.cluster is None:
         return None
     try:
-        session, project = _session_and_project(session, project)
-        found = instances(record, session, project, api)
-    except Exception:  # noqa: BLE001 - google.auth, requests and API errors alike: unknown
+        rest, project = _client(http, project)
+        found = instances(record, rest, project, api)
+    except Exception:  # noqa: BLE001 - google.auth, transport and API errors alike: unknown
         return None
     if any(i is None for i in found):
         return {"reason": "deleted: a preempted spot VM goes with its disk", "at": time.time(), "terminated": True}
@@ -95,13 +96,13 @@ def observed_stop(record: ClusterRecord, session: Any | None = None, project: st
     return None
 
 
-def start(record: ClusterRecord, session: Any | None = None, project: str | None = None, api: str = API) -> list[str]:
+def start(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> list[str]:
     """Start the stopped VMs, wait until they run, and point the record at their new external
     addresses (same VMs, disks and host keys). One line per VM started."""
     assert record.cluster is not None
     try:
-        session, project = _session_and_project(session, project)
-        found = instances(record, session, project, api)
+        rest, project = _client(http, project)
+        found = instances(record, rest, project, api)
         if any(i is None for i in found):
             raise ProvisionError(
                 f"cluster {record.spec.name}: a VM was deleted (a preempted spot VM); its disk and any outputs not brought home are gone",
@@ -110,10 +111,10 @@ def start(record: ClusterRecord, session: Any | None = None, project: str | None
         base = f"{api}/projects/{project}/zones/{record.spec.zone}/instances"
         started = [i["name"] for i in found if i["status"] != "RUNNING"]  # type: ignore[index]
         for name in started:
-            _json(session.post(f"{base}/{name}/start", timeout=60))  # an operation; the VM's status says when it is done
+            rest.post(f"{base}/{name}/start")  # an operation; the VM's status says when it is done
         deadline = time.monotonic() + START_WAIT_S
         while True:
-            found = instances(record, session, project, api)
+            found = instances(record, rest, project, api)
             if all(i is not None and i["status"] == "RUNNING" and _nat(i) for i in found):
                 break
             if time.monotonic() > deadline:

@@ -18,24 +18,26 @@ from cloudtrain.provisioner.leftovers.base import Leftover
 
 SWEEPS = True
 
-# Describe call, its result key, the id field: in the order they must be deleted (an instance
-# holds volumes and ENIs; a VPC goes last, after everything inside it).
-_KINDS: tuple[tuple[str, str, str, str], ...] = (
-    ("instance", "describe_instances", "Reservations", "InstanceId"),
-    ("elastic-ip", "describe_addresses", "Addresses", "AllocationId"),
-    ("network-interface", "describe_network_interfaces", "NetworkInterfaces", "NetworkInterfaceId"),
-    ("volume", "describe_volumes", "Volumes", "VolumeId"),
-    ("route-table", "describe_route_tables", "RouteTables", "RouteTableId"),
-    ("internet-gateway", "describe_internet_gateways", "InternetGateways", "InternetGatewayId"),
-    ("subnet", "describe_subnets", "Subnets", "SubnetId"),
-    ("security-group", "describe_security_groups", "SecurityGroups", "GroupId"),
-    ("vpc", "describe_vpcs", "Vpcs", "VpcId"),
-    ("placement-group", "describe_placement_groups", "PlacementGroups", "GroupName"),
+# Describe call, its result key, the id field (also the delete call's parameter), the delete call:
+# in the order they must be deleted (an instance holds volumes and ENIs; a VPC goes last, after
+# everything inside it). What must be undone before a delete is in _unbind.
+_KINDS: tuple[tuple[str, str, str, str, str], ...] = (
+    ("instance", "describe_instances", "Reservations", "InstanceId", "terminate_instances"),
+    ("elastic-ip", "describe_addresses", "Addresses", "AllocationId", "release_address"),
+    ("network-interface", "describe_network_interfaces", "NetworkInterfaces", "NetworkInterfaceId", "delete_network_interface"),
+    ("volume", "describe_volumes", "Volumes", "VolumeId", "delete_volume"),
+    ("route-table", "describe_route_tables", "RouteTables", "RouteTableId", "delete_route_table"),
+    ("internet-gateway", "describe_internet_gateways", "InternetGateways", "InternetGatewayId", "delete_internet_gateway"),
+    ("subnet", "describe_subnets", "Subnets", "SubnetId", "delete_subnet"),
+    ("security-group", "describe_security_groups", "SecurityGroups", "GroupId", "delete_security_group"),
+    ("vpc", "describe_vpcs", "Vpcs", "VpcId", "delete_vpc"),
+    ("placement-group", "describe_placement_groups", "PlacementGroups", "GroupName", "delete_placement_group"),
 )
 _GONE = {"terminated", "shutting-down"}
 # What bills while it exists: failing to look for these fails the sweep; the rest are free
 # (a VPC counts against a quota of 5 per region, no more), so not finding them is a warning.
 BILLED = {"instance", "volume", "elastic-ip"}
+_DELETE = {kind: (delete, id_key) for kind, _, _, id_key, delete in _KINDS}
 
 
 def console_filter(cluster: str, region: str) -> str:
@@ -60,7 +62,7 @@ def find(cluster: str, region: str, session: Any | None = None) -> tuple[list[Le
     filters = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]
     found: list[Leftover] = []
     unchecked: list[str] = []
-    for kind, call, key, id_key in _KINDS:
+    for kind, call, key, id_key, _ in _KINDS:
         try:
             items = getattr(ec2, call)(Filters=filters).get(key, [])
         except Exception as e:  # noqa: BLE001 - any SDK failure; re-raised where it bills
@@ -97,37 +99,27 @@ def remove(found: list[Leftover], session: Any | None = None) -> list[str]:
     return failed
 
 
+def _unbind(ec2: Any, left: Leftover) -> None:
+    """What holds a resource that EC2 will not delete while held: an address's association, a
+    table's subnet associations, a gateway's VPC attachments."""
+    item = left.raw
+    if left.kind == "elastic-ip" and item.get("AssociationId"):
+        ec2.disassociate_address(AssociationId=item["AssociationId"])
+    for a in item.get("Associations", []) if left.kind == "route-table" else []:
+        if a.get("RouteTableAssociationId"):
+            ec2.disassociate_route_table(AssociationId=a["RouteTableAssociationId"])
+    for a in item.get("Attachments", []) if left.kind == "internet-gateway" else []:
+        ec2.detach_internet_gateway(InternetGatewayId=left.id, VpcId=a["VpcId"])
+
 
 def _delete(ec2: Any, left: Leftover, instances: list[Leftover]) -> None:
-    kind, rid, item = left.kind, left.id, left.raw
-    if kind == "instance":
-        ec2.terminate_instances(InstanceIds=[rid])
-        if rid is instances[-1].id:  # wait once, for all of them: their ENIs and volumes free up then
-            ec2.get_waiter("instance_terminated").wait(
-                InstanceIds=[i.id for i in instances], WaiterConfig={"Delay": 3, "MaxAttempts": 200}
-            )
-    elif kind == "elastic-ip":
-        if item.get("AssociationId"):
-            ec2.disassociate_address(AssociationId=item["AssociationId"])
-        ec2.release_address(AllocationId=rid)
-    elif kind == "network-interface":
-        ec2.delete_network_interface(NetworkInterfaceId=rid)
-    elif kind == "volume":
-        ec2.delete_volume(VolumeId=rid)
-    elif kind == "route-table":
-        for a in item.get("Associations", []):
-            if a.get("RouteTableAssociationId"):
-                ec2.disassociate_route_table(AssociationId=a["RouteTableAssociationId"])
-        ec2.delete_route_table(RouteTableId=rid)
-    elif kind == "internet-gateway":
-        for a in item.get("Attachments", []):
-            ec2.detach_internet_gateway(InternetGatewayId=rid, VpcId=a["VpcId"])
-        ec2.delete_internet_gateway(InternetGatewayId=rid)
-    elif kind == "subnet":
-        ec2.delete_subnet(SubnetId=rid)
-    elif kind == "security-group":
-        ec2.delete_security_group(GroupId=rid)
-    elif kind == "vpc":
-        ec2.delete_vpc(VpcId=rid)
-    elif kind == "placement-group":
-        ec2.delete_placement_group(GroupName=rid)
+    call, id_key = _DELETE[left.kind]
+    _unbind(ec2, left)
+    if left.kind == "instance":  # the one call that takes a list
+        ec2.terminate_instances(InstanceIds=[left.id])
+    else:
+        getattr(ec2, call)(**{id_key: left.id})
+    if left.kind == "instance" and left.id is instances[-1].id:  # wait once, for all of them: their ENIs and volumes free up then
+        ec2.get_waiter("instance_terminated").wait(
+            InstanceIds=[i.id for i in instances], WaiterConfig={"Delay": 3, "MaxAttempts": 200}
+        )

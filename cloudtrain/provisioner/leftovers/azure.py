@@ -23,7 +23,7 @@ from typing import Callable
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG
 from cloudtrain.provisioner.leftovers.base import Leftover
-from cloudtrain.provisioner.leftovers.http import BearerHttp, Http, Reply
+from cloudtrain.provisioner.rest import ApiError, Bearer, Reply, Rest, Transport, same_origin
 
 SWEEPS = True
 ARM = "https://management.azure.com"
@@ -37,13 +37,13 @@ def console_filter(cluster: str, where: str | None) -> str:
     return f"`az group list --tag {CLUSTER_TAG}={cluster}` and `az resource list --tag {CLUSTER_TAG}={cluster}`"
 
 
-def _client(http: Http | None, subscription_id: str | None) -> tuple[Http, str]:
+def _client(http: Transport | None, subscription_id: str | None) -> tuple[Transport, str]:
     if http is not None and subscription_id is not None:
         return http, subscription_id
     from cloudtrain.provisioner.preflight import azure as login  # the pre-flight's login lookups
 
     sub = subscription_id or login.subscription()
-    return http or BearerHttp(login.token(sub)), sub
+    return http or Bearer(login.token(sub)), sub
 
 
 def _tag_value(group: dict) -> str | None:
@@ -52,28 +52,24 @@ def _tag_value(group: dict) -> str | None:
 
 
 def _ours(url: str, arm: str) -> str:
-    """A link ARM handed back (nextLink, Location) must stay on ARM: the token goes with it."""
-    if not url.startswith(arm + "/"):
-        raise RuntimeError(f"Azure answered with a link outside {arm}: {url[:120]}")
-    return url
+    """A link ARM handed back (a Location) must stay on ARM: the token goes with it."""
+    return same_origin(url, arm, "Azure")
 
 
-def find(cluster: str, region: str, http: Http | None = None, subscription_id: str | None = None, arm: str | None = None) -> tuple[list[Leftover], list[str]]:
+def find(cluster: str, region: str, http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None) -> tuple[list[Leftover], list[str]]:
     """The resource groups in `region` whose `cloudtrain-cluster` tag is exactly `cluster`."""
     http, sub = _client(http, subscription_id)
     arm = arm or ARM
     where = urllib.parse.quote(f"tagName eq '{CLUSTER_TAG}' and tagValue eq '{cluster}'")
-    url: str | None = f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}"
+    url = f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}"
     found: list[Leftover] = []
-    while url:
-        reply = http.request("GET", url)
-        if reply.status >= 400:
-            raise RuntimeError(f"listing resource groups: HTTP {reply.status} {reply.error_code()}")
-        page = reply.json() or {}
-        for group in page.get("value", []):
-            if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower():
-                found.append(Leftover("resource-group", group["name"], group["location"], group))
-        url = _ours(page["nextLink"], arm) if page.get("nextLink") else None
+    try:
+        for page in Rest(http, "Azure").pages(url):
+            for group in page.get("value", []):
+                if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower():
+                    found.append(Leftover("resource-group", group["name"], group["location"], group))
+    except ApiError as e:
+        raise RuntimeError(f"listing resource groups: {e.brief()}") from e
     return found, []
 
 
@@ -84,7 +80,7 @@ def _retry_after(reply: Reply) -> float:
         return _DEFAULT_POLL_S
 
 
-def _wait(http: Http, accepted: Reply, group_url: str, arm: str, wait_s: float, sleep: Callable[[float], None]) -> str | None:
+def _wait(http: Transport, accepted: Reply, group_url: str, arm: str, wait_s: float, sleep: Callable[[float], None]) -> str | None:
     """Poll a 202's operation to its end: None when the group is gone, else why it is not."""
     status_url = accepted.headers.get("azure-asyncoperation")
     location = accepted.headers.get("location")
@@ -119,7 +115,7 @@ def _wait(http: Http, accepted: Reply, group_url: str, arm: str, wait_s: float, 
         delay = _retry_after(reply)
 
 
-def remove(found: list[Leftover], http: Http | None = None, subscription_id: str | None = None, arm: str | None = None,
+def remove(found: list[Leftover], http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None,
            wait_s: float = WAIT_S, sleep: Callable[[float], None] = time.sleep) -> list[str]:
     """Delete each group and wait for it; the lines of what remains."""
     if not found:

@@ -15,12 +15,9 @@ networks; each operation is waited for.
 
 from __future__ import annotations
 
-import os
-from typing import Any
-
 from cloudtrain.provisioner.contract import CLUSTER_TAG, marker
 from cloudtrain.provisioner.leftovers.base import Leftover
-from cloudtrain.provisioner.preflight.rest import error_from_body
+from cloudtrain.provisioner.rest import ApiError, Google, Rest, Transport, with_query
 
 SWEEPS = True
 API = "https://compute.googleapis.com/compute/v1"
@@ -45,17 +42,19 @@ def console_filter(cluster: str, where: str | None) -> str:
     )
 
 
-def _session_and_project(session: Any | None, project: str | None) -> tuple[Any, str]:
-    if session is not None and project is not None:
-        return session, project
-    import google.auth
-    from google.auth.transport.requests import AuthorizedSession
+def _client(http: Transport | None, project: str | None) -> tuple[Rest, str]:
+    """The Compute API signed with the application default credentials (or `http`, a test's)."""
+    if http is not None and project is not None:
+        return Rest(http, "GCP"), project
+    from cloudtrain.provisioner.preflight import gcp as login  # the pre-flight's credentials and project, as Azure's sweep does
 
-    creds, default_project = google.auth.default(scopes=["https://www.googleapis.com/auth/cloud-platform"])
-    project = project or os.environ.get("GOOGLE_CLOUD_PROJECT") or default_project
-    if not project:
-        raise RuntimeError("no GCP project: set GOOGLE_CLOUD_PROJECT or `gcloud config set project ID`")
-    return session or AuthorizedSession(creds), project
+    creds, default_project = login.project_and_credentials()
+    return Rest(http or Google(creds, timeout=180.0), "GCP"), project or default_project  # operations.wait answers within ~2 min
+
+
+def why(e: Exception) -> str:
+    """An API error as `HTTP 400 resourceInUseByAnotherResource` (GCP's reason), else the error itself."""
+    return e.brief() if isinstance(e, ApiError) else str(e)
 
 
 def _in_region(scope: str, region: str) -> bool:
@@ -64,37 +63,21 @@ def _in_region(scope: str, region: str) -> bool:
     return kind == "zones" and zone.rsplit("-", 1)[0] == region
 
 
-def _json(resp: Any) -> dict[str, Any]:
-    if resp.status_code >= 400:
-        err = error_from_body(resp.status_code, resp.content)  # GCP's reason, e.g. resourceInUseByAnotherResource
-        raise RuntimeError(f"HTTP {resp.status_code} {err.code}")
-    return resp.json()
-
-
-def _pages(session: Any, url: str, params: dict[str, str]):
-    while True:
-        page = _json(session.get(url, params=params, timeout=60))
-        yield page
-        if not page.get("nextPageToken"):
-            return
-        params = params | {"pageToken": page["nextPageToken"]}
-
-
 def _marks(item: dict, cluster: str) -> bool:
     text, mark = item.get("description") or "", marker(cluster)
     return text == mark or text.startswith(mark + ":")
 
 
-def find(cluster: str, region: str, session: Any | None = None, project: str | None = None, api: str | None = None) -> tuple[list[Leftover], list[str]]:
+def find(cluster: str, region: str, http: Transport | None = None, project: str | None = None, api: str | None = None) -> tuple[list[Leftover], list[str]]:
     """What in `region` (and, for networks and firewalls, globally) carries the cluster's label
     or description marker, in deletion order; and the free kinds that could not be listed.
     Raises when instances or disks (they bill) cannot be listed."""
-    session, project = _session_and_project(session, project)
+    rest, project = _client(http, project)
     api = api or API
     found: list[Leftover] = []
     for kind, plural in _LABELLED:
         url = f"{api}/projects/{project}/aggregated/{plural}"
-        for page in _pages(session, url, {"filter": f'labels.{CLUSTER_TAG}="{cluster}"'}):
+        for page in rest.pages(with_query(url, filter=f'labels.{CLUSTER_TAG}="{cluster}"')):
             for scope, entry in (page.get("items") or {}).items():
                 if not _in_region(scope, region):
                     continue
@@ -105,10 +88,10 @@ def find(cluster: str, region: str, session: Any | None = None, project: str | N
     for kind, plural, scope in _MARKED:
         where = "global" if scope == "global" else f"regions/{region}"
         try:
-            for page in _pages(session, f"{api}/projects/{project}/{where}/{plural}", {}):
+            for page in rest.pages(f"{api}/projects/{project}/{where}/{plural}"):
                 found += [Leftover(kind, item["name"], where.removeprefix("regions/"), item) for item in page.get("items", []) if _marks(item, cluster)]
         except Exception as e:  # noqa: BLE001 - these kinds do not bill: not listing them is a warning, as on AWS
-            unchecked.append(f"{plural} ({e})")
+            unchecked.append(f"{plural} ({why(e)})")
     return found, unchecked
 
 
@@ -118,25 +101,27 @@ def _base(api: str, project: str, left: Leftover) -> str:
     return f"{api}/projects/{project}/{where}"
 
 
-def remove(found: list[Leftover], session: Any | None = None, project: str | None = None, api: str | None = None) -> list[str]:
+def remove(found: list[Leftover], http: Transport | None = None, project: str | None = None, api: str | None = None) -> list[str]:
     """Delete what `find` returned, in its order, each operation waited for (operations.wait
     returns when done or after about 2 minutes; at most WAITS of those); the lines of what remains."""
     if not found:
         return []
-    session, project = _session_and_project(session, project)
+    rest, project = _client(http, project)
     api = api or API
     failed: list[str] = []
     for left in found:
         base = _base(api, project, left)
         try:
-            resp = session.delete(f"{base}/{_COLLECTION[left.kind]}/{left.id}", timeout=60)
-            if resp.status_code == 404:
-                continue  # already gone: a boot disk goes with its instance
-            op = _json(resp)
+            try:
+                op = rest.delete(f"{base}/{_COLLECTION[left.kind]}/{left.id}")
+            except ApiError as e:
+                if e.status == 404:
+                    continue  # already gone: a boot disk goes with its instance
+                raise
             for _ in range(WAITS):
                 if op.get("status") == "DONE":
                     break
-                op = _json(session.post(f"{base}/operations/{op['name']}/wait", timeout=180))
+                op = rest.post(f"{base}/operations/{op['name']}/wait")
             else:
                 failed.append(f"{left.line()} (still {op.get('status', 'running')} after {WAITS} waits)")
                 continue
@@ -144,5 +129,5 @@ def remove(found: list[Leftover], session: Any | None = None, project: str | Non
             if errors:
                 failed.append(f"{left.line()} ({errors[0].get('code', 'error')})")
         except Exception as e:  # noqa: BLE001 - transport or HTTP errors: say what remains
-            failed.append(f"{left.line()} ({e})")
+            failed.append(f"{left.line()} ({why(e)})")
     return failed

@@ -21,7 +21,8 @@ from pathlib import Path
 
 from cloudtrain.catalog import Choice
 from cloudtrain.errors import NotOffered, PreflightError, QuotaExceeded
-from cloudtrain.provisioner.preflight.rest import ApiError, BearerRest, Rest, Unreachable
+from cloudtrain.provisioner import rest as _rest
+from cloudtrain.provisioner.rest import ApiError, Rest, Unreachable
 from cloudtrain.spec import ClusterSpec
 
 ARM = "https://management.azure.com"
@@ -218,7 +219,7 @@ def check(spec: ClusterSpec, choice: Choice, arm: Rest | None = None, subscripti
     `arm` (anything with `get(url) -> JSON`) and `subscription_id` default to the user's; tests pass theirs.
     """
     sub = subscription_id or subscription()
-    arm = arm or BearerRest(token(sub))
+    arm = arm or _rest.bearer(token(sub))
     sku = resource_sku(arm, sub, choice)
     check_quota(arm, sub, choice, sku, spec.nodes, spec.spot)
     check_image(arm, sub, choice.region, choice.image.ref)

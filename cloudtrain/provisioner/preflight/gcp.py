@@ -8,14 +8,14 @@ credentials are loaded once per process.
 
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass
 from typing import Any
 
 from cloudtrain.catalog import Choice
 from cloudtrain.errors import MissingTool, NotOffered, PreflightError, QuotaExceeded
-from cloudtrain.provisioner.preflight.rest import ApiError, Rest, Unreachable, error_from_body
+from cloudtrain.provisioner import rest as _rest
+from cloudtrain.provisioner.rest import ApiError, Rest, Unreachable
 from cloudtrain.spec import ClusterSpec
 
 API = "https://compute.googleapis.com/compute/v1"
@@ -74,29 +74,6 @@ def project_and_credentials() -> tuple[Any, str]:
         raise PreflightError("no GCP project is set", "run `gcloud config set project PROJECT_ID` or set GOOGLE_CLOUD_PROJECT")
     _loaded[key] = (creds, project)
     return creds, project
-
-
-class AuthorizedRest:
-    """GETs signed with the ADC through google-auth's urllib3 transport (urllib3 comes with botocore)."""
-
-    def __init__(self, credentials: Any) -> None:
-        from google.auth.transport.urllib3 import AuthorizedHttp
-
-        self._http = AuthorizedHttp(credentials)
-
-    def get(self, url: str) -> Any:
-        from google.auth.exceptions import GoogleAuthError, TransportError
-        from urllib3.exceptions import HTTPError
-
-        try:
-            resp = self._http.request("GET", url, timeout=30.0)
-        except (TransportError, HTTPError) as e:  # no answer, from the API or the token endpoint
-            raise Unreachable(str(e)) from e
-        except GoogleAuthError as e:  # the token refresh itself was refused (revoked, expired)
-            raise ApiError(401, "refreshFailed", str(e)) from e
-        if resp.status >= 400:
-            raise error_from_body(resp.status, resp.data)
-        return json.loads(resp.data)
 
 
 @dataclass(frozen=True)
@@ -212,7 +189,7 @@ def check(spec: ClusterSpec, choice: Choice, compute: Rest | None = None, projec
     if compute is None or project is None:
         creds, adc_project = project_and_credentials()
         project = project or adc_project
-        compute = compute or AuthorizedRest(creds)
+        compute = compute or _rest.google(creds)
     api = _Api(compute, project)
     gpus = machine_gpus(api, choice)
     if gpus is not None:

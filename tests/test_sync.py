@@ -18,8 +18,7 @@ from pathlib import Path
 import pytest
 
 from cloudtrain.jobs import sync
-from conftest import Cli, _sshd_pids_under
-from conftest import local_cluster
+from conftest import Cli, local_cluster
 
 LIST_SCRIPT = textwrap.dedent(
     """

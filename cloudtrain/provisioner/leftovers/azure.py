@@ -22,7 +22,7 @@ import urllib.parse
 from typing import Callable
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG
-from cloudtrain.provisioner.leftovers.base import Leftover
+from cloudtrain.provisioner.leftovers.base import Leftover, Tagged
 from cloudtrain.provisioner.leftovers.http import BearerHttp, Http, Reply
 
 SWEEPS = True
@@ -75,6 +75,42 @@ def find(cluster: str, region: str, http: Http | None = None, subscription_id: s
                 found.append(Leftover("resource-group", group["name"], group["location"], group))
         url = _ours(page["nextLink"], arm) if page.get("nextLink") else None
     return found, []
+
+
+def _list(http: Http, url: str, arm: str, what: str):
+    while url:
+        reply = http.request("GET", url)
+        if reply.status >= 400:
+            raise RuntimeError(f"listing {what}: HTTP {reply.status} {reply.error_code()}")
+        page = reply.json() or {}
+        yield from page.get("value", [])
+        url = _ours(page["nextLink"], arm) if page.get("nextLink") else ""
+
+
+def tagged(http: Http | None = None, subscription_id: str | None = None, arm: str | None = None) -> list[Tagged]:
+    """The resource groups of every region that carry the cluster tag, whatever its value, each
+    with what in it bills (Resources - List By Resource Group): the list mode of `status --cloud`."""
+    http, sub = _client(http, subscription_id)
+    arm = arm or ARM
+    where = urllib.parse.quote(f"tagName eq '{CLUSTER_TAG}'")
+    out: list[Tagged] = []
+    for group in _list(http, f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}", arm, "resource groups"):
+        value = _tag_value(group)
+        if value is None:
+            continue
+        kinds: dict[str, int] = {}
+        for res in _list(http, f"{arm}{group['id']}/resources?api-version={API_VERSION}", arm, f"resources of {group['name']}"):
+            kind = str(res.get("type", "")).rsplit("/", 1)[-1]
+            if kind in _BILLED:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        what = ", ".join(f"{n} {_BILLED[k]}" for k, n in kinds.items()) or "nothing that bills"
+        state = (group.get("properties") or {}).get("provisioningState", "?")
+        out.append(Tagged("azure", "resource-group", group["name"], group.get("location", "?"), state, value, what, group.get("location", "")))
+    return out
+
+
+# What bills in a cluster's group, by ARM resource type (the rest, networks and NICs, is free).
+_BILLED = {"virtualMachines": "VM(s)", "disks": "disk(s)", "publicIPAddresses": "public IP(s)"}
 
 
 def _retry_after(reply: Reply) -> float:

@@ -199,7 +199,7 @@ def _check_writable(job: JobRecord) -> None:
 
 
 def down(store: Store, name: str | None, say: Say, force: bool = False, output: Path | None = None,
-         confirm: Callable[[str], str] | None = None) -> bool:
+         confirm: Callable[[str], str] | None = None, provider: str | None = None) -> bool:
     """Destroy a cluster after bringing its owed outputs home. False when there was nothing to do.
 
     A name never created is BadInput (a typo must not look like success while the real
@@ -211,7 +211,7 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
     if name is not None and not store.cluster_dir(name).found():
         from cloudtrain.provisioner import inventory  # here: the clouds' SDKs load only for it
 
-        return inventory.down_unrecorded(store, name, say, force, confirm) or _gone(store, name, say)
+        return inventory.down_unrecorded(store, name, say, force, confirm, provider=provider) or _gone(store, name, say)
     cdir = store.resolve(name)
     with cdir.lock():
         if not cdir.found():  # another `down` finished while we waited for the lock

@@ -9,6 +9,8 @@ Group); no credentials through the real CLI.
 
 from __future__ import annotations
 
+import json
+
 import boto3
 import pytest
 import requests
@@ -229,6 +231,12 @@ def test_cli_without_credentials_says_one_line_per_cloud_and_down_stays_a_typo(b
     assert [x.split(":")[1].strip() for x in lines] == ["aws", "gcp", "azure"], proc.stderr
     assert all("not asked, no credentials found. Run" in x for x in lines) and "Traceback" not in proc.stderr
     assert "asked: none" in proc.stdout
+    data = json.loads(cli("status", "--cloud", "--json").stdout)["cloud"]
+    assert data["asked"] == [] and data["unknown"] == [] and len(data["skipped"]) == 3
+    proc = cli("status", "--cloud", "--provider", "gcp")  # asked for by name: its failure is the answer
+    assert proc.returncode == 1 and one_line_error(proc).startswith("cloudtrain: error: gcp: not asked, no usable Google application default credentials")
+    proc = cli("down", "--cluster", "ghost", "--provider", "azure")
+    assert proc.returncode == 1 and "cloudtrain: error: azure: not asked, no Azure login found. Run `az login`" in one_line_error(proc)
     proc = cli("status", "--cloud", "--provider", "local")
     assert proc.returncode == 2 and "is not a cloud to look in" in one_line_error(proc)
     proc = cli("down", "--cluster", "ghost")

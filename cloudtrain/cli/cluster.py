@@ -77,6 +77,7 @@ def down(
     cluster: Optional[str] = ClusterOpt,
     force: bool = typer.Option(False, "--force", help="Destroy even if some outputs could not be brought home, or the record is damaged."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Bring owed outputs into DIR/<job-id> instead of each job's recorded --output."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="For a NAME with no record here: ask only this cloud for what its tag names (default: every cloud with credentials here)."),
 ) -> None:
     """Bring home any outputs still owed, then destroy the cluster. Running it twice is harmless;
     a name never created is an error (exit 2), unless a cloud with credentials here holds
@@ -86,8 +87,15 @@ def down(
     """
     from cloudtrain import lifecycle
 
-    confirm = (lambda prompt: input(prompt)) if sys.stdin.isatty() and sys.stdout.isatty() else None
-    lifecycle.down(Store(), cluster, say, force=force, output=output.absolute() if output else None, confirm=confirm)
+    confirm = _typed if sys.stdin.isatty() and sys.stdout.isatty() else None
+    lifecycle.down(Store(), cluster, say, force=force, output=output.absolute() if output else None, confirm=confirm, provider=provider)
+
+
+def _typed(prompt: str) -> str:
+    try:
+        return input(prompt)
+    except EOFError:  # Ctrl-D: not confirmed
+        return ""
 
 
 @app.command()

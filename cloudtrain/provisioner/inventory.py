@@ -148,11 +148,18 @@ def known(store: Store) -> set[tuple[str | None, str]]:
 
 def unknown(store: Store, provider: str | None, conns: dict[str, dict[str, Any]] | None = None) -> Look:
     """`status --cloud`: what the clouds hold under the tag of clusters the records do not know."""
-    seen = look(clouds(provider), asked=provider is not None, conns=conns)
+    seen = look(clouds(provider), asked=provider is not None, conns=_named(provider, conns))
     mine = known(store)
     seen.found = [t for t in seen.found if (t.cloud, t.cluster) not in mine and (None, t.cluster) not in mine]
     seen.found.sort(key=lambda t: (t.cloud, t.cluster, t.where, t.kind, t.id))
     return seen
+
+
+def _named(provider: str | None, conns: dict[str, dict[str, Any]] | None) -> dict[str, dict[str, Any]] | None:
+    """The cloud named by --provider must be reachable: its failure to connect is the answer."""
+    if provider is None or provider in (conns or {}):
+        return conns
+    return {**(conns or {}), provider: connect(provider, asked=True)}
 
 
 def price(t: Tagged) -> float | None:
@@ -181,19 +188,21 @@ def to_json(seen: Look) -> dict[str, Any]:
 
 def down_unrecorded(
     store: Store, name: str, say: Say, force: bool, confirm: Callable[[str], str] | None,
-    show: Callable[[str], None] = print, conns: dict[str, dict[str, Any]] | None = None,
+    show: Callable[[str], None] = print, conns: dict[str, dict[str, Any]] | None = None, provider: str | None = None,
 ) -> bool:
     """`down --cluster NAME` of a name with no record here: remove what the clouds hold under
     its tag, after showing it and with --force or the name typed at `confirm` (a terminal's
     prompt; None off a terminal). False when no cloud holds anything by that name."""
     stone = store.tombstone(name)
-    if stone is not None:  # destroyed from here: only its own cloud can still hold a leak
+    if provider is not None:
+        names = clouds(provider)
+    elif stone is not None:  # destroyed from here: only its own cloud can still hold a leak
         names = [stone["provider"]] if stone.get("provider") in CLOUDS else []
     else:
         names = list(CLOUDS)
     if not names:
         return False
-    seen = look(names, asked=False, conns=conns)
+    seen = look(names, asked=provider is not None, conns=_named(provider, conns))
     for line in seen.failed:
         say(f"warning: {line}")
     mine = [t for t in seen.found if t.cluster == name]

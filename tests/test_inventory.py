@@ -10,6 +10,7 @@ Group); no credentials through the real CLI.
 from __future__ import annotations
 
 import json
+from types import SimpleNamespace
 
 import boto3
 import pytest
@@ -107,20 +108,6 @@ def test_aws_down_of_an_unrecorded_name_removes_its_resources_and_nothing_else(a
     assert said[-1].startswith("cluster ghost is down")
     with pytest.raises(NotFound):  # now nothing holds the name: a typo again
         lifecycle.down(aws_three["store"], "ghost", said.append, force=True)
-
-
-def test_aws_down_without_force_or_confirmation_deletes_nothing(aws_three):
-    store = aws_three["store"]
-    ec2 = boto3.client("ec2", region_name=REGION)
-    before = _alive(ec2)
-    with pytest.raises(BadInput, match="without confirmation") as e:
-        lifecycle.down(store, "ghost", lambda _: None, confirm=None)
-    assert "--force" in e.value.line()
-    with pytest.raises(BadInput, match="not confirmed"):
-        lifecycle.down(store, "ghost", lambda _: None, confirm=lambda prompt: "ghots")
-    assert _alive(ec2) == before
-    assert lifecycle.down(store, "ghost", lambda _: None, confirm=lambda prompt: "ghost\n")
-    assert aws_three["ghost"] not in _alive(ec2)
 
 
 def test_down_of_a_name_no_cloud_holds_is_still_a_typo(ec2):
@@ -241,3 +228,86 @@ def test_cli_without_credentials_says_one_line_per_cloud_and_down_stays_a_typo(b
     assert proc.returncode == 2 and "is not a cloud to look in" in one_line_error(proc)
     proc = cli("down", "--cluster", "ghost")
     assert proc.returncode == 2 and "unknown cluster 'ghost'" in one_line_error(proc)
+
+
+# --- the real CLI against moto: the listing and the prompt on a terminal ----------------------
+
+_RUNNER = '''
+import json, sys
+import boto3
+from moto import mock_aws
+
+with mock_aws():
+    ec2 = boto3.client("ec2", region_name="us-east-1")
+    def vm(value):
+        tags = [{"ResourceType": "instance", "Tags": [{"Key": "cloudtrain-cluster", "Value": value}]}]
+        return ec2.run_instances(ImageId="ami-12c6146b", MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge", TagSpecifications=tags)["Instances"][0]["InstanceId"]
+    ids = {"ghost": vm("ghost"), "other": vm("other")}
+    from cloudtrain.cli import main
+    from cloudtrain.provisioner.leftovers import aws
+    aws.regions = lambda session=None: ["us-east-1"]  # every region is asked in the tests in-process; here, speed
+    code = 0
+    try:
+        main(sys.argv[2:])
+    except SystemExit as e:
+        code = e.code
+    states = {i["InstanceId"]: i["State"]["Name"] for r in ec2.describe_instances()["Reservations"] for i in r["Instances"]}
+    with open(sys.argv[1], "w") as f:
+        json.dump({"ids": ids, "states": states}, f)
+    sys.exit(code)
+'''
+
+
+def _cli_under_moto(tmp_path, *args: str, typed: bytes | None = None) -> tuple[int, str, str, dict]:
+    """The real CLI in a process of its own whose EC2 is moto: (exit code, stdout, stderr,
+    instance states after). With `typed`, stdin and stdout are a terminal that gets those keys."""
+    import os
+    import pty
+    import subprocess
+    import sys
+
+    runner, result = tmp_path / "runner.py", tmp_path / "result.json"
+    runner.write_text(_RUNNER)
+    cmd = [sys.executable, str(runner), str(result), *args]
+    if typed is None:
+        proc = subprocess.run(cmd, capture_output=True, text=True, timeout=120, stdin=subprocess.DEVNULL)
+        return proc.returncode, proc.stdout, proc.stderr, json.loads(result.read_text())
+    master, slave = pty.openpty()
+    proc = subprocess.Popen(cmd, stdin=slave, stdout=slave, stderr=subprocess.PIPE)
+    os.close(slave)
+    os.write(master, typed)
+    out = b""
+    while True:
+        try:
+            chunk = os.read(master, 4096)
+        except OSError:  # EIO: the terminal's other end closed
+            break
+        if not chunk:
+            break
+        out += chunk
+    err = proc.stderr.read().decode()
+    proc.wait(timeout=120)
+    os.close(master)
+    return proc.returncode, out.decode(errors="replace"), err, json.loads(result.read_text())
+
+
+def test_cli_lists_and_removes_an_unrecorded_cluster_only_with_force_or_its_name_typed(ec2, tmp_path):
+    store = Store()
+    _record(store, "other", "aws")
+    code, out, err, after = _cli_under_moto(tmp_path, "status", "--cloud", "--provider", "aws")
+    assert code == 0, err
+    assert "unknown to the records here" in out and after["ids"]["ghost"] in out and after["ids"]["other"] not in out
+
+    code, out, err, after = _cli_under_moto(tmp_path, "down", "--cluster", "ghost")  # not a terminal, no --force
+    assert code == 2 and "without confirmation" in one_line_error(SimpleNamespace(stderr=err)) and "--force" in err
+    assert after["ids"]["ghost"] in out and set(after["states"].values()) == {"running"}
+
+    code, out, err, after = _cli_under_moto(tmp_path, "down", "--cluster", "ghost", typed=b"nope\n")
+    assert code == 2 and "not confirmed" in err and "type ghost to delete them" in out + err  # input() prompts on stderr at a terminal
+    assert "i-" in out and "running" in out  # what would go was shown first
+    assert set(after["states"].values()) == {"running"}
+
+    code, out, err, after = _cli_under_moto(tmp_path, "down", "--cluster", "ghost", typed=b"ghost\n")
+    assert code == 0, err
+    assert after["states"] == {after["ids"]["ghost"]: "terminated", after["ids"]["other"]: "running"}
+    assert "cluster ghost is down" in err

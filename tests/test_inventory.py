@@ -18,10 +18,10 @@ import requests
 from moto import mock_aws
 
 from conftest import one_line_error
-from test_leftovers_rest import SUB, P, FakeArm, FakeCompute, plant_gcp, serve
+from test_leftovers_rest import SUB, P, FakeArm, FakeCompute, _gcp_error, plant_gcp, serve
 
 from cloudtrain import lifecycle
-from cloudtrain.errors import BadInput, NotFound
+from cloudtrain.errors import BadInput, CloudtrainError, NotFound
 from cloudtrain.provisioner import inventory
 from cloudtrain.provisioner.contract import CLUSTER_TAG
 from cloudtrain.spec import ClusterSpec
@@ -110,21 +110,30 @@ def test_aws_down_of_an_unrecorded_name_removes_its_resources_and_nothing_else(a
         lifecycle.down(aws_three["store"], "ghost", said.append, force=True)
 
 
-def test_down_of_a_name_no_cloud_holds_is_still_a_typo(ec2):
-    _vm(ec2, "someone")
+def test_down_of_a_name_no_cloud_holds_is_still_a_typo_and_a_destroyed_ones_leak_goes(ec2):
+    kept = _vm(ec2, "someone")
+    store, said = Store(), []
     with pytest.raises(NotFound, match="unknown cluster 'nobody'"):
-        lifecycle.down(Store(), "nobody", lambda _: None, force=True)
-    assert len(_alive(ec2)) == 1
+        lifecycle.down(store, "nobody", said.append, force=True)
+    store.bury("old", {"provider": "aws", "created_at": 0})  # destroyed from here, yet a machine of it bills
+    leak = _vm(ec2, "old")
+    assert lifecycle.down(store, "old", said.append, force=True) is True
+    assert leak not in _alive(ec2)
+    assert lifecycle.down(store, "old", said.append, force=True) is False and "already destroyed" in said[-1]
+    assert _alive(ec2) == {kept}
 
 
 # --- GCP and Azure, REST fakes ---------------------------------------------------------------
 
 
 class ListingCompute(FakeCompute):
-    """Also answers the presence filter `labels.KEY:*` of an aggregated list."""
+    """Also answers the presence filter `labels.KEY:*` of an aggregated list (403 when
+    "aggregated" is in `forbidden`)."""
 
     def handle(self, method, path, query, headers):
         flt = (query.get("filter") or [""])[0]
+        if "/aggregated/" in path and "aggregated" in self.forbidden:
+            return _gcp_error(403, "forbidden", f"Required 'compute.instances.list' permission for 'projects/{P}'")
         if method == "GET" and "/aggregated/" in path and flt.endswith(":*"):
             plural, key = path.rstrip("/").rsplit("/", 1)[1], flt[: -2].removeprefix("labels.")
             self.filters.append(flt)
@@ -155,6 +164,13 @@ def test_gcp_listing_and_down_of_an_unrecorded_cluster(bare):
         mine_before = {n for n in fake.names() if "mine" in n or "by-hand" in n}
         assert lifecycle_down(store, "lost", conns)
         assert fake.names() == mine_before, "the sweep left the lost cluster's network or touched another"
+
+        fake.forbidden.add("aggregated")  # a cloud that cannot be listed: one line, and no typo verdict
+        seen = inventory.unknown(store, None, conns=conns)
+        assert seen.failed and "HTTP 403 forbidden" in seen.failed[0] and seen.found == []
+        with pytest.raises(CloudtrainError, match="a cloud could not be asked") as e:
+            inventory.down_unrecorded(store, "lost", lambda _: None, True, None, conns=conns)
+        assert not isinstance(e.value, BadInput)  # exit 1, not 2: a typo is not what we know
         session.close()
     finally:
         server.shutdown()

@@ -116,7 +116,7 @@ def status(
         from cloudtrain.provisioner import inventory
 
         seen = inventory.unknown(store, provider)
-        for line in seen.skipped + seen.failed:
+        for line in seen.skipped + [f"warning: {x}" for x in seen.failed]:
             say(line)
     clusters, damaged = [], []
     for name in store.cluster_names():

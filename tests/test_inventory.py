@@ -21,7 +21,7 @@ from conftest import one_line_error
 from test_leftovers_rest import SUB, P, FakeArm, FakeCompute, _gcp_error, plant_gcp, serve
 
 from cloudtrain import lifecycle
-from cloudtrain.errors import BadInput, CloudtrainError, NotFound
+from cloudtrain.errors import BadInput, CloudtrainError, NotFound, ProvisionError
 from cloudtrain.provisioner import inventory
 from cloudtrain.provisioner.contract import CLUSTER_TAG
 from cloudtrain.spec import ClusterSpec
@@ -213,6 +213,10 @@ def test_azure_listing_and_down_of_an_unrecorded_cluster(bare, monkeypatch):
         seen = inventory.unknown(store, "azure", conns=conns)
         assert [(t.id, t.where, t.cluster, t.bills) for t in seen.found] == [("lost-rg", "eastus", "lost", "1 VM(s), 1 disk(s), 1 public IP(s)")]
         monkeypatch.setattr("cloudtrain.provisioner.leftovers.azure.time.sleep", lambda s: None)
+        fake.locked.add("lost-rg")  # a lock on the group: down fails naming what remains, exit 1
+        with pytest.raises(ProvisionError, match="could not remove 1 resource.*lost-rg.*ScopeLocked"):
+            lifecycle_down(store, "lost", conns)
+        fake.locked.clear()
         assert lifecycle_down(store, "lost", conns)
         assert set(fake.groups) == {"mine-rg", "other"}
     finally:

@@ -42,6 +42,7 @@ class Look:
     asked: list[str] = field(default_factory=list)
     skipped: list[str] = field(default_factory=list)
     failed: list[str] = field(default_factory=list)
+    conns: dict[str, dict[str, Any]] = field(default_factory=dict, repr=False)  # how each asked cloud was reached
 
 
 def clouds(provider: str | None) -> list[str]:
@@ -112,6 +113,7 @@ def look(names: list[str], asked: bool, conns: dict[str, dict[str, Any]] | None 
             out.skipped.append(e.line())
             continue
         out.asked.append(cloud)
+        out.conns[cloud] = kw
         mod = leftovers.module(cloud)
         try:
             if cloud == "aws":  # EC2 answers one region at a time
@@ -218,12 +220,17 @@ def down_unrecorded(
             raise BadInput(f"not deleting the {len(mine)} resource(s) of cluster {name} listed above without confirmation", f"rerun `cloudtrain down --cluster {name} --force` to delete them")
         if confirm(f"type {name} to delete them (and their networks): ").strip() != name:
             raise BadInput(f"not confirmed: nothing of cluster {name} was deleted", f"rerun `cloudtrain down --cluster {name}` and type its name, or pass --force")
+    if store.cluster_dir(name).found():  # an `up` of this name began meanwhile: it is that cluster's now
+        raise CloudtrainError(f"cluster {name} was just created on this machine; nothing was deleted", f"use `cloudtrain down --cluster {name}` again to destroy it as a recorded cluster")
     failed: list[str] = []
     for cloud, region in sorted({(t.cloud, t.region) for t in mine}):
-        mod, kw = leftovers.module(cloud), (conns or {}).get(cloud) or connect(cloud, asked=True)
-        found, _ = mod.find(name, region, **kw)
-        say(f"removing {len(found)} resource(s) of cluster {name} in {cloud} {region}")
-        failed += mod.remove(found, **kw)
+        mod, kw = leftovers.module(cloud), seen.conns[cloud]
+        try:
+            found, _ = mod.find(name, region, **kw)
+            say(f"removing {len(found)} resource(s) of cluster {name} in {cloud} {region}")
+            failed += mod.remove(found, **kw)
+        except Exception as e:  # noqa: BLE001 - SDK or HTTP errors: say what remains, never a traceback
+            failed.append(f"what is tagged {name} in {cloud} {region} ({type(e).__name__}: {e})")
     if failed:
         raise ProvisionError(f"could not remove {len(failed)} resource(s) of cluster {name}: {'; '.join(failed)}", f"rerun `cloudtrain down --cluster {name}`, or delete them by hand")
     say(f"cluster {name} is down (it had no record here; what its tag named is removed)")

@@ -199,16 +199,20 @@ def _check_writable(job: JobRecord) -> None:
         ) from e
 
 
-def down(store: Store, name: str | None, say: Say, force: bool = False, output: Path | None = None) -> bool:
+def down(store: Store, name: str | None, say: Say, force: bool = False, output: Path | None = None,
+         confirm: Callable[[str], str] | None = None, provider: str | None = None) -> bool:
     """Destroy a cluster after bringing its owed outputs home. False when there was nothing to do.
 
     A name never created is BadInput (a typo must not look like success while the real
-    cluster bills); a name already destroyed (its tombstone) is nothing to do."""
+    cluster bills) unless the clouds hold resources under its tag (removed after `confirm`, or
+    with `force`); a name already destroyed (its tombstone) is nothing to do."""
     if name is None and not store.cluster_names():
         say("no cluster exists; nothing to do")
         return False
     if name is not None and not store.cluster_dir(name).found():
-        return _gone(store, name, say)
+        from cloudtrain.provisioner import inventory  # here: the clouds' SDKs load only for it
+
+        return inventory.down_unrecorded(store, name, say, force, confirm, provider=provider) or _gone(store, name, say)
     cdir = store.resolve(name)
     with cdir.lock():
         if not cdir.found():  # another `down` finished while we waited for the lock

@@ -77,24 +77,47 @@ def down(
     cluster: Optional[str] = ClusterOpt,
     force: bool = typer.Option(False, "--force", help="Destroy even if some outputs could not be brought home, or the record is damaged."),
     output: Optional[Path] = typer.Option(None, "--output", "-o", help="Bring owed outputs into DIR/<job-id> instead of each job's recorded --output."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="For a NAME with no record here: ask only this cloud for what its tag names (default: every cloud with credentials here)."),
 ) -> None:
     """Bring home any outputs still owed, then destroy the cluster. Running it twice is harmless;
-    a name never created is an error (exit 2).
+    a name never created is an error (exit 2), unless a cloud with credentials here holds
+    resources tagged with it: those are listed, then removed with --force or the name typed.
 
     Example: cloudtrain down --cluster local --output /data/runs
     """
     from cloudtrain import lifecycle
 
-    lifecycle.down(Store(), cluster, say, force=force, output=output.absolute() if output else None)
+    confirm = _typed if sys.stdin.isatty() and sys.stdout.isatty() else None
+    lifecycle.down(Store(), cluster, say, force=force, output=output.absolute() if output else None, confirm=confirm, provider=provider)
+
+
+def _typed(prompt: str) -> str:
+    try:
+        return input(prompt)
+    except EOFError:  # Ctrl-D: not confirmed
+        return ""
 
 
 @app.command()
-def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable output.")) -> None:
+def status(
+    as_json: bool = typer.Option(False, "--json", help="Machine-readable output."),
+    cloud: bool = typer.Option(False, "--cloud", help="Also list what the clouds hold under cloudtrain's tag that no record here knows."),
+    provider: Optional[str] = typer.Option(None, "--provider", help="With --cloud: ask only this cloud (default: every cloud with credentials here)."),
+) -> None:
     """Show clusters and recent jobs.
 
-    Example: cloudtrain status --json
+    Example: cloudtrain status --json   (or: cloudtrain status --cloud --provider aws)
     """
     store = Store()
+    if provider is not None and not cloud:
+        raise BadInput("--provider is for `status --cloud`", "add --cloud, or leave --provider out")
+    seen = None
+    if cloud:
+        from cloudtrain.provisioner import inventory
+
+        seen = inventory.unknown(store, provider)
+        for line in seen.skipped + [f"warning: {x}" for x in seen.failed]:
+            say(line)
     clusters, damaged = [], []
     for name in store.cluster_names():
         try:
@@ -137,7 +160,7 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
         for j in jobs[-20:]
     ]
     if as_json:
-        print(json.dumps({"clusters": clusters, "damaged": damaged, "jobs": job_rows}, indent=2))
+        print(json.dumps({"clusters": clusters, "damaged": damaged, "jobs": job_rows} | ({"cloud": inventory.to_json(seen)} if seen else {}), indent=2))
         return
     if not clusters and not damaged:
         print("no clusters")
@@ -174,6 +197,11 @@ def status(as_json: bool = typer.Option(False, "--json", help="Machine-readable 
                 lost = ", ".join(f"{'+'.join(e['nodes'])} at {time.strftime('%H:%M', time.localtime(e['at']))} (ran {format_duration(e['attempt_s'])}"
                                  + (f", ${e['attempt_cost']:.2f}" if e.get("attempt_cost") is not None else "") + ")" for e in rec["preemptions"])
                 print(f"  preempted {len(rec['preemptions'])}x, restarted {rec['restarts']} of {rec['max_restarts']}" + (f": {lost}" if lost else ""))
+    if seen is not None:
+        print()
+        print(inventory.summary(seen))
+        for line in inventory.lines(seen.found) if seen.found else ():
+            print(f"  {line}")
 
 
 def _hourly_price(spec: ClusterSpec) -> float | None:

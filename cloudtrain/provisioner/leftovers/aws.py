@@ -14,7 +14,7 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG
-from cloudtrain.provisioner.leftovers.base import Leftover
+from cloudtrain.provisioner.leftovers.base import Leftover, Tagged
 
 SWEEPS = True
 
@@ -110,6 +110,37 @@ def _unbind(ec2: Any, left: Leftover) -> None:
             ec2.disassociate_route_table(AssociationId=a["RouteTableAssociationId"])
     for a in item.get("Attachments", []) if left.kind == "internet-gateway" else []:
         ec2.detach_internet_gateway(InternetGatewayId=left.id, VpcId=a["VpcId"])
+
+
+def regions(session: Any | None = None) -> list[str]:
+    """The regions this account can use (DescribeRegions answers the enabled ones)."""
+    session = session or boto3.Session()
+    return sorted(r["RegionName"] for r in _client(session.region_name or "us-east-1", session).describe_regions()["Regions"])
+
+
+def tagged(region: str, session: Any | None = None) -> list[Tagged]:
+    """What bills in `region` and carries the cluster tag, whatever its value (instances not
+    terminated, volumes, elastic IPs): the list mode of `status --cloud`."""
+    ec2 = _client(region, session)
+    tag_key = [{"Name": "tag-key", "Values": [CLUSTER_TAG]}]
+    out: list[Tagged] = []
+    for r in ec2.describe_instances(Filters=tag_key).get("Reservations", []):
+        for i in r.get("Instances", []):
+            state = i.get("State", {}).get("Name", "?")
+            if state in _GONE:
+                continue
+            what = i.get("InstanceType", "?") + (" (running: billed by the second)" if state in ("running", "pending") else " (not running: its volumes bill)")
+            out.append(Tagged("aws", "instance", i["InstanceId"], i.get("Placement", {}).get("AvailabilityZone", region), state, _value(i), what, region, i.get("InstanceType", "")))
+    for v in ec2.describe_volumes(Filters=tag_key).get("Volumes", []):
+        out.append(Tagged("aws", "volume", v["VolumeId"], v.get("AvailabilityZone", region), v.get("State", "?"), _value(v), f"{v.get('Size', '?')} GiB {v.get('VolumeType', '')}".strip(), region))
+    for a in ec2.describe_addresses(Filters=tag_key).get("Addresses", []):
+        state = "associated" if a.get("AssociationId") else "unattached"
+        out.append(Tagged("aws", "elastic-ip", a["AllocationId"], region, state, _value(a), f"public IPv4 {a.get('PublicIp', '')}".strip(), region))
+    return out
+
+
+def _value(item: dict[str, Any]) -> str:
+    return next((t.get("Value", "") for t in item.get("Tags") or [] if t.get("Key") == CLUSTER_TAG), "")
 
 
 def _delete(ec2: Any, left: Leftover, instances: list[Leftover]) -> None:

@@ -19,10 +19,10 @@ from __future__ import annotations
 
 import time
 import urllib.parse
-from typing import Callable
+from typing import Callable, Iterator
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG
-from cloudtrain.provisioner.leftovers.base import Leftover
+from cloudtrain.provisioner.leftovers.base import Leftover, Tagged
 from cloudtrain.provisioner.rest import ApiError, Bearer, Reply, Rest, Transport, same_origin
 
 SWEEPS = True
@@ -62,15 +62,44 @@ def find(cluster: str, region: str, http: Transport | None = None, subscription_
     arm = arm or ARM
     where = urllib.parse.quote(f"tagName eq '{CLUSTER_TAG}' and tagValue eq '{cluster}'")
     url = f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}"
-    found: list[Leftover] = []
+    found = [Leftover("resource-group", group["name"], group["location"], group) for group in _list(http, url, "resource groups")
+             if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower()]
+    return found, []
+
+
+def _list(http: Transport, url: str, what: str) -> Iterator[dict]:
+    """Each item of an ARM list, its pages followed (on ARM only); an error status says what was listed."""
     try:
         for page in Rest(http, "Azure").pages(url):
-            for group in page.get("value", []):
-                if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower():
-                    found.append(Leftover("resource-group", group["name"], group["location"], group))
+            yield from page.get("value", [])
     except ApiError as e:
-        raise RuntimeError(f"listing resource groups: {e.brief()}") from e
-    return found, []
+        raise RuntimeError(f"listing {what}: {e.brief()}") from e
+
+
+def tagged(http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None) -> list[Tagged]:
+    """The resource groups of every region that carry the cluster tag, whatever its value, each
+    with what in it bills (Resources - List By Resource Group): the list mode of `status --cloud`."""
+    http, sub = _client(http, subscription_id)
+    arm = arm or ARM
+    where = urllib.parse.quote(f"tagName eq '{CLUSTER_TAG}'")
+    out: list[Tagged] = []
+    for group in _list(http, f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}", "resource groups"):
+        value = _tag_value(group)
+        if value is None:
+            continue
+        kinds: dict[str, int] = {}
+        for res in _list(http, f"{arm}{group['id']}/resources?api-version={API_VERSION}", f"resources of {group['name']}"):
+            kind = str(res.get("type", "")).rsplit("/", 1)[-1]
+            if kind in _BILLED:
+                kinds[kind] = kinds.get(kind, 0) + 1
+        what = ", ".join(f"{n} {_BILLED[k]}" for k, n in kinds.items()) or "nothing that bills"
+        state = (group.get("properties") or {}).get("provisioningState", "?")
+        out.append(Tagged("azure", "resource-group", group["name"], group.get("location", "?"), state, value, what, group.get("location", "")))
+    return out
+
+
+# What bills in a cluster's group, by ARM resource type (the rest, networks and NICs, is free).
+_BILLED = {"virtualMachines": "VM(s)", "disks": "disk(s)", "publicIPAddresses": "public IP(s)"}
 
 
 def _retry_after(reply: Reply) -> float:

@@ -15,3 +15,18 @@ class Leftover:
 
     def line(self) -> str:
         return f"{self.kind} {self.id} in {self.region}"
+
+
+@dataclass(frozen=True)
+class Tagged:
+    """A billing resource found by its `cloudtrain-cluster` tag alone (any value): `status --cloud`."""
+
+    cloud: str
+    kind: str  # instance, volume, elastic-ip, disk, resource-group
+    id: str
+    where: str  # region or zone
+    state: str
+    cluster: str  # the tag's value
+    bills: str  # what it costs while it exists
+    region: str = ""  # the region its cluster's sweep looks in (a zone's region on GCP)
+    machine: str = ""  # instance type / machine type / VM size, to price it by the catalog

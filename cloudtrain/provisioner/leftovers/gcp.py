@@ -16,7 +16,7 @@ networks; each operation is waited for.
 from __future__ import annotations
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG, marker
-from cloudtrain.provisioner.leftovers.base import Leftover
+from cloudtrain.provisioner.leftovers.base import Leftover, Tagged
 from cloudtrain.provisioner.rest import ApiError, Google, Rest, Transport, with_query
 
 SWEEPS = True
@@ -93,6 +93,35 @@ def find(cluster: str, region: str, http: Transport | None = None, project: str 
         except Exception as e:  # noqa: BLE001 - these kinds do not bill: not listing them is a warning, as on AWS
             unchecked.append(f"{plural} ({why(e)})")
     return found, unchecked
+
+
+def tagged(http: Transport | None = None, project: str | None = None, api: str | None = None) -> list[Tagged]:
+    """Instances and disks of every zone that carry the cluster label, whatever its value: the
+    list mode of `status --cloud` (the free kinds are found by `find` once a name is known)."""
+    rest, project = _client(http, project)
+    api = api or API
+    out: list[Tagged] = []
+    for kind, plural in _LABELLED:
+        for page in rest.pages(with_query(f"{api}/projects/{project}/aggregated/{plural}", filter=f"labels.{CLUSTER_TAG}:*")):
+            for scope, entry in (page.get("items") or {}).items():
+                zone = scope.partition("/")[2]
+                for item in entry.get(plural, []):
+                    value = (item.get("labels") or {}).get(CLUSTER_TAG)
+                    if value is None:
+                        continue
+                    out.append(_row(kind, item, zone, value))
+    return out
+
+
+def _row(kind: str, item: dict, zone: str, value: str) -> Tagged:
+    state = item.get("status", "?")
+    if kind == "instance":
+        machine = str(item.get("machineType", "?")).rsplit("/", 1)[-1]
+        gpus = "".join(f" + {a.get('acceleratorCount', 1)}x {str(a.get('acceleratorType', '')).rsplit('/', 1)[-1]}" for a in item.get("guestAccelerators") or [])
+        what = machine + gpus + (" (running: billed by the second)" if state in ("RUNNING", "PROVISIONING", "STAGING") else " (not running: its disks bill)")
+        return Tagged("gcp", kind, item["name"], zone, state, value, what, zone.rsplit("-", 1)[0], machine)
+    size, dtype = item.get("sizeGb", "?"), str(item.get("type", "")).rsplit("/", 1)[-1]
+    return Tagged("gcp", kind, item["name"], zone, state, value, f"{size} GB {dtype}".strip(), zone.rsplit("-", 1)[0])
 
 
 def _base(api: str, project: str, left: Leftover) -> str:

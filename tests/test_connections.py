@@ -137,6 +137,35 @@ def test_node_paths_are_remembered_per_node_and_a_damaged_or_stale_entry_is_aske
     assert json.loads(remembered.read_text()) == known
 
 
+def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker_job_and_collect(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: each node-side python start is most of a no-op run's cost on a loaded node. The
+    workdir's cache was read by one start and updated by another, and run.sh started one more to
+    find NCCL's interface. Counted on the nodes: their venv python is wrapped to log each start."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "noop.py").write_text("pass\n")
+    pythons = sorted(cluster.home.glob("clusters/local/provider/*/root/venv/bin/python"))
+    assert len(pythons) == 2, pythons
+    starts = {p: tmp_path / f"starts-{p.parents[3].name}.log" for p in pythons}
+    assert cluster("run", str(tmp_path / "proj" / "noop.py"), "--output", str(tmp_path / "first")).returncode == 0  # ships it
+    try:
+        for python, log in starts.items():
+            python.rename(python.with_name("python.real"))  # in the venv's bin: still the venv's python
+            python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" | head -c 300 | tr "\\n" " " >> {log}; echo >> {log}\nexec "$0.real" "$@"\n')
+            python.chmod(0o755)
+        proc = cluster("run", str(tmp_path / "proj" / "noop.py"), "--output", str(tmp_path / "second"))
+        assert proc.returncode == 0, proc.stderr
+    finally:
+        for python in starts:
+            if python.with_name("python.real").exists():
+                python.with_name("python.real").replace(python)
+    for python, log in starts.items():
+        lines = log.read_text().splitlines()
+        syncs = [line for line in lines if "incremental workdir" in line]  # sync_node.py's docstring
+        assert len(syncs) == 1, proc.stderr
+        assert not [line for line in lines if "ipaddress" in line], lines  # the NCCL interface probe
+        assert len(lines) == 4, lines  # the sync, the tracker, the job, the outputs' sender
+
+
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:
     from cloudtrain.jobs.sessions import Sessions
 

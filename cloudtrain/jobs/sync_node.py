@@ -1,8 +1,15 @@
 """Node side of the incremental workdir (sync.py); stdlib only, run as `python3 -c`.
 
     python3 -c SCRIPT CACHE WORK read           print the cache's manifest ({} when it cannot be trusted)
+    python3 -c SCRIPT CACHE WORK plan           header on stdin: when no file changed, apply it at once
+                                                (then the job's files and start, below) and print
+                                                {"done": true}; else print the cache's manifest
     python3 -c SCRIPT CACHE WORK apply HEADER   tar of changed files on stdin: update the cache, then
                                                 copy it to WORK (the job's own snapshot)
+
+A header may carry the job's "files" ([path, text, mode]) and its "start" (a shell command),
+written and run once WORK is made: an unchanged workdir's run is then one node-side start, not
+a read, an apply, three file writes and a start (issue 9: each is a round trip).
 
 CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries", "node":
 each file's size, mtime_ns and mode here}), linked.json (the jobs whose snapshots share the
@@ -32,6 +39,7 @@ import time
 import uuid
 
 CONFLICT = 75  # the cache changed since the client read it: it plans again
+STARTED_NOT = 76  # the workdir is in place, but the job's start command failed
 SPARE = "spare-"  # CACHE/spare-<generation>: a ready copy of that tree for the next job
 SPARE_WAIT_S = 120  # at most this long for a spare being made; then the run copies itself
 LINK_OVER = 1 << 20  # files from this size are linked into a snapshot; smaller ones (code, configs) copied
@@ -84,10 +92,20 @@ def remove(path):
         pass
 
 
-def apply(cache, work, header_path):
-    with open(header_path) as f:
-        header = json.load(f)
-    os.unlink(header_path)
+def deliver(header):
+    """The job's files, then its start (when this run carries them)."""
+    for path, text, mode in header.get("files", []):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+    if header.get("start"):
+        code = subprocess.call(["sh", "-c", header["start"]], stdin=subprocess.DEVNULL)
+        if code != 0:
+            sys.exit(STARTED_NOT)
+
+
+def apply(cache, work, header):
     tree = os.path.join(cache, "tree")
     current = load(cache)
     if header["expect"] is not None and (current is None or current.get("generation") != header["expect"]):
@@ -325,14 +343,28 @@ def main():
     with open(os.path.join(cache, "lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if mode == "read":
-            manifest = load(cache)
-            sys.stdout.write(json.dumps(manifest or {}))
+            sys.stdout.write(json.dumps(load(cache) or {}))
+            return
+        if mode == "plan":  # under the one lock: nothing can change between this read and the apply
+            header = json.load(sys.stdin)
+            manifest = load(cache) or {}
+            have = manifest.get("entries", {})
+            if any(have.get(rel) != entry for rel, entry in header["entries"].items()):
+                sys.stdout.write(json.dumps(manifest))
+                return
+            header.update(expect=manifest.get("generation"), tar=False, delete=sorted(rel for rel in have if rel not in header["entries"]))
+            generation, copied = apply(cache, work, header)
+            sys.stdout.write(json.dumps({"done": True}))
         else:
-            generation, copied = apply(cache, work, sys.argv[4])
-            sys.stdout.flush()
-            evict(cache)
-            if copied:  # runs overlap: the next one likely will too, so its copy is made ahead
-                make_spare(cache, generation)
+            with open(sys.argv[4]) as f:
+                header = json.load(f)
+            os.unlink(sys.argv[4])
+            generation, copied = apply(cache, work, header)
+        deliver(header)
+        sys.stdout.flush()
+        evict(cache)
+        if copied:  # runs overlap: the next one likely will too, so its copy is made ahead
+            make_spare(cache, generation)
 
 
 main()

@@ -190,9 +190,9 @@ class JobRunner:
                          (job.tracker, Path(__file__).with_name("node_track.py").read_text(), 0o600)]
             if launch.torchrun:
                 job_files.append((f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), 0o600))
-            start = self._start_command(paths, job, linger) if start_with_ship else None
-            synced = sync.ship(remote, paths, spec.workdir, files, job.work, job_files, start)
-            if start is not None:
+            track = {"dir": job.dir, "log": job.log, "pid": job.pid, "linger": linger} if start_with_ship else None
+            synced = sync.ship(remote, paths, spec.workdir, files, job.work, job_files, track)
+            if track is not None:
                 started_nodes.add(node.name)
             self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
             if "requirements.txt" in files:

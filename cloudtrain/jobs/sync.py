@@ -22,7 +22,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from cloudtrain import progress
-from cloudtrain.errors import CloudtrainError, CommandFailed, TransferError
+from cloudtrain.errors import CommandFailed, TransferError
 from cloudtrain.jobs import transfer
 from cloudtrain.jobs.workdir import link_target
 from cloudtrain.layout import NodePaths
@@ -30,7 +30,6 @@ from cloudtrain.remote import SshRemote
 
 _NODE = Path(__file__).with_name("sync_node.py")
 CONFLICT = 75  # sync_node.py: another run changed the cache between our read and our update
-STARTED_NOT = 76  # sync_node.py: the workdir is in place, the job's start command failed
 
 
 @dataclass(frozen=True)
@@ -61,9 +60,10 @@ def cache_key(workdir: Path) -> str:
 
 
 def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], work: str,
-         job_files: list[tuple[str, str, int]] = (), start: str | None = None) -> Synced:
+         job_files: list[tuple[str, str, int]] = (), track: dict | None = None) -> Synced:
     """Make `work` on the node hold exactly `files` of `workdir`, sending only what changed;
-    then write `job_files` ((path, text, mode) each) and run `start` there, if given.
+    then write `job_files` ((path, text, mode) each) and, with `track` (the job's folder, log,
+    pid file and linger), start the job's track.py there.
 
     An unchanged workdir costs one node-side command for all of it (sync_node.py's plan)."""
     local = entries(workdir, files)
@@ -71,7 +71,7 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
     cache = f"{paths.workdir_cache}/{cache_key(workdir)}"
     # The cluster's venv python, -I -S (stdlib only): no PATH lookup or shim, no site scan (issue 9).
     base = f"{q(paths.python)} -I -S -c {q(_NODE.read_text())} {q(cache)} {q(work)}"
-    deliver = {"files": [list(f) for f in job_files], "start": start}
+    deliver = {"files": [list(f) for f in job_files], "track": track}
     for fresh in (False, True):  # a second try (after a concurrent run changed the cache) ships all
         try:
             cached: dict = {} if fresh else _plan(remote, base, {"entries": local, **deliver})
@@ -108,10 +108,8 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
     raise AssertionError("unreachable: the fresh pass never conflicts")
 
 
-def _failed(remote: SshRemote, e: CommandFailed) -> CloudtrainError:
+def _failed(remote: SshRemote, e: CommandFailed) -> TransferError:
     why = (e.result.stderr or "").strip()[-300:]
-    if e.result.exit_code == STARTED_NOT:
-        return CloudtrainError(f"starting the job on {remote.node.name} failed: {why or 'its start command exited non-zero'}", "check the node with `cloudtrain ssh`, then run it again")
     return TransferError(f"updating the workdir on {remote.node.name} failed: {why}", "run it again; the next run ships the whole workdir")
 
 

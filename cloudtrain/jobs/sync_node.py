@@ -7,8 +7,8 @@
     python3 -c SCRIPT CACHE WORK apply HEADER   tar of changed files on stdin: update the cache, then
                                                 copy it to WORK (the job's own snapshot)
 
-A header may carry the job's "files" ([path, text, mode]) and its "start" (a shell command),
-written and run once WORK is made: an unchanged workdir's run is then one node-side start, not
+A header may carry the job's "files" ([path, text, mode]) and "track" (where its track.py
+is: started as its session leader), written and started once WORK is made: an unchanged workdir's run is then one node-side start, not
 a read, an apply, three file writes and a start (issue 9: each is a round trip).
 
 CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries", "node":
@@ -31,6 +31,7 @@ a cut upload leaves no manifest, and the next run ships everything into a fresh 
 import fcntl
 import json
 import os
+import runpy
 import shutil
 import stat
 import subprocess
@@ -39,7 +40,6 @@ import time
 import uuid
 
 CONFLICT = 75  # the cache changed since the client read it: it plans again
-STARTED_NOT = 76  # the workdir is in place, but the job's start command failed
 SPARE = "spare-"  # CACHE/spare-<generation>: a ready copy of that tree for the next job
 SPARE_WAIT_S = 120  # at most this long for a spare being made; then the run copies itself
 LINK_OVER = 1 << 20  # files from this size are linked into a snapshot; smaller ones (code, configs) copied
@@ -93,16 +93,36 @@ def remove(path):
 
 
 def deliver(header):
-    """The job's files, then its start (when this run carries them)."""
+    """The job's files, then its session leader (when this run carries them)."""
     for path, text, mode in header.get("files", []):
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
         with os.fdopen(fd, "w") as f:
             f.write(text)
         os.chmod(path, mode)
-    if header.get("start"):
-        code = subprocess.call(["sh", "-c", header["start"]], stdin=subprocess.DEVNULL)
-        if code != 0:
-            sys.exit(STARTED_NOT)
+    if header.get("track"):
+        track(header["track"])
+
+
+def track(job):
+    """Start the job's track.py (runner.py's start does it with setsid nohup) in a child forked
+    from this process: its interpreter is already up, a fresh one is a start more (issue 9)."""
+    open(job["log"], "a").close()
+    sys.stdout.flush()  # the child must not inherit (and repeat) what is buffered
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()  # its pid is the job's session id
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # the SSH session ends when nothing holds its pipes
+                os.dup2(null, fd)
+            os.closerange(3, 1 << 16)  # the cache's lock too
+            os.chdir(job["dir"])
+            sys.argv = ["track.py", ".", str(job["linger"])]
+            runpy.run_path("track.py", run_name="__main__")
+        finally:
+            os._exit(0)
+    with open(job["pid"], "w") as f:
+        f.write("%d\n" % pid)
 
 
 def apply(cache, work, header):

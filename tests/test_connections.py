@@ -152,8 +152,12 @@ def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker
             python.rename(python.with_name("python.real"))  # in the venv's bin: still the venv's python
             python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" | head -c 300 | tr "\\n" " " >> {log}; echo >> {log}\nexec "$0.real" "$@"\n')
             python.chmod(0o755)
+        before = _logins(cluster.home)
         proc = cluster("run", str(tmp_path / "proj" / "noop.py"), "--output", str(tmp_path / "second"))
         assert proc.returncode == 0, proc.stderr
+        after = _logins(cluster.home)
+        # Nothing to ship and a log to bring home: no OpenSSH master is started for them.
+        assert {n: after[n] - before[n] for n in after} == {n: 1 for n in after}
     finally:
         for python in starts:
             if python.with_name("python.real").exists():

@@ -69,8 +69,7 @@ class JobRunner:
 
     def warm(self) -> None:
         """Start reaching every node now, in the background, while this machine plans and
-        records the job (issue 9): the connection, where cloudtrain lives on the node, and the
-        bulk path's master. The first use of a node waits for its warm-up and meets its error."""
+        records the job (issue 9): the connection and where cloudtrain lives on the node. The first use of a node waits for its warm-up and meets its error."""
         if self._warming:
             return
         pool = ThreadPoolExecutor(max_workers=min(16, len(self.cluster.nodes)), thread_name_prefix="warm")
@@ -78,9 +77,9 @@ class JobRunner:
         pool.shutdown(wait=False)
 
     def _warm(self, node: Node) -> None:
-        remote = self.sessions.of(node)
-        remote.warm_bulk()
-        self.paths(remote)
+        # The bulk path's master starts when bulk data first moves (a changed workdir, outputs
+        # that are not small): a second handshake costs a no-op run more than it saves (issue 9).
+        self.paths(self.sessions.of(node))
 
     def _node(self, name: str) -> Node:
         return next(n for n in self.cluster.nodes if n.name == name)
@@ -182,7 +181,6 @@ class JobRunner:
 
         def prepare(rank: int, node: Node) -> None:
             remote = self.remote(node)
-            remote.warm_bulk()  # the workdir and the outputs ride it
             paths = self.paths(remote)
             job = paths.job(job_id)
             env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, framework)

@@ -142,7 +142,9 @@ def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker
     workdir's cache was read by one start and updated by another, and run.sh started one more to
     find NCCL's interface. Counted on the nodes: their venv python is wrapped to log each start."""
     (tmp_path / "proj").mkdir()
-    (tmp_path / "proj" / "noop.py").write_text("pass\n")
+    (tmp_path / "proj" / "noop.py").write_text(
+        "import os, sys\nif sys.argv[1:]:\n    open(os.path.join(os.environ['CLOUDTRAIN_OUTPUT_DIR'], 'm.bin'), 'wb').write(os.urandom(int(sys.argv[1])))\n"
+    )
     pythons = sorted(cluster.home.glob("clusters/local/provider/*/root/venv/bin/python"))
     assert len(pythons) == 2, pythons
     starts = {p: tmp_path / f"starts-{p.parents[3].name}.log" for p in pythons}
@@ -168,6 +170,13 @@ def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker
         assert len(syncs) == 1, proc.stderr
         assert not [line for line in lines if "ipaddress" in line], lines  # the NCCL interface probe
         assert len(lines) == 4, lines  # the sync, the tracker, the job, the outputs' sender
+    # Outputs that are not small still come home over OpenSSH (paramiko re-keys at 512 MiB).
+    before = _logins(cluster.home)
+    proc = cluster("run", str(tmp_path / "proj" / "noop.py"), "--output", str(tmp_path / "big"), "--", str(33 << 20))
+    assert proc.returncode == 0, proc.stderr
+    after = _logins(cluster.home)
+    assert {n: after[n] - before[n] for n in after} == {n: 2 for n in after}
+    assert (tmp_path / "big" / "m.bin").stat().st_size == (tmp_path / "big" / "rank-1" / "m.bin").stat().st_size == 33 << 20
 
 
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:

@@ -1,15 +1,14 @@
 """Node side of the incremental workdir (sync.py); stdlib only, run as `python3 -c`.
 
     python3 -c SCRIPT CACHE WORK read           print the cache's manifest ({} when it cannot be trusted)
-    python3 -c SCRIPT CACHE WORK plan           header on stdin: when no file changed, apply it at once
-                                                (then the job's files and start, below) and print
-                                                {"done": true}; else print the cache's manifest
+    python3 -c SCRIPT CACHE WORK plan           header on stdin; no file changed: apply it, print {"done": true};
+                                                else print the manifest (the client then applies)
     python3 -c SCRIPT CACHE WORK apply HEADER   tar of changed files on stdin: update the cache, then
                                                 copy it to WORK (the job's own snapshot)
 
-A header may carry the job's "files" ([path, text, mode]) and "track" (where its track.py
-is: started as its session leader), written and started once WORK is made: an unchanged workdir's run is then one node-side start, not
-a read, an apply, three file writes and a start (issue 9: each is a round trip).
+A header may carry the job's "files" ([path, text, mode]) and "track" (its track.py, started as
+the job's session leader) for once WORK is made: an unchanged workdir's run is then one start
+on the node, not a read, an apply, three file writes and a start (issue 9).
 
 CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries", "node":
 each file's size, mtime_ns and mode here}), linked.json (the jobs whose snapshots share the

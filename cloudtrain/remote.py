@@ -99,6 +99,7 @@ class SshRemote:
         self._client: paramiko.SSHClient | None = None
         self._sftp: paramiko.SFTPClient | None = None
         self._openssh: openssh.OpenSsh | None = None
+        self.control_only = False  # streams ride the control connection unless a master already runs
         self._abandoned = False  # set by abandon(): stop retrying a connection nobody waits for
 
     # -- connection -------------------------------------------------------------------------
@@ -300,6 +301,8 @@ class SshRemote:
 
     def openssh(self) -> openssh.OpenSsh | None:
         """OpenSSH's `ssh` for bulk data when this machine has it; None: paramiko carries it."""
+        if self._openssh is None and self.control_only:
+            return None  # small data, no master yet: not worth starting one (issue 9)
         if self._openssh is None and (ssh := openssh.client()) is not None:
             self._openssh = openssh.OpenSsh(self.node, self.identity_file, ssh, stall_timeout=STALL_TIMEOUT)
         return self._openssh

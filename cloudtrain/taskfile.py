@@ -15,8 +15,6 @@ import re
 from pathlib import Path
 from typing import Any
 
-import yaml
-
 from cloudtrain.errors import BadInput
 
 SUFFIXES = (".yaml", ".yml")
@@ -82,6 +80,8 @@ def _read(path: Path) -> dict[str, Any]:
         raise BadInput(f"task file {path} does not exist", "check the path") from e
     except (OSError, UnicodeDecodeError) as e:
         raise BadInput(f"cannot read task file {path}: {e.__class__.__name__}", "name a readable YAML file") from e
+    import yaml  # here: every `run` of a .py script asks is_task, and yaml is 13 ms to import (issue 9)
+
     try:
         data = yaml.safe_load(text)
     except yaml.YAMLError as e:

@@ -79,7 +79,7 @@ try:
     main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-heavy = ("cloudtrain.bootstrap", "cloudtrain.compat", "cloudtrain.lifecycle", "pulumi", "pydantic", "invoke", "rich")
+heavy = ("cloudtrain.bootstrap", "cloudtrain.compat", "cloudtrain.lifecycle", "pulumi", "pydantic", "invoke", "rich", "yaml")
 print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))}), file=sys.stderr)
 """
 
@@ -124,6 +124,48 @@ def test_node_paths_are_remembered_per_node_and_a_damaged_or_stale_entry_is_aske
     proc = cluster("run", str(tmp_path / "noop.py"), "--output", str(tmp_path / "b"))
     assert proc.returncode == 0, proc.stderr
     assert json.loads(remembered.read_text()) == known
+
+
+def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker_job_and_collect(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: each node-side python start is most of a no-op run's cost on a loaded node. The
+    workdir's cache was read by one start and updated by another, and run.sh started one more to
+    find NCCL's interface. Counted on the nodes: their venv python is wrapped to log each start."""
+    (tmp_path / "proj").mkdir()
+    (tmp_path / "proj" / "noop.py").write_text(
+        "import os, sys\nif sys.argv[1:]:\n    open(os.path.join(os.environ['CLOUDTRAIN_OUTPUT_DIR'], 'm.bin'), 'wb').write(os.urandom(int(sys.argv[1])))\n"
+    )
+    pythons = sorted(cluster.home.glob("clusters/local/provider/*/root/venv/bin/python"))
+    assert len(pythons) == 2, pythons
+    starts = {p: tmp_path / f"starts-{p.parents[3].name}.log" for p in pythons}
+    assert cluster("run", str(tmp_path / "proj" / "noop.py"), "--output", str(tmp_path / "first")).returncode == 0  # ships it
+    try:
+        for python, log in starts.items():
+            python.rename(python.with_name("python.real"))  # in the venv's bin: still the venv's python
+            python.write_text(f'#!/bin/sh\nprintf "%s\\n" "$*" | head -c 300 | tr "\\n" " " >> {log}; echo >> {log}\nexec "$0.real" "$@"\n')
+            python.chmod(0o755)
+        before = _logins(cluster.home)
+        proc = cluster("run", str(tmp_path / "proj" / "noop.py"), "--output", str(tmp_path / "second"))
+        assert proc.returncode == 0, proc.stderr
+        after = _logins(cluster.home)
+        # Nothing to ship and a log to bring home: no OpenSSH master is started for them.
+        assert {n: after[n] - before[n] for n in after} == {n: 1 for n in after}
+    finally:
+        for python in starts:
+            if python.with_name("python.real").exists():
+                python.with_name("python.real").replace(python)
+    for python, log in starts.items():
+        lines = log.read_text().splitlines()
+        syncs = [line for line in lines if "incremental workdir" in line]  # sync_node.py's docstring
+        assert len(syncs) == 1, proc.stderr
+        assert not [line for line in lines if "ipaddress" in line], lines  # the NCCL interface probe
+        assert len(lines) == 4, lines  # the sync, the tracker, the job, the outputs' sender
+    # Outputs that are not small still come home over OpenSSH (paramiko re-keys at 512 MiB).
+    before = _logins(cluster.home)
+    proc = cluster("run", str(tmp_path / "proj" / "noop.py"), "--output", str(tmp_path / "big"), "--", str(33 << 20))
+    assert proc.returncode == 0, proc.stderr
+    after = _logins(cluster.home)
+    assert {n: after[n] - before[n] for n in after} == {n: 2 for n in after}
+    assert (tmp_path / "big" / "m.bin").stat().st_size == (tmp_path / "big" / "rank-1" / "m.bin").stat().st_size == 33 << 20
 
 
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:

@@ -23,6 +23,8 @@ if TYPE_CHECKING:
 # Written into a job's folder by the node's watchdog before it signals the job
 # (bootstrap/node/watchdog.py): the job's end is then named for what caused it.
 ENDED_BY = "ended_by.json"
+OUT_BYTES = "out_bytes"  # node_track.py: the size of out/ and the log when the job ended
+SMALL_OUTPUT = 32 << 20  # brought over the control connection: far below paramiko's re-key at 512 MiB
 
 
 def _ended_by(remote: object, job_dir: str) -> dict | None:
@@ -31,6 +33,14 @@ def _ended_by(remote: object, job_dir: str) -> dict | None:
     except (ValueError, CloudtrainError):
         return None  # damaged or unreadable: the exit status alone still says how the job ended
     return marker if isinstance(marker, dict) else None
+
+
+def _small(remote: object, job_dir: str) -> bool:
+    try:
+        raw = remote.read_from(f"{job_dir}/{OUT_BYTES}", 0).strip()  # type: ignore[attr-defined]
+    except CloudtrainError:
+        return False
+    return raw.isdigit() and int(raw) < SMALL_OUTPUT  # absent (an older job's): OpenSSH, as before
 
 
 def _reserved(rank: int) -> dict[str, str]:
@@ -96,6 +106,7 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
             remote = runner.remote(node)
             paths = runner.paths(remote)
             job = paths.job(record.job_id)
+            remote.control_only = _small(remote, job.dir)
             got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank), python=paths.python)
             marker = _ended_by(remote, job.dir)
             if marker is not None:

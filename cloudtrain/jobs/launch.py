@@ -131,21 +131,23 @@ def job_env(cluster: Cluster, rank: int, job_id: str, out_dir: str, gpus_per_nod
     return env
 
 
-def _ifname_sh(q_python: str, address: str) -> str:
+# The interface whose IPv4 subnet holds the address: `ip -o -4 addr show` lines ("2: eth0
+# inet 10.0.0.5/24 ..."), addresses as numbers, compared above the prefix (mawk and gawk alike).
+IFNAME_AWK = (
+    'function n(s, p) { split(s, p, "."); return ((p[1] * 256 + p[2]) * 256 + p[3]) * 256 + p[4] }'
+    ' BEGIN { if (a !~ /^[0-9]+[.][0-9]+[.][0-9]+[.][0-9]+$/) exit; x = n(a) }'
+    ' { split($4, c, "/"); if (c[2] == "") next; m = 2 ^ (32 - c[2]);'
+    ' if (int(n(c[1]) / m) == int(x / m)) { sub(/@.*/, "", $2); print $2; exit } }'
+)
+
+
+def _ifname_sh(address: str) -> str:
     """Shell lines exporting NCCL_/GLOO_SOCKET_IFNAME as the interface whose subnet holds this
     node's private address (a cloud node may have several; the wrong one hangs NCCL), unless
-    the user set them. Found on the node at launch: interface names differ between images."""
-    probe = (
-        "import ipaddress,subprocess,sys\n"
-        "a=ipaddress.ip_address(sys.argv[1])\n"
-        "try: out=subprocess.run(['ip','-o','-4','addr','show'],capture_output=True,text=True).stdout\n"
-        "except OSError: out=''\n"
-        "for line in out.splitlines():\n"
-        "  f=line.split()\n"
-        "  if len(f)>3 and a in ipaddress.ip_interface(f[3]).network: print(f[1].split('@')[0]); break\n"
-    )
+    the user set them. Found on the node at launch: interface names differ between images.
+    In awk, not python: a python start is most of a short job's launch on a loaded node (issue 9)."""
     return (
-        f"ifname=$({q_python} -I -c {shlex.quote(probe)} {shlex.quote(address)} 2>/dev/null)\n"
+        f"ifname=$(ip -o -4 addr show 2>/dev/null | awk -v a={shlex.quote(address)} {shlex.quote(IFNAME_AWK)} 2>/dev/null)\n"
         'if [ -n "$ifname" ]; then\n'
         '  [ -n "${NCCL_SOCKET_IFNAME:-}" ] || export NCCL_SOCKET_IFNAME="$ifname"\n'
         '  [ -n "${GLOO_SOCKET_IFNAME:-}" ] || export GLOO_SOCKET_IFNAME="$ifname"\n'
@@ -211,8 +213,8 @@ def run_sh(paths: NodePaths, job: JobPaths, spec: JobSpec, env: dict[str, str], 
         f"cd {q(job.work)} || exit 1\n"
         f"{exports}"
         "export PYTHONUNBUFFERED=1\n"
-        f"{_ifname_sh(q(paths.python), env['CLOUDTRAIN_NODE_IPS'].split(',')[int(env['CLOUDTRAIN_NODE_RANK'])])}"
-        f"mkdir -p {q(job.out)}\n"
+        f"{_ifname_sh(env['CLOUDTRAIN_NODE_IPS'].split(',')[int(env['CLOUDTRAIN_NODE_RANK'])])}"
+        f"mkdir -p {q(job.out)}{' ' + q(env['CLOUDTRAIN_CHECKPOINT_DIR']) if 'CLOUDTRAIN_CHECKPOINT_DIR' in env else ''}\n"
         # The program's pid, for the session leader (track.py): it execs in place of this
         # inner shell, in the foreground, so it keeps the default signal handling.
         f"bash -c 'echo $$ > \"$0\" && exec \"$@\"' {q(job.main_pid)} {argv} >> {q(job.log)} 2>&1 < /dev/null\n"

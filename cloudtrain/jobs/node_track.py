@@ -57,6 +57,19 @@ def _gone(pid: int) -> bool:
         return False
 
 
+def _out_bytes() -> int:
+    """What the job left in out/ and its log: collect brings that little over the control
+    connection, without starting OpenSSH's master (issue 9: a no-op run)."""
+    total = os.path.getsize("log.txt") if os.path.exists("log.txt") else 0
+    for dirpath, _, names in os.walk("out"):
+        for name in names:
+            try:
+                total += os.lstat(os.path.join(dirpath, name)).st_size
+            except OSError:
+                pass
+    return total
+
+
 def main(job_dir: str, linger: float) -> None:
     os.chdir(job_dir)
     job_dir = os.getcwd()  # absolute: the folder may be removed under us
@@ -119,6 +132,9 @@ def main(job_dir: str, linger: float) -> None:
         if lingering:
             with open("log.txt", "a") as f:
                 f.write(f"cloudtrain: the job exited {code} but left processes running in its session after {linger:.0f}s; they stay until `cloudtrain down`\n")
+        with open("out_bytes.tmp", "w") as f:
+            f.write("%d\n" % _out_bytes())
+        os.replace("out_bytes.tmp", "out_bytes")  # before exit_code: seen together by collect
         with open("exit_code.tmp", "w") as f:
             f.write(code + "\n")
         os.replace("exit_code.tmp", "exit_code")  # a reader never sees a half-written status

@@ -70,8 +70,7 @@ class JobRunner:
 
     def warm(self) -> None:
         """Start reaching every node now, in the background, while this machine plans and
-        records the job (issue 9): the connection, where cloudtrain lives on the node, and the
-        bulk path's master. The first use of a node waits for its warm-up and meets its error."""
+        records the job (issue 9): the connection and where cloudtrain lives on the node. The first use of a node waits for its warm-up and meets its error."""
         if self._warming:
             return
         pool = ThreadPoolExecutor(max_workers=min(16, len(self.cluster.nodes)), thread_name_prefix="warm")
@@ -79,9 +78,9 @@ class JobRunner:
         pool.shutdown(wait=False)
 
     def _warm(self, node: Node) -> None:
-        remote = self.sessions.of(node)
-        remote.warm_bulk()
-        self.paths(remote)
+        # The bulk path's master starts when bulk data first moves (a changed workdir, outputs
+        # that are not small): a second handshake costs a no-op run more than it saves (issue 9).
+        self.paths(self.sessions.of(node))
 
     def _node(self, name: str) -> Node:
         return next(n for n in self.cluster.nodes if n.name == name)
@@ -180,42 +179,46 @@ class JobRunner:
         started = time.monotonic()
         self.say(f"job {job_id}: shipping {len(files)} file(s), {shipment.size / 1024:.0f} KiB, to {len(self.cluster.nodes)} node(s)")
 
+        # With one node and nothing to do between shipping and starting, the start rides the
+        # workdir's own node-side command (a round trip less, issue 9); with several, every node
+        # is prepared before any starts.
+        start_with_ship = (len(self.cluster.nodes) == 1 and not secrets and "requirements.txt" not in files and spec.setup is None
+                           and restart_of is None)
+        started_nodes: set[str] = set()
+
         def prepare(rank: int, node: Node) -> None:
             remote = self.remote(node)
-            remote.warm_bulk()  # the workdir and the outputs ride it
             paths = self.paths(remote)
             job = paths.job(job_id)
-            synced = sync.ship(remote, paths, spec.workdir, files, job.work)
+            env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, framework)
+            env = {**env, **checkpoints.job_env(job, restart_count)}  # $CLOUDTRAIN_CHECKPOINT_DIR, made by run.sh
+            job_files = [(job.run_sh, launching.run_sh(paths, job, spec, env, launch), 0o700),
+                         (job.tracker, Path(__file__).with_name("node_track.py").read_text(), 0o600)]
+            if launch.torchrun:
+                job_files.append((f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), 0o600))
+            track = {"dir": job.dir, "log": job.log, "pid": job.pid, "linger": linger} if start_with_ship else None
+            synced = sync.ship(remote, paths, spec.workdir, files, job.work, job_files, track)
+            if track is not None:
+                started_nodes.add(node.name)
             self.say(f"job {job_id}: {node.name} sent {synced.sent} of {synced.total} file(s), {shipping.human(synced.bytes)} changed")
             if "requirements.txt" in files:
                 self._requirements(remote, paths, job)
-            env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, framework)
             if spec.setup is not None:  # a task file's (jobs/task_shell.py)
                 task_shell.setup(remote, paths, job, spec.setup, {**env, **spec.env, **secrets}, self.say)
-            if launch.torchrun:
-                remote.write_text(f"{job.dir}/{launching.WORKER_FILE}", launching.worker_source(), mode=0o600)
-            # $CLOUDTRAIN_CHECKPOINT_DIR; on a restart (recovery.py) what came home is restored into it.
-            restored = checkpoints.restore(remote, job, checkpoints.local_dir(record.output) if restart_of is not None else None)
-            if restored:
+            if restart_of is not None:  # recovery.py: what came home is restored before the job starts
+                restored = checkpoints.restore(remote, job, checkpoints.local_dir(record.output))
                 self.say(f"job {job_id}: {node.name} restored {len(restored)} checkpoint file(s)")
-            env = {**env, **checkpoints.job_env(job, restart_count)}
-            remote.write_text(job.run_sh, launching.run_sh(paths, job, spec, env, launch), mode=0o700)
-            remote.write_text(job.tracker, Path(__file__).with_name("node_track.py").read_text(), mode=0o600)
 
         def start(rank: int, node: Node) -> None:
+            if node.name in started_nodes:
+                return
             remote = self.remote(node)
             paths = self.paths(remote)
             job = paths.job(job_id)
-            q = shlex.quote
             if secrets:  # over the channel's stdin, never on the node's disk (jobs/secrets.py)
                 secrets_.start(remote, paths, job, linger, secrets)
                 return
-            # The session leader's pid is the job's session id: every process of the job
-            # carries it, whatever becomes of the wrapper (track.py).
-            remote.run(
-                f"cd {q(job.dir)} && touch {q(job.log)} && (setsid nohup {q(paths.python)} -I -S track.py . {linger} "
-                f"> /dev/null 2>&1 < /dev/null & echo $! > {q(job.pid)})"
-            )
+            remote.run(self._start_command(paths, job, linger))
 
         try:
             # Every node is reached and prepared before any starts: a node that fails its host
@@ -232,6 +235,16 @@ class JobRunner:
         record.timings["ship_s"] = round(time.monotonic() - started, 3)
         record.save(self.store)
         return record
+
+    @staticmethod
+    def _start_command(paths: NodePaths, job: JobPaths, linger: float) -> str:
+        # The session leader's pid is the job's session id: every process of the job
+        # carries it, whatever becomes of the wrapper (track.py).
+        q = shlex.quote
+        return (
+            f"cd {q(job.dir)} && touch {q(job.log)} && (setsid nohup {q(paths.python)} -I -S track.py . {linger} "
+            f"> /dev/null 2>&1 < /dev/null & echo $! > {q(job.pid)})"
+        )
 
     def _requirements(self, remote: SshRemote, paths: NodePaths, job: JobPaths) -> None:
         # Installed once per distinct requirements.txt: a marker in the venv remembers its hash.

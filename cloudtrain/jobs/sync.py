@@ -59,15 +59,28 @@ def cache_key(workdir: Path) -> str:
     return hashlib.sha256(f"{socket.gethostname()}\0{workdir.resolve()}".encode()).hexdigest()[:16]
 
 
-def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], work: str) -> Synced:
-    """Make `work` on the node hold exactly `files` of `workdir`, sending only what changed."""
+def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], work: str,
+         job_files: list[tuple[str, str, int]] = (), track: dict | None = None) -> Synced:
+    """Make `work` on the node hold exactly `files` of `workdir`, sending only what changed;
+    then write `job_files` ((path, text, mode) each) and, with `track` (the job's folder, log,
+    pid file and linger), start the job's track.py there.
+
+    An unchanged workdir costs one node-side command for all of it (sync_node.py's plan)."""
     local = entries(workdir, files)
     q = shlex.quote
     cache = f"{paths.workdir_cache}/{cache_key(workdir)}"
     # The cluster's venv python, -I -S (stdlib only): no PATH lookup or shim, no site scan (issue 9).
     base = f"{q(paths.python)} -I -S -c {q(_NODE.read_text())} {q(cache)} {q(work)}"
+    deliver = {"files": [list(f) for f in job_files], "track": track}
     for fresh in (False, True):  # a second try (after a concurrent run changed the cache) ships all
-        cached: dict = {} if fresh else _read(remote, base)
+        try:
+            cached: dict = {} if fresh else _plan(remote, base, {"entries": local, **deliver})
+        except CommandFailed as e:
+            if e.result.exit_code == CONFLICT:
+                continue
+            raise _failed(remote, e) from e
+        if cached.get("done"):
+            return Synced(sent=0, total=len(files), bytes=0)
         have = cached.get("entries", {})
         changed = [rel for rel in files if have.get(rel) != local[rel]]
         header = {
@@ -75,6 +88,7 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
             "entries": local,
             "delete": sorted(rel for rel in have if rel not in local),
             "tar": bool(changed),
+            **deliver,
         }
         incoming = f"{cache}/incoming-{uuid.uuid4().hex}.json"
         remote.write_text(incoming, json.dumps(header))
@@ -89,14 +103,20 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
         except CommandFailed as e:
             if e.result.exit_code == CONFLICT and not fresh:
                 continue
-            raise TransferError(f"updating the workdir on {remote.node.name} failed: {(e.result.stderr or '').strip()[-300:]}", "run it again; the next run ships the whole workdir") from e
+            raise _failed(remote, e) from e
         return Synced(sent=len(changed), total=len(files), bytes=size)
     raise AssertionError("unreachable: the fresh pass never conflicts")
 
 
-def _read(remote: SshRemote, base: str) -> dict:
+def _failed(remote: SshRemote, e: CommandFailed) -> TransferError:
+    why = (e.result.stderr or "").strip()[-300:]
+    return TransferError(f"updating the workdir on {remote.node.name} failed: {why}", "run it again; the next run ships the whole workdir")
+
+
+def _plan(remote: SshRemote, base: str, header: dict) -> dict:
+    """The node's manifest, or {"done": True} where nothing had to cross and all is done."""
     try:
-        found = json.loads(remote.run(f"{base} read").stdout)
+        found = json.loads(remote.run(f"{base} plan", stdin=json.dumps(header).encode()).stdout)
     except ValueError:
         return {}
     return found if isinstance(found, dict) else {}

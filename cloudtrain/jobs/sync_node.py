@@ -1,8 +1,14 @@
 """Node side of the incremental workdir (sync.py); stdlib only, run as `python3 -c`.
 
     python3 -c SCRIPT CACHE WORK read           print the cache's manifest ({} when it cannot be trusted)
+    python3 -c SCRIPT CACHE WORK plan           header on stdin; no file changed: apply it, print {"done": true};
+                                                else print the manifest (the client then applies)
     python3 -c SCRIPT CACHE WORK apply HEADER   tar of changed files on stdin: update the cache, then
                                                 copy it to WORK (the job's own snapshot)
+
+A header may carry the job's "files" ([path, text, mode]) and "track" (its track.py, started as
+the job's session leader) for once WORK is made: an unchanged workdir's run is then one start
+on the node, not a read, an apply, three file writes and a start (issue 9).
 
 CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries", "node":
 each file's size, mtime_ns and mode here}), linked.json (the jobs whose snapshots share the
@@ -24,6 +30,7 @@ a cut upload leaves no manifest, and the next run ships everything into a fresh 
 import fcntl
 import json
 import os
+import runpy
 import shutil
 import stat
 import subprocess
@@ -84,10 +91,40 @@ def remove(path):
         pass
 
 
-def apply(cache, work, header_path):
-    with open(header_path) as f:
-        header = json.load(f)
-    os.unlink(header_path)
+def deliver(header):
+    """The job's files, then its session leader (when this run carries them)."""
+    for path, text, mode in header.get("files", []):
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, mode)
+        with os.fdopen(fd, "w") as f:
+            f.write(text)
+        os.chmod(path, mode)
+    if header.get("track"):
+        track(header["track"])
+
+
+def track(job):
+    """Start the job's track.py (runner.py's start does it with setsid nohup) in a child forked
+    from this process: its interpreter is already up, a fresh one is a start more (issue 9)."""
+    open(job["log"], "a").close()
+    sys.stdout.flush()  # the child must not inherit (and repeat) what is buffered
+    pid = os.fork()
+    if pid == 0:
+        try:
+            os.setsid()  # its pid is the job's session id
+            null = os.open(os.devnull, os.O_RDWR)
+            for fd in (0, 1, 2):  # the SSH session ends when nothing holds its pipes
+                os.dup2(null, fd)
+            os.closerange(3, 1 << 16)  # the cache's lock too
+            os.chdir(job["dir"])
+            sys.argv = ["track.py", ".", str(job["linger"])]
+            runpy.run_path("track.py", run_name="__main__")
+        finally:
+            os._exit(0)
+    with open(job["pid"], "w") as f:
+        f.write("%d\n" % pid)
+
+
+def apply(cache, work, header):
     tree = os.path.join(cache, "tree")
     current = load(cache)
     if header["expect"] is not None and (current is None or current.get("generation") != header["expect"]):
@@ -325,14 +362,28 @@ def main():
     with open(os.path.join(cache, "lock"), "a") as lock:
         fcntl.flock(lock, fcntl.LOCK_EX)
         if mode == "read":
-            manifest = load(cache)
-            sys.stdout.write(json.dumps(manifest or {}))
+            sys.stdout.write(json.dumps(load(cache) or {}))
+            return
+        if mode == "plan":  # under the one lock: nothing can change between this read and the apply
+            header = json.load(sys.stdin)
+            manifest = load(cache) or {}
+            have = manifest.get("entries", {})
+            if any(have.get(rel) != entry for rel, entry in header["entries"].items()):
+                sys.stdout.write(json.dumps(manifest))
+                return
+            header.update(expect=manifest.get("generation"), tar=False, delete=sorted(rel for rel in have if rel not in header["entries"]))
+            generation, copied = apply(cache, work, header)
+            sys.stdout.write(json.dumps({"done": True}))
         else:
-            generation, copied = apply(cache, work, sys.argv[4])
-            sys.stdout.flush()
-            evict(cache)
-            if copied:  # runs overlap: the next one likely will too, so its copy is made ahead
-                make_spare(cache, generation)
+            with open(sys.argv[4]) as f:
+                header = json.load(f)
+            os.unlink(sys.argv[4])
+            generation, copied = apply(cache, work, header)
+        deliver(header)
+        sys.stdout.flush()
+        evict(cache)
+        if copied:  # runs overlap: the next one likely will too, so its copy is made ahead
+            make_spare(cache, generation)
 
 
 main()

@@ -250,7 +250,7 @@ def test_two_runs_at_once_each_get_exactly_their_own_workdir(node, tmp_path: Pat
 def test_a_node_keeps_the_trees_of_the_workdirs_used_last_and_no_more(tmp_path: Path) -> None:
     """The node side alone (no sshd needed): beyond KEEP_TREES workdirs the ones used longest
     ago go; one used in the last minutes stays, as a run may be between its read and update."""
-    node = Path(sync.__file__).with_name("sync_node.py")
+    node = ["-I", "-S", "-c", sync.node_program()]  # what ships
     parent = tmp_path / "workdir-cache"
     now = time.time()
     for i in range(5):  # five old workdirs' trees, used a day ago and earlier
@@ -258,9 +258,9 @@ def test_a_node_keeps_the_trees_of_the_workdirs_used_last_and_no_more(tmp_path: 
         os.utime(parent / f"old{i}", (now - 86400 - i, now - 86400 - i))
     (parent / "young" / "tree").mkdir(parents=True)
     cache, work = parent / "new", tmp_path / "jobs" / "j1" / "work"
-    subprocess.run([sys.executable, str(node), str(cache), str(work), "read"], check=True, capture_output=True)
+    subprocess.run([sys.executable, *node, str(cache), str(work), "read"], check=True, capture_output=True)
     header = cache / "incoming.json"
     header.write_text(json.dumps({"expect": None, "entries": {}, "delete": [], "tar": False}))
-    subprocess.run([sys.executable, str(node), str(cache), str(work), "apply", str(header)], check=True, capture_output=True)
+    subprocess.run([sys.executable, *node, str(cache), str(work), "apply", str(header)], check=True, capture_output=True)
     kept = sorted(p.name for p in parent.iterdir())
     assert kept == ["new", "old0", "old1", "young"], kept  # KEEP_TREES = 4: the newest old ones stay

@@ -1,12 +1,12 @@
 """Incremental workdir: each node keeps the last tree shipped to it from each workdir (the
-most recent few, sync_node.py's KEEP_TREES); a run sends only what changed.
+most recent few, sync_node_cache.py's KEEP_TREES); a run sends only what changed.
 
 The node's manifest (sync_node.py) records, for each shipped path, what it was here when it
 shipped: a file's size, mtime_ns and mode, or a link's target. A path whose record differs from
 what it is now ships again (mtime alone never lets a file of another size through); paths no
 longer shipped are deleted from the cache. Each job then runs on its own copy of the cache, so
 a job's edits reach neither the cache nor the next job; the copy for an unchanged tree is made
-ahead, in the background after the previous run (sync_node.py's spare), so taking it is a rename. A cache that cannot be trusted (no
+ahead, in the background after the previous run (sync_node_cache.py's spare), so taking it is a rename. A cache that cannot be trusted (no
 manifest, a file missing or of another size, a run cut halfway) is rebuilt from a full upload.
 """
 
@@ -28,7 +28,8 @@ from cloudtrain.jobs.workdir import link_target
 from cloudtrain.layout import NodePaths
 from cloudtrain.remote import SshRemote
 
-_NODE = Path(__file__).with_name("sync_node.py")
+# One program, one python start on the node: the cache's part defines what sync_node.py uses.
+_NODE = [Path(__file__).with_name(name) for name in ("sync_node_cache.py", "sync_node.py")]
 CONFLICT = 75  # sync_node.py: another run changed the cache between our read and our update
 
 
@@ -37,6 +38,11 @@ class Synced:
     sent: int  # files that crossed
     total: int  # files the job has
     bytes: int  # their bytes
+
+
+def node_program() -> str:
+    """The node side's source, as one `python -c` program (sync_node.py's parts in order)."""
+    return "\n".join(path.read_text() for path in _NODE)
 
 
 def entries(workdir: Path, files: list[str]) -> dict[str, list]:
@@ -70,7 +76,7 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
     q = shlex.quote
     cache = f"{paths.workdir_cache}/{cache_key(workdir)}"
     # The cluster's venv python, -I -S (stdlib only): no PATH lookup or shim, no site scan (issue 9).
-    base = f"{q(paths.python)} -I -S -c {q(_NODE.read_text())} {q(cache)} {q(work)}"
+    base = f"{q(paths.python)} -I -S -c {q(node_program())} {q(cache)} {q(work)}"
     deliver = {"files": [list(f) for f in job_files], "track": track}
     for fresh in (False, True):  # a second try (after a concurrent run changed the cache) ships all
         try:

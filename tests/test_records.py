@@ -250,6 +250,25 @@ def test_a_failed_save_keeps_the_old_record_and_leaves_no_temp_file(tmp_path: Pa
     assert sorted(p.name for p in cdir.root.iterdir() if p.name.endswith(".tmp")) == []
 
 
+def test_a_cancel_recorded_by_another_process_survives_a_stale_save(tmp_path: Path) -> None:
+    """`cancel` records the cancel, then TERMs the job; the `run` following it saves what it saw
+    when the job ended. That save must not undo the cancel (seen once in a loaded full run)."""
+    from cloudtrain.jobs.record import JobRecord
+    from cloudtrain.state import Store
+
+    store = Store(tmp_path / "home")
+    store.jobs_dir.mkdir(parents=True, exist_ok=True)
+    follower = JobRecord(job_id="j-1", cluster="c", output=str(tmp_path / "out"), script="t.py", args=[], env_keys=[], workdir=".", nodes=["n0"])
+    follower.save(store)
+    canceller = JobRecord.load(store, "j-1")
+    canceller.extra["cancelled_at"] = 123.0
+    canceller.save(store)
+    follower.status, follower.exit_code = "ended", 143  # what the follower saw, without the cancel
+    follower.save(store)
+    again = JobRecord.load(store, "j-1")
+    assert again.extra.get("cancelled_at") == 123.0 and again.outcome() == "cancelled" and again.exit_code == 143
+
+
 # --- a cloud cluster whose record is damaged: its stack, found by name ---------------------
 
 

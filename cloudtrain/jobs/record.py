@@ -11,7 +11,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Callable
 
-from cloudtrain.errors import DamagedRecord
+from cloudtrain.errors import CloudtrainError, DamagedRecord
 from cloudtrain.state import Store
 
 
@@ -71,6 +71,16 @@ class JobRecord:
         return "succeeded" if self.exit_code == 0 else "failed"
 
     def save(self, store: Store) -> None:
+        # A cancel recorded by another process (`cloudtrain cancel` while `run` follows) is never
+        # undone by this one's save of what it saw before: seen in a loaded run, the follower's
+        # end-of-job save overwrote it and the job came home as "exited 143".
+        if self.extra.get("cancelled_at") is None:
+            try:
+                cancelled = (store.load_job(self.job_id).get("extra") or {}).get("cancelled_at")
+            except CloudtrainError:
+                cancelled = None
+            if cancelled is not None:
+                self.extra["cancelled_at"] = cancelled
         store.save_job(self.job_id, asdict(self))
 
     @classmethod

@@ -290,7 +290,6 @@ UNTAGGABLE = {
     "aws:ec2/tag:Tag": "is itself the tag (on an instance's network interface)",
     "azure-native:network:Subnet": "part of the tagged vnet, in the cluster's resource group",
     "azure-native:authorization:RoleDefinition": "not a resource: its description starts with the marker",
-    "azure-native:authorization:RoleAssignment": "goes with the VM it is scoped to",
 }
 # GCP types without labels in the Compute API: their description starts with the marker.
 DESCRIBED = {

@@ -51,6 +51,13 @@ def ec2(bare, monkeypatch):
         monkeypatch.setenv(k, v)
     with mock_aws():
         yield boto3.client("ec2", region_name=REGION)
+    # moto keeps each region's backend across mocks (its end re-inits them in place, under the
+    # setting above): drop them, so later tests' backends are built with the default images.
+    from moto.core.base_backend import BackendDict
+
+    for backends in BackendDict._instances:
+        backends.clear()
+    BackendDict._instances.clear()
 
 
 def _vm(ec2, cluster: str | None, region_client=None) -> str:

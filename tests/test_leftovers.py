@@ -44,7 +44,9 @@ def plant(ec2, value: str | None) -> dict[str, str]:
     ec2.create_route(RouteTableId=rt, DestinationCidrBlock="0.0.0.0/0", GatewayId=igw)
     ec2.associate_route_table(RouteTableId=rt, SubnetId=subnet)
     sg = ec2.create_security_group(GroupName=f"sg-{value}", Description="ssh", VpcId=vpc, TagSpecifications=_tags("security-group", value))["GroupId"]
-    ami = ec2.describe_images(Owners=["amazon"])["Images"][0]["ImageId"]
+    # moto may hold no default images (a test that set MOTO_EC2_LOAD_DEFAULT_AMIS=false built the
+    # region's backend first); its run_instances does not check the image.
+    ami = next((i["ImageId"] for i in ec2.describe_images(Owners=["amazon"])["Images"]), "ami-12c6146b")
     vm = ec2.run_instances(
         ImageId=ami, MinCount=1, MaxCount=1, InstanceType="g4dn.xlarge", SubnetId=subnet, SecurityGroupIds=[sg],
         TagSpecifications=_tags("instance", value) + [{"ResourceType": "volume", "Tags": _tags("volume", value)[0]["Tags"]}],

@@ -138,7 +138,9 @@ def test_torchrun_restarts_recovers_a_rank_that_fails_once_and_none_fails_the_jo
     assert not _job_pids("flaky_rank.py")
     # The same job without restarts (the default): the failure ends it, named, nothing left.
     proc = cluster("run", "flaky/flaky_rank.py", "--nproc-per-node", "2", "--output", str(cluster.cwd / "runs-flaky0"), timeout=600)
-    assert proc.returncode == 3, proc.stdout[-2000:] + proc.stderr[-2000:]
+    # Rank 3's exit ends the job; node 0's ranks, their collective broken, may fail first (exit 1,
+    # seen in CI): the job's code is then theirs, and rank 3 is still named.
+    assert proc.returncode in (1, 3), proc.stdout[-2000:] + proc.stderr[-2000:]
     assert "local-1 (rank 1, local rank 1, global rank 3) exited 3" in proc.stderr
     assert not _job_pids("flaky_rank.py")
 

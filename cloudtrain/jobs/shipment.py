@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Callable
 
 from cloudtrain import state
+from cloudtrain.progress import human  # one size format for the lines and the live bars; runner.py calls shipping.human
 from cloudtrain.jobs import destination
 from cloudtrain.errors import BadInput
 from cloudtrain.jobs.workdir import candidates, ignored_by, link_target, total_size
@@ -36,14 +37,6 @@ class Shipment:
     files: list[str]  # relative to the workdir: regular files, links that ship as links, the script
     size: int  # bytes that travel to each node
     left_out: list[str]  # "name (why)", for the one warning line
-
-
-def human(size: float) -> str:
-    for unit in ("B", "KiB", "MiB", "GiB"):
-        if size < 1024 or unit == "GiB":
-            return f"{size:.0f} {unit}" if unit == "B" else f"{size:.1f} {unit}"
-        size /= 1024
-    raise AssertionError("unreachable")
 
 
 def holds_private_key(path: Path) -> bool:

@@ -61,6 +61,9 @@ class CloudProvisioner(Provisioner):
     can_stop: ClassVar[bool] = False
     default_autostop_s: ClassVar[int | None] = None
     watchdog_systemd: ClassVar[bool] = True
+    # The module that sees and starts this cloud's stopped VMs (provisioner/power_<cloud>.py),
+    # imported only when used, so its SDK loads only for that cloud's clusters.
+    power: ClassVar[str | None] = None
     node_stop: ClassVar[str] = "shutdown"
 
     def watchdog_stop_command(self, cdir: ClusterDir, record: ClusterRecord, index: int) -> list[str]:
@@ -160,7 +163,22 @@ class CloudProvisioner(Provisioner):
             choices, lambda c: self.preflight(spec, c), up, stack.destroy, self.signals, self.say, pinned=pinned
         )
         nodes = tuple(Node.from_output(entry) for entry in outputs[NODES])
-        return Cluster(name=cdir.name, nodes=nodes, identity_file=cdir.identity_file)
+        cluster = Cluster(name=cdir.name, nodes=nodes, identity_file=cdir.identity_file)
+        remember = getattr(self._power(), "remember", None) if self.power else None
+        if remember is not None:  # the VMs' ids / names, so a same-named cluster is never mistaken for this one
+            made = dataclasses.replace(record, cluster=cluster)
+            remember(made)
+            record.provider_state = made.provider_state  # saved by the caller
+        return cluster
+
+    def _power(self) -> Any:
+        return importlib.import_module(f"cloudtrain.provisioner.{self.power}")
+
+    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
+        return self._power().observed_stop(record) if self.power else super().observed_stop(cdir, record)
+
+    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
+        return self._power().start(record) if self.power else super().start(cdir, record)
 
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
         if not record.provider_state.get("stack"):
@@ -199,25 +217,7 @@ class AwsProvisioner(CloudProvisioner):
     signals: ClassVar[failover.Signals] = cloud_errors.AWS
     can_stop: ClassVar[bool] = True
     default_autostop_s: ClassVar[int | None] = 3600
-
-    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
-        from cloudtrain.provisioner import power_aws  # boto3 loads only for AWS clusters
-
-        cluster = super().create(spec, cdir, record)
-        made = dataclasses.replace(record, cluster=cluster)
-        power_aws.remember(made)
-        record.provider_state = made.provider_state  # with its instance ids: saved by the caller
-        return cluster
-
-    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
-        from cloudtrain.provisioner import power_aws
-
-        return power_aws.observed_stop(record)
-
-    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
-        from cloudtrain.provisioner import power_aws
-
-        return power_aws.start(record)
+    power: ClassVar[str | None] = "power_aws"
 
 
 class GcpProvisioner(CloudProvisioner):
@@ -225,25 +225,7 @@ class GcpProvisioner(CloudProvisioner):
     signals: ClassVar[failover.Signals] = cloud_errors.GCP
     can_stop: ClassVar[bool] = True
     default_autostop_s: ClassVar[int | None] = 3600
-
-    def create(self, spec: ClusterSpec, cdir: ClusterDir, record: ClusterRecord) -> Cluster:
-        from cloudtrain.provisioner import power_gcp  # google.auth loads only for GCP clusters
-
-        cluster = super().create(spec, cdir, record)
-        made = dataclasses.replace(record, cluster=cluster)
-        power_gcp.remember(made)
-        record.provider_state = made.provider_state  # with its VM names: saved by the caller
-        return cluster
-
-    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
-        from cloudtrain.provisioner import power_gcp
-
-        return power_gcp.observed_stop(record)
-
-    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
-        from cloudtrain.provisioner import power_gcp
-
-        return power_gcp.start(record)
+    power: ClassVar[str | None] = "power_gcp"
 
 
 class AzureProvisioner(CloudProvisioner):
@@ -252,13 +234,4 @@ class AzureProvisioner(CloudProvisioner):
     node_stop: ClassVar[str] = "azure-deallocate"  # an OS shutdown alone leaves the VM allocated, billing
     can_stop: ClassVar[bool] = True
     default_autostop_s: ClassVar[int | None] = 3600
-
-    def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
-        from cloudtrain.provisioner import power_azure
-
-        return power_azure.observed_stop(record)
-
-    def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
-        from cloudtrain.provisioner import power_azure
-
-        return power_azure.start(record)
+    power: ClassVar[str | None] = "power_azure"

@@ -10,6 +10,13 @@ The fake answers GETs with bodies shaped like ARM's own responses, as the REST r
   Virtual Machine Images - List
                           https://learn.microsoft.com/en-us/rest/api/compute/virtual-machine-images/list
                           (a JSON array of {location, name, id})
+  Permissions          GET /subscriptions/{id}/providers/Microsoft.Authorization/permissions
+                          (value[]: {actions, notActions, dataActions, notDataActions}, nextLink),
+                          as Microsoft documents the call and its answer ("Use Resource Manager
+                          authentication API to access subscriptions", MicrosoftDocs/azure-docs
+                          articles/azure-resource-manager/resource-manager-api-authentication.md:
+                          {"value":[{"actions":["*"],"notActions":["Microsoft.Authorization/*/Write",
+                          "Microsoft.Authorization/*/Delete"]},{"actions":["*/read"],"notActions":[]}]})
 and ARM's error body {"error": {"code", "message"}} (404 NotFound for an image that is not
 published). The token comes from a stand-in `az` on PATH, a real process, printing what
 `az account get-access-token` prints. Nothing is created anywhere: pre-flight only reads.
@@ -121,9 +128,23 @@ def usages_path(loc: str) -> str:
     return f"/subscriptions/{SUB}/providers/Microsoft.Compute/locations/{loc}/usages"
 
 
-def ready(c, *, family=(0, 100), cores=(0, 100), low=(0, 100), restrictions=None) -> FakeArm:
+def permissions_path() -> str:
+    return f"/subscriptions/{SUB}/providers/Microsoft.Authorization/permissions"
+
+
+def grant(actions: list[str], not_actions: list[str] | None = None) -> dict:
+    return {"actions": actions, "notActions": not_actions or [], "dataActions": [], "notDataActions": []}
+
+
+OWNER = grant(["*"])
+# The documented example answer: Contributor (everything but Microsoft.Authorization writes) and Reader.
+CONTRIBUTOR_AND_READER = [grant(["*"], ["Microsoft.Authorization/*/Write", "Microsoft.Authorization/*/Delete"]), grant(["*/read"])]
+
+
+def ready(c, *, family=(0, 100), cores=(0, 100), low=(0, 100), restrictions=None, permissions=(OWNER,)) -> FakeArm:
     fake = FakeArm()
     loc = c.region
+    fake.put(permissions_path(), {"value": list(permissions)})
     fake.put(skus_path(loc), {"value": [other_sku(loc), sku(c.offer.instance_type, "standardNCASv3_T4Family", loc, c.offer.vcpus, restrictions)]})
     fake.put(usages_path(loc), {"value": [
         usage("availabilitySets", "Availability Sets", 0, 2500),
@@ -144,7 +165,7 @@ def test_everything_in_place_passes_and_names_the_subscription():
     spec, c = choose("t4")
     fake = ready(c)
     assert azure.check(spec, c, arm=fake, subscription_id=SUB) == (c, {"azure-native:subscriptionId": SUB})
-    assert "$filter=location%20eq%20%27eastus2%27" in fake.calls[0]  # only this region's SKUs
+    assert "$filter=location%20eq%20%27eastus2%27" in next(p for p in fake.calls if "/skus" in p)  # only this region's SKUs
 
 
 def test_size_absent_from_the_region_is_not_offered():
@@ -225,6 +246,53 @@ def test_arm_refusal_is_one_line():
         azure.check(spec, c, arm=fake, subscription_id=SUB)
     assert "(AuthorizationFailed)" in e.value.line() and "Reader role" in e.value.line()
     assert not isinstance(e.value, (NotOffered, QuotaExceeded))
+
+
+# --- the rights `up` needs to let each VM deallocate itself --------------------------------
+
+
+def test_contributor_alone_is_refused_before_anything_region_specific_naming_both_rights():
+    spec, c = choose("t4")
+    fake = ready(c, permissions=CONTRIBUTOR_AND_READER)
+    with pytest.raises(PreflightError) as e:
+        azure.check(spec, c, arm=fake, subscription_id=SUB)
+    line = e.value.line()
+    assert "lacks Microsoft.Authorization/roleDefinitions/write and Microsoft.Authorization/roleAssignments/write" in line
+    assert "Owner or User Access Administrator" in line and f"--scope /subscriptions/{SUB}" in line and "\n" not in line
+    assert not isinstance(e.value, (NotOffered, QuotaExceeded))  # failover must not try another region
+    assert fake.calls == [permissions_path() + "?api-version=2022-04-01"]  # asked first, and only read
+
+
+def test_rights_match_case_insensitively_with_wildcards_across_pages():
+    spec, c = choose("t4")
+
+    class Paged(FakeArm):
+        """The first page ends in a nextLink, as the permissions API's pageable answer does."""
+
+        def get(self, url: str):
+            if "permissions" in url and "$skiptoken" not in url:
+                self.calls.append(url.removeprefix(ARM))
+                return {"value": CONTRIBUTOR_AND_READER, "nextLink": f"{ARM}{permissions_path()}?api-version=2022-04-01&$skiptoken=2"}
+            return super().get(url)
+
+    fake = Paged()
+    fake.bodies.update(ready(c).bodies)
+    # User Access Administrator's kind of grant, spelled in another case, on the second page.
+    fake.put(permissions_path(), {"value": [grant(["*/read", "microsoft.authorization/*"])]})
+    assert azure.check(spec, c, arm=fake, subscription_id=SUB)[0] == c
+    assert sum("permissions" in p for p in fake.calls) == 2
+
+
+def test_one_right_missing_is_named_alone_and_not_actions_win_within_their_permission():
+    spec, c = choose("t4")
+    only_assign = [grant(["*"], ["Microsoft.Authorization/roleDefinitions/*"]), grant(["*/read"])]
+    with pytest.raises(PreflightError) as e:
+        azure.check(spec, c, arm=ready(c, permissions=only_assign), subscription_id=SUB)
+    assert "lacks Microsoft.Authorization/roleDefinitions/write on" in e.value.line()
+    assert not azure.allows([grant(["Microsoft.Compute/*"])], "Microsoft.Authorization/roleAssignments/write")
+    # A notActions entry removes an action from its own permission only, not from another one.
+    assert azure.allows([grant(["*"], ["Microsoft.Authorization/*/Write"]), grant(["Microsoft.Authorization/roleAssignments/write"])],
+                        "Microsoft.Authorization/roleAssignments/write")
 
 
 # --- the token: a stand-in `az`, a real process ----------------------------------------------

@@ -2,16 +2,18 @@
 variables, managed identity, or an `az login` session), then the live answer for this region
 from Azure Resource Manager REST: the VM size exists there and is not restricted for this
 subscription (resource SKUs), the family's and the region's vCPU quotas cover the request
-(usages; Spot VMs draw on the low-priority quota), and the marketplace image exists.
+(usages; Spot VMs draw on the low-priority quota), the marketplace image exists, and the login
+may create the role (definition and assignment) that lets each VM deallocate itself.
 
 The subscription and the token are looked up once per process; each placement attempt then
-costs three GETs.
+costs four GETs.
 """
 
 from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import urllib.error
@@ -31,6 +33,12 @@ _LOGIN_HINT = "run `az login` then `az account set --subscription ID`, or set AR
 # Where a subscription's quotas are raised (Azure portal, Quotas > Compute).
 QUOTA_PAGE = "https://portal.azure.com/#view/Microsoft_Azure_Capacity/QuotaMenuBlade/~/myQuotas"
 _tokens: dict[tuple, str] = {}
+# The program creates a custom role (deallocate only) and assigns it on each VM, so its identity
+# can deallocate itself at autostop: both need rights Contributor lacks (Owner and User Access
+# Administrator have them).
+RIGHTS = ("Microsoft.Authorization/roleDefinitions/write", "Microsoft.Authorization/roleAssignments/write")
+_RIGHTS_HINT = ("ask for the Owner or User Access Administrator role on the subscription "
+                "(`az role assignment create --assignee YOU --role 'User Access Administrator' --scope /subscriptions/{sub}`)")
 
 
 def _profile() -> dict:
@@ -213,6 +221,37 @@ def check_image(arm: Rest, sub: str, loc: str, ref: str) -> None:
         raise missing
 
 
+def _matches(pattern: str, action: str) -> bool:
+    """An RBAC action pattern: case-insensitive, `*` stands for any characters (`*`, `*/read`,
+    `Microsoft.Authorization/*/Write`)."""
+    return re.fullmatch(".*".join(map(re.escape, pattern.lower().split("*"))), action.lower()) is not None
+
+
+def allows(permissions: list[dict], action: str) -> bool:
+    """ARM's rule: allowed when one permission lists it in `actions` and not in that same
+    permission's `notActions` (the permissions API's documented reading)."""
+    return any(
+        any(_matches(a, action) for a in p.get("actions") or []) and not any(_matches(n, action) for n in p.get("notActions") or [])
+        for p in permissions
+    )
+
+
+def check_rights(arm: Rest, sub: str) -> None:
+    """Refuse before anything exists when the login cannot create the self-deallocate role."""
+    path = f"/subscriptions/{sub}/providers/Microsoft.Authorization/permissions?api-version=2022-04-01"
+    permissions: list[dict] = []
+    while path:
+        page = _get(arm, path, "read your permissions (Microsoft.Authorization/permissions)") or {}
+        permissions += page.get("value", [])
+        path = (page.get("nextLink") or "").removeprefix(ARM)
+    missing = [a for a in RIGHTS if not allows(permissions, a)]
+    if missing:
+        raise PreflightError(
+            f"your Azure login lacks {' and '.join(missing)} on subscription {sub}, which `up` needs to let each VM deallocate itself (autostop)",
+            _RIGHTS_HINT.format(sub=sub),
+        )
+
+
 def check(spec: ClusterSpec, choice: Choice, arm: Rest | None = None, subscription_id: str | None = None) -> tuple[Choice, dict[str, str]]:
     """Run every Azure check for this region; return the choice unchanged and the stack's subscription.
 
@@ -220,6 +259,7 @@ def check(spec: ClusterSpec, choice: Choice, arm: Rest | None = None, subscripti
     """
     sub = subscription_id or subscription()
     arm = arm or _rest.bearer(token(sub))
+    check_rights(arm, sub)  # the same in every region: before the region's own checks
     sku = resource_sku(arm, sub, choice)
     check_quota(arm, sub, choice, sku, spec.nodes, spec.spot)
     check_image(arm, sub, choice.region, choice.image.ref)

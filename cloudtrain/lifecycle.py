@@ -262,18 +262,22 @@ def down(store: Store, name: str | None, say: Say, force: bool = False, output: 
         prov.destroy(cdir, record)
         store.bury(cdir.name, {"provider": record.spec.provider, "created_at": record.created_at})
         cdir.remove()
-    say(Result(f"cluster {cdir.name} is down ({_cost_line(prov, record.spec, ran_s)})"))
+    say(Result(f"cluster {cdir.name} is down ({_cost_line(prov, record.spec, ran_s, time.time() - record.created_at)})"))
     return True
 
 
-def _cost_line(prov: provisioners.Provisioner, spec: ClusterSpec, ran_s: float) -> str:
-    """What the cluster cost: its machines' running time at its hourly price."""
+def _cost_line(prov: provisioners.Provisioner, spec: ClusterSpec, ran_s: float, age_s: float = 0.0) -> str:
+    """What the cluster cost: its machines' running time at its hourly price, and its disks over
+    their whole life (they bill while the machines are stopped too)."""
+    from cloudtrain.catalog.disks import cost_over
+
     try:
         price = prov.hourly_price(spec)
     except CloudtrainError:
         price = None
     cost = "price unknown" if price is None else ("free" if price == 0 else f"~${price * ran_s / 3600:.2f} at ${price:.2f}/h")
-    return f"ran {format_duration(ran_s)}, {cost}"
+    disks = cost_over(spec, age_s)
+    return f"ran {format_duration(ran_s)}, {cost}" + ("" if disks is None else f", disks ~${disks:.2f} over {format_duration(age_s)}")
 
 
 def _owes(store: Store, cdir: ClusterDir, record: ClusterRecord) -> bool:

@@ -149,6 +149,7 @@ def status(
                 # What is billing now, so a forgotten cluster shows up in plain sight.
                 "price_per_hour": price,
                 "cost_so_far": None if price is None else round(price * hours, 2),
+                "disks": _disk_cost(record.spec) if stop and not stop.get("terminated") else None,  # what still bills
             }
         )
     mark_silent_nodes(clusters)  # a quick SSH-banner probe of each ready cluster's nodes
@@ -186,6 +187,8 @@ def status(
             print("  its OS is shut down but the VM is still allocated, and billed: `cloudtrain down` (or deallocate it in the portal); the watchdog's selfstop.json on the node says why it could not deallocate")
         elif c["stopped"]:
             print(f"  stopped by its watchdog: the machines no longer bill, their disks do{'' if c['price_per_hour'] else ' (nothing, on local)'}; `cloudtrain up` with the same options starts it, `cloudtrain down` brings owed outputs home and destroys it")
+        if c["disks"]:
+            print(f"  {c['disks']['line']}")
         if silent := silent_line(c):
             print(silent)
     if job_rows:
@@ -209,6 +212,13 @@ def _hourly_price(spec: ClusterSpec) -> float | None:
         return provisioners.get(spec.provider).hourly_price(spec)
     except CloudtrainError:  # e.g. a catalog row that changed since the cluster was made
         return None
+
+
+def _disk_cost(spec: ClusterSpec) -> dict | None:
+    from cloudtrain.catalog.disks import stopped_cost  # here: a `status` with nothing stopped loads no catalog
+
+    cost = stopped_cost(spec)
+    return cost.to_dict() | {"line": cost.line()} if cost else None
 
 
 def _ssh_args(cdir: ClusterDir, node_name: Optional[str]) -> tuple[list[str], str]:

@@ -283,6 +283,25 @@ def test_rights_match_case_insensitively_with_wildcards_across_pages():
     assert sum("permissions" in p for p in fake.calls) == 2
 
 
+def test_an_api_version_arm_refuses_at_subscription_scope_falls_back_to_the_documented_one():
+    spec, c = choose("t4")
+
+    class OldVersionOnly(FakeArm):
+        def get(self, url: str):
+            if "permissions" in url and "2022-04-01" in url:
+                self.calls.append(url.removeprefix(ARM))
+                raise error_from_body(400, json.dumps({"error": {"code": "InvalidApiVersionParameter", "message": "The api-version '2022-04-01' is invalid."}}).encode())
+            return super().get(url)
+
+    fake = OldVersionOnly()
+    fake.bodies.update(ready(c, permissions=CONTRIBUTOR_AND_READER).bodies)
+    with pytest.raises(PreflightError, match="lacks Microsoft.Authorization/roleDefinitions/write"):
+        azure.check(spec, c, arm=fake, subscription_id=SUB)
+    assert [p.split("api-version=")[1] for p in fake.calls] == ["2022-04-01", "2015-07-01"]
+    fake.put(permissions_path(), {"value": [OWNER]})
+    assert azure.check(spec, c, arm=fake, subscription_id=SUB)[0] == c
+
+
 def test_one_right_missing_is_named_alone_and_not_actions_win_within_their_permission():
     spec, c = choose("t4")
     only_assign = [grant(["*"], ["Microsoft.Authorization/roleDefinitions/*"]), grant(["*/read"])]

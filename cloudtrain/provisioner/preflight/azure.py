@@ -236,14 +236,27 @@ def allows(permissions: list[dict], action: str) -> bool:
     )
 
 
-def check_rights(arm: Rest, sub: str) -> None:
-    """Refuse before anything exists when the login cannot create the self-deallocate role."""
-    path = f"/subscriptions/{sub}/providers/Microsoft.Authorization/permissions?api-version=2022-04-01"
+def _permissions(arm: Rest, sub: str, version: str) -> list[dict]:
+    path = f"/subscriptions/{sub}/providers/Microsoft.Authorization/permissions?api-version={version}"
     permissions: list[dict] = []
     while path:
         page = _get(arm, path, "read your permissions (Microsoft.Authorization/permissions)") or {}
         permissions += page.get("value", [])
         path = (page.get("nextLink") or "").removeprefix(ARM)
+    return permissions
+
+
+def check_rights(arm: Rest, sub: str) -> None:
+    """Refuse before anything exists when the login cannot create the self-deallocate role."""
+    try:
+        permissions = _permissions(arm, sub, "2022-04-01")
+    except PreflightError as e:
+        # The 2022-04-01 specification lists this call at resource-group and resource scope only;
+        # Microsoft documents it at subscription scope with 2015-07-01 ("Use Resource Manager
+        # authentication API to access subscriptions"). A version ARM refuses is no verdict.
+        if not (isinstance(e.__cause__, ApiError) and e.__cause__.status in (400, 404)):
+            raise
+        permissions = _permissions(arm, sub, "2015-07-01")
     missing = [a for a in RIGHTS if not allows(permissions, a)]
     if missing:
         raise PreflightError(

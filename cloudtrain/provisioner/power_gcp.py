@@ -96,6 +96,20 @@ def observed_stop(record: ClusterRecord, http: Transport | None = None, project:
     return None
 
 
+def gone(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> list[int] | None:
+    """`launch --recover`: the nodes whose VM was deleted (a preempted spot VM: termination
+    action DELETE); None when GCP cannot be asked. A TERMINATED VM is not counted: a guest
+    shutdown (the watchdog) ends there too; its preemption notice says the rest (replace.py)."""
+    if record.cluster is None:
+        return None
+    try:
+        rest, project = _client(http, project)
+        found = instances(record, rest, project, api)
+    except Exception:  # noqa: BLE001 - google.auth, transport and API errors alike: unknown
+        return None
+    return [n for n, inst in enumerate(found) if inst is None]
+
+
 def start(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> list[str]:
     """Start the stopped VMs, wait until they run, and point the record at their new external
     addresses (same VMs, disks and host keys). One line per VM started."""

@@ -224,3 +224,32 @@ def test_recovery_takes_a_terminated_spot_node_for_a_preemption_not_a_watchdog_s
     (tmp_path / "out").mkdir()
     (tmp_path / "out" / recovery.PREEMPTED).write_text(json.dumps({"time": "2026-12-01T18:00:00Z", "cloud": "aws", "notice": "terminate"}))
     assert loop._lost(None, job) == [0, 1]  # type: ignore[arg-type]
+
+
+def test_gcp_counts_a_deleted_spot_vm_and_not_a_stopped_one() -> None:
+    from test_power_gcp import API, PROJECT, FakeCompute, _record as gcp_record
+
+    from cloudtrain.provisioner import power_gcp
+
+    fake = FakeCompute()
+    record = gcp_record(fake, spot=True)
+    fake.stop("ct-test-0-a1b2c3d")  # a guest shutdown (its watchdog) ends TERMINATED too
+    assert power_gcp.gone(record, fake, PROJECT, API) == []
+    del fake.vms["ct-test-1-a1b2c3d"]  # preempted: instanceTerminationAction DELETE
+    assert power_gcp.gone(record, fake, PROJECT, API) == [1]
+    assert power_gcp.gone(record, object(), PROJECT, API) is None  # cannot be asked: unknown
+
+
+def test_azure_counts_a_vm_its_group_no_longer_holds() -> None:
+    from test_power_azure import ARM, SUB, FakeArm, _record as azure_record
+
+    from cloudtrain.provisioner import power_azure
+
+    arm = FakeArm()
+    arm.add("ct-test-rgaaaa", "ct-test", ["20.1.0.0", "20.1.0.1"], power="deallocated")  # autostop: not gone
+    arm.add("ct-test-rgbbbb", "ct-test", ["20.9.0.0", "20.9.0.1"])  # same name, another home
+    assert power_azure.gone(azure_record(), arm, SUB, ARM) == []
+    del arm.groups["ct-test-rgaaaa"]["vms"]["ct-test-0-aaaa"]  # evicted: eviction policy Delete
+    assert power_azure.gone(azure_record(), arm, SUB, ARM) == [0]
+    del arm.groups["ct-test-rgaaaa"]
+    assert power_azure.gone(azure_record(), arm, SUB, ARM) is None

@@ -31,7 +31,8 @@ from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.jobs.shipment import Shipment
 from cloudtrain.provisioner import hostkey_rotation
 from cloudtrain.spec import ClusterSpec
-from cloudtrain.state import ClusterDir, Store
+from cloudtrain.machine import Node
+from cloudtrain.state import ClusterDir, ClusterRecord, Store
 
 Say = Callable[[str], None]
 PREEMPTED = "preempted.json"  # the watchdog's preemption notice in the job's folder (bootstrap/node/)
@@ -78,6 +79,24 @@ def _patience() -> float:
         return float(raw) if raw else PATIENCE_S
     except ValueError:
         return PATIENCE_S
+
+
+def renew(prov: provisioners.Provisioner, cdir: ClusterDir, crecord: ClusterRecord, old_nodes: tuple[Node, ...], say: Say) -> list[int]:
+    """The nodes `replace_nodes` made new (a cloud that moved the cluster to another zone made
+    every node new) pinned, rotated and bootstrapped as `up` does; the others left as they are."""
+    from cloudtrain import lifecycle  # lifecycle imports the jobs layer too: loaded when needed
+
+    assert crecord.cluster is not None
+    new = [i for i, n in enumerate(crecord.cluster.nodes) if i >= len(old_nodes) or n != old_nodes[i]]
+    if prov.rotates_host_keys:
+        nodes = list(crecord.cluster.nodes)
+        for i in new:
+            nodes[i] = hostkey_rotation.rotate_node(nodes[i], crecord.cluster.identity_file, prov.sshd_config(crecord, nodes[i]))
+        crecord.cluster = dataclasses.replace(crecord.cluster, nodes=tuple(nodes))
+        cdir.save(crecord)
+    say(f"bootstrapping the new node(s) of cluster {crecord.spec.name}: {', '.join(crecord.cluster.nodes[i].name for i in new)}")
+    lifecycle.run_bootstrap(dataclasses.replace(crecord.cluster, nodes=tuple(crecord.cluster.nodes[i] for i in new)), crecord.spec, cdir)
+    return new
 
 
 class Recovering:
@@ -208,25 +227,13 @@ class Recovering:
 
     def _replace(self, record: JobRecord, lost: list[int], event: dict) -> JobRunner:
         """New machines for the lost nodes, bootstrapped; the job stopped on the others."""
-        from cloudtrain import lifecycle  # lifecycle imports the jobs layer too: loaded when needed
-
         crecord = self.cdir.load()
         prov = provisioners.get(crecord.spec.provider)
         old_nodes = crecord.cluster.nodes if crecord.cluster else ()
         for line in prov.replace_nodes(self.cdir, crecord, lost):
             self.say(line)
+        new = renew(prov, self.cdir, crecord, old_nodes, self.say)
         assert crecord.cluster is not None
-        # The new nodes only (a cloud that moved the cluster to another zone made every node
-        # new): pinned, rotated and bootstrapped as `up` does; the others are left as they are.
-        new = [i for i, n in enumerate(crecord.cluster.nodes) if i >= len(old_nodes) or n != old_nodes[i]]
-        if prov.rotates_host_keys:
-            nodes = list(crecord.cluster.nodes)
-            for i in new:
-                nodes[i] = hostkey_rotation.rotate_node(nodes[i], crecord.cluster.identity_file, prov.sshd_config(crecord, nodes[i]))
-            crecord.cluster = dataclasses.replace(crecord.cluster, nodes=tuple(nodes))
-            self.cdir.save(crecord)
-        self.say(f"bootstrapping the new node(s) of cluster {crecord.spec.name}: {', '.join(crecord.cluster.nodes[i].name for i in new)}")
-        lifecycle.run_bootstrap(dataclasses.replace(crecord.cluster, nodes=tuple(crecord.cluster.nodes[i] for i in new)), crecord.spec, self.cdir)
         autostop.install(crecord.cluster, crecord, self.cdir, prov, self.say)
         event["recovered"] = True
         runner = JobRunner(self.store, self.cdir, crecord.cluster, say=self.say)

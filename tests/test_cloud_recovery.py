@@ -253,3 +253,41 @@ def test_azure_counts_a_vm_its_group_no_longer_holds() -> None:
     assert power_azure.gone(azure_record(), arm, SUB, ARM) == [0]
     del arm.groups["ct-test-rgaaaa"]
     assert power_azure.gone(azure_record(), arm, SUB, ARM) is None
+
+
+# --- the new node, pinned and rotated as after `up`, the others left alone (real sshd) ------
+
+
+def test_only_the_new_node_gets_its_first_boot_key_replaced_and_is_bootstrapped(home: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """Local nodes whose first-boot key counts as exposed (as test_hostkey_rotation.py does):
+    the very rotation a cloud node gets, over real SSH, after a real replacement of node 1."""
+    from test_hostkey_rotation import RotatingLocal, _node_key_on_disk
+
+    from cloudtrain import lifecycle
+    from cloudtrain import provisioner as provisioners
+    from cloudtrain.provisioner.local_processes import stop_node_processes
+    from cloudtrain.remote import SshRemote
+    from cloudtrain.spec import FrameworkSpec
+
+    prov = RotatingLocal()
+    monkeypatch.setattr(provisioners, "get", lambda name: prov)
+    store = Store()
+    record = lifecycle.up(store, ClusterSpec(name="rot", provider="local", nodes=2, framework=FrameworkSpec("none")), lambda line: None)
+    cdir = store.cluster_dir("rot")
+    try:
+        before = record.cluster.nodes
+        node_dir = Path(record.provider_state["node_dirs"][1])
+        stop_node_processes(node_dir / "root")  # the local stand-in for a preemption
+        RotatingLocal._stop_pidfile(node_dir / "sshd.pid")
+        prov.replace_nodes(cdir, record, [1])
+        first_boot = record.cluster.nodes[1].host_key
+        said: list[str] = []
+        assert recovery.renew(prov, cdir, record, before, said.append) == [1]
+        saved = cdir.load().cluster.nodes
+        assert saved[0] == before[0]  # the survivor's pin: what `up` rotated it to, untouched
+        assert saved[1].host_key != first_boot and saved[1].host_key == _node_key_on_disk(record, 1)
+        assert said == ["bootstrapping the new node(s) of cluster rot: rot-1"]
+        with SshRemote(saved[1], record.cluster.identity_file) as remote:
+            assert remote.run("true").ok
+    finally:
+        lifecycle.down(store, "rot", lambda line: None, force=True)

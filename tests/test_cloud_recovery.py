@@ -291,3 +291,38 @@ def test_only_the_new_node_gets_its_first_boot_key_replaced_and_is_bootstrapped(
             assert remote.run("true").ok
     finally:
         lifecycle.down(store, "rot", lambda line: None, force=True)
+
+
+def test_the_stacks_refresh_never_creates_a_stack_and_its_failures_are_one_line(home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """ClusterStack.refresh at the pulumi.automation boundary (test_stack.py's recorder)."""
+    import pulumi.automation as auto
+    from test_stack import FakeEngine, FakeStack, _result
+
+    from cloudtrain.provisioner.stack import ClusterStack
+
+    engine = FakeEngine()
+    monkeypatch.setattr(auto, "create_or_select_stack", engine.create_or_select_stack)
+    monkeypatch.setattr(auto, "select_stack", engine.select_stack)
+
+    def refresh(self, **kw) -> None:
+        engine.calls.append(("refresh", self.name))
+        if engine.fail:
+            raise engine.fail
+
+    monkeypatch.setattr(FakeStack, "refresh", refresh, raising=False)
+    st = ClusterStack("c1", tmp_path / "w")
+    with pytest.raises(ProvisionError, match="stack is gone"):
+        st.refresh()
+    assert engine.stacks == set()  # no stack made for it
+    st.up({})
+    st.refresh()
+    assert engine.calls[-1] == ("refresh", "c1") and engine.opened[-1]["create"] is False
+    engine.fail = auto.CommandError(_result("error: reading EC2 Instance (i-0abc): UnauthorizedOperation\n"))
+    with pytest.raises(ProvisionError) as err:
+        st.refresh()
+    line = err.value.line()
+    assert line.startswith("pulumi refresh failed:") and "UnauthorizedOperation" in line and "cloudtrain down --cluster c1" in line and "\n" not in line
+    assert isinstance(err.value.__cause__, auto.CommandError)
+    engine.fail = auto.ConcurrentUpdateError(_result("error: the stack is currently locked by 1 lock(s)"))
+    with pytest.raises(ProvisionError, match="locked"):
+        st.refresh()

@@ -81,6 +81,22 @@ def _patience() -> float:
         return PATIENCE_S
 
 
+def attempt_price(prov: provisioners.Provisioner, spec: ClusterSpec) -> tuple[float | None, str]:
+    """The cluster's $/h while an attempt ran, and on what basis: a spot cluster's at the
+    catalog's spot price where it has one (a third to a tenth of on demand), else on demand."""
+    from cloudtrain import catalog
+
+    try:
+        if spec.spot and prov.bills:
+            choice = catalog.choose(spec)
+            per_node = choice.offer.price_in(choice.region, spot=True)
+            if per_node is not None:
+                return per_node * spec.nodes, "spot"
+        return prov.hourly_price(spec), "on-demand"
+    except CloudtrainError:
+        return None, "unknown"
+
+
 def renew(prov: provisioners.Provisioner, cdir: ClusterDir, crecord: ClusterRecord, old_nodes: tuple[Node, ...], say: Say) -> list[int]:
     """The nodes `replace_nodes` made new (a cloud that moved the cluster to another zone made
     every node new) pinned, rotated and bootstrapped as `up` does; the others left as they are."""
@@ -192,10 +208,7 @@ class Recovering:
         assert crecord.cluster is not None
         names = [crecord.cluster.nodes[i].name for i in lost]
         now = time.time()
-        try:
-            price = provisioners.get(crecord.spec.provider).hourly_price(crecord.spec)
-        except CloudtrainError:
-            price = None
+        price, basis = attempt_price(provisioners.get(crecord.spec.provider), crecord.spec)
         kept = checkpoints.complete_files(checkpoints.local_dir(record.output))
         event = {
             "at": now,
@@ -204,6 +217,7 @@ class Recovering:
             "attempt_s": round(now - attempt_started, 1),
             # What the lost attempt cost: the cluster's $/h over the time it ran.
             "attempt_cost": None if price is None else round(price * (now - attempt_started) / 3600, 4),
+            "price_basis": basis,
             "checkpoint_files": len(kept),
         }
         record.extra["recovery"]["preemptions"].append(event)

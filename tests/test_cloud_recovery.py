@@ -326,3 +326,14 @@ def test_the_stacks_refresh_never_creates_a_stack_and_its_failures_are_one_line(
     engine.fail = auto.ConcurrentUpdateError(_result("error: the stack is currently locked by 1 lock(s)"))
     with pytest.raises(ProvisionError, match="locked"):
         st.refresh()
+
+
+def test_a_spot_attempts_cost_is_at_the_spot_price_not_on_demand() -> None:
+    from cloudtrain import catalog
+
+    spec = ClusterSpec(name="c1", provider="aws", gpu="t4", nodes=2, spot=True, region=REGION)
+    prov = cloud.AwsProvisioner(on_output=None)
+    price, basis = recovery.attempt_price(prov, spec)
+    spot = catalog.choose(spec).offer.price_in(REGION, spot=True)
+    assert basis == "spot" and price == pytest.approx(2 * spot) and price < prov.hourly_price(spec)
+    assert recovery.attempt_price(prov, ClusterSpec(name="c1", provider="aws", gpu="t4", nodes=2, region=REGION)) == (prov.hourly_price(spec), "on-demand")

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import json
 import types
+from urllib.parse import parse_qs
 from pathlib import Path
 from typing import Any
 
@@ -226,17 +227,33 @@ def test_recovery_takes_a_terminated_spot_node_for_a_preemption_not_a_watchdog_s
     assert loop._lost(None, job) == [0, 1]  # type: ignore[arg-type]
 
 
-def test_gcp_counts_a_deleted_spot_vm_and_not_a_stopped_one() -> None:
-    from test_power_gcp import API, PROJECT, FakeCompute, _record as gcp_record
+def test_gcp_counts_a_deleted_or_preempted_spot_vm_and_not_one_its_watchdog_stopped() -> None:
+    from test_power_gcp import API, PROJECT, ZONE, FakeCompute, _reply, _record as gcp_record
 
     from cloudtrain.provisioner import power_gcp
 
-    fake = FakeCompute()
+    class WithOperations(FakeCompute):
+        """Zone operations too (compute/v1 zoneOperations.list, filtered by operationType)."""
+
+        preempted: list[str] = []
+
+        def get(self, url: str):
+            path, _, query = url.partition("?")
+            if path != f"{API}/projects/{PROJECT}/zones/{ZONE}/operations":
+                return super().get(url)
+            assert parse_qs(query)["filter"] == ['operationType="compute.instances.preempted"']
+            items = [{"kind": "compute#operation", "operationType": "compute.instances.preempted", "status": "DONE",
+                      "targetLink": f"{API}/projects/{PROJECT}/zones/{ZONE}/instances/{n}"} for n in self.preempted]
+            return _reply({"kind": "compute#operationList", **({"items": items} if items else {})})
+
+    fake = WithOperations()
     record = gcp_record(fake, spot=True)
     fake.stop("ct-test-0-a1b2c3d")  # a guest shutdown (its watchdog) ends TERMINATED too
     assert power_gcp.gone(record, fake, PROJECT, API) == []
+    fake.preempted = ["ct-test-0-a1b2c3d"]  # ... and so does a preemption, which leaves this operation
+    assert power_gcp.gone(record, fake, PROJECT, API) == [0]
     del fake.vms["ct-test-1-a1b2c3d"]  # preempted: instanceTerminationAction DELETE
-    assert power_gcp.gone(record, fake, PROJECT, API) == [1]
+    assert power_gcp.gone(record, fake, PROJECT, API) == [0, 1]
     assert power_gcp.gone(record, object(), PROJECT, API) is None  # cannot be asked: unknown
 
 

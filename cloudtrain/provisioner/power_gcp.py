@@ -98,8 +98,9 @@ def observed_stop(record: ClusterRecord, http: Transport | None = None, project:
 
 def gone(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> list[int] | None:
     """`launch --recover`: the nodes whose VM was deleted (a preempted spot VM: termination
-    action DELETE); None when GCP cannot be asked. A TERMINATED VM is not counted: a guest
-    shutdown (the watchdog) ends there too; its preemption notice says the rest (replace.py)."""
+    action DELETE) or is stopped by a preemption (the zone's `compute.instances.preempted`
+    operation names it: a guest shutdown, the watchdog's, ends TERMINATED too); None when GCP
+    cannot be asked."""
     if record.cluster is None:
         return None
     try:
@@ -107,7 +108,15 @@ def gone(record: ClusterRecord, http: Transport | None = None, project: str | No
         found = instances(record, rest, project, api)
     except Exception:  # noqa: BLE001 - google.auth, transport and API errors alike: unknown
         return None
-    return [n for n, inst in enumerate(found) if inst is None]
+    out = [n for n, inst in enumerate(found) if inst is None]
+    if any(inst is not None and inst["status"] in _STOPPED for inst in found):
+        url = with_query(f"{api}/projects/{project}/zones/{record.spec.zone}/operations", filter='operationType="compute.instances.preempted"')
+        try:
+            hit = {str(op.get("targetLink", "")).rsplit("/", 1)[-1] for page in rest.pages(url) for op in page.get("items", [])}
+        except Exception:  # noqa: BLE001 - unknown for the stopped ones; the deleted ones stand
+            hit = set()
+        out += [n for n, inst in enumerate(found) if inst is not None and inst["status"] in _STOPPED and inst["name"] in hit]
+    return sorted(out)
 
 
 def start(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> list[str]:

@@ -173,10 +173,8 @@ class Recovering:
     def _lost(self, runner: JobRunner, job: JobRecord) -> list[int]:
         record = self.cdir.load()
         prov = provisioners.get(record.spec.provider)
-        stop = prov.observed_stop(self.cdir, record)
-        if stop and not stop.get("terminated"):
-            return []  # its own watchdog stopped it (`launch` says so): not a preemption
-        # A terminated one may be either: the provisioner tells a preemption from a self-stop.
+        # Not observed_stop: a terminated spot node or a stopped GCP VM may be either a
+        # preemption or the node's own watchdog (`launch` says so); lost_nodes tells them apart.
         return prov.lost_nodes(self.cdir, record, marked=self._marked(runner, job))
 
     def _marked(self, runner: JobRunner, job: JobRecord) -> list[int]:

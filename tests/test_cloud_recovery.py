@@ -252,8 +252,9 @@ def test_gcp_counts_a_deleted_or_preempted_spot_vm_and_not_one_its_watchdog_stop
     assert power_gcp.gone(record, fake, PROJECT, API) == []
     fake.preempted = ["ct-test-0-a1b2c3d"]  # ... and so does a preemption, which leaves this operation
     assert power_gcp.gone(record, fake, PROJECT, API) == [0]
+    assert power_gcp.absent(record, fake, PROJECT, API) == []  # still in the state at a refresh: waited for
     del fake.vms["ct-test-1-a1b2c3d"]  # preempted: instanceTerminationAction DELETE
-    assert power_gcp.gone(record, fake, PROJECT, API) == [0, 1]
+    assert power_gcp.gone(record, fake, PROJECT, API) == [0, 1] and power_gcp.absent(record, fake, PROJECT, API) == [1]
     assert power_gcp.gone(record, object(), PROJECT, API) is None  # cannot be asked: unknown
 
 
@@ -354,3 +355,21 @@ def test_a_spot_attempts_cost_is_at_the_spot_price_not_on_demand() -> None:
     spot = catalog.choose(spec).offer.price_in(REGION, spot=True)
     assert basis == "spot" and price == pytest.approx(2 * spot) and price < prov.hourly_price(spec)
     assert recovery.attempt_price(prov, ClusterSpec(name="c1", provider="aws", gpu="t4", nodes=2, region=REGION)) == (prov.hourly_price(spec), "on-demand")
+
+
+def test_a_node_named_by_its_notice_is_refreshed_only_once_the_cloud_has_deleted_it(home, ec2, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A refresh while the VM still runs would keep it in the state and `up` would make nothing."""
+    import time
+
+    from cloudtrain.provisioner import replace
+
+    record, ids = _ec2_cluster(ec2)
+    polls: list[float] = []
+
+    def sleep(seconds: float) -> None:  # the cloud deletes it while cloudtrain waits
+        polls.append(seconds)
+        ec2.terminate_instances(InstanceIds=[ids[1]])
+
+    monkeypatch.setattr(replace, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
+    replace._wait_gone(cloud.AwsProvisioner(on_output=None), record, [1])
+    assert polls == [replace.GONE_POLL_S] and power_aws.gone(record) == [1]

@@ -59,10 +59,19 @@ def lost(prov: "CloudProvisioner", record: ClusterRecord, marked: list[int]) -> 
     return sorted(set(gone(prov, record) or []) | set(marked))
 
 
+def _absent(prov: "CloudProvisioner", record: ClusterRecord) -> list[int] | None:
+    """The nodes whose VM no longer exists (what a refresh drops): `gone` where a gone VM is
+    deleted at once, the power module's `absent` where it lingers stopped first (GCP)."""
+    if prov.power is None:
+        return None
+    power = prov._power()
+    return getattr(power, "absent", power.gone)(record)
+
+
 def _wait_gone(prov: "CloudProvisioner", record: ClusterRecord, indexes: list[int]) -> None:
     deadline = time.monotonic() + GONE_WAIT_S
     while True:
-        said = gone(prov, record)
+        said = _absent(prov, record)
         if said is None or set(indexes) <= set(said) or time.monotonic() > deadline:
             return  # unknown, or gone, or past the bound: the refresh and `up` say the rest
         time.sleep(GONE_POLL_S)

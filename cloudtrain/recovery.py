@@ -5,9 +5,10 @@ job with a short patience; when a node stops answering and its provisioner says 
 gone (`lost_nodes`: the local provider's stand-in for a preemption is a node whose sshd and
 processes were killed; on the clouds, a VM the cloud says is gone or a node whose watchdog left
 a preemption notice), it has the provisioner put a new machine in its place (`replace_nodes`:
-on the clouds through the cluster's stack, provisioner/replace.py), pins and bootstraps it, stops what is left of the job on the other nodes, restores
-the checkpoints that came home (jobs/checkpoints.py) onto every node and starts the same job
-again with CLOUDTRAIN_RESTART_COUNT set. After `max_restarts` recoveries it stops. Each
+on the clouds through the cluster's stack, provisioner/replace.py), pins and bootstraps it
+(`renew`), stops what is left of the job on the other nodes, restores the checkpoints that
+came home (jobs/checkpoints.py) onto every node and starts the same job again with
+CLOUDTRAIN_RESTART_COUNT set. After `max_restarts` recoveries it stops. Each
 preemption and recovery is recorded on the job (`extra["recovery"]`: run.json, `status`).
 """
 
@@ -30,8 +31,8 @@ from cloudtrain.jobs.record import JobRecord
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.jobs.shipment import Shipment
 from cloudtrain.provisioner import hostkey_rotation
-from cloudtrain.spec import ClusterSpec
 from cloudtrain.machine import Node
+from cloudtrain.spec import ClusterSpec
 from cloudtrain.state import ClusterDir, ClusterRecord, Store
 
 Say = Callable[[str], None]

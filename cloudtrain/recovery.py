@@ -3,19 +3,23 @@
 The loop runs where `launch` runs (no controller VM bills around the clock): it follows the
 job with a short patience; when a node stops answering and its provisioner says the node is
 gone (`lost_nodes`: the local provider's stand-in for a preemption is a node whose sshd and
-processes were killed), it has the provisioner put a new machine in its place
-(`replace_nodes`), bootstraps it, stops what is left of the job on the other nodes, restores
-the checkpoints that came home (jobs/checkpoints.py) onto every node and starts the same job
-again with CLOUDTRAIN_RESTART_COUNT set. After `max_restarts` recoveries it stops. Each
+processes were killed; on the clouds, a VM the cloud says is gone or a node whose watchdog left
+a preemption notice), it has the provisioner put a new machine in its place (`replace_nodes`:
+on the clouds through the cluster's stack, provisioner/replace.py), pins and bootstraps it
+(`renew`), stops what is left of the job on the other nodes, restores the checkpoints that
+came home (jobs/checkpoints.py) onto every node and starts the same job again with
+CLOUDTRAIN_RESTART_COUNT set. After `max_restarts` recoveries it stops. Each
 preemption and recovery is recorded on the job (`extra["recovery"]`: run.json, `status`).
 """
 
 from __future__ import annotations
 
+import dataclasses
 import os
 import shlex
 import time
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any, Callable
 
 from cloudtrain import autostop
@@ -27,10 +31,12 @@ from cloudtrain.jobs.record import JobRecord
 from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.jobs.shipment import Shipment
 from cloudtrain.provisioner import hostkey_rotation
+from cloudtrain.machine import Node
 from cloudtrain.spec import ClusterSpec
-from cloudtrain.state import ClusterDir, Store
+from cloudtrain.state import ClusterDir, ClusterRecord, Store
 
 Say = Callable[[str], None]
+PREEMPTED = "preempted.json"  # the watchdog's preemption notice in the job's folder (bootstrap/node/)
 PATIENCE_S = 20.0  # a node silent this long is checked for being gone (CLOUDTRAIN_RECOVER_PATIENCE)
 
 
@@ -76,6 +82,40 @@ def _patience() -> float:
         return PATIENCE_S
 
 
+def attempt_price(prov: provisioners.Provisioner, spec: ClusterSpec) -> tuple[float | None, str]:
+    """The cluster's $/h while an attempt ran, and on what basis: a spot cluster's at the
+    catalog's spot price where it has one (a third to a tenth of on demand), else on demand."""
+    from cloudtrain import catalog
+
+    try:
+        if spec.spot and prov.bills:
+            choice = catalog.choose(spec)
+            per_node = choice.offer.price_in(choice.region, spot=True)
+            if per_node is not None:
+                return per_node * spec.nodes, "spot"
+        return prov.hourly_price(spec), "on-demand"
+    except CloudtrainError:
+        return None, "unknown"
+
+
+def renew(prov: provisioners.Provisioner, cdir: ClusterDir, crecord: ClusterRecord, old_nodes: tuple[Node, ...], say: Say) -> list[int]:
+    """The nodes `replace_nodes` made new (a cloud that moved the cluster to another zone made
+    every node new) pinned, rotated and bootstrapped as `up` does; the others left as they are."""
+    from cloudtrain import lifecycle  # lifecycle imports the jobs layer too: loaded when needed
+
+    assert crecord.cluster is not None
+    new = [i for i, n in enumerate(crecord.cluster.nodes) if i >= len(old_nodes) or n != old_nodes[i]]
+    if prov.rotates_host_keys:
+        nodes = list(crecord.cluster.nodes)
+        for i in new:
+            nodes[i] = hostkey_rotation.rotate_node(nodes[i], crecord.cluster.identity_file, prov.sshd_config(crecord, nodes[i]))
+        crecord.cluster = dataclasses.replace(crecord.cluster, nodes=tuple(nodes))
+        cdir.save(crecord)
+    say(f"bootstrapping the new node(s) of cluster {crecord.spec.name}: {', '.join(crecord.cluster.nodes[i].name for i in new)}")
+    lifecycle.run_bootstrap(dataclasses.replace(crecord.cluster, nodes=tuple(crecord.cluster.nodes[i] for i in new)), crecord.spec, cdir)
+    return new
+
+
 class Recovering:
     """One job under `--recover`; `record` is the job's record once it was submitted."""
 
@@ -101,7 +141,7 @@ class Recovering:
                 try:
                     return session.finish(runner, record, self.say, patience=_patience())
                 except RemoteError:
-                    lost = self._lost()
+                    lost = self._lost(runner, record)
                     if not lost:
                         raise  # not a preemption: what follow said stands
                 runner.close()
@@ -131,22 +171,43 @@ class Recovering:
         assert cluster is not None  # up returns only ready clusters
         return cluster
 
-    def _lost(self) -> list[int]:
+    def _lost(self, runner: JobRunner, job: JobRecord) -> list[int]:
         record = self.cdir.load()
         prov = provisioners.get(record.spec.provider)
-        if prov.observed_stop(self.cdir, record):
-            return []  # its own watchdog stopped it (`launch` says so): not a preemption
-        return prov.lost_nodes(self.cdir, record)
+        # Not observed_stop: a terminated spot node or a stopped GCP VM may be either a
+        # preemption or the node's own watchdog (`launch` says so); lost_nodes tells them apart.
+        return prov.lost_nodes(self.cdir, record, marked=self._marked(runner, job))
+
+    def _marked(self, runner: JobRunner, job: JobRecord) -> list[int]:
+        """The nodes whose watchdog left a preemption notice, `preempted.json` ({"time", "cloud",
+        "notice"}) in the job's folder: read on each node that still answers; one that came home
+        into the job's output folder stands for every node that no longer does."""
+        from cloudtrain.reachability import why_silent
+
+        crecord = self.cdir.load()
+        nodes = crecord.cluster.nodes if crecord.cluster else ()
+        at_home = (Path(job.output) / PREEMPTED).is_file()
+        marked = []
+        for i, node in enumerate(nodes):
+            if why_silent(node.host, node.port, 5.0) is not None:
+                if at_home:
+                    marked.append(i)
+                continue
+            try:
+                remote = runner.remote(node)
+                folder = runner.paths(remote).job(job.job_id).dir
+                if remote.run(f"test -s {shlex.quote(folder)}/{PREEMPTED}", check=False).ok:
+                    marked.append(i)
+            except RemoteError:
+                continue  # it went quiet meanwhile: the cloud's account decides
+        return marked
 
     def _preempted(self, record: JobRecord, lost: list[int], attempt_started: float, restarts: int) -> dict:
         crecord = self.cdir.load()
         assert crecord.cluster is not None
         names = [crecord.cluster.nodes[i].name for i in lost]
         now = time.time()
-        try:
-            price = provisioners.get(crecord.spec.provider).hourly_price(crecord.spec)
-        except CloudtrainError:
-            price = None
+        price, basis = attempt_price(provisioners.get(crecord.spec.provider), crecord.spec)
         kept = checkpoints.complete_files(checkpoints.local_dir(record.output))
         event = {
             "at": now,
@@ -155,6 +216,7 @@ class Recovering:
             "attempt_s": round(now - attempt_started, 1),
             # What the lost attempt cost: the cluster's $/h over the time it ran.
             "attempt_cost": None if price is None else round(price * (now - attempt_started) / 3600, 4),
+            "price_basis": basis,
             "checkpoint_files": len(kept),
         }
         record.extra["recovery"]["preemptions"].append(event)
@@ -178,21 +240,17 @@ class Recovering:
 
     def _replace(self, record: JobRecord, lost: list[int], event: dict) -> JobRunner:
         """New machines for the lost nodes, bootstrapped; the job stopped on the others."""
-        from cloudtrain import lifecycle  # lifecycle imports the jobs layer too: loaded when needed
-
         crecord = self.cdir.load()
         prov = provisioners.get(crecord.spec.provider)
         old_nodes = crecord.cluster.nodes if crecord.cluster else ()
         for line in prov.replace_nodes(self.cdir, crecord, lost):
             self.say(line)
-        hostkey_rotation.after_create(prov, self.cdir, crecord)
+        new = renew(prov, self.cdir, crecord, old_nodes, self.say)
         assert crecord.cluster is not None
-        self.say(f"bootstrapping the new node(s) of cluster {crecord.spec.name}")
-        lifecycle.run_bootstrap(crecord.cluster, crecord.spec, self.cdir)
         autostop.install(crecord.cluster, crecord, self.cdir, prov, self.say)
         event["recovered"] = True
         runner = JobRunner(self.store, self.cdir, crecord.cluster, say=self.say)
-        survivors = [i for i in range(len(old_nodes)) if i not in lost]
+        survivors = [i for i in range(len(old_nodes)) if i not in new]
         if survivors:  # the job restarts everywhere, from the same checkpoint
             remotes = [runner.remote(crecord.cluster.nodes[i]) for i in survivors]
             jobs = [runner.paths(r).job(record.job_id) for r in remotes]

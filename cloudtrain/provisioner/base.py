@@ -82,8 +82,9 @@ class Provisioner(ABC):
         """Start a stopped cluster's nodes again (same nodes, keys and host keys); one line each."""
         raise ProvisionError(f"the {self.name} provider cannot start a stopped cluster yet", "start its machines in the cloud's console")
 
-    def lost_nodes(self, cdir: ClusterDir, record: ClusterRecord) -> list[int]:
-        """Indexes of the nodes that are gone (preempted, deleted): those no SSH server answers for."""
+    def lost_nodes(self, cdir: ClusterDir, record: ClusterRecord, marked: list[int] | None = None) -> list[int]:
+        """Indexes of the nodes that are gone (preempted, deleted): those no SSH server answers for.
+        `marked`: the nodes whose watchdog left a preemption notice (recovery.py)."""
         from cloudtrain.reachability import why_silent
 
         nodes = record.cluster.nodes if record.cluster else ()

@@ -22,6 +22,7 @@ from cloudtrain import catalog, interrupts, keys
 from cloudtrain.catalog import Choice
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.provisioner import cloud_errors, failover, hostkeys, leftovers, program
+from cloudtrain.provisioner import replace as replace_vms
 from cloudtrain.provisioner.base import Provisioner
 from cloudtrain.provisioner.contract import NODES, HostKey
 from cloudtrain.provisioner.myip import public_cidr
@@ -54,6 +55,7 @@ class CloudProvisioner(Provisioner):
     supports_preview: ClassVar[bool] = True
     signals: ClassVar[failover.Signals]  # how this cloud says "no capacity here" / "over quota"
     rotates_host_keys: ClassVar[bool] = True  # the first-boot key is in user data / metadata
+    replaces_nodes: ClassVar[bool] = True  # through the cluster's stack (replace.py)
     # The watchdog (autostop.py) runs as a systemd unit and stops the VM itself, by the method
     # `node_stop` names in bootstrap/node/selfstop.py; 60 min idle by default where it can stop.
     # `can_stop` only where `observed_stop`/`start` can see and start a stopped VM again: else
@@ -162,6 +164,7 @@ class CloudProvisioner(Provisioner):
         choice, outputs = failover.walk(
             choices, lambda c: self.preflight(spec, c), up, stack.destroy, self.signals, self.say, pinned=pinned
         )
+        record.provider_state["pinned"] = pinned  # how far `launch --recover` may move it (replace.py)
         nodes = tuple(Node.from_output(entry) for entry in outputs[NODES])
         cluster = Cluster(name=cdir.name, nodes=nodes, identity_file=cdir.identity_file)
         remember = getattr(self._power(), "remember", None) if self.power else None
@@ -179,6 +182,12 @@ class CloudProvisioner(Provisioner):
 
     def start(self, cdir: ClusterDir, record: ClusterRecord) -> list[str]:
         return self._power().start(record) if self.power else super().start(cdir, record)
+
+    def lost_nodes(self, cdir: ClusterDir, record: ClusterRecord, marked: list[int] | None = None) -> list[int]:
+        return replace_vms.lost(self, record, marked or [])
+
+    def replace_nodes(self, cdir: ClusterDir, record: ClusterRecord, lost: list[int]) -> list[str]:
+        return replace_vms.replace_nodes(self, cdir, record, lost)
 
     def destroy(self, cdir: ClusterDir, record: ClusterRecord) -> None:
         if not record.provider_state.get("stack"):

@@ -166,7 +166,7 @@ class LocalProvisioner(Provisioner):
         port = self._start(sshd, node_dir, address, user)
         return Node(name=name, host=address, port=port, user=user, host_key=host_key, private_ip=address)
 
-    def lost_nodes(self, cdir: ClusterDir, record: ClusterRecord) -> list[int]:
+    def lost_nodes(self, cdir: ClusterDir, record: ClusterRecord, marked: list[int] | None = None) -> list[int]:
         """A local node is gone when its sshd is (killed with its processes: the stand-in for a
         preemption), unless its own watchdog stopped it (autostop is not a preemption)."""
         dirs = record.provider_state.get("node_dirs", [])

@@ -99,6 +99,34 @@ def observed_stop(record: ClusterRecord, session: Any | None = None) -> dict | N
     return None
 
 
+def gone(record: ClusterRecord, session: Any | None = None) -> list[int] | None:
+    """`launch --recover`: the nodes whose instance is terminated (or terminating, or no longer
+    listed) other than by its own shutdown (a spot node's watchdog terminates it); None when EC2
+    cannot be asked or the nodes cannot be told apart."""
+    if record.cluster is None:
+        return None
+    try:
+        found = _tagged(record, session)
+    except (BotoCoreError, ClientError):
+        return None
+    ids = record.provider_state.get("instance_ids")
+    if ids:
+        by_id = {i["InstanceId"]: i for i in found}
+        mine = [by_id.get(i) for i in ids]
+    else:
+        by_ip: dict[str, list[dict[str, Any]]] = {}
+        for inst in found:
+            by_ip.setdefault(inst.get("PrivateIpAddress"), []).append(inst)
+        if any(len(v) > 1 for k, v in by_ip.items() if k):
+            return None
+        mine = [by_ip[n.private_ip][0] if n.private_ip in by_ip else None for n in record.cluster.nodes]
+    return [
+        n for n, inst in enumerate(mine)
+        if inst is None
+        or (inst["State"]["Name"] in _GONE and (inst.get("StateReason") or {}).get("Code") != "Client.InstanceInitiatedShutdown")
+    ]
+
+
 def start(record: ClusterRecord, session: Any | None = None) -> list[str]:
     """Start the stopped instances, wait until they run, and point the record at their new
     public addresses (same instances, disks and host keys). One line per node started."""

@@ -70,6 +70,22 @@ def observed_stop(record: ClusterRecord, http: Transport | None = None, subscrip
     return None
 
 
+def gone(record: ClusterRecord, http: Transport | None = None, subscription_id: str | None = None, arm: str = groups.ARM) -> list[int] | None:
+    """`launch --recover`: the nodes whose VM the group no longer holds (an evicted spot VM:
+    eviction policy Delete); None when Azure cannot be asked. A VM's name is its node's name
+    and Pulumi's suffix: the longest node name it starts with is its node."""
+    if record.cluster is None:
+        return None
+    try:
+        http, sub = groups._client(http, subscription_id)
+        names = [vm["name"] for vm in _vms(http, sub, arm, _group(record, http, sub, arm))]
+    except Exception:  # noqa: BLE001 - login, network and API errors alike: unknown
+        return None
+    nodes = [n.name for n in record.cluster.nodes]
+    held = {max((n for n in nodes if vm.startswith(n)), key=len, default=None) for vm in names}
+    return [i for i, n in enumerate(nodes) if n not in held]
+
+
 def start(record: ClusterRecord, http: Transport | None = None, subscription_id: str | None = None, arm: str = groups.ARM, poll_s: float = POLL_S) -> list[str]:
     """Start the VMs that are not running and wait until all run (same VMs, disks, static
     addresses and host keys). One line per VM started."""

@@ -96,6 +96,37 @@ def observed_stop(record: ClusterRecord, http: Transport | None = None, project:
     return None
 
 
+def gone(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API, deleted_only: bool = False) -> list[int] | None:
+    """`launch --recover`: the nodes whose VM was deleted (a preempted spot VM: termination
+    action DELETE) or is stopped by a preemption (the zone's `compute.instances.preempted`
+    operation names it: a guest shutdown, the watchdog's, ends TERMINATED too); None when GCP
+    cannot be asked. `deleted_only`: what a refresh drops from the state (`absent`)."""
+    if record.cluster is None:
+        return None
+    try:
+        rest, project = _client(http, project)
+        found = instances(record, rest, project, api)
+    except Exception:  # noqa: BLE001 - google.auth, transport and API errors alike: unknown
+        return None
+    out = [n for n, inst in enumerate(found) if inst is None]
+    if deleted_only:
+        return out
+    if any(inst is not None and inst["status"] in _STOPPED for inst in found):
+        url = with_query(f"{api}/projects/{project}/zones/{record.spec.zone}/operations", filter='operationType="compute.instances.preempted"')
+        try:
+            hit = {str(op.get("targetLink", "")).rsplit("/", 1)[-1] for page in rest.pages(url) for op in page.get("items", [])}
+        except Exception:  # noqa: BLE001 - unknown for the stopped ones; the deleted ones stand
+            hit = set()
+        out += [n for n, inst in enumerate(found) if inst is not None and inst["status"] in _STOPPED and inst["name"] in hit]
+    return sorted(out)
+
+
+def absent(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> list[int] | None:
+    """The nodes whose VM no longer exists: a preempted VM stays TERMINATED until its DELETE
+    termination action has run, and a refresh before then would keep it in the state."""
+    return gone(record, http, project, api, deleted_only=True)
+
+
 def start(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> list[str]:
     """Start the stopped VMs, wait until they run, and point the record at their new external
     addresses (same VMs, disks and host keys). One line per VM started."""

@@ -173,6 +173,20 @@ class ClusterStack:
             ) from e
         return {k: v.value for k, v in result.outputs.items()}
 
+    def refresh(self) -> None:
+        """Read every resource back from the cloud: a VM the cloud deleted (a preempted spot
+        node) leaves the state, so the next `up` creates it again (`launch --recover`)."""
+        try:
+            stack = self._open(create=False)
+        except auto.StackNotFoundError as e:
+            raise ProvisionError(f"cluster {self.name}'s Pulumi stack is gone", f"`cloudtrain down --cluster {self.name}` removes what is left") from e
+        try:
+            stack.refresh(on_output=self.on_output, color="never")
+        except auto.ConcurrentUpdateError as e:
+            raise self._locked() from e
+        except auto.CommandError as e:
+            raise ProvisionError(f"pulumi refresh failed: {_reason(e)}", f"check your cloud credentials; `cloudtrain down --cluster {self.name}` removes the cluster") from e
+
     def preview(self, config: dict[str, str], secret_keys: frozenset[str] = frozenset()) -> str:
         """What `up` would do, as Pulumi prints it. Creates nothing; a stack made just for it is removed."""
         existed = self._exists()

@@ -43,6 +43,24 @@ def _matplotlib_cache(tmp_path_factory: pytest.TempPathFactory):
     patch.undo()
 
 
+_CLOUD_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
+                    "GOOGLE_APPLICATION_CREDENTIALS", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_USE_MSI")
+
+
+@pytest.fixture(autouse=True)
+def _no_cloud_credentials_carry_over() -> Iterator[None]:
+    """A test's cloud credentials end with it: a mock (moto's start/stop) undone in the wrong order
+    once left moto's fake key in the process, and every later `down` of an unknown name asked AWS."""
+    before = {k: os.environ.get(k) for k in _CLOUD_VARIABLES}
+    yield
+    for k, v in before.items():
+        if os.environ.get(k) != v:
+            if v is None:
+                os.environ.pop(k, None)
+            else:
+                os.environ[k] = v
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh CLOUDTRAIN_HOME; after the test, no sshd of it may still run."""

@@ -8,10 +8,12 @@ Stubber on a real service-quotas client, the one place moto cannot serve.
 from __future__ import annotations
 
 import json
+import os
 import socket
 import stat
 from dataclasses import replace
 from pathlib import Path
+from unittest import mock
 
 import boto3
 import pytest
@@ -119,11 +121,12 @@ def test_no_credentials_is_actionable(monkeypatch):
 
 @set_initial_no_auth_action_count(0)
 @mock_aws
-def test_invalid_credentials_are_refused(monkeypatch):
-    # With authentication on, moto rejects access keys it never issued, as AWS does.
-    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "AKIAFAKEFAKEFAKEFAKE")
-    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "not-a-real-secret")
-    with pytest.raises(PreflightError) as e:
+def test_invalid_credentials_are_refused():
+    # With authentication on, moto rejects access keys it never issued, as AWS does. The keys are
+    # set by patch.dict inside mock_aws, not by monkeypatch: monkeypatch would undo after moto and
+    # put moto's own fake key back into the process's environment for every later test.
+    keys = {"AWS_ACCESS_KEY_ID": "AKIAFAKEFAKEFAKEFAKE", "AWS_SECRET_ACCESS_KEY": "not-a-real-secret"}
+    with mock.patch.dict(os.environ, keys), pytest.raises(PreflightError) as e:
         aws.credentials(boto3.Session(region_name=REGION))
     assert "rejected the credentials (InvalidClientTokenId)" in e.value.line()
     assert e.value.__cause__ is not None

@@ -1,0 +1,173 @@
+"""Writing one file into the cluster's checkpoint bucket, run ON a cloud node by its watchdog
+(stdlib only: no SDK on the node). `store` is the cluster's `checkpoints` output
+(provisioner/contract.py: cloud, bucket, url, region); the node acts as itself, with the
+identity the Pulumi program gave it (provisioner/buckets.py), its credentials from the
+instance metadata service, never a key of the caller's.
+
+- aws: S3 PutObject (`PUT {url}/{key}`), signed with Signature Version 4 (AWS General
+  Reference, "Signature Version 4 signing process"; S3 API Reference, "Authenticating Requests:
+  Using the Authorization Header") with the instance profile's temporary credentials from IMDSv2
+  (`PUT /latest/api/token`, then `/latest/meta-data/iam/security-credentials/<role>`; EC2 User
+  Guide, "Retrieve security credentials from instance metadata"). The payload is
+  `UNSIGNED-PAYLOAD`, allowed over HTTPS, so a large file is read once, while it travels.
+- gcp: the JSON API's simple upload, `POST {url}/upload/storage/v1/b/<bucket>/o?uploadType=media&name=<key>`
+  (Cloud Storage docs, "objects: insert", "Perform a single-request upload") with the service
+  account's token from the metadata server (`.../instance/service-accounts/default/token`,
+  `Metadata-Flavor: Google`; Compute Engine docs, "Authenticate workloads using service accounts").
+- azure: Put Blob, `PUT {url}/{key}` with `x-ms-blob-type: BlockBlob` (Azure Storage REST
+  reference, "Put Blob"; Microsoft Entra tokens need x-ms-version 2017-11-09 or later,
+  "Authorize with Microsoft Entra ID") and the VM identity's token for `https://storage.azure.com/`
+  from IMDS (`/metadata/identity/oauth2/token`, `Metadata: true`).
+
+One request per file: S3 takes up to 5 GiB in one PUT, Put Blob up to 5000 MiB (version
+2019-12-12 and later), GCS up to 5 TiB; a larger checkpoint fails with the cloud's own message.
+CLOUDTRAIN_IMDS_URL (AWS and Azure) / CLOUDTRAIN_GCE_METADATA_URL point the metadata calls
+elsewhere: for tests only.
+"""
+
+import datetime
+import hashlib
+import hmac
+import json
+import os
+import time
+import urllib.parse
+import urllib.request
+
+IMDS = "http://169.254.169.254"
+GCE_METADATA = "http://metadata.google.internal"
+AZURE_TOKEN_API = "2018-02-01"
+AZURE_STORAGE_VERSION = "2021-08-06"
+TIMEOUT_S = 20
+UPLOAD_TIMEOUT_S = 600
+
+
+def _metadata_opener():
+    # Metadata endpoints must never go through a proxy (Azure IMDS docs; AWS and GCP alike).
+    return urllib.request.build_opener(urllib.request.ProxyHandler({}))
+
+
+def imds_url():
+    return os.environ.get("CLOUDTRAIN_IMDS_URL", IMDS)
+
+
+def gce_url():
+    return os.environ.get("CLOUDTRAIN_GCE_METADATA_URL", GCE_METADATA)
+
+
+def aws_imds_token():
+    req = urllib.request.Request(f"{imds_url()}/latest/api/token", method="PUT",
+                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+    with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
+        return r.read().decode().strip()
+
+
+def aws_imds_get(path, token):
+    req = urllib.request.Request(f"{imds_url()}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": token})
+    with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
+        return r.read().decode()
+
+
+class Credentials:
+    """A cloud's short-lived credentials for this node, fetched again before they expire."""
+
+    def __init__(self, cloud):
+        self.cloud, self.value, self.until = cloud, None, 0.0
+
+    def get(self):
+        if self.value is None or time.time() > self.until - 300:
+            self.value, lifetime = _FETCH[self.cloud]()
+            self.until = time.time() + lifetime
+        return self.value
+
+
+def _aws_credentials():
+    token = aws_imds_token()
+    role = aws_imds_get("iam/security-credentials/", token).split()[0]
+    doc = json.loads(aws_imds_get(f"iam/security-credentials/{role}", token))
+    return (doc["AccessKeyId"], doc["SecretAccessKey"], doc.get("Token")), 900.0  # rotated hourly; asked often
+
+
+def _gcp_token():
+    req = urllib.request.Request(f"{gce_url()}/computeMetadata/v1/instance/service-accounts/default/token",
+                                 headers={"Metadata-Flavor": "Google"})
+    with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
+        doc = json.loads(r.read().decode())
+    return doc["access_token"], float(doc.get("expires_in", 600))
+
+
+def _azure_token():
+    query = urllib.parse.urlencode({"api-version": AZURE_TOKEN_API, "resource": "https://storage.azure.com/"})
+    req = urllib.request.Request(f"{imds_url()}/metadata/identity/oauth2/token?{query}", headers={"Metadata": "true"})
+    with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
+        doc = json.loads(r.read().decode())
+    return doc["access_token"], float(doc.get("expires_in", 600))
+
+
+_FETCH = {"aws": _aws_credentials, "gcp": _gcp_token, "azure": _azure_token}
+
+
+def _hmac(key, text):
+    return hmac.new(key, text.encode(), hashlib.sha256).digest()
+
+
+def sigv4_headers(method, url, region, creds, now=None):
+    """The headers that sign an S3 request with an unsigned payload (SigV4, header form)."""
+    access, secret, session = creds
+    parts = urllib.parse.urlsplit(url)
+    stamp = (now or datetime.datetime.now(datetime.timezone.utc)).strftime("%Y%m%dT%H%M%SZ")
+    day = stamp[:8]
+    headers = {"host": parts.netloc, "x-amz-content-sha256": "UNSIGNED-PAYLOAD", "x-amz-date": stamp}
+    if session:
+        headers["x-amz-security-token"] = session
+    names = sorted(headers)
+    query = "&".join(sorted(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
+                            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)))
+    canonical = "\n".join([
+        method, parts.path or "/", query,  # the path is sent URI-encoded once (Store.request), and signed so
+        "".join(f"{n}:{headers[n].strip()}\n" for n in names), ";".join(names), "UNSIGNED-PAYLOAD",
+    ])
+    scope = f"{day}/{region}/s3/aws4_request"
+    to_sign = "\n".join(["AWS4-HMAC-SHA256", stamp, scope, hashlib.sha256(canonical.encode()).hexdigest()])
+    key = _hmac(_hmac(_hmac(_hmac(("AWS4" + secret).encode(), day), region), "s3"), "aws4_request")
+    signature = hmac.new(key, to_sign.encode(), hashlib.sha256).hexdigest()
+    headers["authorization"] = f"AWS4-HMAC-SHA256 Credential={access}/{scope}, SignedHeaders={';'.join(names)}, Signature={signature}"
+    del headers["host"]  # urllib sends it from the URL
+    return headers
+
+
+class Store:
+    """The cluster's bucket as this node writes it: `put(path, key)`."""
+
+    def __init__(self, store):
+        self.cloud, self.bucket, self.url = store["cloud"], store["bucket"], store["url"].rstrip("/")
+        self.region = store.get("region") or ""
+        self.creds = Credentials(self.cloud)
+
+    def describe(self):
+        return f"{self.cloud} {self.bucket}"
+
+    def request(self, key, size):
+        """(method, url, headers) of the request that writes `key`."""
+        quoted = urllib.parse.quote(key, safe="/-_.~")
+        if self.cloud == "aws":
+            url = f"{self.url}/{quoted}"
+            return "PUT", url, sigv4_headers("PUT", url, self.region, self.creds.get())
+        token = self.creds.get()
+        if self.cloud == "gcp":
+            bucket = urllib.parse.quote(self.bucket, safe="")
+            url = f"{self.url}/upload/storage/v1/b/{bucket}/o?uploadType=media&name={urllib.parse.quote(key, safe='')}"
+            return "POST", url, {"Authorization": f"Bearer {token}", "Content-Type": "application/octet-stream"}
+        if self.cloud == "azure":
+            return "PUT", f"{self.url}/{quoted}", {"Authorization": f"Bearer {token}", "x-ms-version": AZURE_STORAGE_VERSION,
+                                                   "x-ms-blob-type": "BlockBlob", "Content-Type": "application/octet-stream"}
+        raise ValueError(f"no checkpoint store for cloud {self.cloud!r}")
+
+    def put(self, path, key):
+        size = os.path.getsize(path)
+        method, url, headers = self.request(key, size)
+        with open(path, "rb") as body:
+            req = urllib.request.Request(url, data=body, method=method, headers={**headers, "Content-Length": str(size)})
+            with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT_S) as r:
+                r.read()
+                return r.status

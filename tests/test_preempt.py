@@ -1,0 +1,210 @@
+"""The node side of spot recovery (issue 15): the real watchdog process, with the files
+autostop.py ships beside it, reads each cloud's preemption notice from a metadata stand-in
+(tests/metadata_standin.py, the documented shapes), marks the running job `preempted.json`,
+and copies the job's complete checkpoints into the cluster's bucket as the node itself: S3 with
+SigV4 from the instance profile (checked by botocore's signer, stored in moto), GCS and Azure
+Blob with the metadata server's token."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+from typing import Any, Callable
+
+import pytest
+
+import metadata_standin as standin
+from cloudtrain import autostop
+from conftest import REPO
+
+NOTICES: dict[str, dict[str, Any]] = {
+    # EC2 User Guide, "Spot Instance interruption notices": instance-action
+    "aws": {"action": "terminate", "time": "2026-12-01T18:30:00Z"},
+    # GCE: instance/preempted says TRUE; the marker keeps that as {"preempted": "TRUE"}
+    "gcp": {"preempted": "TRUE"},
+    # Azure Scheduled Events: one Preempt event naming this VM
+    "azure": {"EventId": "602d9444-d2cd-49c7-8624-8643e7171297", "EventType": "Preempt", "ResourceType": "VirtualMachine",
+              "Resources": [standin.VM], "EventStatus": "Scheduled", "NotBefore": "Tue, 01 Dec 2026 18:30:00 GMT",
+              "Description": "", "EventSource": "Platform", "DurationInSeconds": -1},
+}
+
+
+@pytest.fixture
+def cloud_side(monkeypatch: pytest.MonkeyPatch):
+    moto = pytest.importorskip("moto")
+    import boto3
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1"}.items():
+        monkeypatch.setenv(k, v)
+    with moto.mock_aws():
+        state = standin.State()
+        state.s3 = boto3.client("s3", region_name="us-east-1")
+        state.s3.create_bucket(Bucket="ckpt")
+        server, url = standin.serve(state)
+        try:
+            yield state, url
+        finally:
+            server.shutdown()
+            server.server_close()
+
+
+def store_for(cloud: str, url: str) -> dict[str, str]:
+    """The `checkpoints` output's shape (contract.py), pointed at the stand-in."""
+    return {"aws": {"cloud": "aws", "bucket": "ckpt", "url": f"{url}/s3/ckpt", "region": "us-east-1"},
+            "gcp": {"cloud": "gcp", "bucket": "ckpt", "url": url, "region": "us-central1"},
+            "azure": {"cloud": "azure", "bucket": "acct/ckpt", "url": f"{url}/blob/ckpt", "region": "eastus"}}[cloud]
+
+
+def stored(state: standin.State, cloud: str) -> dict[str, bytes]:
+    if cloud == "aws":
+        out = {}
+        for o in state.s3.list_objects_v2(Bucket="ckpt").get("Contents", []):
+            out[o["Key"]] = state.s3.get_object(Bucket="ckpt", Key=o["Key"])["Body"].read()
+        return out
+    return {k.split("/", 1)[1]: v for k, v in state.objects.items()}
+
+
+def wait_for(what: Callable[[], Any], timeout: float = 30.0) -> Any:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        got = what()
+        if got:
+            return got
+        time.sleep(0.1)
+    raise AssertionError("timed out")
+
+
+def plain_env(url: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if "proxy" not in k.lower()}  # straight to the stand-in
+    return {**env, "CLOUDTRAIN_IMDS_URL": url, "CLOUDTRAIN_GCE_METADATA_URL": url}
+
+
+class Node:
+    """A cloud node's cloudtrain folder: a running job, an ended one, the watchdog's folder as
+    autostop.py fills it, and the real watchdog process over it."""
+
+    def __init__(self, tmp: Path) -> None:
+        self.root, self.wd = tmp / "node", tmp / "node" / "watchdog"
+        self.wd.mkdir(parents=True)
+        for name, text in autostop.node_scripts().items():
+            (self.wd / name).write_text(text)
+        self.job = self.root / "jobs" / "job-1"
+        (self.job / "checkpoints").mkdir(parents=True)
+        self.sleeper = subprocess.Popen(["sleep", "300"], start_new_session=True)
+        (self.job / "pid").write_text(str(self.sleeper.pid))  # a live session: a running job
+        ended = self.root / "jobs" / "job-0"
+        (ended / "checkpoints").mkdir(parents=True)
+        (ended / "checkpoints" / "final.pt").write_bytes(b"job-0's last")
+        (ended / "exit_code").write_text("0")
+        self.proc: subprocess.Popen | None = None
+
+    def start(self, cloud: str | None, store: dict | None, url: str) -> None:
+        config = {"root": str(self.root), "autostop_s": 0, "max_duration_s": 0, "poll_s": 0.2, "grace_s": 1,
+                  "session_marker": "", "stop_command": ["true"], "preempt": cloud, "checkpoints": store}
+        (self.wd / "config.json").write_text(json.dumps(config))
+        self.proc = subprocess.Popen([sys.executable, str(self.wd / "watchdog.py"), str(self.wd)], env=plain_env(url),
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+
+    def close(self) -> None:
+        for p in (self.proc, self.sleeper):
+            if p is not None and p.poll() is None:
+                p.send_signal(signal.SIGKILL)
+                p.wait()
+        if self.proc is not None and self.proc.stderr:
+            self.proc.stderr.close()
+
+    def log(self) -> str:
+        return (self.wd / "log.txt").read_text() if (self.wd / "log.txt").exists() else ""
+
+    def marker(self) -> dict | None:
+        try:
+            return json.loads((self.job / "preempted.json").read_text())
+        except (OSError, ValueError):
+            return None
+
+
+@pytest.fixture
+def node(tmp_path: Path):
+    n = Node(tmp_path)
+    yield n
+    n.close()
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_watchdog_marks_a_preempted_job_and_pushes_its_checkpoints(cloud, cloud_side, node: Node) -> None:
+    state, url = cloud_side
+    ckpt = node.job / "checkpoints"
+    (ckpt / "epoch-1.pt").write_bytes(b"weights after epoch 1")
+    (ckpt / ".epoch-2.pt.tmp").write_bytes(b"half written")  # a write-then-rename in progress
+    node.start(cloud, store_for(cloud, url), url)
+
+    # While the job runs: each complete checkpoint goes up once stable; the ended job's too.
+    got = wait_for(lambda: (s := stored(state, cloud)) and "job-1/epoch-1.pt" in s and "job-0/final.pt" in s and s)
+    assert got["job-1/epoch-1.pt"] == b"weights after epoch 1" and got["job-0/final.pt"] == b"job-0's last"
+    assert node.marker() is None, "no notice yet: no preemption"
+
+    # A new checkpoint, and the notice at once: it is pushed without waiting to look stable.
+    (ckpt / "epoch-2.pt").write_bytes(b"weights after epoch 2")
+    state.notice = NOTICES[cloud]
+    marker = wait_for(lambda: (m := node.marker()) and m["checkpoints"]["state"] != "uploading" and m)
+    assert marker["by"] == "preemption" and marker["cloud"] == cloud and marker["notice"] == NOTICES[cloud]
+    assert isinstance(marker["at"], float) and abs(marker["at"] - time.time()) < 120
+    assert marker["checkpoints"]["state"] == "uploaded", marker
+    assert marker["checkpoints"]["store"] == f"{cloud} {store_for(cloud, url)['bucket']}"
+    assert marker["checkpoints"]["keys"][0] == "job-1/epoch-2.pt"  # the newest first
+    objects = stored(state, cloud)
+    assert objects["job-1/epoch-2.pt"] == b"weights after epoch 2"
+    assert not any(".tmp" in k for k in objects), "a half-written checkpoint never reaches the bucket"
+    assert state.rejected == []
+    assert f"preemption notice from {cloud}" in node.log()
+    assert not (node.root / "jobs" / "job-0" / "preempted.json").exists(), "an ended job was not preempted"
+    assert node.proc is not None and node.proc.poll() is None, "the watchdog goes on (autostop, deadline)"
+
+
+def test_no_notice_means_no_marker_and_a_failed_look_is_logged_not_fatal(cloud_side, node: Node, tmp_path: Path) -> None:
+    state, url = cloud_side
+    # Azure: the VM's name is asked first; a metadata server that is not there is no notice.
+    node.start("azure", None, "http://127.0.0.1:9")  # nothing listens on the discard port
+    wait_for(lambda: "could not read the azure preemption notice" in node.log())
+    assert node.marker() is None and node.proc is not None and node.proc.poll() is None
+
+
+def test_a_notice_for_another_vm_or_another_event_is_not_a_preemption(cloud_side, monkeypatch: pytest.MonkeyPatch) -> None:
+    state, url = cloud_side
+    monkeypatch.setenv("CLOUDTRAIN_IMDS_URL", url)
+    for k in [k for k in os.environ if "proxy" in k.lower()]:
+        monkeypatch.delenv(k)
+    monkeypatch.syspath_prepend(str(REPO / "cloudtrain" / "jobs"))
+    monkeypatch.syspath_prepend(str(REPO / "cloudtrain" / "bootstrap" / "node"))
+    import preempt
+
+    state.notice = {**NOTICES["azure"], "Resources": ["ct-test-1"]}
+    assert preempt.azure_notice() is None
+    state.notice = {**NOTICES["azure"], "EventType": "Reboot"}
+    assert preempt.azure_notice() is None
+    state.notice = NOTICES["azure"]
+    assert preempt.azure_notice() == NOTICES["azure"]
+    state.notice = None
+    assert preempt.aws_notice() is None  # 404: no interruption scheduled
+
+
+def test_the_s3_standin_refuses_a_bad_signature(cloud_side, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The signature check the upload passes above can fail: a wrong secret is refused."""
+    state, url = cloud_side
+    monkeypatch.syspath_prepend(str(REPO / "cloudtrain" / "bootstrap" / "node"))
+    import blobs
+
+    target = f"{url}/s3/ckpt/job-9/x.pt"
+    headers = blobs.sigv4_headers("PUT", target, "us-east-1", (standin.AWS_KEY, "not-the-secret", standin.AWS_SESSION))
+    req = urllib.request.Request(target, data=b"x", method="PUT", headers=headers)
+    opener = urllib.request.build_opener(urllib.request.ProxyHandler({}))
+    with pytest.raises(urllib.error.HTTPError) as e:
+        opener.open(req, timeout=10)
+    assert e.value.code == 403 and state.rejected == ["s3: SignatureDoesNotMatch"]

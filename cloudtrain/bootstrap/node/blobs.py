@@ -31,6 +31,7 @@ import hmac
 import json
 import os
 import time
+import urllib.error
 import urllib.parse
 import urllib.request
 
@@ -55,17 +56,28 @@ def gce_url():
     return os.environ.get("CLOUDTRAIN_GCE_METADATA_URL", GCE_METADATA)
 
 
+_imds_token = {}
+
+
 def aws_imds_token():
-    req = urllib.request.Request(f"{imds_url()}/latest/api/token", method="PUT",
-                                 headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
-    with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
-        return r.read().decode().strip()
+    """An IMDSv2 session token, asked for again after an hour (it is granted for six)."""
+    if _imds_token.get("until", 0) < time.time():
+        req = urllib.request.Request(f"{imds_url()}/latest/api/token", method="PUT",
+                                     headers={"X-aws-ec2-metadata-token-ttl-seconds": "21600"})
+        with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
+            _imds_token.update(value=r.read().decode().strip(), until=time.time() + 3600)
+    return _imds_token["value"]
 
 
 def aws_imds_get(path, token):
     req = urllib.request.Request(f"{imds_url()}/latest/meta-data/{path}", headers={"X-aws-ec2-metadata-token": token})
-    with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
-        return r.read().decode()
+    try:
+        with _metadata_opener().open(req, timeout=TIMEOUT_S) as r:
+            return r.read().decode()
+    except urllib.error.HTTPError as e:
+        if e.code == 401:
+            _imds_token.clear()  # expired or refused: the next look asks for a new one
+        raise
 
 
 class Credentials:

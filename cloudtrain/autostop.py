@@ -5,7 +5,8 @@ The provisioner says how a node stops itself (`watchdog_stop_command`) and how t
 kept running (`watchdog_systemd`: a systemd unit on VMs, so it survives reboots; otherwise a
 detached process, as on local nodes). Durations can be shrunk for tests with
 CLOUDTRAIN_WATCHDOG_SCALE (a factor) and CLOUDTRAIN_WATCHDOG_POLL (seconds between looks);
-the flags themselves never go under a minute.
+the flags themselves never go under a minute. CLOUDTRAIN_METADATA_URL points a node's metadata
+calls (preemption notice, credentials) at a stand-in: for tests only.
 """
 
 from __future__ import annotations
@@ -131,6 +132,8 @@ def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecor
         "stop_command": [a.replace("{watchdog}", folder) for a in prov.watchdog_stop_command(cdir, record, index)],  # type: ignore[attr-defined]
         **preemption_settings(record, prov),
     }
+    if os.environ.get("CLOUDTRAIN_METADATA_URL") and (config.get("preempt") or config.get("checkpoints")):
+        config["metadata_url"] = os.environ["CLOUDTRAIN_METADATA_URL"]  # tests: a stand-in for the clouds' metadata servers
     text = json.dumps(config, sort_keys=True)
     q = shlex.quote
     current = remote.run(f"cat {q(folder)}/config.json 2>/dev/null; true").stdout.strip()

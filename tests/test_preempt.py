@@ -208,3 +208,70 @@ def test_the_s3_standin_refuses_a_bad_signature(cloud_side, monkeypatch: pytest.
     with pytest.raises(urllib.error.HTTPError) as e:
         opener.open(req, timeout=10)
     assert e.value.code == 403 and state.rejected == ["s3: SignatureDoesNotMatch"]
+
+
+# --- on a real local node: installed by autostop.py over SSH, watching a real job ------------
+
+
+JOB = """import json, os, time
+ck = os.environ["CLOUDTRAIN_CHECKPOINT_DIR"]
+with open(os.path.join(ck, ".epoch-1.pt.tmp"), "wb") as f:  # write, then rename: complete at once
+    f.write(b"weights after epoch 1")
+os.rename(os.path.join(ck, ".epoch-1.pt.tmp"), os.path.join(ck, "epoch-1.pt"))
+print("epoch 1 saved", flush=True)
+marker = os.path.join(os.path.dirname(ck), "preempted.json")
+for _ in range(1200):  # train on until the node is told it is preempted
+    if os.path.exists(marker):
+        print("preempted:", json.load(open(marker))["cloud"], flush=True)
+        break
+    time.sleep(0.1)
+"""
+
+
+def test_on_a_local_node_the_installed_watchdog_sees_the_notice_and_pushes_a_real_jobs_checkpoint(
+        cloud_side, tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The local provider is never preempted; this one says it is AWS spot with a bucket, so
+    `autostop.install` ships and starts the watchdog with a notice and a store, as on a cloud."""
+    import dataclasses
+
+    from cloudtrain.provisioner.local import LocalProvisioner
+    from cloudtrain.state import Store
+    from conftest import local_cluster
+
+    state, url = cloud_side
+    store = store_for("aws", url)
+
+    class SpotLocal(LocalProvisioner):
+        node_preempt = "aws"
+
+        def checkpoint_store(self, record):  # type: ignore[no-untyped-def]
+            return store
+
+    monkeypatch.setenv("CLOUDTRAIN_METADATA_URL", url)
+    monkeypatch.setenv("CLOUDTRAIN_WATCHDOG_POLL", "0.2")
+    with local_cluster(tmp_path_factory, "preempt-local") as (cli, record):
+        cdir = Store(cli.home).resolve("local")
+        said: list[str] = []
+        spot = dataclasses.replace(record, spec=dataclasses.replace(record.spec, spot=True))
+        autostop.install(record.cluster, spot, cdir, SpotLocal(), said.append)
+        assert said == [f"cluster local: watchdog on every node: reads aws's preemption notice, copies checkpoints to ckpt"]
+        script = cli.cwd / "train.py"
+        script.write_text(JOB)
+        proc = cli("run", str(script), "--detach")
+        assert proc.returncode == 0, proc.stderr
+        root = cli.home / "clusters" / "local" / "provider" / "local-0" / "root"
+        (job_id,) = [p.name for p in (root / "jobs").iterdir()]
+        wait_for(lambda: f"{job_id}/epoch-1.pt" in stored(state, "aws"))  # while the job runs
+        state.notice = NOTICES["aws"]
+        marker = wait_for(lambda: (m := _json(root / "jobs" / job_id / "preempted.json")) and m["checkpoints"]["state"] == "uploaded" and m)
+        assert marker["cloud"] == "aws" and marker["notice"] == NOTICES["aws"]
+        assert stored(state, "aws")[f"{job_id}/epoch-1.pt"] == b"weights after epoch 1" and state.rejected == []
+        logs = cli("logs", job_id)
+        assert "preempted: aws" in logs.stdout, logs.stdout + logs.stderr
+
+
+def _json(path: Path) -> dict | None:
+    try:
+        return json.loads(path.read_text())
+    except (OSError, ValueError):
+        return None

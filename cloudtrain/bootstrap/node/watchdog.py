@@ -204,6 +204,8 @@ def main(folder):
         try:
             import preempt  # beside this file (autostop.py ships it)
 
+            if cfg.get("metadata_url"):  # tests only (autostop.py)
+                os.environ["CLOUDTRAIN_IMDS_URL"] = os.environ["CLOUDTRAIN_GCE_METADATA_URL"] = cfg["metadata_url"]
             watch = preempt.Watch(folder, root, cfg.get("preempt"), cfg.get("checkpoints"), lambda text: log(folder, text))
             poll = min(poll, preempt.POLL_S)  # a notice leaves 30 s (GCP, Azure) to two minutes (AWS)
         except Exception as e:  # noqa: BLE001 - autostop and the deadline must go on without it

@@ -13,6 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
+from xml.sax.saxutils import escape
 
 AWS_KEY, AWS_SECRET, AWS_SESSION = "ASIAEXAMPLENODE", "node/secret+key", "FwoGZXIvYXdzEXAMPLESESSION"
 ROLE = "ct-test-node-role"
@@ -59,6 +60,32 @@ class Handler(BaseHTTPRequestHandler):
         path, q = url.path, {k: v[0] for k, v in parse_qs(url.query).items()}
         self.state.calls.append(("GET", path))
         notice = self.state.notice
+        if path.startswith("/s3/"):
+            return self._s3_get(path[len("/s3/"):], q)
+        if path.startswith("/storage/v1/b/"):  # GCS JSON API: objects.list, objects.get ?alt=media
+            if self.headers.get("Authorization") != f"Bearer {GCP_TOKEN}":
+                return self._reject("gcs: no or wrong bearer token", 401)
+            bucket, _, rest = path[len("/storage/v1/b/"):].partition("/o")
+            bucket = unquote(bucket)
+            if not rest:
+                names = sorted(k.split("/", 1)[1] for k in self.state.objects if k.startswith(bucket + "/"))
+                page, token = self._page([n for n in names if n.startswith(q.get("prefix", ""))], q.get("pageToken"))
+                return self._send(200, json.dumps({"kind": "storage#objects", "items": [{"name": n} for n in page],
+                                                   **({"nextPageToken": token} if token else {})}))
+            if q.get("alt") != "media":
+                return self._reject("gcs: a download asks alt=media", 400)
+            return self._send(200, self.state.objects[f"{bucket}/{unquote(rest[1:])}"], "application/octet-stream")
+        if path.startswith("/blob/"):  # Azure Blob: List Blobs, Get Blob
+            if self.headers.get("Authorization") != f"Bearer {AZURE_TOKEN}" or not self.headers.get("x-ms-version"):
+                return self._reject("azure: no bearer token or x-ms-version", 401)
+            container, _, blob = path[len("/blob/"):].partition("/")
+            if not blob and q.get("restype") == "container" and q.get("comp") == "list":
+                names = sorted(k.split("/", 1)[1] for k in self.state.objects if k.startswith(container + "/"))
+                page, token = self._page([n for n in names if n.startswith(q.get("prefix", ""))], q.get("marker"))
+                blobs = "".join(f"<Blob><Name>{escape(n)}</Name></Blob>" for n in page)
+                return self._send(200, f'<?xml version="1.0" encoding="utf-8"?><EnumerationResults ContainerName="{container}">'
+                                       f"<Blobs>{blobs}</Blobs><NextMarker>{token or ''}</NextMarker></EnumerationResults>", "application/xml")
+            return self._send(200, self.state.objects[f"{container}/{unquote(blob)}"], "application/octet-stream")
         if path.startswith("/latest/meta-data/"):
             if self.headers.get("X-aws-ec2-metadata-token") != IMDS_TOKEN:
                 return self._send(401)  # IMDSv2 only (http_tokens=required), as the program sets it
@@ -130,8 +157,8 @@ class Handler(BaseHTTPRequestHandler):
             return self._send(200, json.dumps({"kind": "storage#object", "bucket": bucket, "name": q["name"]}))
         self._send(404)
 
-    def _s3(self, rest: str) -> None:
-        """Path-style PutObject: the signature checked by botocore's signer, the object into moto."""
+    def _s3_signed(self, method: str) -> bool:
+        """Whether the request carries a valid SigV4 signature (recomputed by botocore's signer)."""
         from botocore.auth import S3SigV4Auth
         from botocore.awsrequest import AWSRequest
         from botocore.credentials import Credentials
@@ -141,18 +168,44 @@ class Handler(BaseHTTPRequestHandler):
             fields = dict(part.strip().split("=", 1) for part in auth[len("AWS4-HMAC-SHA256 "):].split(","))
             access, day, region, service, _ = fields["Credential"].split("/")
         except ValueError:
-            return self._reject("s3: no SigV4 Authorization header")
+            self._reject("s3: no SigV4 Authorization header")
+            return False
         signed = fields["SignedHeaders"].split(";")
-        request = AWSRequest(method="PUT", url=f"http://{self.headers['Host']}{self.path}",
+        request = AWSRequest(method=method, url=f"http://{self.headers['Host']}{self.path}",
                              headers={n: self.headers[n] for n in signed})
         request.context["timestamp"] = self.headers.get("x-amz-date", "")
         signer = S3SigV4Auth(Credentials(AWS_KEY, AWS_SECRET, AWS_SESSION), service, region)
         want = signer.signature(signer.string_to_sign(request, signer.canonical_request(request)), request)
         if access != AWS_KEY or fields["Signature"] != want or "x-amz-security-token" not in signed:
-            return self._reject("s3: SignatureDoesNotMatch")
-        bucket, key = rest.split("/", 1)
-        self.state.s3.put_object(Bucket=bucket, Key=unquote(key), Body=self._body())
-        self._send(200)
+            self._reject("s3: SignatureDoesNotMatch")
+            return False
+        return True
+
+    def _s3(self, rest: str) -> None:
+        """Path-style PutObject: the object into moto."""
+        if self._s3_signed("PUT"):
+            bucket, key = rest.split("/", 1)
+            self.state.s3.put_object(Bucket=bucket, Key=unquote(key), Body=self._body())
+            self._send(200)
+
+    def _s3_get(self, rest: str, q: dict[str, str]) -> None:
+        """ListObjectsV2 (two keys a page, so paging is used) and GetObject, from moto."""
+        if not self._s3_signed("GET"):
+            return
+        bucket, _, key = rest.partition("/")
+        if not key and q.get("list-type") == "2":
+            page = self.state.s3.list_objects_v2(Bucket=bucket, Prefix=q.get("prefix", ""), MaxKeys=2,
+                                                 **({"ContinuationToken": q["continuation-token"]} if "continuation-token" in q else {}))
+            keys = "".join(f"<Contents><Key>{escape(o['Key'])}</Key><Size>{o['Size']}</Size></Contents>" for o in page.get("Contents", []))
+            more = f"<NextContinuationToken>{escape(page['NextContinuationToken'])}</NextContinuationToken>" if page.get("IsTruncated") else ""
+            return self._send(200, f'<?xml version="1.0" encoding="UTF-8"?><ListBucketResult xmlns="http://s3.amazonaws.com/doc/2006-03-01/">'
+                                   f"<Name>{bucket}</Name><IsTruncated>{str(page['IsTruncated']).lower()}</IsTruncated>{keys}{more}</ListBucketResult>",
+                              "application/xml")
+        self._send(200, self.state.s3.get_object(Bucket=bucket, Key=unquote(key))["Body"].read(), "application/octet-stream")
+
+    def _page(self, names: list[str], token: str | None) -> tuple[list[str], str | None]:
+        start = int(token or 0)
+        return names[start:start + 2], (str(start + 2) if start + 2 < len(names) else None)
 
 
 def serve(state: State) -> tuple[ThreadingHTTPServer, str]:

@@ -275,3 +275,36 @@ def _json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, ValueError):
         return None
+
+
+@pytest.mark.parametrize("cloud", ["aws", "gcp", "azure"])
+def test_a_new_node_restores_a_jobs_checkpoints_from_the_bucket(cloud, cloud_side, tmp_path: Path) -> None:
+    """`python3 blobs.py restore STORE PREFIX FOLDER`, as a replacement node runs it beside the
+    watchdog's files: every page of the listing, complete names only, each file renamed into place."""
+    state, url = cloud_side
+    wd = tmp_path / "watchdog"
+    wd.mkdir()
+    for name, text in autostop.node_scripts().items():
+        (wd / name).write_text(text)
+    source = tmp_path / "old-node"
+    (source / "sub").mkdir(parents=True)
+    files = {"epoch-1.pt": b"one", "epoch-2.pt": b"two", "sub/optim.pt": b"three", ".epoch-3.pt.tmp": b"never"}
+    for rel, body in files.items():
+        (source / rel).write_bytes(body)
+    store = store_for(cloud, url)
+    put = [sys.executable, "-c", "import json, sys; sys.path.insert(0, sys.argv[1]); import blobs; "
+           "blobs.Store(json.loads(sys.argv[2])).put(sys.argv[3], sys.argv[4])", str(wd), json.dumps(store)]
+    for rel in files:  # the partial name too: a bucket written by something else may hold one
+        subprocess.run([*put, str(source / rel), f"job-1/{rel}"], check=True, env=plain_env(url), timeout=60)
+    subprocess.run([*put, str(source / "epoch-1.pt"), "job-10/epoch-1.pt"], check=True, env=plain_env(url), timeout=60)
+    new = tmp_path / "new-node"
+    new.mkdir()
+    out = subprocess.run([sys.executable, str(wd / "blobs.py"), "restore", json.dumps(store), "job-1", str(new)],
+                         capture_output=True, text=True, env=plain_env(url), timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert sorted(json.loads(out.stdout)) == ["epoch-1.pt", "epoch-2.pt", "sub/optim.pt"]  # not job-10's, not the partial
+    assert {p.relative_to(new).as_posix(): p.read_bytes() for p in new.rglob("*") if p.is_file()} == {
+        "epoch-1.pt": b"one", "epoch-2.pt": b"two", "sub/optim.pt": b"three"}
+    assert state.rejected == []
+    listing = {"aws": "/s3/ckpt/", "gcp": "/storage/v1/b/ckpt/o", "azure": "/blob/ckpt"}[cloud]
+    assert [c for c in state.calls if c == ("GET", listing)] == [("GET", listing)] * 2, "two keys a page: both pages read"

@@ -1,5 +1,5 @@
-"""Writing one file into the cluster's checkpoint bucket, run ON a cloud node by its watchdog
-(stdlib only: no SDK on the node). `store` is the cluster's `checkpoints` output
+"""Writing files into the cluster's checkpoint bucket and reading them back, run ON a cloud node
+(by its watchdog; stdlib only: no SDK on the node). `store` is the cluster's `checkpoints` output
 (provisioner/contract.py: cloud, bucket, url, region); the node acts as itself, with the
 identity the Pulumi program gave it (provisioner/buckets.py), its credentials from the
 instance metadata service, never a key of the caller's.
@@ -19,6 +19,11 @@ instance metadata service, never a key of the caller's.
   "Authorize with Microsoft Entra ID") and the VM identity's token for `https://storage.azure.com/`
   from IMDS (`/metadata/identity/oauth2/token`, `Metadata: true`).
 
+Reading back, for a replacement node (`python3 blobs.py restore STORE_JSON PREFIX FOLDER`, run
+beside node_checkpoints.py: the relative paths restored, as JSON): S3 ListObjectsV2 and GetObject,
+GCS objects.list and `?alt=media`, Azure List Blobs and Get Blob, every page; names a writer
+leaves behind are skipped and each file lands under a temp name, then is renamed into place.
+
 One request per file: S3 takes up to 5 GiB in one PUT, Put Blob up to 5000 MiB (version
 2019-12-12 and later), GCS up to 5 TiB; a larger checkpoint fails with the cloud's own message.
 CLOUDTRAIN_IMDS_URL (AWS and Azure) / CLOUDTRAIN_GCE_METADATA_URL point the metadata calls
@@ -34,6 +39,7 @@ import time
 import urllib.error
 import urllib.parse
 import urllib.request
+from xml.etree import ElementTree
 
 IMDS = "http://169.254.169.254"
 GCE_METADATA = "http://metadata.google.internal"
@@ -133,8 +139,9 @@ def sigv4_headers(method, url, region, creds, now=None):
     if session:
         headers["x-amz-security-token"] = session
     names = sorted(headers)
-    query = "&".join(sorted(f"{urllib.parse.quote(k, safe='-_.~')}={urllib.parse.quote(v, safe='-_.~')}"
-                            for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True)))
+    pairs = sorted((urllib.parse.quote(k, safe="-_.~"), urllib.parse.quote(v, safe="-_.~"))
+                   for k, v in urllib.parse.parse_qsl(parts.query, keep_blank_values=True))
+    query = "&".join(f"{k}={v}" for k, v in pairs)  # sorted by name, then value
     canonical = "\n".join([
         method, parts.path or "/", query,  # the path is sent URI-encoded once (Store.request), and signed so
         "".join(f"{n}:{headers[n].strip()}\n" for n in names), ";".join(names), "UNSIGNED-PAYLOAD",
@@ -175,6 +182,53 @@ class Store:
                                                    "x-ms-blob-type": "BlockBlob", "Content-Type": "application/octet-stream"}
         raise ValueError(f"no checkpoint store for cloud {self.cloud!r}")
 
+    def _signed(self, method, url):
+        if self.cloud == "aws":
+            return sigv4_headers(method, url, self.region, self.creds.get())
+        headers = {"Authorization": f"Bearer {self.creds.get()}"}
+        return {**headers, "x-ms-version": AZURE_STORAGE_VERSION} if self.cloud == "azure" else headers
+
+    def _get(self, url):
+        return urllib.request.urlopen(urllib.request.Request(url, headers=self._signed("GET", url)), timeout=UPLOAD_TIMEOUT_S)
+
+    def keys(self, prefix):
+        """Every object key under `prefix` (S3 ListObjectsV2, GCS objects.list, Azure List Blobs; all pages)."""
+        found, token = [], None
+        while True:
+            q = urllib.parse.quote
+            if self.cloud == "aws":
+                url = f"{self.url}/?list-type=2&prefix={q(prefix, safe='')}" + (f"&continuation-token={q(token, safe='')}" if token else "")
+                with self._get(url) as r:
+                    doc = ElementTree.fromstring(r.read())
+                found += [e.text for e in doc.iter() if e.tag.endswith("}Key") or e.tag == "Key"]
+                token = next((e.text for e in doc.iter() if e.tag.endswith("NextContinuationToken")), None)
+            elif self.cloud == "gcp":
+                url = f"{self.url}/storage/v1/b/{q(self.bucket, safe='')}/o?prefix={q(prefix, safe='')}" + (f"&pageToken={q(token, safe='')}" if token else "")
+                with self._get(url) as r:
+                    doc = json.loads(r.read().decode())
+                found += [item["name"] for item in doc.get("items", [])]
+                token = doc.get("nextPageToken")
+            else:
+                url = f"{self.url}?restype=container&comp=list&prefix={q(prefix, safe='')}" + (f"&marker={q(token, safe='')}" if token else "")
+                with self._get(url) as r:
+                    doc = ElementTree.fromstring(r.read())
+                found += [e.text for e in doc.iter("Name") if e.text]
+                token = next((e.text for e in doc.iter("NextMarker") if e.text), None)
+            if not token:
+                return found
+
+    def get(self, key, dest):
+        """The object `key` into `dest`, through a temp name beside it: never a half-written file."""
+        if self.cloud == "gcp":
+            url = f"{self.url}/storage/v1/b/{urllib.parse.quote(self.bucket, safe='')}/o/{urllib.parse.quote(key, safe='')}?alt=media"
+        else:
+            url = f"{self.url}/{urllib.parse.quote(key, safe='/-_.~')}"
+        tmp = os.path.join(os.path.dirname(dest), f".{os.path.basename(dest)}.tmp")
+        with self._get(url) as r, open(tmp, "wb") as f:
+            for block in iter(lambda: r.read(1 << 20), b""):
+                f.write(block)
+        os.replace(tmp, dest)
+
     def put(self, path, key):
         size = os.path.getsize(path)
         method, url, headers = self.request(key, size)
@@ -183,3 +237,28 @@ class Store:
             with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT_S) as r:
                 r.read()
                 return r.status
+
+
+def restore(store, prefix, folder, partial):
+    """Every object under `prefix/` into `folder`, skipping names `partial(rel)` says a writer
+    leaves behind; the relative paths restored. For a new node of a recovered job."""
+    bucket, base, got = Store(store), prefix.rstrip("/") + "/", []
+    for key in bucket.keys(base):
+        rel = key[len(base):]
+        if not rel or ".." in rel.split("/") or rel.startswith("/") or partial(rel):
+            continue
+        dest = os.path.join(folder, rel)
+        os.makedirs(os.path.dirname(dest), exist_ok=True)
+        bucket.get(key, dest)
+        got.append(rel)
+    return got
+
+
+if __name__ == "__main__":  # python3 blobs.py restore STORE_JSON PREFIX FOLDER (beside node_checkpoints.py)
+    import sys
+
+    import node_checkpoints
+
+    if sys.argv[1:2] != ["restore"] or len(sys.argv) != 5:
+        sys.exit("usage: blobs.py restore STORE_JSON PREFIX FOLDER")
+    print(json.dumps(restore(json.loads(sys.argv[2]), sys.argv[3], sys.argv[4], node_checkpoints.looks_partial)))

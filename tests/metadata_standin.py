@@ -29,6 +29,9 @@ class State:
         self.rejected: list[str] = []  # requests a real cloud would refuse, and why
         self.s3: Any = None  # a moto boto3 client, where S3 is served
         self.calls: list[tuple[str, str]] = []
+        self.hold = threading.Event()  # cleared: a GCS upload waits for it (a slow, big checkpoint)
+        self.hold.set()
+        self.in_flight = 0
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -153,7 +156,11 @@ class Handler(BaseHTTPRequestHandler):
             if q.get("uploadType") != "media" or not q.get("name"):
                 return self._reject("gcs: a simple upload names uploadType=media and the object", 400)
             bucket = unquote(url.path[len(prefix):-len(suffix)])
-            self.state.objects[f"{bucket}/{q['name']}"] = self._body()
+            body = self._body()
+            self.state.in_flight += 1
+            self.state.hold.wait(60)
+            self.state.in_flight -= 1
+            self.state.objects[f"{bucket}/{q['name']}"] = body
             return self._send(200, json.dumps({"kind": "storage#object", "bucket": bucket, "name": q["name"]}))
         self._send(404)
 

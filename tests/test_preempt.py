@@ -51,6 +51,7 @@ def cloud_side(monkeypatch: pytest.MonkeyPatch):
         try:
             yield state, url
         finally:
+            state.hold.set()  # no upload left waiting
             server.shutdown()
             server.server_close()
 
@@ -166,6 +167,24 @@ def test_watchdog_marks_a_preempted_job_and_pushes_its_checkpoints(cloud, cloud_
     assert f"preemption notice from {cloud}" in node.log()
     assert not (node.root / "jobs" / "job-0" / "preempted.json").exists(), "an ended job was not preempted"
     assert node.proc is not None and node.proc.poll() is None, "the watchdog goes on (autostop, deadline)"
+
+
+def test_a_notice_during_a_long_upload_is_marked_at_once(cloud_side, node: Node) -> None:
+    """A big checkpoint on its way up does not keep the watchdog from its next look: the job is
+    marked preempted while the upload still runs, and the newest checkpoint follows it."""
+    state, url = cloud_side
+    state.hold.clear()  # the store takes the first upload and answers only when released
+    (node.job / "checkpoints" / "epoch-1.pt").write_bytes(b"a big one")
+    node.start("gcp", store_for("gcp", url), url)
+    wait_for(lambda: state.in_flight == 1)
+    (node.job / "checkpoints" / "epoch-2.pt").write_bytes(b"the newest")
+    state.notice = NOTICES["gcp"]
+    marker = wait_for(node.marker)
+    assert marker["checkpoints"]["state"] == "uploading" and state.in_flight == 1, "marked while the upload is under way"
+    state.hold.set()
+    marker = wait_for(lambda: (m := node.marker()) and m["checkpoints"]["state"] == "uploaded" and m)
+    assert marker["checkpoints"]["keys"][0] == "job-1/epoch-2.pt"
+    assert stored(state, "gcp")["job-1/epoch-2.pt"] == b"the newest"
 
 
 def test_no_notice_means_no_marker_and_a_failed_look_is_logged_not_fatal(cloud_side, node: Node, tmp_path: Path) -> None:

@@ -33,6 +33,7 @@ checkpoints to the bucket, the newest first, and writes the marker again with wh
 import json
 import os
 import socket
+import threading
 import time
 import urllib.error
 import urllib.request
@@ -118,13 +119,18 @@ def _since_boot(path):
 
 
 class Watch:
-    """What the watchdog does each poll on a cloud node: look for a notice, copy checkpoints."""
+    """What the watchdog does each poll on a cloud node: look for a notice (on the watchdog's own
+    thread, every poll), copy checkpoints (on a worker thread, one pass at a time, so a long
+    upload never keeps the next look for a notice waiting)."""
 
     def __init__(self, folder, root, cloud, store, log):
         self.folder, self.root, self.cloud, self.log = folder, root, cloud, log
         self.store = blobs.Store(store) if store else None
         self.uploads = os.path.join(folder, "uploads")  # per job: what was sent (node_checkpoints.upload's state)
         self.notice = _since_boot(os.path.join(folder, PREEMPTED))  # seen before the watchdog's restart: handled once
+        self._work, self._busy, self._cond = [], False, threading.Condition()
+        if self.store is not None:
+            threading.Thread(target=self._worker, name="checkpoint-uploads", daemon=True).start()
 
     def poll(self, running):
         """`running`: the folders of the running jobs (watchdog.running_jobs)."""
@@ -138,7 +144,37 @@ class Watch:
                 self.preempted(notice, running)
                 return
         if self.store is not None:
-            self.copy(running)
+            self._submit("copy", running)
+
+    def _submit(self, kind, running, first=False):
+        with self._cond:
+            if kind == "copy" and (self._busy or self._work):
+                return  # the pass under way, or the one waiting, takes what is new
+            self._work.insert(0 if first else len(self._work), (kind, list(running)))
+            self._cond.notify_all()
+
+    def _worker(self):
+        while True:
+            with self._cond:
+                while not self._work:
+                    self._cond.wait()
+                kind, running = self._work.pop(0)
+                self._busy = True
+            try:
+                (self.copy if kind == "copy" else self.push)(running)
+            except Exception as e:  # noqa: BLE001 - logged; the next pass tries again
+                self.log(f"checkpoint pass failed ({e!r})")
+            finally:
+                with self._cond:
+                    self._busy = False
+                    self._cond.notify_all()
+
+    def flush(self, timeout):
+        """Wait, at most `timeout` s, until no pass is waiting or under way (before the node stops)."""
+        end = time.time() + timeout
+        with self._cond:
+            while (self._work or self._busy) and time.time() < end:
+                self._cond.wait(max(0.1, end - time.time()))
 
     def preempted(self, notice, running):
         self.notice = {"by": "preemption", "cloud": self.cloud, "at": time.time(), "notice": notice, "node": socket.gethostname()}
@@ -147,8 +183,13 @@ class Watch:
         state = "uploading" if self.store else "none"
         for job in running:  # the marker first: the node may be gone before the upload ends
             self._mark(job, {"store": self.store and self.store.describe(), "state": state, "keys": []})
-        if self.store is None:
-            return
+        if self.store is not None:
+            with self._cond:
+                self._work = [w for w in self._work if w[0] != "copy"]
+            self._submit("push", running, first=True)  # next, once the file in flight (if any) is done
+
+    def push(self, running):
+        """At a notice: each running job's complete checkpoints, the newest first; the marker says what went."""
         for job in running:
             try:
                 keys = self._upload(job, final=True, newest_first=True)

@@ -27,6 +27,7 @@ import sys
 import time
 
 PTS_MAJORS = range(136, 144)  # Unix98 pseudo-terminals (Documentation/admin-guide/devices.txt)
+FLUSH_S = 120.0  # at most this long for the checkpoint uploads before the node stops itself
 ENDED_BY = "ended_by.json"  # in a job's folder; the same name is in cloudtrain/jobs/collect.py
 
 
@@ -228,6 +229,7 @@ def main(folder):
             reason = "autostop"
         if reason and watch is not None:  # what the ended jobs left goes to the bucket first
             _watch(folder, root, watch)
+            watch.flush(FLUSH_S)
         if reason:
             write_json(os.path.join(folder, "stopped.json"), {"reason": reason, "at": time.time()})
             log(folder, f"stopping ({reason}): {cfg['stop_command']}")

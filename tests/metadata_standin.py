@@ -13,6 +13,7 @@ import threading
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from typing import Any
 from urllib.parse import parse_qs, unquote, urlparse
+from xml.etree import ElementTree
 from xml.sax.saxutils import escape
 
 AWS_KEY, AWS_SECRET, AWS_SESSION = "ASIAEXAMPLENODE", "node/secret+key", "FwoGZXIvYXdzEXAMPLESESSION"
@@ -32,6 +33,9 @@ class State:
         self.hold = threading.Event()  # cleared: a GCS upload waits for it (a slow, big checkpoint)
         self.hold.set()
         self.in_flight = 0
+        self.parts: list[int] = []  # S3 part numbers uploaded
+        self.blocks: dict[str, dict[str, bytes]] = {}  # Azure: blob -> block id -> bytes
+        self.block_lists: list[list[str]] = []
 
 
 class Handler(BaseHTTPRequestHandler):
@@ -134,11 +138,23 @@ class Handler(BaseHTTPRequestHandler):
             if not self.headers.get("X-aws-ec2-metadata-token-ttl-seconds"):
                 return self._send(400)
             return self._send(200, IMDS_TOKEN, "text/plain")
+        q = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         if url.path.startswith("/s3/"):
-            return self._s3(url.path[len("/s3/"):])
+            return self._s3(url.path[len("/s3/"):], q)
         if url.path.startswith("/blob/"):  # https://<account>.blob.core.windows.net/<container>/<blob>
             if self.headers.get("Authorization") != f"Bearer {AZURE_TOKEN}":
                 return self._reject("azure: no or wrong bearer token", 401)
+            blob = unquote(url.path[len("/blob/"):])
+            if q.get("comp") == "block":  # Put Block: kept uncommitted until the block list names it
+                if not self.headers.get("x-ms-version"):
+                    return self._reject("azure: Put Block needs x-ms-version", 400)
+                self.state.blocks.setdefault(blob, {})[q["blockid"]] = self._body()
+                return self._send(201)
+            if q.get("comp") == "blocklist":
+                ids = [e.text for e in ElementTree.fromstring(self._body()).iter("Latest")]
+                self.state.objects[blob] = b"".join(self.state.blocks[blob][i] for i in ids)
+                self.state.block_lists.append(ids)
+                return self._send(201)
             if self.headers.get("x-ms-blob-type") != "BlockBlob" or (self.headers.get("x-ms-version") or "") < "2017-11-09":
                 return self._reject("azure: Put Blob needs x-ms-blob-type BlockBlob and an x-ms-version for Entra ID", 400)
             self.state.objects[unquote(url.path[len("/blob/"):])] = self._body()
@@ -148,7 +164,9 @@ class Handler(BaseHTTPRequestHandler):
     def do_POST(self) -> None:
         url = urlparse(self.path)
         self.state.calls.append(("POST", url.path))
-        q = {k: v[0] for k, v in parse_qs(url.query).items()}
+        q = {k: v[0] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
+        if url.path.startswith("/s3/"):
+            return self._s3_post(url.path[len("/s3/"):], q)
         prefix, suffix = "/upload/storage/v1/b/", "/o"
         if url.path.startswith(prefix) and url.path.endswith(suffix):
             if self.headers.get("Authorization") != f"Bearer {GCP_TOKEN}":
@@ -188,12 +206,35 @@ class Handler(BaseHTTPRequestHandler):
             return False
         return True
 
-    def _s3(self, rest: str) -> None:
-        """Path-style PutObject: the object into moto."""
+    def _s3(self, rest: str, q: dict[str, str]) -> None:
+        """Path-style PutObject and UploadPart: into moto."""
         if self._s3_signed("PUT"):
             bucket, key = rest.split("/", 1)
+            if "partNumber" in q:
+                part = self.state.s3.upload_part(Bucket=bucket, Key=unquote(key), UploadId=q["uploadId"],
+                                                 PartNumber=int(q["partNumber"]), Body=self._body())
+                self.state.parts.append(int(q["partNumber"]))
+                self.send_response(200)
+                self.send_header("ETag", part["ETag"])
+                self.send_header("Content-Length", "0")
+                self.end_headers()
+                return
             self.state.s3.put_object(Bucket=bucket, Key=unquote(key), Body=self._body())
             self._send(200)
+
+    def _s3_post(self, rest: str, q: dict[str, str]) -> None:
+        """CreateMultipartUpload (?uploads) and CompleteMultipartUpload (?uploadId=): moto's."""
+        if not self._s3_signed("POST"):
+            return
+        bucket, key = rest.split("/", 1)
+        if "uploads" in q:
+            upload = self.state.s3.create_multipart_upload(Bucket=bucket, Key=unquote(key))["UploadId"]
+            return self._send(200, f"<InitiateMultipartUploadResult xmlns=\"http://s3.amazonaws.com/doc/2006-03-01/\"><Bucket>{bucket}</Bucket>"
+                                   f"<Key>{escape(unquote(key))}</Key><UploadId>{escape(upload)}</UploadId></InitiateMultipartUploadResult>", "application/xml")
+        doc = ElementTree.fromstring(self._body())
+        parts = [{"PartNumber": int(p.findtext("PartNumber")), "ETag": p.findtext("ETag")} for p in doc.iter("Part")]
+        self.state.s3.complete_multipart_upload(Bucket=bucket, Key=unquote(key), UploadId=q["uploadId"], MultipartUpload={"Parts": parts})
+        self._send(200, "<CompleteMultipartUploadResult/>", "application/xml")
 
     def _s3_get(self, rest: str, q: dict[str, str]) -> None:
         """ListObjectsV2 (two keys a page, so paging is used) and GetObject, from moto."""

@@ -327,3 +327,26 @@ def test_a_new_node_restores_a_jobs_checkpoints_from_the_bucket(cloud, cloud_sid
     assert state.rejected == []
     listing = {"aws": "/s3/ckpt/", "gcp": "/storage/v1/b/ckpt/o", "azure": "/blob/ckpt"}[cloud]
     assert [c for c in state.calls if c == ("GET", listing)] == [("GET", listing)] * 2, "two keys a page: both pages read"
+
+
+@pytest.mark.parametrize("cloud", ["aws", "azure"])
+def test_a_checkpoint_bigger_than_a_part_goes_up_in_parts(cloud, cloud_side, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """S3 takes 5 GiB in one PUT and Azure's Put Blob 5000 MiB: a bigger file goes in parts
+    (multipart upload; Put Block + Put Block List). Parts of 5 MiB here, S3's smallest."""
+    state, url = cloud_side
+    monkeypatch.setenv("CLOUDTRAIN_BLOB_PART_BYTES", str(5 << 20))
+    monkeypatch.setenv("CLOUDTRAIN_IMDS_URL", url)
+    for k in [k for k in os.environ if "proxy" in k.lower()]:
+        monkeypatch.delenv(k)
+    monkeypatch.syspath_prepend(str(REPO / "cloudtrain" / "bootstrap" / "node"))
+    import blobs
+
+    big = tmp_path / "epoch-9.pt"
+    body = os.urandom(11 << 20)  # 5 + 5 + 1 MiB
+    big.write_bytes(body)
+    blobs.Store(store_for(cloud, url)).put(str(big), "job-1/epoch-9.pt")
+    assert stored(state, cloud)["job-1/epoch-9.pt"] == body and state.rejected == []
+    if cloud == "aws":
+        assert state.parts == [1, 2, 3]
+    else:
+        assert [len(ids) for ids in state.block_lists] == [3]

@@ -24,12 +24,13 @@ beside node_checkpoints.py: the relative paths restored, as JSON): S3 ListObject
 GCS objects.list and `?alt=media`, Azure List Blobs and Get Blob, every page; names a writer
 leaves behind are skipped and each file lands under a temp name, then is renamed into place.
 
-One request per file: S3 takes up to 5 GiB in one PUT, Put Blob up to 5000 MiB (version
-2019-12-12 and later), GCS up to 5 TiB; a larger checkpoint fails with the cloud's own message.
+A file larger than one part (64 MiB) goes up in parts on S3 (multipart upload: one PUT takes
+5 GiB at most) and Azure (Put Block, then Put Block List); GCS's single request takes 5 TiB.
 CLOUDTRAIN_IMDS_URL (AWS and Azure) / CLOUDTRAIN_GCE_METADATA_URL point the metadata calls
 elsewhere: for tests only.
 """
 
+import base64
 import datetime
 import hashlib
 import hmac
@@ -40,6 +41,7 @@ import urllib.error
 import urllib.parse
 import urllib.request
 from xml.etree import ElementTree
+from xml.sax.saxutils import escape
 
 IMDS = "http://169.254.169.254"
 GCE_METADATA = "http://metadata.google.internal"
@@ -47,6 +49,7 @@ AZURE_TOKEN_API = "2018-02-01"
 AZURE_STORAGE_VERSION = "2021-08-06"
 TIMEOUT_S = 20
 UPLOAD_TIMEOUT_S = 600
+PART_BYTES = 64 << 20
 
 
 def _metadata_opener():
@@ -155,6 +158,15 @@ def sigv4_headers(method, url, region, creds, now=None):
     return headers
 
 
+def part_bytes():
+    """The part size of a multipart upload (S3: 5 MiB at least but for the last part, 10000 parts
+    at most; Azure: 50000 blocks): 64 MiB, so up to 625 GiB; CLOUDTRAIN_BLOB_PART_BYTES to change."""
+    try:
+        return max(5 << 20, int(os.environ.get("CLOUDTRAIN_BLOB_PART_BYTES", PART_BYTES)))
+    except ValueError:
+        return PART_BYTES
+
+
 class Store:
     """The cluster's bucket as this node writes it: `put(path, key)`."""
 
@@ -229,8 +241,53 @@ class Store:
                 f.write(block)
         os.replace(tmp, dest)
 
+    def _call(self, method, url, body=b"", extra=None):
+        headers = {**self._signed(method, url), **(extra or {}), "Content-Length": str(len(body))}
+        req = urllib.request.Request(url, data=body, method=method, headers=headers)
+        with urllib.request.urlopen(req, timeout=UPLOAD_TIMEOUT_S) as r:
+            return r.headers, r.read()
+
+    def _parts(self, path, size):
+        part = part_bytes()
+        with open(path, "rb") as f:
+            for n in range(1, (size + part - 1) // part + 1):
+                yield n, f.read(part)
+
+    def _put_s3_parts(self, path, url, size):
+        """S3 multipart upload (S3 API Reference: CreateMultipartUpload, UploadPart,
+        CompleteMultipartUpload; AbortMultipartUpload when a part fails)."""
+        _, body = self._call("POST", url + "?uploads")
+        upload = urllib.parse.quote(next(e.text for e in ElementTree.fromstring(body).iter() if e.tag.endswith("UploadId")), safe="")
+        try:
+            parts = []
+            for n, data in self._parts(path, size):
+                headers, _ = self._call("PUT", f"{url}?partNumber={n}&uploadId={upload}", data)
+                parts.append(f"<Part><PartNumber>{n}</PartNumber><ETag>{escape(headers['ETag'])}</ETag></Part>")
+            _, body = self._call("POST", f"{url}?uploadId={upload}", f"<CompleteMultipartUpload>{''.join(parts)}</CompleteMultipartUpload>".encode())
+            if b"<Error>" in body:  # S3 may answer 200 and then fail the completion in the body
+                raise OSError(f"CompleteMultipartUpload failed: {body[:300]!r}")
+        except BaseException:
+            try:
+                self._call("DELETE", f"{url}?uploadId={upload}")
+            except Exception:  # noqa: BLE001 - the bucket's lifecycle is all that is left
+                pass
+            raise
+
+    def _put_azure_blocks(self, path, url, size):
+        """Azure Put Block per part, then Put Block List (Azure Storage REST reference)."""
+        ids = []
+        for n, data in self._parts(path, size):
+            block = base64.b64encode(f"{n:08d}".encode()).decode()  # ids of one blob all the same length
+            self._call("PUT", f"{url}?comp=block&blockid={urllib.parse.quote(block, safe='')}", data)
+            ids.append(f"<Latest>{block}</Latest>")
+        xml = f'<?xml version="1.0" encoding="utf-8"?><BlockList>{"".join(ids)}</BlockList>'
+        self._call("PUT", f"{url}?comp=blocklist", xml.encode(), {"Content-Type": "application/xml"})
+
     def put(self, path, key):
         size = os.path.getsize(path)
+        if size > part_bytes() and self.cloud in ("aws", "azure"):  # past one request's limit, or close to it
+            url = f"{self.url}/{urllib.parse.quote(key, safe='/-_.~')}"
+            return (self._put_s3_parts if self.cloud == "aws" else self._put_azure_blocks)(path, url, size)
         method, url, headers = self.request(key, size)
         with open(path, "rb") as body:
             req = urllib.request.Request(url, data=body, method=method, headers={**headers, "Content-Length": str(size)})

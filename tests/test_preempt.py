@@ -163,6 +163,9 @@ def test_watchdog_marks_a_preempted_job_and_pushes_its_checkpoints(cloud, cloud_
     objects = stored(state, cloud)
     assert objects["job-1/epoch-2.pt"] == b"weights after epoch 2"
     assert not any(".tmp" in k for k in objects), "a half-written checkpoint never reaches the bucket"
+    # The marker is in the bucket too (the node's disk may go with it), in its final state once
+    # the checkpoints are up (it is put there again after them).
+    wait_for(lambda: json.loads(stored(state, cloud).get(".preempted/job-1.json", b"null")) == marker)
     assert state.rejected == []
     assert f"preemption notice from {cloud}" in node.log()
     assert not (node.root / "jobs" / "job-0" / "preempted.json").exists(), "an ended job was not preempted"
@@ -273,7 +276,7 @@ def test_on_a_local_node_the_installed_watchdog_sees_the_notice_and_pushes_a_rea
         said: list[str] = []
         spot = dataclasses.replace(record, spec=dataclasses.replace(record.spec, spot=True))
         autostop.install(record.cluster, spot, cdir, SpotLocal(), said.append)
-        assert said == [f"cluster local: watchdog on every node: reads aws's preemption notice, copies checkpoints to ckpt"]
+        assert said == ["cluster local: watchdog on every node: reads aws's preemption notice, copies checkpoints to ckpt"]
         script = cli.cwd / "train.py"
         script.write_text(JOB)
         proc = cli("run", str(script), "--detach")

@@ -28,6 +28,9 @@ checkpoints to the bucket, the newest first, and writes the marker again with wh
                                  on GCP, Azure's Preempt event
      "checkpoints": {"store": "aws <bucket>" | null, "state": "uploading"|"uploaded"|"failed"|"none",
                      "keys": [object keys written, newest first], "error": "..." (when failed)}}
+On a cloud with a bucket the marker is also put at `.preempted/<job id>.json` there, before the
+checkpoints and again after them: a preempted VM's disk may be deleted with it, and the caller
+can still tell a preemption from a crash with its own credentials.
 """
 
 import json
@@ -42,6 +45,7 @@ import blobs  # beside this file on the node
 import node_checkpoints
 
 PREEMPTED = "preempted.json"  # in a job's folder; the recovery on the caller's side reads it
+MARKERS = ".preempted"  # in the bucket: `.preempted/<job id>.json`, a copy of the job's marker
 POLL_S = 5.0  # AWS: "check for these interruption notices every 5 seconds"
 AZURE_EVENTS_API = "2020-07-01"
 AZURE_COMPUTE_API = "2021-02-01"
@@ -189,7 +193,11 @@ class Watch:
             self._submit("push", running, first=True)  # next, once the file in flight (if any) is done
 
     def push(self, running):
-        """At a notice: each running job's complete checkpoints, the newest first; the marker says what went."""
+        """At a notice: each running job's marker, then its complete checkpoints, the newest first,
+        then the marker again saying what went; the marker goes to the bucket too (MARKERS), since
+        the node's disk may go with the node."""
+        for job in running:
+            self._publish(job)
         for job in running:
             try:
                 keys = self._upload(job, final=True, newest_first=True)
@@ -197,6 +205,13 @@ class Watch:
             except Exception as e:  # noqa: BLE001 - said in the marker; nothing else to do in seconds
                 self._mark(job, {"store": self.store.describe(), "state": "failed", "keys": [], "error": repr(e)})
                 self.log(f"checkpoints of {job} not uploaded ({e!r})")
+            self._publish(job)
+
+    def _publish(self, job):
+        try:
+            self.store.put(os.path.join(job, PREEMPTED), f"{MARKERS}/{os.path.basename(job)}.json")
+        except Exception as e:  # noqa: BLE001 - the marker on the node's disk is still there
+            self.log(f"preemption marker of {job} not uploaded ({e!r})")
 
     def _mark(self, job, checkpoints):
         try:

@@ -5,7 +5,8 @@ The provisioner says how a node stops itself (`watchdog_stop_command`) and how t
 kept running (`watchdog_systemd`: a systemd unit on VMs, so it survives reboots; otherwise a
 detached process, as on local nodes). Durations can be shrunk for tests with
 CLOUDTRAIN_WATCHDOG_SCALE (a factor) and CLOUDTRAIN_WATCHDOG_POLL (seconds between looks);
-the flags themselves never go under a minute.
+the flags themselves never go under a minute. CLOUDTRAIN_METADATA_URL points a node's metadata
+calls (preemption notice, credentials) at a stand-in: for tests only.
 """
 
 from __future__ import annotations
@@ -28,7 +29,10 @@ Say = Callable[[str], None]
 POLL_S = 10.0
 GRACE_S = 30.0  # between a deadline's TERM and its KILL: time for a job to write a checkpoint
 UNIT = "cloudtrain-watchdog.service"
-NODE_SCRIPTS = ("watchdog.py", "selfstop.py")  # bootstrap/node/: the watchdog, and how a cloud VM stops itself
+# bootstrap/node/: the watchdog, how a cloud VM stops itself, its preemption notice and bucket
+# writes; and jobs/node_checkpoints.py, which says which checkpoints are complete.
+NODE_SCRIPTS = ("watchdog.py", "selfstop.py", "preempt.py", "blobs.py")
+JOB_SCRIPTS = ("node_checkpoints.py",)
 
 
 def check(spec: ClusterSpec, prov: object) -> None:
@@ -85,15 +89,33 @@ def install(cluster: Cluster, record: ClusterRecord, cdir: ClusterDir, prov: obj
         if autostop or deadline:
             say(f"warning: the {record.spec.provider} provider cannot stop its nodes yet; nothing stops this cluster but `cloudtrain down`")
         return
-    here = resources.files("cloudtrain.bootstrap").joinpath("node")
-    scripts = {name: here.joinpath(name).read_text() for name in NODE_SCRIPTS}
+    scripts = node_scripts()
     for index, node in enumerate(cluster.nodes):
         with SshRemote(node, cluster.identity_file) as remote:
             _install_one(remote, node, index, record, cdir, prov, scripts, autostop, deadline)
     what = [f"autostop after {format_duration(autostop)} idle"] if autostop else []
     what += [f"stops {format_duration(deadline)} after start"] if deadline else []
+    extra = preemption_settings(record, prov)
+    what += [f"reads {extra['preempt']}'s preemption notice"] if extra.get("preempt") else []
+    what += [f"copies checkpoints to {extra['checkpoints'].get('bucket')}"] if extra.get("checkpoints") else []
     if what:
         say(f"cluster {record.spec.name}: watchdog on every node: {', '.join(what)}")
+
+
+def node_scripts() -> dict[str, str]:
+    """The files the watchdog's folder holds on a node: name -> text."""
+    here = resources.files("cloudtrain.bootstrap").joinpath("node")
+    jobs = resources.files("cloudtrain.jobs")
+    return {**{name: here.joinpath(name).read_text() for name in NODE_SCRIPTS},
+            **{name: jobs.joinpath(name).read_text() for name in JOB_SCRIPTS}}
+
+
+def preemption_settings(record: ClusterRecord, prov: object) -> dict:
+    """What the watchdog needs beyond autostop: the notice to read (a spot cluster on a cloud
+    that preempts) and the bucket its nodes copy checkpoints to (where the cluster has one)."""
+    preempt = getattr(prov, "node_preempt", None) if record.spec.spot else None
+    store = prov.checkpoint_store(record) if hasattr(prov, "checkpoint_store") else None
+    return {k: v for k, v in {"preempt": preempt, "checkpoints": store}.items() if v}
 
 
 def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecord, cdir: ClusterDir, prov: object, scripts: dict[str, str], autostop: int, deadline: int) -> None:
@@ -108,16 +130,19 @@ def _install_one(remote: SshRemote, node: Node, index: int, record: ClusterRecor
         "session_marker": prov.watchdog_session_marker(root),  # type: ignore[attr-defined]
         # "{watchdog}": the folder the node's own stop helper (node/selfstop.py) is shipped to.
         "stop_command": [a.replace("{watchdog}", folder) for a in prov.watchdog_stop_command(cdir, record, index)],  # type: ignore[attr-defined]
+        **preemption_settings(record, prov),
     }
+    if os.environ.get("CLOUDTRAIN_METADATA_URL") and (config.get("preempt") or config.get("checkpoints")):
+        config["metadata_url"] = os.environ["CLOUDTRAIN_METADATA_URL"]  # tests: a stand-in for the clouds' metadata servers
     text = json.dumps(config, sort_keys=True)
     q = shlex.quote
     current = remote.run(f"cat {q(folder)}/config.json 2>/dev/null; true").stdout.strip()
     if current == text and _running(remote, folder):
         return
     _stop(remote, folder)
-    if not (autostop or deadline):
+    if not (autostop or deadline or config.get("preempt") or config.get("checkpoints")):
         return
-    remote.run(f"mkdir -p {q(folder)} && rm -f {q(folder)}/stopped.json {q(folder)}/state.json")
+    remote.run(f"mkdir -p {q(folder)} && rm -f {q(folder)}/stopped.json {q(folder)}/state.json {q(folder)}/preempted.json")
     for name, body in scripts.items():
         remote.write_text(f"{folder}/{name}", body, mode=0o644)
     remote.write_text(f"{folder}/config.json", text, mode=0o644)

@@ -12,7 +12,7 @@ import pytest
 from cloudtrain import catalog, keys
 from cloudtrain.jobs import node_checkpoints
 from cloudtrain.provisioner import buckets, program
-from cloudtrain.provisioner.contract import HostKey
+from cloudtrain.provisioner.contract import CHECKPOINTS, STORE_KEYS, HostKey
 from cloudtrain.spec import ClusterSpec
 from pulumi_mocks import run_mocked
 
@@ -140,3 +140,51 @@ def test_node_uploads_only_complete_checkpoints_and_restores_them(s3, tmp_path: 
     assert sorted(node_checkpoints.restore_s3(str(new), "ckpt", "job-1", s3)) == ["epoch-1.pt", "epoch-2.pt"]
     assert sorted(p.name for p in new.iterdir()) == ["epoch-1.pt", "epoch-2.pt"]
     assert (new / "epoch-1.pt").read_bytes() == b"ONE!" and (new / "epoch-2.pt").read_bytes() == b"tw"
+
+
+# --- the `checkpoints` output: what a node needs to write there ---------------------------
+
+
+def _store(cloud: str) -> dict:
+    spec = ClusterSpec(name="ct-test", provider=cloud, gpu=GPU[cloud], nodes=1, spot=True, ssh_cidr="198.51.100.7/32")
+    choice = catalog.choose(spec)
+    host_keys = (HostKey(*keys.generate("h0")),)
+    _, value = run_mocked(lambda: program.build(spec, choice, keys.generate("c")[1], host_keys).checkpoints)
+    assert set(value) == set(STORE_KEYS)
+    assert value["region"] == choice.region
+    return value
+
+
+def test_each_program_outputs_its_bucket_for_the_nodes() -> None:
+    aws = _store("aws")
+    assert aws["cloud"] == "aws" and aws["bucket"] == "ct-test-ckpt-x1"
+    assert aws["url"] == f"https://ct-test-ckpt-x1.s3.{aws['region']}.amazonaws.com"
+    gcp = _store("gcp")
+    assert gcp["cloud"] == "gcp" and gcp["url"] == "https://storage.googleapis.com"
+    assert gcp["bucket"].startswith("cloudtrain-ckpt-ct-test-")
+    azure = _store("azure")
+    # The mock names a resource after itself: the account and the container are their `name`s.
+    assert azure["cloud"] == "azure" and azure["bucket"] == "ct-test-ckpt/ct-test-ckpt-container"
+    assert azure["url"] == "https://ct-test-ckpt.blob.core.windows.net/ct-test-ckpt-container"
+
+
+def test_the_stack_exports_the_checkpoints_output(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import runpy
+
+    import pulumi
+    import yaml
+
+    from conftest import REPO
+
+    config = {k: str(v) for k, v in yaml.safe_load((REPO / "stacks" / "Pulumi.aws-t4.yaml").read_text())["config"].items()}
+    monkeypatch.setenv("CLOUDTRAIN_HOME", str(tmp_path))
+    exported: dict = {}
+    monkeypatch.setattr(pulumi, "export", lambda k, v: exported.__setitem__(k, v))
+
+    def build():  # type: ignore[no-untyped-def]
+        pulumi.runtime.set_all_config(config)
+        runpy.run_path(str(REPO / "infra" / "__main__.py"), run_name="__main__")
+        return exported[CHECKPOINTS]
+
+    _, value = run_mocked(build)
+    assert value["cloud"] == "aws" and value["bucket"] and value["url"].startswith("https://")

@@ -10,6 +10,7 @@ cluster record in a real home, the stack config each attempt writes.
 
 from __future__ import annotations
 
+import dataclasses
 import socket
 from typing import Any
 
@@ -369,3 +370,28 @@ def test_preflight_calls_each_clouds_module_the_same_way(monkeypatch):
         choice = catalog.choose(spec)
         assert CLASSES[provider]().preflight(spec, choice) == (choice, {"k": "v"})
         assert seen == [(spec, choice)]
+
+
+@pytest.mark.parametrize("provider", ["aws", "gcp", "azure"])
+def test_the_clusters_bucket_is_recorded_and_handed_to_the_watchdog(home, provider):
+    """The program's `checkpoints` output is kept with the cluster; the watchdog's config gets
+    it, and the cloud's preemption notice where the cluster is spot (autostop.py)."""
+    from cloudtrain import autostop
+    from cloudtrain.provisioner.local import LocalProvisioner
+
+    store = {"cloud": provider, "bucket": "b1", "url": "https://b1.example", "region": "r1"}
+
+    class WithBucket(StackDouble):
+        def up(self, config: dict[str, str]) -> dict[str, Any]:
+            return {**super().up(config), "checkpoints": store}
+
+    spec, cdir, record = new_cluster(home, provider, spot=True)
+    prov = make(provider, WithBucket(), Preflight(), [])
+    prov.create(spec, cdir, record)
+    cdir.save(record)
+    saved = cdir.load()
+    assert prov.checkpoint_store(saved) == store
+    assert autostop.preemption_settings(saved, prov) == {"preempt": provider, "checkpoints": store}
+    on_demand = dataclasses.replace(saved, spec=dataclasses.replace(saved.spec, spot=False))
+    assert autostop.preemption_settings(on_demand, prov) == {"checkpoints": store}  # never preempted: no notice to read
+    assert autostop.preemption_settings(saved, LocalProvisioner()) == {}

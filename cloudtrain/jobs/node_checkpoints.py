@@ -1,9 +1,10 @@
-"""Node side of $CLOUDTRAIN_CHECKPOINT_DIR: which files are complete, and their copy to S3.
+"""Node side of $CLOUDTRAIN_CHECKPOINT_DIR: which files are complete, and their copy to a bucket.
 
-Standalone (stdlib; boto3 only for the upload): the caller runs `listing` on the node through
-`python -c` (checkpoints.py), and a node with a bucket runs `python node_checkpoints.py
-upload-s3 FOLDER BUCKET PREFIX` beside the job, with the node's own credentials (its
-instance profile: only the cluster's nodes may write to the bucket).
+Standalone (stdlib; boto3 only for `upload-s3`): the caller runs `listing` on the node through
+`python -c` (checkpoints.py); on a cloud node the watchdog ships this file beside itself and
+calls `upload` each poll with blobs.py's `put` (bootstrap/node/preempt.py), as the node's own
+identity (only the cluster's nodes may write to the bucket). `python node_checkpoints.py
+upload-s3 FOLDER BUCKET PREFIX` does the same through boto3, where a node has it.
 
 A file is complete when no process holds it open for writing, its size and mtime are the same
 as at the previous look, and its name is not one a write-then-rename leaves behind (a leading
@@ -67,29 +68,42 @@ def listing(folder: str) -> list[list]:
     return out
 
 
-def complete(folder: str, previous: dict[str, tuple[int, int]], final: bool = False) -> tuple[list[str], dict[str, tuple[int, int]]]:
-    """The complete files now (relative paths, oldest first), and this look's (size, mtime) for the next."""
+def complete(folder: str, previous: dict, final: bool = False) -> tuple[list[str], dict]:
+    """The complete files now (relative paths, oldest first), and this look's (size, mtime) for the
+    next. `final`: the writer is gone (the job ended, or the node is about to), so stability over
+    two looks is not asked for: what is closed and not named like a partial file is complete."""
     now = sorted(listing(folder), key=lambda e: (e[2], e[0]))
     ready = [rel for rel, size, mtime, writing in now
-             if not writing and not looks_partial(rel) and ".." not in rel.split("/") and (final or previous.get(rel) == (size, mtime))]
-    return ready, {rel: (size, mtime) for rel, size, mtime, _ in now}
+             if not writing and not looks_partial(rel) and ".." not in rel.split("/")
+             and (final or tuple(previous.get(rel) or ()) == (size, mtime))]
+    return ready, {rel: [size, mtime] for rel, size, mtime, _ in now}
 
 
-def upload_s3(folder: str, bucket: str, prefix: str, client, state: dict) -> list[str]:  # type: ignore[no-untyped-def]
-    """One pass: upload each complete file not uploaded in this state yet; the keys written.
-    `state` carries the previous look and what was sent ({"seen": ..., "sent": ...})."""
-    ready, state["seen"] = complete(folder, state.get("seen", {}))
+def upload(folder: str, prefix: str, put, state: dict, final: bool = False, newest_first: bool = False) -> list[str]:  # type: ignore[no-untyped-def]
+    """One pass: `put(path, key)` each complete file not sent in this state yet; the keys written.
+    `state` carries the previous look and what was sent ({"seen": ..., "sent": ...}; JSON-able,
+    so a restarted watchdog does not send it all again). `newest_first`: a preemption notice
+    leaves seconds, and the newest checkpoint is the one a resumed job wants."""
+    ready, state["seen"] = complete(folder, state.get("seen", {}), final)
     sent = state.setdefault("sent", {})
     written = []
-    for rel in ready:
-        st = os.stat(os.path.join(folder, rel))
+    for rel in reversed(ready) if newest_first else ready:
+        try:
+            st = os.stat(os.path.join(folder, rel))
+        except OSError:
+            continue  # gone meanwhile
         if sent.get(rel) == [st.st_size, st.st_mtime_ns]:
             continue
         key = f"{prefix.rstrip('/')}/{rel}"
-        client.upload_file(os.path.join(folder, rel), bucket, key)
+        put(os.path.join(folder, rel), key)
         sent[rel] = [st.st_size, st.st_mtime_ns]
         written.append(key)
     return written
+
+
+def upload_s3(folder: str, bucket: str, prefix: str, client, state: dict) -> list[str]:  # type: ignore[no-untyped-def]
+    """`upload` through a boto3 client (a node that has boto3; the watchdog uses blobs.py)."""
+    return upload(folder, prefix, lambda path, key: client.upload_file(path, bucket, key), state)
 
 
 def restore_s3(folder: str, bucket: str, prefix: str, client) -> list[str]:  # type: ignore[no-untyped-def]

@@ -18,7 +18,7 @@ from cloudtrain.catalog import Choice, Image
 from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
 from cloudtrain.errors import BadInput
-from cloudtrain.provisioner.contract import CLUSTER_TAG, NODES, ClusterPlan, node_entry
+from cloudtrain.provisioner.contract import CHECKPOINTS, CLUSTER_TAG, NODES, ClusterPlan, node_entry
 
 VPC_CIDR = "10.77.0.0/16"
 SUBNET_CIDR = "10.77.1.0/24"
@@ -184,7 +184,8 @@ class AwsCluster(pulumi.ComponentResource):
             )
             entries.append(node_entry(node, inst.public_ip, inst.private_ip, plan.image.ssh_user, plan.host_keys[i].public))
         self.nodes = pulumi.Output.all(*entries)
-        self.register_outputs({NODES: self.nodes})
+        self.checkpoints = checkpoints.store  # where the nodes put checkpoints (contract.CHECKPOINTS)
+        self.register_outputs({NODES: self.nodes, CHECKPOINTS: self.checkpoints})
 
 
 def deploy(name: str, plan: ClusterPlan) -> AwsCluster:

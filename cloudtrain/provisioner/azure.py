@@ -18,7 +18,7 @@ from pulumi_azure_native import authorization, compute, network, resources
 from cloudtrain.catalog import Choice, Image
 from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
-from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
+from cloudtrain.provisioner.contract import CHECKPOINTS, NODES, ClusterPlan, node_entry
 
 VNET_CIDR = "10.79.0.0/16"
 SUBNET_CIDR = "10.79.1.0/24"
@@ -241,7 +241,8 @@ class AzureCluster(pulumi.ComponentResource):
             entries.append(node_entry(node, public_ip, private_ip, user, plan.host_keys[i].public))
             buckets.azure_writer(node, checkpoints, vm, self)  # its identity writes checkpoints
         self.nodes = pulumi.Output.all(*entries)
-        self.register_outputs({NODES: self.nodes})
+        self.checkpoints = checkpoints.store  # where the nodes put checkpoints (contract.CHECKPOINTS)
+        self.register_outputs({NODES: self.nodes, CHECKPOINTS: self.checkpoints})
 
 
 def deploy(name: str, plan: ClusterPlan) -> AzureCluster:

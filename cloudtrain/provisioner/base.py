@@ -30,6 +30,9 @@ class Provisioner(ABC):
     can_stop: ClassVar[bool] = False
     default_autostop_s: ClassVar[int | None] = None
     watchdog_systemd: ClassVar[bool] = False
+    # Which cloud's preemption notice the watchdog polls (bootstrap/node/preempt.py: "aws",
+    # "gcp", "azure"); None: this provider's machines are never preempted.
+    node_preempt: ClassVar[str | None] = None
     # The machines are the user's own, named by --host: `down` removes cloudtrain's files from
     # them and never the machines.
     takes_hosts: ClassVar[bool] = False
@@ -73,6 +76,10 @@ class Provisioner(ABC):
     def watchdog_session_marker(self, root: str) -> str:
         """An environment entry only the node's own interactive sessions carry; "" = any PTY."""
         return ""
+
+    def checkpoint_store(self, record: ClusterRecord) -> dict | None:
+        """Where the nodes themselves put checkpoints (contract.CHECKPOINTS' entry), or None."""
+        return None
 
     def observed_stop(self, cdir: ClusterDir, record: ClusterRecord) -> dict | None:
         """{"reason", "at"} when a node of the cluster was stopped by its watchdog; else None."""

@@ -1,8 +1,9 @@
 """The checkpoint bucket each cloud cluster gets: private, and written by the cluster's nodes only.
 
 One function per cloud, called with one line from its GpuCluster component; each returns what
-the instances need to carry (an instance profile, a service account, a grant to each VM's own identity) and
-the bucket's name. Nobody else is granted anything on it; the caller keeps only what its own
+the instances need to carry (an instance profile, a service account, a grant to each VM's own identity),
+the bucket's name, and the `checkpoints` output (contract.py): what a node's watchdog needs to
+write there (bootstrap/node/blobs.py), with the node's own identity and no key. Nobody else is granted anything on it; the caller keeps only what its own
 cloud credentials allow (reading, and deleting the objects when `down` removes the bucket:
 `force_destroy`). A node's checkpoints survive the node (a preempted spot VM is deleted with
 its disk) and the caller's laptop.
@@ -17,7 +18,7 @@ from typing import Any
 
 import pulumi
 
-from cloudtrain.provisioner.contract import ClusterPlan
+from cloudtrain.provisioner.contract import ClusterPlan, store_entry
 
 # What a node may do with checkpoint objects: write, read back (restore), list, replace.
 AWS_NODE_ACTIONS = ["s3:PutObject", "s3:GetObject", "s3:DeleteObject", "s3:AbortMultipartUpload"]
@@ -35,6 +36,7 @@ def _short(plan: ClusterPlan, n: int) -> str:
 class Bucket:
     name: pulumi.Output[str]
     for_nodes: Any  # what each instance is given to act as the writer
+    store: pulumi.Output[dict[str, Any]]  # the `checkpoints` output (contract.store_entry)
 
 
 def aws(name: str, plan: ClusterPlan, parent: pulumi.Resource) -> Bucket:
@@ -68,7 +70,9 @@ def aws(name: str, plan: ClusterPlan, parent: pulumi.Resource) -> Bucket:
              "Condition": {"Bool": {"aws:SecureTransport": "false"}}},
         ]})), opts=child)
     profile = aws_sdk.iam.InstanceProfile(f"{name}-node-profile", role=role.name, tags=tags, opts=child)
-    return Bucket(bucket.bucket, profile.name)
+    # Virtual-hosted style, the region's own endpoint (S3 User Guide, "Virtual hosting of buckets").
+    url = bucket.bucket.apply(lambda b: f"https://{b}.s3.{plan.region}.amazonaws.com")
+    return Bucket(bucket.bucket, profile.name, store_entry("aws", bucket.bucket, url, plan.region))
 
 
 def gcp(name: str, plan: ClusterPlan, parent: pulumi.Resource) -> Bucket:
@@ -89,7 +93,8 @@ def gcp(name: str, plan: ClusterPlan, parent: pulumi.Resource) -> Bucket:
         member=account.email.apply(lambda e: f"serviceAccount:{e}"), opts=child,
     )
     return Bucket(bucket.name, gcp_sdk.compute.InstanceServiceAccountArgs(
-        email=account.email, scopes=["https://www.googleapis.com/auth/devstorage.read_write"]))
+        email=account.email, scopes=["https://www.googleapis.com/auth/devstorage.read_write"]),
+        store_entry("gcp", bucket.name, "https://storage.googleapis.com", plan.region))
 
 
 def azure(name: str, plan: ClusterPlan, parent: pulumi.Resource, resource_group: pulumi.Input[str]) -> Bucket:
@@ -107,7 +112,9 @@ def azure(name: str, plan: ClusterPlan, parent: pulumi.Resource, resource_group:
         f"{name}-ckpt-container", container_name="checkpoints", account_name=account.name,
         resource_group_name=resource_group, public_access="None", opts=child,
     )
-    return Bucket(pulumi.Output.concat(account.name, "/", container.name), container)
+    url = pulumi.Output.concat("https://", account.name, ".blob.core.windows.net/", container.name)
+    name_ = pulumi.Output.concat(account.name, "/", container.name)
+    return Bucket(name_, container, store_entry("azure", name_, url, plan.region))
 
 
 def azure_writer(node: str, bucket: Bucket, vm: Any, parent: pulumi.Resource) -> None:

@@ -24,7 +24,7 @@ from cloudtrain.machine import Cluster, Node
 from cloudtrain.provisioner import cloud_errors, failover, hostkeys, leftovers, program
 from cloudtrain.provisioner import replace as replace_vms
 from cloudtrain.provisioner.base import Provisioner
-from cloudtrain.provisioner.contract import NODES, HostKey
+from cloudtrain.provisioner.contract import CHECKPOINTS, NODES, HostKey
 from cloudtrain.provisioner.myip import public_cidr
 from cloudtrain.provisioner.preflight import pulumi_cli
 from cloudtrain.provisioner.stack import ClusterStack
@@ -166,6 +166,7 @@ class CloudProvisioner(Provisioner):
         )
         record.provider_state["pinned"] = pinned  # how far `launch --recover` may move it (replace.py)
         nodes = tuple(Node.from_output(entry) for entry in outputs[NODES])
+        record.provider_state[CHECKPOINTS] = outputs.get(CHECKPOINTS)  # the nodes' bucket (checkpoint_store)
         cluster = Cluster(name=cdir.name, nodes=nodes, identity_file=cdir.identity_file)
         remember = getattr(self._power(), "remember", None) if self.power else None
         if remember is not None:  # the VMs' ids / names, so a same-named cluster is never mistaken for this one
@@ -173,6 +174,9 @@ class CloudProvisioner(Provisioner):
             remember(made)
             record.provider_state = made.provider_state  # saved by the caller
         return cluster
+
+    def checkpoint_store(self, record: ClusterRecord) -> dict | None:
+        return record.provider_state.get(CHECKPOINTS)
 
     def _power(self) -> Any:
         return importlib.import_module(f"cloudtrain.provisioner.{self.power}")
@@ -223,6 +227,7 @@ class CloudProvisioner(Provisioner):
 
 class AwsProvisioner(CloudProvisioner):
     name: ClassVar[str] = "aws"
+    node_preempt: ClassVar[str | None] = "aws"  # bootstrap/node/preempt.py's notice reader
     signals: ClassVar[failover.Signals] = cloud_errors.AWS
     can_stop: ClassVar[bool] = True
     default_autostop_s: ClassVar[int | None] = 3600
@@ -231,6 +236,7 @@ class AwsProvisioner(CloudProvisioner):
 
 class GcpProvisioner(CloudProvisioner):
     name: ClassVar[str] = "gcp"
+    node_preempt: ClassVar[str | None] = "gcp"  # bootstrap/node/preempt.py's notice reader
     signals: ClassVar[failover.Signals] = cloud_errors.GCP
     can_stop: ClassVar[bool] = True
     default_autostop_s: ClassVar[int | None] = 3600
@@ -239,6 +245,7 @@ class GcpProvisioner(CloudProvisioner):
 
 class AzureProvisioner(CloudProvisioner):
     name: ClassVar[str] = "azure"
+    node_preempt: ClassVar[str | None] = "azure"  # bootstrap/node/preempt.py's notice reader
     signals: ClassVar[failover.Signals] = cloud_errors.AZURE
     node_stop: ClassVar[str] = "azure-deallocate"  # an OS shutdown alone leaves the VM allocated, billing
     can_stop: ClassVar[bool] = True

@@ -22,6 +22,18 @@ SSH_PORT = "sshPort"
 HOST_KEY = "hostKey"
 NODE_KEYS = (NAME, PUBLIC_IP, PRIVATE_IP, SSH_USER, SSH_PORT, HOST_KEY)
 
+# The `checkpoints` output: where the cluster's nodes put $CLOUDTRAIN_CHECKPOINT_DIR's files
+# (provisioner/buckets.py), what a node's watchdog needs and nothing secret:
+# {cloud: "aws"|"gcp"|"azure", bucket: the bucket's (GCP, AWS) or "account/container" (Azure)
+# name, url: the endpoint the node writes to (objects are `{url}/{key}` on S3 and Azure Blob;
+# GCS's JSON API under it), region}. Object keys are `<job id>/<path in the folder>`.
+CHECKPOINTS = "checkpoints"
+STORE_CLOUD = "cloud"
+STORE_BUCKET = "bucket"
+STORE_URL = "url"
+STORE_REGION = "region"
+STORE_KEYS = (STORE_CLOUD, STORE_BUCKET, STORE_URL, STORE_REGION)
+
 # The tag/label key naming the cluster on every resource that takes tags.
 CLUSTER_TAG = "cloudtrain-cluster"
 
@@ -77,4 +89,11 @@ def node_entry(name: str, public_ip: pulumi.Input[str], private_ip: pulumi.Input
             SSH_PORT: 22,
             HOST_KEY: host_key,
         }
+    )
+
+
+def store_entry(cloud: str, bucket: pulumi.Input[str], url: pulumi.Input[str], region: str) -> pulumi.Output[dict[str, Any]]:
+    """The `checkpoints` output (its keys above)."""
+    return pulumi.Output.all(bucket, url).apply(
+        lambda v: {STORE_CLOUD: cloud, STORE_BUCKET: v[0], STORE_URL: v[1], STORE_REGION: region}
     )

@@ -18,7 +18,7 @@ import pulumi_gcp as gcp
 from cloudtrain.catalog import Choice, Image
 from cloudtrain.provisioner import buckets
 from cloudtrain.provisioner.cloudinit import user_data
-from cloudtrain.provisioner.contract import NODES, ClusterPlan, node_entry
+from cloudtrain.provisioner.contract import CHECKPOINTS, NODES, ClusterPlan, node_entry
 
 SUBNET_CIDR = "10.78.0.0/20"
 # Machine series that take a compact placement policy (COLLOCATED): Google's table "Compact
@@ -172,7 +172,8 @@ class GcpCluster(pulumi.ComponentResource):
             private_ip = inst.network_interfaces.apply(lambda nics: nics[0].network_ip)
             entries.append(node_entry(node, public_ip, private_ip, plan.image.ssh_user, plan.host_keys[i].public))
         self.nodes = pulumi.Output.all(*entries)
-        self.register_outputs({NODES: self.nodes})
+        self.checkpoints = checkpoints.store  # where the nodes put checkpoints (contract.CHECKPOINTS)
+        self.register_outputs({NODES: self.nodes, CHECKPOINTS: self.checkpoints})
 
 
 def deploy(name: str, plan: ClusterPlan) -> GcpCluster:

@@ -1,4 +1,5 @@
-"""The Pulumi program: stack config -> ClusterSpec -> one cloud component -> the `nodes` output.
+"""The Pulumi program: stack config -> ClusterSpec -> one cloud component -> the `nodes` and
+`checkpoints` outputs.
 
 The same function runs inline from `cloudtrain up` (Automation API, host keys handed in) and
 from `pulumi up -s gcp-t4` on this repository (through infra/__main__.py, host keys kept under
@@ -17,7 +18,7 @@ from cloudtrain import catalog, state
 from cloudtrain.catalog import Choice
 from cloudtrain.errors import BadInput
 from cloudtrain.provisioner import hostkeys
-from cloudtrain.provisioner.contract import NODES, ClusterPlan, HostKey
+from cloudtrain.provisioner.contract import CHECKPOINTS, NODES, ClusterPlan, HostKey
 from cloudtrain.spec import ClusterSpec, check_cidr, parse_gpu
 
 NAMESPACE = "cloudtrain"
@@ -112,4 +113,5 @@ def run(host_keys: tuple[HostKey, ...] | None = None) -> pulumi.ComponentResourc
         host_keys = hostkeys.load_or_create(folder, node_names(spec))
     component = build(spec, choice, ssh_public_key, host_keys)
     pulumi.export(NODES, component.nodes)
+    pulumi.export(CHECKPOINTS, component.checkpoints)  # type: ignore[attr-defined]
     return component

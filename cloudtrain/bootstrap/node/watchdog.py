@@ -13,6 +13,10 @@ TERM, then KILL after `grace_s`: their partial outputs stay on the node's disk. 
 signals a job, the watchdog writes ENDED_BY into that job's folder: whoever reads the job's
 exit status (cloudtrain/jobs/collect.py) can then name the watchdog, even when the job's end
 reaches it before the node has stopped.
+
+On a cloud node, config.json also names the cloud whose preemption notice to read (`preempt`)
+and the cluster's checkpoint bucket (`checkpoints`): each poll then goes through preempt.py,
+which marks the running jobs preempted on a notice and copies their checkpoints to the bucket.
 """
 
 import json
@@ -23,6 +27,7 @@ import sys
 import time
 
 PTS_MAJORS = range(136, 144)  # Unix98 pseudo-terminals (Documentation/admin-guide/devices.txt)
+FLUSH_S = 120.0  # at most this long for the checkpoint uploads before the node stops itself
 ENDED_BY = "ended_by.json"  # in a job's folder; the same name is in cloudtrain/jobs/collect.py
 
 
@@ -161,6 +166,15 @@ def end_jobs(folder, root, grace, reason):
             return
 
 
+def _watch(folder, root, watch):
+    try:
+        jobs = []
+        running_jobs(root, jobs)
+        watch.poll(jobs)
+    except Exception as e:  # noqa: BLE001 - logged; autostop and the deadline go on regardless
+        log(folder, f"preemption watch failed ({e!r})")
+
+
 def write_json(path, data):
     tmp = path + ".tmp"
     with open(tmp, "w") as f:
@@ -186,10 +200,23 @@ def main(folder):
         state["started_at"] = time.time()
         write_json(state_path, state)
     deadline = state["started_at"] + cfg["max_duration_s"] if cfg.get("max_duration_s") else None
+    watch = None
+    if cfg.get("preempt") or cfg.get("checkpoints"):
+        try:
+            import preempt  # beside this file (autostop.py ships it)
+
+            if cfg.get("metadata_url"):  # tests only (autostop.py)
+                os.environ["CLOUDTRAIN_IMDS_URL"] = os.environ["CLOUDTRAIN_GCE_METADATA_URL"] = cfg["metadata_url"]
+            watch = preempt.Watch(folder, root, cfg.get("preempt"), cfg.get("checkpoints"), lambda text: log(folder, text))
+            poll = min(poll, preempt.POLL_S)  # a notice leaves 30 s (GCP, Azure) to two minutes (AWS)
+        except Exception as e:  # noqa: BLE001 - autostop and the deadline must go on without it
+            log(folder, f"no preemption watch ({e!r})")
     write_json(os.path.join(folder, "pid.json"), {"pid": os.getpid()})
     log(folder, f"watching {root}: autostop {autostop}s, deadline {deadline}")
     last_busy = time.time()
     while True:
+        if watch is not None:  # first: a notice leaves seconds
+            _watch(folder, root, watch)
         now = time.time()
         reason = None
         if deadline is not None and now >= deadline:
@@ -200,6 +227,9 @@ def main(folder):
             last_busy = now
         elif autostop and now - last_busy >= autostop:
             reason = "autostop"
+        if reason and watch is not None:  # what the ended jobs left goes to the bucket first
+            _watch(folder, root, watch)
+            watch.flush(FLUSH_S)
         if reason:
             write_json(os.path.join(folder, "stopped.json"), {"reason": reason, "at": time.time()})
             log(folder, f"stopping ({reason}): {cfg['stop_command']}")

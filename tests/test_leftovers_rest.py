@@ -23,6 +23,8 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
+from fake_gcs_iam import FakeGcsIam
+
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner import leftovers
 from cloudtrain.provisioner.contract import CLUSTER_TAG
@@ -76,6 +78,7 @@ class FakeCompute:
         self.filters: list[str] = []
         self.waits = 0
         self.forbidden: set[str] = set()  # collections whose list answers 403
+        self.beyond = FakeGcsIam(P)  # Cloud Storage and IAM, on the same server
 
     def add(self, plural: str, scope: str, name: str, **fields) -> None:
         link = f"https://www.googleapis.com/compute/v1/projects/{P}/{scope}/{plural}/{name}"
@@ -88,6 +91,8 @@ class FakeCompute:
         return [r["selfLink"] for r in self.res.values() if link in (r.get("network"), r.get("subnetwork"))]
 
     def handle(self, method, path, query, headers):
+        if not path.startswith("/compute/"):
+            return self.beyond.handle(method, path, query)
         parts = path.strip("/").split("/")
         assert parts[:4] == ["compute", "v1", "projects", P], path
         rest = parts[4:]

@@ -23,6 +23,7 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
+from fake_arm_roles import FakeRoles
 from fake_gcs_iam import FakeGcsIam
 
 from cloudtrain.errors import ProvisionError
@@ -252,6 +253,7 @@ class FakeArm:
         self.tokens: set[str] = set()
         self.url = ""
         self.link_base = None  # where nextLink points; None: this server
+        self.roles = FakeRoles(SUB)  # the authorization API, on the same server
 
     def add(self, name: str, location: str, tags: dict[str, str]) -> None:
         self.groups[name] = {
@@ -261,9 +263,17 @@ class FakeArm:
 
     def handle(self, method, path, query, headers):
         self.tokens.add(headers.get("Authorization", ""))
+        if "/providers/Microsoft.Authorization/" in path:
+            self.roles.url = self.url
+            return self.roles.handle(method, path, query)
         assert query.get("api-version") == ["2021-04-01"], query
         parts = path.strip("/").split("/")
         assert parts[:2] == ["subscriptions", SUB], path
+        if method == "GET" and len(parts) == 4 and parts[2].lower() == "resourcegroups":  # Resource Groups - Get
+            group = next((g for n, g in self.groups.items() if n.lower() == parts[3].lower()), None)
+            if group is None:
+                return 404, {"error": {"code": "ResourceGroupNotFound", "message": f"Resource group '{parts[3]}' could not be found."}}, None
+            return 200, group, None
         if method == "GET" and parts[2:] == ["resourcegroups"]:
             flt = query["$filter"][0]
             self.filters.append(flt)

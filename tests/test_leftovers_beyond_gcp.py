@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import pytest
 
-from test_leftovers_rest import P, plant_gcp
+from test_leftovers_rest import P, plant_gcp, serve
 
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner import inventory, leftovers
@@ -84,3 +84,21 @@ def test_status_lists_them_and_down_of_the_lost_name_removes_what_only_iam_holds
     del google.beyond.buckets[lost["bucket"]]  # now only IAM holds the name
     assert inventory.down_unrecorded(Store(), "lost", lambda _: None, force=True, confirm=None, show=lambda _: None, conns=conns)
     assert lost["account"] not in google.beyond.accounts and kept["account"] in google.beyond.accounts
+
+
+def test_status_keeps_the_machines_when_storage_cannot_be_listed(tmp_path, monkeypatch):
+    monkeypatch.setenv("CLOUDTRAIN_HOME", str(tmp_path / "home"))
+    from test_inventory import ListingCompute
+
+    fake = ListingCompute()
+    server, url = serve(fake)
+    try:
+        plant_gcp(fake, "lost")
+        fake.beyond.handle = lambda method, path, query: (403, {"error": {"code": 403, "message": "Cloud Storage API has not been used in project proj-1", "errors": [{"reason": "accessNotConfigured"}]}}, None)
+        conns = {"gcp": {"http": Bearer("ya29.test"), "project": P, "api": f"{url}/compute/v1"}}
+        seen = inventory.unknown(Store(), "gcp", conns=conns)
+        assert {(t.kind, t.id) for t in seen.found} == {("instance", "lost-0"), ("disk", "lost-data")}
+        assert len(seen.failed) == 1 and "HTTP 403 accessNotConfigured" in seen.failed[0]
+    finally:
+        server.shutdown()
+        server.server_close()

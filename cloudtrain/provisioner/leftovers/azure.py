@@ -104,7 +104,13 @@ def tagged(http: Transport | None = None, subscription_id: str | None = None, ar
         what = ", ".join(f"{n} {_BILLED[k]}" for k, n in kinds.items()) or "nothing that bills"
         state = (group.get("properties") or {}).get("provisioningState", "?")
         out.append(Tagged("azure", "resource-group", group["name"], group.get("location", "?"), state, value, what, group.get("location", "")))
-    return out + azure_roles.tagged(http, sub, arm)
+    return out
+
+
+def tagged_global(http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None) -> list[Tagged]:
+    """The custom roles no resource group holds (status --cloud)."""
+    http, sub = _client(http, subscription_id)
+    return azure_roles.tagged(http, sub, arm or ARM)
 
 
 # What bills in a cluster's group, by ARM resource type (the rest, networks and NICs, is free).

@@ -120,7 +120,13 @@ def tagged(http: Transport | None = None, project: str | None = None, api: str |
                     if value is None:
                         continue
                     out.append(_row(kind, item, zone, value))
-    return out + gcp_beyond.tagged(rest, project, api)
+    return out
+
+
+def tagged_global(http: Transport | None = None, project: str | None = None, api: str | None = None) -> list[Tagged]:
+    """What Compute does not answer for: checkpoint buckets and node service accounts (status --cloud)."""
+    rest, project = _client(http, project)
+    return gcp_beyond.tagged(rest, project, api or API)
 
 
 def _row(kind: str, item: dict, zone: str, value: str) -> Tagged:

@@ -22,7 +22,7 @@ import time
 import urllib.parse
 from typing import Callable, Iterator
 
-from cloudtrain.provisioner.contract import CLUSTER_TAG
+from cloudtrain.provisioner.contract import CLUSTER_TAG, marker
 from cloudtrain.provisioner.leftovers import azure_roles
 from cloudtrain.provisioner.leftovers.base import GLOBAL, Leftover, Tagged
 from cloudtrain.provisioner.rest import ApiError, Bearer, Reply, Rest, Transport, same_origin
@@ -36,7 +36,8 @@ _DEFAULT_POLL_S, _MAX_POLL_S = 10.0, 60.0
 
 
 def console_filter(cluster: str, where: str | None) -> str:
-    return f"`az group list --tag {CLUSTER_TAG}={cluster}` and `az resource list --tag {CLUSTER_TAG}={cluster}`"
+    return (f"`az group list --tag {CLUSTER_TAG}={cluster}` and `az resource list --tag {CLUSTER_TAG}={cluster}`; the role: "
+            f"`az role definition list --custom-role-only --query \"[?starts_with(description, '{marker(cluster)}:')]\"`")
 
 
 def _client(http: Transport | None, subscription_id: str | None) -> tuple[Transport, str]:

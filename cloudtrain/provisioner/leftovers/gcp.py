@@ -40,7 +40,8 @@ def console_filter(cluster: str, where: str | None) -> str:
     return (
         f"`gcloud compute instances list --filter=labels.{CLUSTER_TAG}={cluster}` and "
         f"`gcloud compute disks list --filter=labels.{CLUSTER_TAG}={cluster}`; networks, subnets, firewall rules and "
-        f"resource policies: `gcloud compute networks list --filter=\"description~^{marker(cluster)}\"` (and the same for `networks subnets`, `firewall-rules`, `resource-policies`)"
+        f"resource policies: `gcloud compute networks list --filter=\"description~^{marker(cluster)}\"` (and the same for `networks subnets`, `firewall-rules`, `resource-policies`); "
+        f"`gcloud storage buckets list --filter=labels.{CLUSTER_TAG}={cluster}` and `gcloud iam service-accounts list --filter=\"description={marker(cluster)}\"`"
     )
 
 

@@ -78,10 +78,13 @@ def test_status_lists_the_role_and_down_of_a_name_only_it_holds_removes_it(tmp_p
     try:
         role(fake, "lost", "lost-rg", vms=2)  # its group went, the role stayed
         role(fake, "kept", "kept-rg")
+        fake.add("kept-rg", "eastus", {CLUSTER_TAG: "kept"})
+        fake.contents["kept-rg"] = [("Microsoft.Storage/storageAccounts", "ctckpt0123456789abcdef")]  # the checkpoint bucket bills
         conns = {"azure": {"http": Bearer("t"), "subscription_id": SUB, "arm": fake.url}}
         seen = inventory.unknown(Store(), "azure", conns=conns)
-        assert {(t.kind, t.id, t.cluster, t.region) for t in seen.found} == {
+        assert {(t.kind, t.id, t.cluster, t.region) for t in seen.found} == {("resource-group", "kept-rg", "kept", "eastus"),
             ("role-definition", "cloudtrain self-deallocate (lost-rg)", "lost", GLOBAL), ("role-definition", "cloudtrain self-deallocate (kept-rg)", "kept", GLOBAL)}
+        assert next(t.bills for t in seen.found if t.kind == "resource-group") == "1 checkpoint storage account(s)"
         assert inventory.down_unrecorded(Store(), "lost", lambda _: None, force=True, confirm=None, show=lambda _: None, conns=conns)
         assert [d["properties"]["roleName"] for d in fake.roles.defs.values()] == ["cloudtrain self-deallocate (kept-rg)"]
         assert fake.roles.assignments == {}

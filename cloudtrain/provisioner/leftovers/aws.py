@@ -14,7 +14,8 @@ import boto3
 from botocore.exceptions import BotoCoreError, ClientError, WaiterError
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG
-from cloudtrain.provisioner.leftovers.base import Leftover, Tagged
+from cloudtrain.provisioner.leftovers import aws_beyond
+from cloudtrain.provisioner.leftovers.base import GLOBAL, Leftover, Tagged
 
 SWEEPS = True
 
@@ -32,6 +33,7 @@ _KINDS: tuple[tuple[str, str, str, str, str], ...] = (
     ("security-group", "describe_security_groups", "SecurityGroups", "GroupId", "delete_security_group"),
     ("vpc", "describe_vpcs", "Vpcs", "VpcId", "delete_vpc"),
     ("placement-group", "describe_placement_groups", "PlacementGroups", "GroupName", "delete_placement_group"),
+    ("key-pair", "describe_key_pairs", "KeyPairs", "KeyName", "delete_key_pair"),
 )
 _GONE = {"terminated", "shutting-down"}
 # What bills while it exists: failing to look for these fails the sweep; the rest are free
@@ -56,8 +58,12 @@ def _tagged(item: dict[str, Any], cluster: str) -> bool:
 
 
 def find(cluster: str, region: str, session: Any | None = None) -> tuple[list[Leftover], list[str]]:
-    """Every resource in `region` tagged `cloudtrain-cluster=<cluster>`, in deletion order, and
-    the free kinds that could not be listed. Raises when a kind that bills cannot be listed."""
+    """Every resource in `region` tagged `cloudtrain-cluster=<cluster>`, in deletion order (the
+    checkpoint bucket and the IAM role and profile after the instances that use them), and
+    the free kinds that could not be listed. Raises when a kind that bills cannot be listed.
+    Region GLOBAL: the role and profile alone."""
+    if region == GLOBAL:
+        return aws_beyond.find(cluster, region, session)
     ec2 = _client(region, session)
     filters = [{"Name": f"tag:{CLUSTER_TAG}", "Values": [cluster]}]
     found: list[Leftover] = []
@@ -80,7 +86,8 @@ def find(cluster: str, region: str, session: Any | None = None) -> tuple[list[Le
             if kind == "route-table" and any(a.get("Main") for a in item.get("Associations", [])):
                 continue  # the VPC's main table goes with the VPC
             found.append(Leftover(kind, item[id_key], region, item))
-    return found, unchecked
+    beyond, not_listed = aws_beyond.find(cluster, region, session)
+    return found + beyond, unchecked + not_listed
 
 
 def remove(found: list[Leftover], session: Any | None = None) -> list[str]:
@@ -88,12 +95,15 @@ def remove(found: list[Leftover], session: Any | None = None) -> list[str]:
     failed: list[str] = []
     by_region: dict[str, Any] = {}
     for left in found:
-        ec2 = by_region.setdefault(left.region, _client(left.region, session))
         try:
+            if left.kind in aws_beyond.KINDS:
+                aws_beyond.delete(left, session)
+                continue
+            ec2 = by_region.setdefault(left.region, _client(left.region, session))
             _delete(ec2, left, [x for x in found if x.kind == "instance" and x.region == left.region])
         except (ClientError, BotoCoreError, WaiterError) as e:
             code = e.response.get("Error", {}).get("Code", "") if isinstance(e, ClientError) else type(e).__name__
-            if code.endswith(".NotFound"):
+            if code.endswith(".NotFound") or (isinstance(e, ClientError) and aws_beyond.gone(e)):
                 continue  # already gone: a root volume goes with its instance
             failed.append(f"{left.kind} {left.id} in {left.region} ({code})")
     return failed
@@ -137,6 +147,11 @@ def tagged(region: str, session: Any | None = None) -> list[Tagged]:
         state = "associated" if a.get("AssociationId") else "unattached"
         out.append(Tagged("aws", "elastic-ip", a["AllocationId"], region, state, _value(a), f"public IPv4 {a.get('PublicIp', '')}".strip(), region))
     return out
+
+
+def tagged_global(session: Any | None = None) -> list[Tagged]:
+    """What no one region's EC2 answers: checkpoint buckets, node roles and profiles."""
+    return aws_beyond.tagged(session)
 
 
 def _value(item: dict[str, Any]) -> str:

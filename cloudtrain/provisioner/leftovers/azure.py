@@ -1,6 +1,7 @@
 """Azure: find and delete the resource groups tagged `cloudtrain-cluster=<name>` in the
 cluster's region, through Azure Resource Manager REST. The Azure program puts every resource of
-a cluster in one such group, so deleting the group deletes them all.
+a cluster in one such group, so deleting the group deletes them all (the checkpoint storage
+account and its container too); the one thing outside it, the nodes' custom role, is azure_roles'.
 
 Shapes, from the ARM REST reference:
 - Resource Groups - List (learn.microsoft.com/rest/api/resources/resourcegroups/list):
@@ -21,8 +22,9 @@ import time
 import urllib.parse
 from typing import Callable, Iterator
 
-from cloudtrain.provisioner.contract import CLUSTER_TAG
-from cloudtrain.provisioner.leftovers.base import Leftover, Tagged
+from cloudtrain.provisioner.contract import CLUSTER_TAG, marker
+from cloudtrain.provisioner.leftovers import azure_roles
+from cloudtrain.provisioner.leftovers.base import GLOBAL, Leftover, Tagged
 from cloudtrain.provisioner.rest import ApiError, Bearer, Reply, Rest, Transport, same_origin
 
 SWEEPS = True
@@ -34,7 +36,8 @@ _DEFAULT_POLL_S, _MAX_POLL_S = 10.0, 60.0
 
 
 def console_filter(cluster: str, where: str | None) -> str:
-    return f"`az group list --tag {CLUSTER_TAG}={cluster}` and `az resource list --tag {CLUSTER_TAG}={cluster}`"
+    return (f"`az group list --tag {CLUSTER_TAG}={cluster}` and `az resource list --tag {CLUSTER_TAG}={cluster}`; the role: "
+            f"`az role definition list --custom-role-only --query \"[?starts_with(description, '{marker(cluster)}:')]\"`")
 
 
 def _client(http: Transport | None, subscription_id: str | None) -> tuple[Transport, str]:
@@ -57,14 +60,21 @@ def _ours(url: str, arm: str) -> str:
 
 
 def find(cluster: str, region: str, http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None) -> tuple[list[Leftover], list[str]]:
-    """The resource groups in `region` whose `cloudtrain-cluster` tag is exactly `cluster`."""
+    """The resource groups in `region` whose `cloudtrain-cluster` tag is exactly `cluster`, then
+    the cluster's custom role (azure_roles) where its group is one of them or gone. Region
+    GLOBAL: the roles of groups that are gone, alone."""
     http, sub = _client(http, subscription_id)
     arm = arm or ARM
+    if region == GLOBAL:
+        return azure_roles.find(http, sub, arm, cluster, set()), []
     where = urllib.parse.quote(f"tagName eq '{CLUSTER_TAG}' and tagValue eq '{cluster}'")
     url = f"{arm}/subscriptions/{sub}/resourcegroups?api-version={API_VERSION}&$filter={where}"
     found = [Leftover("resource-group", group["name"], group["location"], group) for group in _list(http, url, "resource groups")
              if _tag_value(group) == cluster and str(group.get("location", "")).lower() == region.lower()]
-    return found, []
+    try:
+        return found + azure_roles.find(http, sub, arm, cluster, {x.id for x in found}), []
+    except Exception as e:  # noqa: BLE001 - a role is free: not listing it is a warning, as on AWS
+        return found, [f"custom role definitions ({type(e).__name__}: {e})"]
 
 
 def _list(http: Transport, url: str, what: str) -> Iterator[dict]:
@@ -98,8 +108,14 @@ def tagged(http: Transport | None = None, subscription_id: str | None = None, ar
     return out
 
 
+def tagged_global(http: Transport | None = None, subscription_id: str | None = None, arm: str | None = None) -> list[Tagged]:
+    """The custom roles no resource group holds (status --cloud)."""
+    http, sub = _client(http, subscription_id)
+    return azure_roles.tagged(http, sub, arm or ARM)
+
+
 # What bills in a cluster's group, by ARM resource type (the rest, networks and NICs, is free).
-_BILLED = {"virtualMachines": "VM(s)", "disks": "disk(s)", "publicIPAddresses": "public IP(s)"}
+_BILLED = {"virtualMachines": "VM(s)", "disks": "disk(s)", "publicIPAddresses": "public IP(s)", "storageAccounts": "checkpoint storage account(s)"}
 
 
 def _retry_after(reply: Reply) -> float:
@@ -156,6 +172,11 @@ def remove(found: list[Leftover], http: Transport | None = None, subscription_id
     for left in found:
         url = f"{arm}{left.raw['id']}?api-version={API_VERSION}"
         try:
+            if left.kind != "resource-group":  # a role assignment or definition: gone at once
+                why = azure_roles.delete(http, arm, left)
+                if why is not None:
+                    failed.append(f"{left.line()} ({why})")
+                continue
             reply = http.request("DELETE", url)
             if reply.status in (200, 204, 404):  # done, or already gone
                 continue

@@ -5,6 +5,10 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+# The region of kinds that no region holds (IAM roles, service accounts, role definitions): a
+# sweep of this region looks for those alone, so `down --cluster` finds them when nothing else is left.
+GLOBAL = "global"
+
 
 @dataclass(frozen=True)
 class Leftover:

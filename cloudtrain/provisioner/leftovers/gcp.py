@@ -10,13 +10,15 @@ and matched exactly on that client-side, so cluster `a` never takes `a-b`'s; no 
 nothing rests on the filter language's regex rules. Networks and firewalls are global: a
 same-named cluster of another region would match (the caveat of docs/clouds.md's sweep).
 Deletion follows dependencies: instances, disks, firewalls, subnetworks, resource policies,
-networks; each operation is waited for.
+networks; each operation is waited for. The checkpoint bucket goes after the instances, the
+nodes' service account last (gcp_beyond). Region GLOBAL: the global kinds alone.
 """
 
 from __future__ import annotations
 
 from cloudtrain.provisioner.contract import CLUSTER_TAG, marker
-from cloudtrain.provisioner.leftovers.base import Leftover, Tagged
+from cloudtrain.provisioner.leftovers import gcp_beyond
+from cloudtrain.provisioner.leftovers.base import GLOBAL, Leftover, Tagged
 from cloudtrain.provisioner.rest import ApiError, Google, Rest, Transport, with_query
 
 SWEEPS = True
@@ -38,7 +40,8 @@ def console_filter(cluster: str, where: str | None) -> str:
     return (
         f"`gcloud compute instances list --filter=labels.{CLUSTER_TAG}={cluster}` and "
         f"`gcloud compute disks list --filter=labels.{CLUSTER_TAG}={cluster}`; networks, subnets, firewall rules and "
-        f"resource policies: `gcloud compute networks list --filter=\"description~^{marker(cluster)}\"` (and the same for `networks subnets`, `firewall-rules`, `resource-policies`)"
+        f"resource policies: `gcloud compute networks list --filter=\"description~^{marker(cluster)}\"` (and the same for `networks subnets`, `firewall-rules`, `resource-policies`); "
+        f"`gcloud storage buckets list --filter=labels.{CLUSTER_TAG}={cluster}` and `gcloud iam service-accounts list --filter=\"description={marker(cluster)}\"`"
     )
 
 
@@ -75,7 +78,7 @@ def find(cluster: str, region: str, http: Transport | None = None, project: str 
     rest, project = _client(http, project)
     api = api or API
     found: list[Leftover] = []
-    for kind, plural in _LABELLED:
+    for kind, plural in _LABELLED if region != GLOBAL else ():
         url = f"{api}/projects/{project}/aggregated/{plural}"
         for page in rest.pages(with_query(url, filter=f'labels.{CLUSTER_TAG}="{cluster}"')):
             for scope, entry in (page.get("items") or {}).items():
@@ -84,14 +87,22 @@ def find(cluster: str, region: str, http: Transport | None = None, project: str 
                 for item in entry.get(plural, []):
                     if (item.get("labels") or {}).get(CLUSTER_TAG) == cluster:
                         found.append(Leftover(kind, item["name"], scope.split("/", 1)[1], item))
+    if region != GLOBAL:
+        found += gcp_beyond.find_buckets(rest, project, api, cluster, region)  # bills: a failure to list raises
     unchecked: list[str] = []
     for kind, plural, scope in _MARKED:
+        if scope != "global" and region == GLOBAL:
+            continue
         where = "global" if scope == "global" else f"regions/{region}"
         try:
             for page in rest.pages(f"{api}/projects/{project}/{where}/{plural}"):
                 found += [Leftover(kind, item["name"], where.removeprefix("regions/"), item) for item in page.get("items", []) if _marks(item, cluster)]
         except Exception as e:  # noqa: BLE001 - these kinds do not bill: not listing them is a warning, as on AWS
             unchecked.append(f"{plural} ({why(e)})")
+    try:
+        found += gcp_beyond.find_accounts(rest, project, api, cluster)
+    except Exception as e:  # noqa: BLE001 - free, as the networks
+        unchecked.append(f"service accounts ({why(e)})")
     return found, unchecked
 
 
@@ -111,6 +122,12 @@ def tagged(http: Transport | None = None, project: str | None = None, api: str |
                         continue
                     out.append(_row(kind, item, zone, value))
     return out
+
+
+def tagged_global(http: Transport | None = None, project: str | None = None, api: str | None = None) -> list[Tagged]:
+    """What Compute does not answer for: checkpoint buckets and node service accounts (status --cloud)."""
+    rest, project = _client(http, project)
+    return gcp_beyond.tagged(rest, project, api or API)
 
 
 def _row(kind: str, item: dict, zone: str, value: str) -> Tagged:
@@ -142,6 +159,9 @@ def remove(found: list[Leftover], http: Transport | None = None, project: str | 
         base = _base(api, project, left)
         try:
             try:
+                if left.kind in ("bucket", "service-account"):  # answered at once: no operation to wait for
+                    gcp_beyond.delete(rest, project, api, left)
+                    continue
                 op = rest.delete(f"{base}/{_COLLECTION[left.kind]}/{left.id}")
             except ApiError as e:
                 if e.status == 404:

@@ -71,7 +71,10 @@ def test_bash_protocol(filled: Path, words: str, cword: int, expected: list[str]
 
 
 def test_show_completion_prints_the_bash_hook(home: Path) -> None:
-    proc = subprocess.run([str(CLOUDTRAIN), "--show-completion", "bash"], capture_output=True, text=True, timeout=120)
+    # typer detects the shell it runs in (shellingham walks the parent processes; a shell name
+    # after the flag is not read): run it from bash, as a user's prompt would (`; true` keeps
+    # bash from exec-ing it away), not straight from pytest, whose parents need hold no shell.
+    proc = subprocess.run(["bash", "-c", f"{CLOUDTRAIN} --show-completion; true"], capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0, proc.stderr
     assert "_CLOUDTRAIN_COMPLETE=complete_bash" in proc.stdout and "complete -o default -F _cloudtrain_completion cloudtrain" in proc.stdout
     assert "--install-completion" in subprocess.run([str(CLOUDTRAIN), "--help"], capture_output=True, text=True, timeout=120).stdout

@@ -22,7 +22,8 @@ from pathlib import Path
 from typing import Any, Callable, Iterable, Mapping, Sequence
 
 from cloudtrain.errors import BadInput, JobFailed
-from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_duration, parse_gpu
+from cloudtrain.spec import ClusterSpec, JobSpec, api_arg
+from cloudtrain.spec_build import cluster_spec
 from cloudtrain.state import Store
 
 Log = Callable[[str], None]
@@ -199,33 +200,7 @@ def spec(
     identity: PathLike | None = None,
 ) -> ClusterSpec:
     """The ClusterSpec `up` would use, validated (BadInput), with the CLI's defaults."""
-    from cloudtrain import provisioner
-
-    prov = provisioner.get(provider)
-    hosts = tuple(hosts)
-    if (hosts or identity) and not prov.takes_hosts:
-        raise BadInput(f"hosts and identity name machines you own; provider {provider!r} makes its own", "pass provider='ssh', or leave out hosts/identity")
-    gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
-    return ClusterSpec(
-        name=name or prov.default_name(gpu_name),
-        provider=provider,
-        nodes=len(hosts) if hosts else nodes,
-        framework=FrameworkSpec.parse(framework),
-        gpu=gpu_name,
-        gpu_count=gpu_count,
-        cuda=cuda,
-        cuda_toolkit=cuda_toolkit,
-        region=region,
-        zone=zone,
-        spot=spot,
-        disk_gb=disk_gb,
-        image=image,
-        ssh_cidr=ssh_cidr,
-        autostop_s=None if autostop is None else parse_duration(autostop, "autostop"),
-        max_duration_s=None if max_duration is None else parse_duration(max_duration, "max_duration", allow_off=False),
-        hosts=hosts,
-        identity=str(Path(identity).expanduser().absolute()) if identity else None,
-    )
+    return cluster_spec(api_arg, **locals())  # its arguments, as given; errors name them (gpu=...)
 
 
 def up(*, home: PathLike | None = None, log: Log | None = None, **options: Any) -> Cluster:

@@ -43,6 +43,18 @@ def _matplotlib_cache(tmp_path_factory: pytest.TempPathFactory):
     patch.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _uv_cache(tmp_path_factory: pytest.TempPathFactory):
+    """uv's cache, which local nodes share (provisioner/local.py): one for the session, in a temp
+    dir, so torch is unpacked once and every later node's install links from it. One that the
+    environment names (a CI cache kept between runs) is used as it is."""
+    patch = pytest.MonkeyPatch()
+    if not os.environ.get("UV_CACHE_DIR"):
+        patch.setenv("UV_CACHE_DIR", str(tmp_path_factory.mktemp("uv-cache")))
+    yield
+    patch.undo()
+
+
 @pytest.fixture
 def home(tmp_path: Path, monkeypatch: pytest.MonkeyPatch):
     """A fresh CLOUDTRAIN_HOME; after the test, no sshd of it may still run."""

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cloudtrain.errors import BadInput, JobFailed
 from cloudtrain.spec import ClusterSpec, JobSpec, api_arg
@@ -180,27 +180,11 @@ def _store(home: PathLike | None) -> Store:
     return Store(Path(home).expanduser().absolute() if home is not None else None)
 
 
-def spec(
-    provider: str = "local",
-    nodes: int = 1,
-    name: str | None = None,
-    framework: str = "torch",
-    gpu: str | None = None,
-    cuda: str | None = None,
-    cuda_toolkit: bool = False,
-    region: str | None = None,
-    zone: str | None = None,
-    spot: bool = False,
-    disk_gb: int = 100,
-    image: str = "dl",
-    ssh_cidr: str | None = None,
-    autostop: str | None = None,
-    max_duration: str | None = None,
-    hosts: Iterable[str] = (),
-    identity: PathLike | None = None,
-) -> ClusterSpec:
-    """The ClusterSpec `up` would use, validated (BadInput), with the CLI's defaults."""
-    return cluster_spec(api_arg, **locals())  # its arguments, as given; errors name them (gpu=...)
+def spec(**options: Any) -> ClusterSpec:
+    """The ClusterSpec `up` would use, validated (BadInput naming the argument, e.g. gpu=), with
+    the CLI's defaults; the options (provider, nodes, name, framework, gpu, ...) and their
+    defaults are spec_build.cluster_spec's, the one builder the CLI uses too."""
+    return cluster_spec(api_arg, **options)
 
 
 def up(*, home: PathLike | None = None, log: Log | None = None, **options: Any) -> Cluster:

@@ -19,10 +19,11 @@ from __future__ import annotations
 
 import logging
 from pathlib import Path
-from typing import Any, Callable, Iterable, Mapping, Sequence
+from typing import Any, Callable, Mapping, Sequence
 
 from cloudtrain.errors import BadInput, JobFailed
-from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_duration, parse_gpu
+from cloudtrain.spec import ClusterSpec, JobSpec, api_arg
+from cloudtrain.spec_build import cluster_spec
 from cloudtrain.state import Store
 
 Log = Callable[[str], None]
@@ -179,53 +180,11 @@ def _store(home: PathLike | None) -> Store:
     return Store(Path(home).expanduser().absolute() if home is not None else None)
 
 
-def spec(
-    provider: str = "local",
-    nodes: int = 1,
-    name: str | None = None,
-    framework: str = "torch",
-    gpu: str | None = None,
-    cuda: str | None = None,
-    cuda_toolkit: bool = False,
-    region: str | None = None,
-    zone: str | None = None,
-    spot: bool = False,
-    disk_gb: int = 100,
-    image: str = "dl",
-    ssh_cidr: str | None = None,
-    autostop: str | None = None,
-    max_duration: str | None = None,
-    hosts: Iterable[str] = (),
-    identity: PathLike | None = None,
-) -> ClusterSpec:
-    """The ClusterSpec `up` would use, validated (BadInput), with the CLI's defaults."""
-    from cloudtrain import provisioner
-
-    prov = provisioner.get(provider)
-    hosts = tuple(hosts)
-    if (hosts or identity) and not prov.takes_hosts:
-        raise BadInput(f"hosts and identity name machines you own; provider {provider!r} makes its own", "pass provider='ssh', or leave out hosts/identity")
-    gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
-    return ClusterSpec(
-        name=name or prov.default_name(gpu_name),
-        provider=provider,
-        nodes=len(hosts) if hosts else nodes,
-        framework=FrameworkSpec.parse(framework),
-        gpu=gpu_name,
-        gpu_count=gpu_count,
-        cuda=cuda,
-        cuda_toolkit=cuda_toolkit,
-        region=region,
-        zone=zone,
-        spot=spot,
-        disk_gb=disk_gb,
-        image=image,
-        ssh_cidr=ssh_cidr,
-        autostop_s=None if autostop is None else parse_duration(autostop, "autostop"),
-        max_duration_s=None if max_duration is None else parse_duration(max_duration, "max_duration", allow_off=False),
-        hosts=hosts,
-        identity=str(Path(identity).expanduser().absolute()) if identity else None,
-    )
+def spec(**options: Any) -> ClusterSpec:
+    """The ClusterSpec `up` would use, validated (BadInput naming the argument, e.g. gpu=), with
+    the CLI's defaults; the options (provider, nodes, name, framework, gpu, ...) and their
+    defaults are spec_build.cluster_spec's, the one builder the CLI uses too."""
+    return cluster_spec(api_arg, **options)
 
 
 def up(*, home: PathLike | None = None, log: Log | None = None, **options: Any) -> Cluster:

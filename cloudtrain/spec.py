@@ -9,21 +9,26 @@ from __future__ import annotations
 import contextvars
 import hashlib
 import re
+import sys
+import types
 from os import path as os_path
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 from cloudtrain.errors import BadInput
 from cloudtrain.spec_parse import (  # noqa: F401 - re-exported: callers import them from here
     MIN_DURATION_S,
+    api_arg,
     check_cidr,
+    cli_flag,
     format_duration,
     parse_duration,
     parse_env,
     parse_gpu,
     parse_secrets,
     parse_size,
+    said,
 )
 
 FRAMEWORKS = ("torch", "tensorflow", "jax", "none")
@@ -69,7 +74,7 @@ class FrameworkSpec:
     version: str | None = None  # exact pin, e.g. "2.13.0"
 
     @classmethod
-    def parse(cls, text: str) -> "FrameworkSpec":
+    def parse(cls, text: str, flag: str = "--framework") -> "FrameworkSpec":
         name, sep, version = text.strip().partition("==")
         name = name.strip().lower()
         if name not in FRAMEWORKS:
@@ -81,11 +86,25 @@ class FrameworkSpec:
         if sep and (version is None or not _VERSION.match(version)):
             raise BadInput(f"invalid framework version in {text!r}", "write it as NAME==VERSION, e.g. torch==2.13.0")
         if name == "none" and version:
-            raise BadInput("framework 'none' takes no version", "write --framework none")
+            raise BadInput("framework 'none' takes no version", f"write {said(flag, 'none')}")
         return cls(name, version)
 
     def __str__(self) -> str:
         return f"{self.name}=={self.version}" if self.version else self.name
+
+
+def check_shape(nodes: int, gpu_count: int, image: str, disk_gb: int, ssh_cidr: str | None, names: Callable[[str], str] = cli_flag) -> None:
+    """The ClusterSpec's own checks; `names` (cli_flag, api_arg) names the fields as the caller does."""
+    if nodes < 1:
+        raise BadInput(f"{names('nodes')} must be at least 1, got {nodes}", f"pass {said(names('nodes'), 1)} or more")
+    if gpu_count < 1:
+        raise BadInput(f"GPU count must be at least 1, got {gpu_count}", f"write {names('gpu')} as NAME or NAME:COUNT")
+    if image not in IMAGES:
+        raise BadInput(f"unknown {names('image')} {image!r}", f"choose one of {', '.join(IMAGES)}")
+    if not 10 <= disk_gb <= 16384:
+        raise BadInput(f"disk size {disk_gb} GB is out of range", f"pass {names('disk_gb')} between 10 and 16384")
+    if ssh_cidr is not None:
+        check_cidr(ssh_cidr, names("ssh_cidr"))
 
 
 @dataclass(frozen=True)
@@ -112,16 +131,7 @@ class ClusterSpec:
     def __post_init__(self) -> None:
         object.__setattr__(self, "hosts", tuple(self.hosts))  # a record's JSON list compares equal
         check_cluster_name(self.name)
-        if self.nodes < 1:
-            raise BadInput(f"--nodes must be at least 1, got {self.nodes}", "pass --nodes 1 or more")
-        if self.gpu_count < 1:
-            raise BadInput(f"GPU count must be at least 1, got {self.gpu_count}", "write --gpu NAME or NAME:COUNT")
-        if self.image not in IMAGES:
-            raise BadInput(f"unknown image {self.image!r}", f"choose one of {', '.join(IMAGES)}")
-        if not 10 <= self.disk_gb <= 16384:
-            raise BadInput(f"disk size {self.disk_gb} GB is out of range", "pass --disk-gb between 10 and 16384")
-        if self.ssh_cidr is not None:
-            check_cidr(self.ssh_cidr)
+        check_shape(self.nodes, self.gpu_count, self.image, self.disk_gb, self.ssh_cidr)
 
     def watchdog_settings(self, default_autostop_s: int | None) -> tuple[int, int]:
         """(autostop, deadline) in seconds, 0 meaning off, the provider's default autostop filled in."""
@@ -278,3 +288,17 @@ class JobSpec:
     def script_sha256(self) -> str:
         """What ran: the script's bytes, or the shell snippet's."""
         return hashlib.sha256(self.shell.encode() if self.shell is not None else self.script.read_bytes()).hexdigest()
+
+
+class _CallableModule(types.ModuleType):
+    """`cloudtrain.spec(**options)` is the Python API's (api.py, the README), but once imported
+    this module holds that name in the package, ahead of the package's lazy lookup: so calling
+    the module is calling the API's."""
+
+    def __call__(self, **options: Any) -> ClusterSpec:
+        from cloudtrain.api import spec
+
+        return spec(**options)
+
+
+sys.modules[__name__].__class__ = _CallableModule

@@ -1,6 +1,9 @@
 """The parsers of single flag values (--gpu, durations, sizes, --env, --secret, --ssh-cidr):
 text in, a typed value out, or `BadInput` (exit 2) with what to write instead. `cloudtrain.spec`
 re-exports them; the specs they feed live there.
+
+Where the CLI and the Python API share a parser, its `flag` names the value as the caller
+wrote it: `--gpu` (a flag) or `gpu` (a keyword argument); `said` writes it back either way.
 """
 
 from __future__ import annotations
@@ -11,6 +14,24 @@ import re
 from pathlib import Path
 
 from cloudtrain.errors import BadInput
+
+
+def cli_flag(key: str) -> str:
+    """The CLI's flag for a spec field: `disk_gb` -> `--disk-gb` (`hosts` is `--host`, repeated)."""
+    return "--" + {"hosts": "host"}.get(key, key).replace("_", "-")
+
+
+def api_arg(key: str) -> str:
+    """The Python API's name for a spec field: its keyword argument."""
+    return key
+
+
+def said(flag: str, value: object, quote: bool = False) -> str:
+    """`value` as the caller writes it: `--nodes 2` for a flag, `nodes=2` for a keyword argument
+    (its value as Python writes it); `quote` shows a flag's text as typed, quoted."""
+    if flag.startswith("-"):
+        return f"{flag} {value!r}" if quote else f"{flag} {value}"
+    return f"{flag}={value!r}"
 
 
 _DURATION = re.compile(r"^(?:(\d+)d)?(?:(\d+)h)?(?:(\d+)m)?$")
@@ -24,11 +45,11 @@ def parse_duration(text: str, flag: str, allow_off: bool = True) -> int:
         return 0
     m = _DURATION.match(text)
     if not text or not m or not any(m.groups()):
-        raise BadInput(f"invalid {flag} {text!r}", "write a duration such as 30m, 2h or 1h30m" + (", or off" if allow_off else ""))
+        raise BadInput(f"invalid {said(flag, text, quote=True)}", "write a duration such as 30m, 2h or 1h30m" + (", or off" if allow_off else ""))
     days, hours, minutes = (int(g or 0) for g in m.groups())
     seconds = ((days * 24 + hours) * 60 + minutes) * 60
     if seconds < MIN_DURATION_S:
-        raise BadInput(f"{flag} {text} is shorter than a minute", f"pass {flag} 1m or longer")
+        raise BadInput(f"{said(flag, text)} is shorter than a minute", f"pass {said(flag, '1m')} or longer")
     return seconds
 
 
@@ -37,29 +58,29 @@ def format_duration(seconds: float) -> str:
     return f"{minutes // 60}h{minutes % 60:02d}m" if minutes >= 60 else f"{minutes}m"
 
 
-def check_cidr(text: str) -> str:
+def check_cidr(text: str, flag: str = "--ssh-cidr") -> str:
     try:
         net = ipaddress.ip_network(text, strict=False)
     except ValueError as e:
-        raise BadInput(f"invalid --ssh-cidr {text!r}", "write an address range such as 203.0.113.7/32") from e
+        raise BadInput(f"invalid {said(flag, text, quote=True)}", "write an address range such as 203.0.113.7/32") from e
     if net.version != 4:
         # AWS security groups take IPv6 ranges in a separate field (ipv6_cidr_blocks), GCP and
         # Azure nodes here have IPv4 public addresses only: an IPv6 range would admit nobody.
-        raise BadInput(f"--ssh-cidr {text} is not an IPv4 range", "write an IPv4 range such as 203.0.113.7/32")
+        raise BadInput(f"{said(flag, text)} is not an IPv4 range", "write an IPv4 range such as 203.0.113.7/32")
     if net.prefixlen == 0:
-        raise BadInput(f"--ssh-cidr {text} opens SSH to the whole internet", "pass your own address, e.g. 203.0.113.7/32")
+        raise BadInput(f"{said(flag, text)} opens SSH to the whole internet", "pass your own address, e.g. 203.0.113.7/32")
     return str(net)
 
 
-def parse_gpu(text: str) -> tuple[str, int]:
+def parse_gpu(text: str, flag: str = "--gpu") -> tuple[str, int]:
     """'a100:8' -> ('a100', 8); 't4' -> ('t4', 1)."""
     name, sep, count = text.strip().lower().partition(":")
     if not name:
-        raise BadInput(f"invalid --gpu {text!r}", "write NAME or NAME:COUNT, e.g. t4 or a100:8")
+        raise BadInput(f"invalid {said(flag, text, quote=True)}", "write NAME or NAME:COUNT, e.g. t4 or a100:8")
     if not sep:
         return name, 1
     if not count.isdigit() or int(count) < 1:
-        raise BadInput(f"invalid GPU count in --gpu {text!r}", "write NAME:COUNT with COUNT 1 or more, e.g. a100:8")
+        raise BadInput(f"invalid GPU count in {said(flag, text, quote=True)}", "write NAME:COUNT with COUNT 1 or more, e.g. a100:8")
     return name, int(count)
 
 

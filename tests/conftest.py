@@ -43,6 +43,18 @@ def _matplotlib_cache(tmp_path_factory: pytest.TempPathFactory):
     patch.undo()
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _uv_cache(tmp_path_factory: pytest.TempPathFactory):
+    """uv's cache, which local nodes share (provisioner/local.py): one for the session, in a temp
+    dir, so torch is unpacked once and every later node's install links from it. One that the
+    environment names (a CI cache kept between runs) is used as it is."""
+    patch = pytest.MonkeyPatch()
+    if not os.environ.get("UV_CACHE_DIR"):
+        patch.setenv("UV_CACHE_DIR", str(tmp_path_factory.mktemp("uv-cache")))
+    yield
+    patch.undo()
+
+
 _CLOUD_VARIABLES = ("AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY", "AWS_SESSION_TOKEN", "AWS_PROFILE",
                     "GOOGLE_APPLICATION_CREDENTIALS", "ARM_CLIENT_ID", "ARM_CLIENT_SECRET", "ARM_USE_MSI")
 

@@ -14,6 +14,7 @@ from pathlib import Path
 import pytest
 
 import cloudtrain
+import cloudtrain.api
 from cloudtrain.errors import BadInput, CloudtrainError, JobFailed
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -55,6 +56,48 @@ def test_bad_spec_is_bad_input_and_creates_nothing(home: Path) -> None:
     with pytest.raises(BadInput, match="machines you own"):
         cloudtrain.up(provider="local", hosts=["me@box"])
     assert not (home / "clusters").exists() or not [p for p in (home / "clusters").iterdir() if not p.name.startswith(".")]
+
+
+# One mistake each, as each caller writes it: the API's error names its keyword argument, the
+# CLI's its flag (spec_build.py builds both callers' specs).
+SPEC_MISTAKES = {
+    "gpu count": ({"gpu": "t4:x"}, "invalid GPU count in gpu='t4:x'", "invalid GPU count in --gpu 't4:x'"),
+    "nodes": ({"nodes": 0}, "pass nodes=1 or more", "pass --nodes 1 or more"),
+    "disk": ({"disk_gb": 5}, "pass disk_gb between 10 and 16384", "pass --disk-gb between 10 and 16384"),
+    "autostop": ({"autostop": "0m"}, "pass autostop='1m' or longer", "pass --autostop 1m or longer"),
+    "max duration": ({"max_duration": "off"}, "invalid max_duration='off'", "invalid --max-duration 'off'"),
+    "framework": ({"framework": "none==1"}, "write framework='none'", "write --framework none"),
+    "ssh cidr": ({"ssh_cidr": "0.0.0.0/0"}, "ssh_cidr='0.0.0.0/0' opens SSH", "--ssh-cidr 0.0.0.0/0 opens SSH"),
+    "hosts": ({"hosts": ["me@box"]}, "hosts and identity name machines you own; provider='local'", "--host and --identity name machines you own; --provider local"),
+}
+
+
+def test_cloudtrain_spec_is_the_apis_whatever_was_imported_first() -> None:
+    """The module cloudtrain/spec.py takes the package's name `spec` once imported (here it
+    is): `cloudtrain.spec(...)` must still be the API's builder, as the README says."""
+    import cloudtrain.spec as module
+
+    assert cloudtrain.spec(provider="local", framework="none", nodes=2) == cloudtrain.api.spec(provider="local", framework="none", nodes=2)
+    assert module.ClusterSpec is cloudtrain.api.ClusterSpec  # and it is still the module
+
+
+@pytest.mark.parametrize("options, api_says, cli_says", SPEC_MISTAKES.values(), ids=SPEC_MISTAKES.keys())
+def test_spec_errors_name_options_as_each_caller_writes_them(options: dict, api_says: str, cli_says: str) -> None:
+    import inspect
+
+    from cloudtrain.cli.options import cluster_spec_of
+    from cloudtrain.spec_build import cluster_spec
+
+    with pytest.raises(BadInput) as api:
+        cloudtrain.api.spec(**options)
+    api_line = api.value.line()
+    assert api_says.lower() in api_line.lower() and "--" not in api_line, api_line
+    flags = {k: p.default for k, p in inspect.signature(cluster_spec).parameters.items() if k != "names"}  # the CLI's defaults
+    flags.update(options)
+    flags["host"] = flags.pop("hosts")  # the CLI's repeated --host
+    with pytest.raises(BadInput) as cli:
+        cluster_spec_of(flags)
+    assert cli_says.lower() in cli.value.line().lower(), cli.value.line()
 
 
 def test_up_run_metrics_and_down_in_process(home: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

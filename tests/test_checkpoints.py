@@ -4,14 +4,13 @@ unchanged over two polls, not temp-named), and only those are ever restored."""
 from __future__ import annotations
 
 import json
-import os
 import shlex
 import textwrap
 from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under
+from conftest import Cli, local_cluster
 
 from cloudtrain.jobs import checkpoints
 from cloudtrain.layout import NodePaths
@@ -21,18 +20,8 @@ from cloudtrain.state import Store
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("ckpt")
-    cli = Cli(base / "home", base / "work")
-    cli.cwd.mkdir()
-    proc = cli("up", "--provider", "local", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(cli.home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked
+    with local_cluster(tmp_path_factory, "ckpt") as (cli, _):
+        yield cli
 
 
 @pytest.fixture

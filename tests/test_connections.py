@@ -155,7 +155,7 @@ def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker
                 python.with_name("python.real").replace(python)
     for python, log in starts.items():
         lines = log.read_text().splitlines()
-        syncs = [line for line in lines if "incremental workdir" in line]  # the program opens with sync_node_cache.py's docstring
+        syncs = [line for line in lines if "incremental workdir" in line]  # its first lines hold sync_node_cache.py's docstring
         assert len(syncs) == 1, proc.stderr
         assert not [line for line in lines if "ipaddress" in line], lines  # the NCCL interface probe
         assert len(lines) == 4, lines  # the sync, the tracker, the job, the outputs' sender

@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from cloudtrain.bootstrap import gpu
+from cloudtrain.bootstrap import gpu, uv
 from cloudtrain.bootstrap.gpu import Request
 from cloudtrain.bootstrap.plan import plan as plan_steps
 from cloudtrain.errors import BadInput, BootstrapError
@@ -371,13 +371,18 @@ def test_verify_output_mapping() -> None:
 
 @pytest.fixture(scope="module")
 def cpu_frameworks(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """One venv with real CPU builds of all three frameworks (about a minute from the registry)."""
-    venv = tmp_path_factory.mktemp("cpu-frameworks") / "venv"
+    """One venv with real CPU builds of all three frameworks, put in by a node's installer (uv
+    when it can be had, else pip: bootstrap/uv.py), with the session's uv cache, where the
+    local nodes' torch installs have already unpacked torch."""
+    base = tmp_path_factory.mktemp("cpu-frameworks")
+    venv = base / "venv"
     subprocess.run([sys.executable, "-m", "venv", str(venv)], check=True)
-    # torch pinned: unpinned, pip would fetch the multi-GB CUDA build.
-    proc = subprocess.run([str(venv / "bin/python"), "-m", "pip", "install", "-q", "torch==2.13.0", "jax", "tensorflow-cpu"],
-                          capture_output=True, text=True, timeout=1200)
-    assert proc.returncode == 0, proc.stderr[-3000:]
+    env = {**os.environ, "CLOUDTRAIN_VENV": str(venv), "CLOUDTRAIN_NODE_ROOT": str(base / "root")}
+    # torch pinned: unpinned, the index would give the multi-GB CUDA build.
+    script = "set -euo pipefail\n" + uv.chooser() + 'install "$@"\n'
+    proc = subprocess.run(["bash", "-c", script, "install", "torch==2.13.0", "jax", "tensorflow-cpu"],
+                          env=env, capture_output=True, text=True, timeout=1200)
+    assert proc.returncode == 0, (proc.stdout + proc.stderr)[-3000:]
     return venv
 
 

@@ -107,6 +107,14 @@ def test_arguments_and_env_reach_every_node_intact(cluster: Cli, tmp_path: Path)
     assert "s3cr=t" not in proc.stderr
 
 
+def test_a_local_node_shares_this_machines_uv_cache(cluster: Cli) -> None:
+    """A node's HOME is its own, but uv's cache is this machine's (conftest's, for the tests): a
+    second node's or a replacement's framework install links from it instead of unpacking again."""
+    proc = cluster("ssh", "--", "printenv", "UV_CACHE_DIR")
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout.strip() == os.environ["UV_CACHE_DIR"]
+
+
 def test_outputs_home_match_manifest(cluster: Cli, tmp_path: Path) -> None:
     script = _write(
         tmp_path / "proj",

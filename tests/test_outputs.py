@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from conftest import Cli, _sshd_pids_under, one_line_error
+from conftest import Cli, local_cluster, one_line_error
 
 # Lists what arrived in the job's working folder on the node: {path: link target or null}.
 INVENTORY = textwrap.dedent(
@@ -32,18 +32,8 @@ WRITE_ONE = "import os\nopen(os.path.join(os.environ['CLOUDTRAIN_OUTPUT_DIR'], '
 
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory: pytest.TempPathFactory):
-    base = tmp_path_factory.mktemp("outputs")
-    cli = Cli(base / "home", base / "work")
-    cli.cwd.mkdir()
-    proc = cli("up", "--provider", "local", "--framework", "none", timeout=300)
-    assert proc.returncode == 0, proc.stderr
-    yield cli
-    down = cli("down", timeout=120)
-    leaked = _sshd_pids_under(cli.home)
-    for pid in leaked:
-        os.kill(pid, 9)
-    assert down.returncode == 0, down.stderr
-    assert not leaked, f"sshd left running after down: {leaked}"
+    with local_cluster(tmp_path_factory, "outputs") as (cli, _):
+        yield cli
 
 
 def _write(path: Path, text: str | bytes) -> Path:

@@ -2,15 +2,13 @@
 
 from __future__ import annotations
 
-from pathlib import Path
-from typing import List, Optional
-
 import typer
 
 from cloudtrain import progress, provisioner
 from cloudtrain.cli import completion
 from cloudtrain.errors import BadInput
-from cloudtrain.spec import ClusterSpec, FrameworkSpec, JobSpec, parse_duration, parse_gpu
+from cloudtrain.spec import ClusterSpec, JobSpec, cli_flag
+from cloudtrain.spec_build import FIELDS, cluster_spec
 
 ClusterOpt = typer.Option(None, "--cluster", "-c", help="Cluster name; may be left out when exactly one exists.", autocompletion=completion.cluster_names)
 
@@ -19,51 +17,6 @@ def say(text: str) -> None:
     # Live on a terminal, plain lines elsewhere, or quiet (progress.py); a closed terminal
     # must not turn the teardown this may be reporting into a crash.
     progress.say(text)
-
-
-def build_spec(
-    provider: str,
-    nodes: int,
-    name: Optional[str],
-    framework: str,
-    gpu: Optional[str],
-    cuda: Optional[str],
-    region: Optional[str],
-    zone: Optional[str],
-    spot: bool,
-    disk_gb: int,
-    image: str,
-    ssh_cidr: Optional[str],
-    cuda_toolkit: bool = False,
-    autostop: Optional[str] = None,
-    max_duration: Optional[str] = None,
-    hosts: Optional[List[str]] = None,
-    identity: Optional[Path] = None,
-) -> ClusterSpec:
-    prov = provisioner.get(provider)
-    gpu_name, gpu_count = parse_gpu(gpu) if gpu else (None, 1)
-    if (hosts or identity) and not prov.takes_hosts:
-        raise BadInput(f"--host and --identity name machines you own; --provider {provider} makes its own", "add --provider ssh, or leave out --host/--identity")
-    return ClusterSpec(
-        name=name or prov.default_name(gpu_name),
-        provider=provider,
-        nodes=len(hosts) if hosts else nodes,  # one node per --host
-        hosts=tuple(hosts or ()),
-        identity=str(identity.expanduser().absolute()) if identity else None,
-        framework=FrameworkSpec.parse(framework),
-        gpu=gpu_name,
-        gpu_count=gpu_count,
-        cuda=cuda,
-        cuda_toolkit=cuda_toolkit,
-        region=region,
-        zone=zone,
-        spot=spot,
-        disk_gb=disk_gb,
-        image=image,
-        ssh_cidr=ssh_cidr,
-        autostop_s=None if autostop is None else parse_duration(autostop, "--autostop"),
-        max_duration_s=None if max_duration is None else parse_duration(max_duration, "--max-duration", allow_off=False),
-    )
 
 
 def with_task(ctx: typer.Context, path: object, only_task: bool = False) -> dict:
@@ -86,8 +39,7 @@ def with_task(ctx: typer.Context, path: object, only_task: bool = False) -> dict
 
 
 def cluster_spec_of(p: dict) -> ClusterSpec:
-    return build_spec(p["provider"], p["nodes"], p["name"], p["framework"], p["gpu"], p["cuda"], p["region"], p["zone"], p["spot"],
-                      p["disk_gb"], p["image"], p["ssh_cidr"], p["cuda_toolkit"], p["autostop"], p["max_duration"], p.get("host"), p.get("identity"))
+    return cluster_spec(cli_flag, hosts=p.get("host"), identity=p.get("identity"), **{k: p[k] for k in FIELDS})
 
 
 def job_spec_of(p: dict, detach: bool = False) -> JobSpec:

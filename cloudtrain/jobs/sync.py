@@ -28,7 +28,7 @@ from cloudtrain.jobs.workdir import link_target
 from cloudtrain.layout import NodePaths
 from cloudtrain.remote import SshRemote
 
-# One program, one python start on the node: the cache's part defines what sync_node.py uses.
+# One program, one python start on the node: sync_node.py, and the cache module it imports.
 _NODE = [Path(__file__).with_name(name) for name in ("sync_node_cache.py", "sync_node.py")]
 CONFLICT = 75  # sync_node.py: another run changed the cache between our read and our update
 
@@ -41,8 +41,12 @@ class Synced:
 
 
 def node_program() -> str:
-    """The node side's source, as one `python -c` program (sync_node.py's parts in order)."""
-    return "\n".join(path.read_text() for path in _NODE)
+    """The node side's source, as one `python -c` program: sync_node.py, after a few lines that
+    make sync_node_cache.py's text the module `sync_node_cache` its import finds (no file to
+    place on the node first)."""
+    cache, node = (path.read_text() for path in _NODE)
+    return ("import sys, types\nsys.modules['sync_node_cache'] = _cache = types.ModuleType('sync_node_cache')\n"
+            f"exec(compile({cache!r}, 'sync_node_cache.py', 'exec'), _cache.__dict__)\n{node}")
 
 
 def entries(workdir: Path, files: list[str]) -> dict[str, list]:

@@ -1,5 +1,6 @@
-"""Node side of the incremental workdir (sync.py); stdlib only, run as `python3 -c` after
-sync_node_cache.py's text (the cache: its tree, manifest, job snapshots, spares, eviction).
+"""Node side of the incremental workdir (sync.py); stdlib only, run as `python3 -c` with
+sync_node_cache.py (the cache: its tree, manifest, job snapshots, spares, eviction) made the
+module it imports (sync.py's node_program); by hand, as a file beside that one.
 
     python3 -c SCRIPT CACHE WORK read           print the cache's manifest ({} when it cannot be trusted)
     python3 -c SCRIPT CACHE WORK plan           header on stdin; no file changed: apply it, print {"done": true};
@@ -24,11 +25,8 @@ import subprocess
 import sys
 import uuid
 
-try:  # run as a file (by hand, or read by pyflakes): from the file beside it
-    from sync_node_cache import (claim_spare, copy_tree, detach, evict, link_tree, load, load_linked,
-                                 make_spare, node_stat, remove, running, save_linked)
-except ImportError:  # as shipped: sync_node_cache.py's text ran just before this one's
-    pass
+from sync_node_cache import (claim_spare, copy_tree, detach, evict, link_tree, load, load_linked,
+                             make_spare, node_stat, remove, running, save_linked)
 
 CONFLICT = 75  # the cache changed since the client read it: it plans again
 

@@ -1,5 +1,5 @@
-"""Node side of the incremental workdir, its cache: sync.py sends this file's text and then
-sync_node.py's as one `python3 -c` program (stdlib only), so its names are sync_node.py's too.
+"""Node side of the incremental workdir, its cache: the module sync_node.py imports (stdlib
+only); sync.py sends both as one `python3 -c` program, this one's text as that module.
 
 CACHE holds tree/ (the last shipped tree), manifest.json ({"generation", "entries", "node":
 each file's size, mtime_ns and mode here}), linked.json (the jobs whose snapshots share the

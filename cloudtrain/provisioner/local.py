@@ -50,17 +50,22 @@ def _free_port(address: str) -> int:
 
 
 def _pip_env() -> dict[str, object]:
-    """This machine's pip configuration, for the node's pip: a local node is this machine, but
-    with a HOME of its own, which would hide the user's pip config file, and sshd passes on no
-    PIP_* variables. So both are handed over: where packages come from (a mirror, local wheels,
-    a pinned index) is the same as for the user's own `pip install`."""
+    """This machine's pip configuration (and its uv cache), for the node's installers: a local
+    node is this machine, but with a HOME of its own, which would hide the user's pip config
+    file, and sshd passes on no PIP_* variables. So both are handed over: where packages come
+    from (a mirror, local wheels, a pinned index) is the same as for the user's own `pip install`."""
     env: dict[str, object] = {k: v for k, v in os.environ.items() if k.startswith("PIP_") and '"' not in v and "\n" not in v}
     config_home = Path(os.environ.get("XDG_CONFIG_HOME") or Path.home() / ".config")
     user_config = next((f for f in (config_home / "pip/pip.conf", Path.home() / ".pip/pip.conf") if f.is_file()), None)
     if user_config and "PIP_CONFIG_FILE" not in env:
         env["PIP_CONFIG_FILE"] = user_config
-    # The download cache is shared, as a speed-up only.
-    env.setdefault("PIP_CACHE_DIR", Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache") / "pip")
+    # The download caches are shared, as a speed-up only: pip's, and uv's (the framework's
+    # installer, bootstrap/uv.py), so a second node or a replacement installs torch from it in
+    # seconds, where an empty cache costs ~20 s more (bench/install.py); it still installs.
+    cache_home = Path(os.environ.get("XDG_CACHE_HOME") or Path.home() / ".cache")
+    env.setdefault("PIP_CACHE_DIR", cache_home / "pip")
+    uv_cache = os.environ.get("UV_CACHE_DIR", "")
+    env["UV_CACHE_DIR"] = uv_cache if uv_cache and '"' not in uv_cache and "\n" not in uv_cache else cache_home / "uv"
     return env
 
 

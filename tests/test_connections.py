@@ -168,6 +168,76 @@ def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker
     assert (tmp_path / "big" / "m.bin").stat().st_size == (tmp_path / "big" / "rank-1" / "m.bin").stat().st_size == 33 << 20
 
 
+WAITING_JOB = textwrap.dedent(
+    """
+    import os, sys, time
+    while not os.path.exists(sys.argv[1]):  # the test says when the job may end
+        time.sleep(0.05)
+    with open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "model.bin"), "wb") as f:
+        f.write(b"m" * 1000)
+    """
+)
+
+
+def _senders(home: Path) -> list[int]:
+    """This cluster's outputs senders (wire.SENDER, its source on the command line) on its nodes."""
+    return pids_where("cmdline", lambda cmd: b"F_SETPIPE_SZ" in cmd and str(home).encode() in cmd)
+
+
+def _until(check, seconds: float = 30.0):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + seconds
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _start_run(cluster: Cli, tmp_path: Path, flag: Path, out: Path):  # noqa: ANN202
+    import subprocess
+    import sys
+
+    (tmp_path / "job.py").write_text(WAITING_JOB)
+    env = {**os.environ, "CLOUDTRAIN_HOME": str(cluster.home)}
+    argv = [sys.executable, "-m", "cloudtrain.cli", "run", str(tmp_path / "job.py"), "--output", str(out), "--", str(flag)]
+    return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_outputs_sender_is_started_while_the_job_runs_and_ends_with_the_run(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: the sender started after follow saw the job end, a command's round trips and a
+    python start on the node after the job's last second; it now waits on each node while the
+    job runs and is given its request at the end. The outputs still come home, verified."""
+    flag, out = tmp_path / "go", tmp_path / "out"
+    proc = _start_run(cluster, tmp_path, flag, out)
+    try:
+        waiting = _until(lambda: len(_senders(cluster.home)) == 2)
+    finally:
+        flag.touch()
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert waiting, "no outputs sender waited on the nodes while the job ran"
+    assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
+    assert _senders(cluster.home) == []
+
+
+def test_an_interrupted_run_leaves_no_waiting_sender_and_logs_f_brings_the_outputs_home(cluster: Cli, tmp_path: Path) -> None:
+    flag, out = tmp_path / "go", tmp_path / "out"
+    proc = _start_run(cluster, tmp_path, flag, out)
+    try:
+        assert _until(lambda: len(_senders(cluster.home)) == 2), "no outputs sender waited on the nodes while the job ran"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert _until(lambda: _senders(cluster.home) == [], 20), "a sender still waits on a node after `run` ended"
+    job_id = next(w for line in err.splitlines() if " started on " in line for w in line.split() if w.startswith("job-"))
+    flag.touch()
+    logs = cluster("logs", job_id, "-f", timeout=300)
+    assert logs.returncode == 0, logs.stderr
+    assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
+
+
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:
     from cloudtrain.jobs.sessions import Sessions
 

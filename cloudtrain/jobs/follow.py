@@ -16,6 +16,7 @@ import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
 from cloudtrain.errors import BadInput, CloudtrainError, HostKeyMismatch, RemoteError
+from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs.launch import FAILURES_FILE, first_failure
 from cloudtrain.jobs.node_logs import Prefixed
 from cloudtrain.jobs.record import JobRecord, exit_meaning
@@ -80,6 +81,7 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
     try:
         paths = [retry(r, lambda r=r: runner.paths(r)).job(record.job_id) for r in remotes]
         sids = [retry(r, lambda r=r, p=p: _read(r, p.pid, 0)).decode().strip() for r, p in zip(remotes, paths)]
+        collecting.start_senders(runner, remotes)  # they wait while the job runs (issue 9)
         codes: list[int | None] = [None] * len(remotes)
         first_failure: int | None = None  # before stopping the others turns them into 143s
         last_alive_check = time.monotonic()

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from cloudtrain import safefile
+from cloudtrain.early import EarlyStream
 from cloudtrain.errors import CloudtrainError, CommandFailed
 from cloudtrain.jobs import checkpoints
 from cloudtrain.jobs import collect as collecting
@@ -54,6 +55,7 @@ class JobRunner:
         self._paths: dict[str, NodePaths] = {}
         self._warming: dict[str, Future] = {}
         self._paths_lock = threading.Lock()  # node-paths.json, from a thread per node
+        self.senders: dict[str, EarlyStream] = {}  # each node's outputs sender, started during follow
 
     def __enter__(self) -> "JobRunner":
         return self
@@ -66,6 +68,9 @@ class JobRunner:
             self.sessions.of(self._node(name)).abandon()  # a node still being retried: stop
             future.exception()  # nothing may open a connection (or an ssh master) after this
         self._warming.clear()
+        for sender in self.senders.values():
+            sender.close()  # never given a request (an interrupted follow): it ends on the node
+        self.senders.clear()
         self.sessions.close()
 
     def warm(self) -> None:

@@ -7,7 +7,14 @@ One stream carries every file still owed, as frames `tag, u32 length, payload`:
     D bytes                         the file's next bytes
     H sha256                        the file ends: the digest of all of it, prefix included
     E [id, reason]                  the file could not be read (vanished, unreadable): skip it
+    J {name: text or null}          first, when asked: small files of the job's folder (its
+                                    out_bytes, ended_by.json), read as the stream starts
+    B                               last, when asked: out_bytes says the outputs are not small;
+                                    ask again over the bulk path (nothing else was sent)
     Z                               the stream is complete (without it, the stream was cut)
+
+A sender may be started before the job ends (issue 9): it then waits on its stdin for the
+request, and ends without a word when its stdin ends empty (the request was never needed).
 
 The node hashes each file as it reads it (and the prefix a resumed file already has here), so
 the check costs no extra pass over the data on either side. Names travel as hex of their
@@ -22,7 +29,10 @@ from typing import Iterator
 
 SENDER = r"""
 import fcntl, hashlib, json, os, queue, socket, stat, struct, sys, threading
-req = json.loads(sys.stdin.read())
+raw = sys.stdin.read()
+if not raw:  # started ahead of the job's end, and not needed after all
+    sys.exit(0)
+req = json.loads(raw)
 try:  # a deep pipe to sshd, so hashing the next MiB overlaps sshd encrypting this one
     fcntl.fcntl(1, 1031, 1 << 20)  # F_SETPIPE_SZ
 except OSError:
@@ -99,8 +109,20 @@ def send(fid, path):
         frame(b"E", json.dumps([fid, e.strerror or str(e)]).encode())
     finally:
         os.close(fd)
+facts = {}
+for name, path in sorted(req.get("facts", {}).items()):
+    try:
+        with open(bytes.fromhex(path), "rb") as f:
+            facts[name] = f.read(65536).decode(errors="replace")
+    except OSError:
+        facts[name] = None
+if facts:
+    frame(b"J", json.dumps(facts).encode())
+sized = (facts.get("out_bytes") or "").strip()
+# Outputs not small (or an older job's, without out_bytes) go over the bulk path, as before.
+bulk = req.get("bulk_over") is not None and not (sized.isdigit() and int(sized) < req["bulk_over"])
 root = bytes.fromhex(req["root"])
-if os.path.isdir(root):
+if os.path.isdir(root) and not bulk:
     for dirpath, dirs, names in os.walk(root):
         dirs.sort()
         for name in sorted(names):
@@ -113,10 +135,10 @@ if os.path.isdir(root):
                 continue
             if regular:  # links stay on the node: they may point anywhere on the machine
                 send(fid, path)
-for fid, path in sorted(req["extra"].items()):
+for fid, path in sorted(req["extra"].items()) if not bulk else ():
     if os.path.lexists(bytes.fromhex(path)):
         send(fid, bytes.fromhex(path))
-frame(b"Z", b"")
+frame(b"B" if bulk else b"Z", b"")
 flush()
 frames.put(None)
 thread.join()

@@ -1,0 +1,65 @@
+"""A node-side command started ahead of its input, on a session's control connection.
+
+Issue 9: a job's outputs sender is started while the job runs, so its channel's round trips and
+its python start overlap the job; it waits on its stdin and is given its request once the job
+has ended. paramiko errors become RemoteErrors here. The session is left to its owner (follow
+reconnects it from another thread), so a failure here never closes it.
+"""
+
+from __future__ import annotations
+
+import io
+from typing import Iterator
+
+import paramiko
+
+from cloudtrain import channels
+from cloudtrain.errors import CommandFailed, RemoteError
+from cloudtrain.remote import STALL_TIMEOUT, Result, SshRemote
+
+OPEN_TIMEOUT_S = 30.0  # a channel the node does not open by then is not worth waiting for
+
+
+class EarlyStream:
+    """`command` running on the node now; its stdin is given, and its stdout read, later."""
+
+    def __init__(self, remote: SshRemote, command: str) -> None:
+        self.remote, self.command = remote, command
+        try:
+            transport = remote.client().get_transport()
+            if transport is None:
+                raise EOFError("no connection")
+            self._channel = transport.open_session(timeout=OPEN_TIMEOUT_S)
+            self._channel.exec_command(command)
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise RemoteError(f"cannot start a command on {remote.node.name}: {e}", "run it again") from e
+
+    def stdout(self, stdin: bytes) -> Iterator[bytes]:
+        """Give the command `stdin` (then end it) and yield its stdout; raises on a non-zero exit."""
+        channel = self._channel
+        try:
+            channel.settimeout(STALL_TIMEOUT)  # a transfer silent this long is a dead peer
+            for item in channels.stdout_of(channel, io.BytesIO(stdin)):
+                if not isinstance(item, tuple):
+                    yield item
+                    continue
+                code, err = item
+                stderr = err.decode(errors="replace").strip()
+                if code < 0:  # no status: the connection went, not the command
+                    raise RemoteError(f"lost the connection to {self.remote.node.name} during a transfer", "run it again")
+                if code != 0:
+                    raise CommandFailed(f"command on {self.remote.node.name} exited {code}: {stderr[:300]}", Result(self.command, code, "", stderr))
+        except (OSError, paramiko.SSHException, EOFError) as e:
+            raise RemoteError(f"lost the connection to {self.remote.node.name} during a transfer: {e}", "run it again") from e
+        finally:
+            channel.close()
+
+    def close(self) -> None:
+        """Not needed after all: the command sees its stdin end, and ends."""
+        try:
+            self._channel.close()
+        except (OSError, paramiko.SSHException, EOFError):
+            pass  # the connection is gone already, and the command with it
+
+
+__all__ = ["EarlyStream"]

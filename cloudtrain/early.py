@@ -11,10 +11,9 @@ from __future__ import annotations
 import io
 from typing import Iterator
 
-import paramiko
-
 from cloudtrain import channels
 from cloudtrain.errors import CommandFailed, RemoteError
+from cloudtrain.paramiko_lean import paramiko
 from cloudtrain.remote import STALL_TIMEOUT, Result, SshRemote
 
 OPEN_TIMEOUT_S = 30.0  # a channel the node does not open by then is not worth waiting for

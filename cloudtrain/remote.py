@@ -19,19 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-# paramiko imports invoke (a third of paramiko's import time, issue 9) only to run an ssh_config's
-# `Match exec` lines, and cloudtrain never hands paramiko an ssh_config: paramiko loads without it
-# (it then says so if such a line is ever parsed). Where invoke is already loaded, it is used.
-_without_invoke = "invoke" not in sys.modules
-if _without_invoke:
-    sys.modules["invoke"] = None  # type: ignore[assignment]  # makes `import invoke` raise ImportError
-try:
-    import paramiko
-finally:
-    if _without_invoke and sys.modules.get("invoke", 0) is None:
-        del sys.modules["invoke"]
-
-from cloudtrain import channels, keys, openssh
+from cloudtrain.paramiko_lean import paramiko  # first: without invoke, nor importlib.metadata
+from cloudtrain import channels, keys, openssh  # noqa: E402, I001
 from cloudtrain.errors import CommandFailed, HostKeyMismatch, RemoteError
 from cloudtrain.machine import Node
 

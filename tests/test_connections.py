@@ -79,7 +79,7 @@ try:
     main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-heavy = ("cloudtrain.bootstrap", "cloudtrain.compat", "cloudtrain.lifecycle", "pulumi", "pydantic", "invoke", "rich", "yaml")
+heavy = ("cloudtrain.bootstrap", "cloudtrain.compat", "cloudtrain.lifecycle", "pulumi", "pydantic", "invoke", "rich", "yaml", "importlib.metadata", "email")
 print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))}), file=sys.stderr)
 """
 
@@ -87,7 +87,8 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if any(m
 def test_a_run_loads_only_what_reaching_nodes_needs(cluster: Cli, tmp_path: Path) -> None:
     """Issue 9: a no-op run costs little more than one ssh. It loaded the whole bootstrap (and the
     resolver's tables) for one facts file, pydantic for its plain str/Path/int options and invoke
-    with paramiko; none is needed to ship, run and collect a job."""
+    with paramiko, importlib.metadata (and the email parser) for paramiko's version; none is needed to
+    ship, run and collect a job."""
     import json
     import subprocess
     import sys

@@ -344,5 +344,15 @@ class SshRemote:
             self.close()
             raise RemoteError(f"checking {self.node.name}:{remote} failed: {e}", "run it again") from e
 
+    def listdir(self, remote: str) -> list[str]:
+        """The names in a folder on the node ([] when absent): over SFTP, no process starts there."""
+        try:
+            return self.sftp().listdir(remote)
+        except FileNotFoundError:
+            return []
+        except (OSError, paramiko.SSHException) as e:
+            self.close()
+            raise RemoteError(f"listing {self.node.name}:{remote} failed: {e}", "run it again") from e
+
 
 __all__ = ["Result", "SshRemote", "env_prefix"]

@@ -239,6 +239,29 @@ def test_an_interrupted_run_leaves_no_waiting_sender_and_logs_f_brings_the_outpu
     assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
 
 
+def test_an_empty_checkpoint_folder_is_polled_without_a_command_on_the_node(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: every run's last checkpoint poll ran a shell and an ls on the node to find the
+    folder empty; an SFTP listing on the open session says so. A checkpoint still comes home."""
+    from cloudtrain.jobs import checkpoints
+    from cloudtrain.layout import NodePaths
+    from cloudtrain.remote import SshRemote
+
+    c = _cluster_of(cluster)
+    with SshRemote(c.head, c.identity_file) as remote:
+        paths = NodePaths.of(remote)
+        job = paths.job("probe-checkpoints")
+        remote.run(f"mkdir -p {checkpoints.node_dir(job)}")
+        commands: list[str] = []
+        real_run = remote.run
+        remote.run = lambda command, **kw: (commands.append(command), real_run(command, **kw))[1]  # type: ignore[method-assign]
+        puller = checkpoints.Puller(remote, lambda _: paths, "probe-checkpoints", tmp_path / "out", lambda _: None)
+        assert puller.poll(final=True) == [] and commands == []
+        real_run(f"echo weights > {checkpoints.node_dir(job)}/step-1.pt")
+        assert puller.poll(final=True) == ["step-1.pt"]
+        assert (tmp_path / "out" / "checkpoints" / "step-1.pt").read_text() == "weights\n"
+        real_run(f"rm -rf {job.dir}")
+
+
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:
     from cloudtrain.jobs.sessions import Sessions
 

@@ -9,7 +9,9 @@ reconnects it from another thread), so a failure here never closes it.
 from __future__ import annotations
 
 import io
-from typing import Iterator
+import select
+import time
+from typing import Iterator, Sequence
 
 from cloudtrain import channels
 from cloudtrain.errors import CommandFailed, RemoteError
@@ -22,8 +24,10 @@ OPEN_TIMEOUT_S = 30.0  # a channel the node does not open by then is not worth w
 class EarlyStream:
     """`command` running on the node now; its stdin is given, and its stdout read, later."""
 
-    def __init__(self, remote: SshRemote, command: str) -> None:
+    def __init__(self, remote: SshRemote, command: str, notice: bytes = b"") -> None:
+        """`notice`: what the command writes before it reads its stdin (wait_any wakes on it)."""
         self.remote, self.command = remote, command
+        self._notice = notice  # the part of it not yet read
         try:
             transport = remote.client().get_transport()
             if transport is None:
@@ -36,11 +40,15 @@ class EarlyStream:
     def stdout(self, stdin: bytes) -> Iterator[bytes]:
         """Give the command `stdin` (then end it) and yield its stdout; raises on a non-zero exit."""
         channel = self._channel
+        skip = len(self._notice)  # the notice, or what of it wait_any did not take
         try:
             channel.settimeout(STALL_TIMEOUT)  # a transfer silent this long is a dead peer
             for item in channels.stdout_of(channel, io.BytesIO(stdin)):
                 if not isinstance(item, tuple):
-                    yield item
+                    if skip:
+                        item, skip = item[skip:], max(0, skip - len(item))
+                    if item:
+                        yield item
                     continue
                 code, err = item
                 stderr = err.decode(errors="replace").strip()
@@ -53,6 +61,17 @@ class EarlyStream:
         finally:
             channel.close()
 
+    def _pending(self) -> bool:
+        channel = self._channel
+        return bool(self._notice) and not (channel.closed or channel.eof_received)
+
+    def _take_notice(self) -> None:
+        try:
+            while self._notice and self._channel.recv_ready():
+                self._notice = self._notice[len(self._channel.recv(len(self._notice))):]
+        except (OSError, paramiko.SSHException, EOFError):
+            self._notice = b""  # a broken stream wakes nobody; reading it later says what broke
+
     def close(self) -> None:
         """Not needed after all: the command sees its stdin end, and ends."""
         try:
@@ -61,4 +80,18 @@ class EarlyStream:
             pass  # the connection is gone already, and the command with it
 
 
-__all__ = ["EarlyStream"]
+def wait_any(streams: Sequence[EarlyStream], timeout: float) -> None:
+    """Sleep `timeout` seconds, or less: until one of `streams` says its notice."""
+    pending = [s for s in streams if s._pending()]
+    if not pending:
+        time.sleep(timeout)
+        return
+    try:
+        select.select([s._channel for s in pending], [], [], timeout)
+    except (OSError, ValueError):
+        time.sleep(timeout)  # a channel closed meanwhile: the next call leaves it out
+    for s in pending:
+        s._take_notice()
+
+
+__all__ = ["EarlyStream", "wait_any"]

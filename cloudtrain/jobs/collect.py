@@ -44,15 +44,16 @@ def _small(remote: object, job_dir: str) -> bool:
     return raw.isdigit() and int(raw) < SMALL_OUTPUT  # absent (an older job's): OpenSSH, as before
 
 
-def start_senders(runner: "JobRunner", remotes: list[SshRemote]) -> None:
+def start_senders(runner: "JobRunner", remotes: list[SshRemote], exit_codes: list[str]) -> None:
     """Start each node's outputs sender now, while the job runs (follow calls this): it waits
     for its request, so bringing the outputs home after the job's end costs no new command
-    on the node, nor a python start (issue 9). Where one cannot start, collect starts its own."""
-    for remote in remotes:
+    on the node, nor a python start (issue 9); each says when its node's `exit_codes` file
+    appears, and follow wakes on that. Where one cannot start, collect starts its own."""
+    for remote, exit_code in zip(remotes, exit_codes):
         if remote.node.name in runner.senders:
             continue
         try:
-            runner.senders[remote.node.name] = transfer.start_sender(remote, runner.paths(remote).python)
+            runner.senders[remote.node.name] = transfer.start_sender(remote, runner.paths(remote).python, exit_code)
         except CloudtrainError:
             pass  # follow meets the connection's trouble and says so
 

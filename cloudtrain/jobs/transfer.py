@@ -84,20 +84,23 @@ def _safe(rel: bytes) -> bytes:
     return rel
 
 
-def sender_command(python: str | None) -> str:
-    """The node-side command of an outputs stream (wire.SENDER), its request on its stdin.
+def sender_command(python: str | None, wait_for: str | None = None) -> str:
+    """The node-side command of an outputs stream (wire.SENDER), its request on its stdin;
+    with `wait_for`, it first writes `.` once that file exists (wire.py).
 
     `python`: the node's interpreter to run it with (the cluster's venv python starts without
     PATH lookups or shims; issue 9), python3 where it is missing or not given."""
     # -I -S: the sender is stdlib only; no site-packages scan, no user environment (issue 9: start-up).
     pick = f"p={shlex.quote(python)}; [ -x \"$p\" ] || p=python3; " if python else "p=python3; "
-    return f'{pick}exec "$p" -I -S -c {shlex.quote(wire.SENDER)}'
+    wait = f" wait {shlex.quote(wait_for)}" if wait_for else ""
+    return f'{pick}exec "$p" -I -S -c {shlex.quote(wire.SENDER)}{wait}'
 
 
-def start_sender(remote: SshRemote, python: str | None) -> EarlyStream:
+def start_sender(remote: SshRemote, python: str | None, exit_code: str) -> EarlyStream:
     """A sender started now, on the control connection, to be given its request by
-    `download_tree(..., started=)` once the job has ended (issue 9: its start overlaps the job)."""
-    return EarlyStream(remote, sender_command(python))
+    `download_tree(..., started=)` once the job has ended (issue 9: its start overlaps the job).
+    It says `.` when the job's `exit_code` file appears: early.wait_any wakes on it."""
+    return EarlyStream(remote, sender_command(python, exit_code), notice=b".")
 
 
 def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict[str, str] | None = None, rename: dict[str, str] | None = None,

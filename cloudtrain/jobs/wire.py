@@ -13,8 +13,10 @@ One stream carries every file still owed, as frames `tag, u32 length, payload`:
                                     ask again over the bulk path (nothing else was sent)
     Z                               the stream is complete (without it, the stream was cut)
 
-A sender may be started before the job ends (issue 9): it then waits on its stdin for the
-request, and ends without a word when its stdin ends empty (the request was never needed).
+A sender may be started before the job ends (issue 9) as `-c SENDER wait EXIT_CODE_FILE`: it
+writes one byte, `.`, as soon as that file exists (the follower wakes on it rather than at its
+next poll) or its request has come, then reads the request, and ends without a word when its
+stdin ends empty (the request was never needed).
 
 The node hashes each file as it reads it (and the prefix a resumed file already has here), so
 the check costs no extra pass over the data on either side. Names travel as hex of their
@@ -28,7 +30,12 @@ import struct
 from typing import Iterator
 
 SENDER = r"""
-import fcntl, hashlib, json, os, queue, socket, stat, struct, sys, threading
+import fcntl, hashlib, json, os, queue, select, socket, stat, struct, sys, threading
+if sys.argv[1:2] == ["wait"]:
+    pause = 0.005  # a short job's end is told within milliseconds, a long job's within 0.1 s
+    while not os.path.exists(sys.argv[2]) and not select.select([0], [], [], pause)[0]:
+        pause = min(pause * 1.2, 0.1)
+    os.write(1, b".")
 raw = sys.stdin.read()
 if not raw:  # started ahead of the job's end, and not needed after all
     sys.exit(0)

@@ -262,6 +262,24 @@ def test_an_empty_checkpoint_folder_is_polled_without_a_command_on_the_node(clus
         real_run(f"rm -rf {job.dir}")
 
 
+def test_warming_up_connects_to_every_node_while_the_job_is_planned(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: once the node paths were remembered, `warm` had nothing left to ask the nodes and
+    the handshake waited for the workdir's shipping; it now connects while the job is planned."""
+    from cloudtrain.jobs.runner import JobRunner
+    from cloudtrain.state import Store
+
+    (tmp_path / "noop.py").write_text("pass\n")
+    assert cluster("run", str(tmp_path / "noop.py"), "--output", str(tmp_path / "out")).returncode == 0  # the paths are remembered
+    store = Store(cluster.home)
+    c = _cluster_of(cluster)
+    before = _logins(cluster.home)
+    with JobRunner(store, store.cluster_dir("local"), c, say=lambda _: None) as runner:
+        runner.warm()
+        for node in c.nodes:
+            runner.remote(node)  # waits for that node's warm-up; no command runs
+        assert {n: _logins(cluster.home)[n] - before[n] for n in before} == {n: 1 for n in before}
+
+
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:
     from cloudtrain.jobs.sessions import Sessions
 

@@ -85,7 +85,9 @@ class JobRunner:
     def _warm(self, node: Node) -> None:
         # The bulk path's master starts when bulk data first moves (a changed workdir, outputs
         # that are not small): a second handshake costs a no-op run more than it saves (issue 9).
-        self.paths(self.sessions.of(node))
+        remote = self.sessions.of(node)
+        remote.client()  # the handshake, even where the paths are remembered and ask nothing
+        self.paths(remote)
 
     def _node(self, name: str) -> Node:
         return next(n for n in self.cluster.nodes if n.name == name)

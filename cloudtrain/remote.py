@@ -37,10 +37,13 @@ KEEPALIVE_S = 15
 
 
 def _tcp_keepalive(sock: object) -> None:
-    """Probe an idle connection every KEEPALIVE_S; 4 unanswered probes end it (where the OS allows)."""
+    """No Nagle delay; probe an idle connection every KEEPALIVE_S, 4 unanswered probes end it (where the OS allows)."""
     if not isinstance(sock, socket.socket):
         return
     try:
+        # Small messages go out at once: a command's stdin and its end were two packets, the
+        # second held by Nagle until the node's delayed ACK, 40 ms later (issue 9's no-op run).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for name, value in (("TCP_KEEPIDLE", KEEPALIVE_S), ("TCP_KEEPINTVL", KEEPALIVE_S), ("TCP_KEEPCNT", 4)):
             if hasattr(socket, name):

@@ -197,6 +197,8 @@ class JobRunner:
             remote = self.remote(node)
             paths = self.paths(remote)
             job = paths.job(job_id)
+            if not spec.detach:  # its python starts while the workdir ships, not after a short job's end (issue 9)
+                collecting.start_senders(self, [remote], [job.exit_code])
             env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, framework)
             env = {**env, **checkpoints.job_env(job, restart_count)}  # $CLOUDTRAIN_CHECKPOINT_DIR, made by run.sh
             job_files = [(job.run_sh, launching.run_sh(paths, job, spec, env, launch), 0o700),

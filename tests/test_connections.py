@@ -241,6 +241,25 @@ def test_an_interrupted_run_leaves_no_waiting_sender_and_logs_f_brings_the_outpu
     assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
 
 
+def test_outputs_come_home_when_the_waiting_senders_die(cluster: Cli, tmp_path: Path) -> None:
+    """A waiting sender lost before the job's end (killed; or gone with its connection) costs a
+    fresh stream at collect, never the outputs."""
+    import json
+
+    flag, out = tmp_path / "go", tmp_path / "out"
+    proc = _start_run(cluster, tmp_path, flag, out)
+    try:
+        assert _until(lambda: len(_senders(cluster.home)) == 2), "no outputs sender waited on the nodes while the job ran"
+        for pid in _senders(cluster.home):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        flag.touch()
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+
 def test_an_empty_checkpoint_folder_is_polled_without_a_command_on_the_node(cluster: Cli, tmp_path: Path) -> None:
     """Issue 9: every run's last checkpoint poll ran a shell and an ls on the node to find the
     folder empty; an SFTP listing on the open session says so. A checkpoint still comes home."""

@@ -61,6 +61,11 @@ class EarlyStream:
         finally:
             channel.close()
 
+    def alive(self) -> bool:
+        """Whether the command still runs, as far as its channel says (it ends when it does)."""
+        channel = self._channel
+        return not (channel.closed or channel.eof_received or channel.exit_status_ready())
+
     def _pending(self) -> bool:
         channel = self._channel
         return bool(self._notice) and not (channel.closed or channel.eof_received)

@@ -45,8 +45,8 @@ def _small(remote: object, job_dir: str) -> bool:
 
 
 def start_senders(runner: "JobRunner", remotes: list[SshRemote], exit_codes: list[str]) -> None:
-    """Start each node's outputs sender now, while the job runs (follow calls this): it waits
-    for its request, so bringing the outputs home after the job's end costs no new command
+    """Start each node's outputs sender now, before the job ends (submit and follow call this,
+    the second for a job it did not start): it waits for its request, so bringing the outputs home after the job's end costs no new command
     on the node, nor a python start (issue 9); each says when its node's `exit_codes` file
     appears, and follow wakes on that. Where one cannot start, collect starts its own."""
     for remote, exit_code in zip(remotes, exit_codes):
@@ -119,6 +119,9 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         prefix = "" if rank == 0 else f"rank-{rank}/"
         try:
             started = runner.senders.pop(node.name, None)
+            if started is not None and not started.alive():  # lost with its connection, or killed
+                started.close()
+                started = None
             remote = runner.remote(node)
             paths = runner.paths(remote)
             job = paths.job(record.job_id)

@@ -55,7 +55,7 @@ class JobRunner:
         self._paths: dict[str, NodePaths] = {}
         self._warming: dict[str, Future] = {}
         self._paths_lock = threading.Lock()  # node-paths.json, from a thread per node
-        self.senders: dict[str, EarlyStream] = {}  # each node's outputs sender, started during follow
+        self.senders: dict[str, EarlyStream] = {}  # each node's outputs sender, waiting for the job's end (collect.start_senders)
 
     def __enter__(self) -> "JobRunner":
         return self

@@ -12,7 +12,7 @@ import socket
 import time
 from typing import IO, Callable, Iterator
 
-import paramiko
+from cloudtrain.paramiko_lean import paramiko
 
 Sink = Callable[[bytes], None]
 

@@ -19,19 +19,8 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import IO, Callable, Iterator
 
-# paramiko imports invoke (a third of paramiko's import time, issue 9) only to run an ssh_config's
-# `Match exec` lines, and cloudtrain never hands paramiko an ssh_config: paramiko loads without it
-# (it then says so if such a line is ever parsed). Where invoke is already loaded, it is used.
-_without_invoke = "invoke" not in sys.modules
-if _without_invoke:
-    sys.modules["invoke"] = None  # type: ignore[assignment]  # makes `import invoke` raise ImportError
-try:
-    import paramiko
-finally:
-    if _without_invoke and sys.modules.get("invoke", 0) is None:
-        del sys.modules["invoke"]
-
-from cloudtrain import channels, keys, openssh
+from cloudtrain.paramiko_lean import paramiko  # first: without invoke, nor importlib.metadata
+from cloudtrain import channels, keys, openssh  # noqa: E402, I001
 from cloudtrain.errors import CommandFailed, HostKeyMismatch, RemoteError
 from cloudtrain.machine import Node
 
@@ -48,10 +37,13 @@ KEEPALIVE_S = 15
 
 
 def _tcp_keepalive(sock: object) -> None:
-    """Probe an idle connection every KEEPALIVE_S; 4 unanswered probes end it (where the OS allows)."""
+    """No Nagle delay; probe an idle connection every KEEPALIVE_S, 4 unanswered probes end it (where the OS allows)."""
     if not isinstance(sock, socket.socket):
         return
     try:
+        # Small messages go out at once: a command's stdin and its end were two packets, the
+        # second held by Nagle until the node's delayed ACK, 40 ms later (issue 9's no-op run).
+        sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
         sock.setsockopt(socket.SOL_SOCKET, socket.SO_KEEPALIVE, 1)
         for name, value in (("TCP_KEEPIDLE", KEEPALIVE_S), ("TCP_KEEPINTVL", KEEPALIVE_S), ("TCP_KEEPCNT", 4)):
             if hasattr(socket, name):
@@ -354,6 +346,16 @@ class SshRemote:
         except (OSError, paramiko.SSHException) as e:
             self.close()
             raise RemoteError(f"checking {self.node.name}:{remote} failed: {e}", "run it again") from e
+
+    def listdir(self, remote: str) -> list[str]:
+        """The names in a folder on the node ([] when absent): over SFTP, no process starts there."""
+        try:
+            return self.sftp().listdir(remote)
+        except FileNotFoundError:
+            return []
+        except (OSError, paramiko.SSHException) as e:
+            self.close()
+            raise RemoteError(f"listing {self.node.name}:{remote} failed: {e}", "run it again") from e
 
 
 __all__ = ["Result", "SshRemote", "env_prefix"]

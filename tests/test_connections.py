@@ -79,7 +79,7 @@ try:
     main(sys.argv[1:])
 except SystemExit as e:
     code = e.code
-heavy = ("cloudtrain.bootstrap", "cloudtrain.compat", "cloudtrain.lifecycle", "pulumi", "pydantic", "invoke", "rich", "yaml")
+heavy = ("cloudtrain.bootstrap", "cloudtrain.compat", "cloudtrain.lifecycle", "pulumi", "pydantic", "invoke", "rich", "yaml", "importlib.metadata", "email")
 print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if any(m == h or m.startswith(h + ".") for h in heavy))}), file=sys.stderr)
 """
 
@@ -87,7 +87,8 @@ print(json.dumps({"code": code, "loaded": sorted(m for m in sys.modules if any(m
 def test_a_run_loads_only_what_reaching_nodes_needs(cluster: Cli, tmp_path: Path) -> None:
     """Issue 9: a no-op run costs little more than one ssh. It loaded the whole bootstrap (and the
     resolver's tables) for one facts file, pydantic for its plain str/Path/int options and invoke
-    with paramiko; none is needed to ship, run and collect a job."""
+    with paramiko, importlib.metadata (and the email parser) for paramiko's version; none is needed to
+    ship, run and collect a job."""
     import json
     import subprocess
     import sys
@@ -166,6 +167,151 @@ def test_an_unchanged_workdirs_run_starts_python_on_a_node_only_for_sync_tracker
     after = _logins(cluster.home)
     assert {n: after[n] - before[n] for n in after} == {n: 2 for n in after}
     assert (tmp_path / "big" / "m.bin").stat().st_size == (tmp_path / "big" / "rank-1" / "m.bin").stat().st_size == 33 << 20
+
+
+WAITING_JOB = textwrap.dedent(
+    """
+    import os, sys, time
+    while not os.path.exists(sys.argv[1]):  # the test says when the job may end
+        time.sleep(0.05)
+    with open(os.path.join(os.environ["CLOUDTRAIN_OUTPUT_DIR"], "model.bin"), "wb") as f:
+        f.write(b"m" * 1000)
+    """
+)
+
+
+def _senders(home: Path) -> list[int]:
+    """This cluster's outputs senders (wire.SENDER, its source on the command line) on its nodes."""
+    return pids_where("cmdline", lambda cmd: b"F_SETPIPE_SZ" in cmd and str(home).encode() in cmd)
+
+
+def _until(check, seconds: float = 30.0):  # noqa: ANN001, ANN202
+    deadline = time.monotonic() + seconds
+    while not (found := check()) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    return found
+
+
+def _start_run(cluster: Cli, tmp_path: Path, flag: Path, out: Path):  # noqa: ANN202
+    import subprocess
+    import sys
+
+    (tmp_path / "job.py").write_text(WAITING_JOB)
+    env = {**os.environ, "CLOUDTRAIN_HOME": str(cluster.home)}
+    argv = [sys.executable, "-m", "cloudtrain.cli", "run", str(tmp_path / "job.py"), "--output", str(out), "--", str(flag)]
+    return subprocess.Popen(argv, cwd=tmp_path, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def test_the_outputs_sender_is_started_while_the_job_runs_and_ends_with_the_run(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: the sender started after follow saw the job end, a command's round trips and a
+    python start on the node after the job's last second; it now waits on each node while the
+    job runs and is given its request at the end. The outputs still come home, verified."""
+    flag, out = tmp_path / "go", tmp_path / "out"
+    proc = _start_run(cluster, tmp_path, flag, out)
+    try:
+        waiting = _until(lambda: len(_senders(cluster.home)) == 2)
+    finally:
+        flag.touch()
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert waiting, "no outputs sender waited on the nodes while the job ran"
+    assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
+    assert _senders(cluster.home) == []
+
+
+def test_an_interrupted_run_leaves_no_waiting_sender_and_logs_f_brings_the_outputs_home(cluster: Cli, tmp_path: Path) -> None:
+    flag, out = tmp_path / "go", tmp_path / "out"
+    proc = _start_run(cluster, tmp_path, flag, out)
+    try:
+        assert _until(lambda: len(_senders(cluster.home)) == 2), "no outputs sender waited on the nodes while the job ran"
+        jobs = lambda: set(pids_where("cmdline", lambda cmd: b"job.py" in cmd and str(flag).encode() in cmd)) - {proc.pid}  # noqa: E731
+        assert _until(lambda: len(jobs()) == 2), "the job never started on both nodes"
+        proc.send_signal(signal.SIGINT)
+        _, err = proc.communicate(timeout=120)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+    assert proc.returncode == 130, err
+    assert _until(lambda: _senders(cluster.home) == [], 20), "a sender still waits on a node after `run` ended"
+    job_id = max((cluster.home / "jobs").glob("job-*.json"), key=lambda p: p.stat().st_mtime).stem
+    flag.touch()
+    logs = cluster("logs", job_id, "-f", timeout=300)
+    assert logs.returncode == 0, logs.stderr
+    assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
+
+
+def test_outputs_come_home_when_the_waiting_senders_die(cluster: Cli, tmp_path: Path) -> None:
+    """A waiting sender lost before the job's end (killed; or gone with its connection) costs a
+    fresh stream at collect, never the outputs."""
+    import json
+
+    flag, out = tmp_path / "go", tmp_path / "out"
+    proc = _start_run(cluster, tmp_path, flag, out)
+    try:
+        assert _until(lambda: len(_senders(cluster.home)) == 2), "no outputs sender waited on the nodes while the job ran"
+        for pid in _senders(cluster.home):
+            os.kill(pid, signal.SIGKILL)
+    finally:
+        flag.touch()
+        _, err = proc.communicate(timeout=300)
+    assert proc.returncode == 0, err
+    assert (out / "model.bin").read_bytes() == (out / "rank-1" / "model.bin").read_bytes() == b"m" * 1000
+    assert json.loads((out / "manifest.json").read_text())["complete"] is True
+
+
+def test_an_empty_checkpoint_folder_is_polled_without_a_command_on_the_node(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: every run's last checkpoint poll ran a shell and an ls on the node to find the
+    folder empty; an SFTP listing on the open session says so. A checkpoint still comes home."""
+    from cloudtrain.jobs import checkpoints
+    from cloudtrain.layout import NodePaths
+    from cloudtrain.remote import SshRemote
+
+    c = _cluster_of(cluster)
+    with SshRemote(c.head, c.identity_file) as remote:
+        paths = NodePaths.of(remote)
+        job = paths.job("probe-checkpoints")
+        remote.run(f"mkdir -p {checkpoints.node_dir(job)}")
+        commands: list[str] = []
+        real_run = remote.run
+        remote.run = lambda command, **kw: (commands.append(command), real_run(command, **kw))[1]  # type: ignore[method-assign]
+        puller = checkpoints.Puller(remote, lambda _: paths, "probe-checkpoints", tmp_path / "out", lambda _: None)
+        assert puller.poll(final=True) == [] and commands == []
+        real_run(f"echo weights > {checkpoints.node_dir(job)}/step-1.pt")
+        assert puller.poll(final=True) == ["step-1.pt"]
+        assert (tmp_path / "out" / "checkpoints" / "step-1.pt").read_text() == "weights\n"
+        real_run(f"rm -rf {job.dir}")
+
+
+def test_warming_up_connects_to_every_node_while_the_job_is_planned(cluster: Cli, tmp_path: Path) -> None:
+    """Issue 9: once the node paths were remembered, `warm` had nothing left to ask the nodes and
+    the handshake waited for the workdir's shipping; it now connects while the job is planned."""
+    from cloudtrain.jobs.runner import JobRunner
+    from cloudtrain.state import Store
+
+    (tmp_path / "noop.py").write_text("pass\n")
+    assert cluster("run", str(tmp_path / "noop.py"), "--output", str(tmp_path / "out")).returncode == 0  # the paths are remembered
+    store = Store(cluster.home)
+    c = _cluster_of(cluster)
+    before = _logins(cluster.home)
+    with JobRunner(store, store.cluster_dir("local"), c, say=lambda _: None) as runner:
+        runner.warm()
+        for node in c.nodes:
+            runner.remote(node)  # waits for that node's warm-up; no command runs
+        assert {n: _logins(cluster.home)[n] - before[n] for n in before} == {n: 1 for n in before}
+
+
+def test_the_control_connection_sends_small_messages_at_once(cluster: Cli) -> None:
+    """Issue 9: paramiko leaves Nagle on; a command's stdin and its end (or a channel request
+    after another) were two small packets, the second held until the node's delayed ACK, so
+    every command cost ~40 ms more on loopback (88 ms a `run` with stdin, 8 with TCP_NODELAY)."""
+    from cloudtrain.remote import SshRemote
+
+    c = _cluster_of(cluster)
+    with SshRemote(c.head, c.identity_file) as remote:
+        sock = remote.client().get_transport().sock  # type: ignore[union-attr]
+        assert sock.getsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY) != 0
+        assert remote.run("cat", stdin=b"through").stdout == "through"
 
 
 def test_a_session_whose_peer_was_killed_reopens_on_next_use(cluster: Cli) -> None:

@@ -112,8 +112,10 @@ class Puller:
             q = shlex.quote
             paths = self.paths(self.remote)  # asked once per command, not before the node answers
             self.folder = node_dir(paths.job(self.job_id))
-            # An empty (or absent) folder costs no python start on the node (issue 9's no-op run).
-            out = self.remote.run(f"test -n \"$(ls -A {q(self.folder)} 2>/dev/null)\" || exit 0; {q(paths.python)} -I -c {q(_LIST)} list {q(self.folder)}", check=False).stdout
+            # An empty (or absent) folder costs no command on the node, only an SFTP listing
+            # on the open session (issue 9's no-op run: its final poll was a shell and an ls there).
+            empty = not self.remote.listdir(self.folder)
+            out = "" if empty else self.remote.run(f"{q(paths.python)} -I -c {q(_LIST)} list {q(self.folder)}", check=False).stdout
             listing = sorted(json.loads(out) if out.strip().startswith("[") else [], key=lambda e: (e[2], e[0]))  # oldest first
             fetched = []
             for rel, size, mtime, writing in listing:

@@ -15,6 +15,7 @@ from cloudtrain.errors import CloudtrainError
 from cloudtrain.jobs import metrics, plot, transfer
 from cloudtrain.jobs.record import JobRecord
 from cloudtrain.machine import Node
+from cloudtrain.remote import SshRemote
 from cloudtrain.state import Store
 
 if TYPE_CHECKING:
@@ -27,11 +28,11 @@ OUT_BYTES = "out_bytes"  # node_track.py: the size of out/ and the log when the 
 SMALL_OUTPUT = 32 << 20  # brought over the control connection: far below paramiko's re-key at 512 MiB
 
 
-def _ended_by(remote: object, job_dir: str) -> dict | None:
+def _ended_by(text: str | None) -> dict | None:
     try:
-        marker = json.loads(remote.read_from(f"{job_dir}/{ENDED_BY}", 0) or b"null")  # type: ignore[attr-defined]
-    except (ValueError, CloudtrainError):
-        return None  # damaged or unreadable: the exit status alone still says how the job ended
+        marker = json.loads(text or "null")
+    except ValueError:
+        return None  # damaged: the exit status alone still says how the job ended
     return marker if isinstance(marker, dict) else None
 
 
@@ -41,6 +42,20 @@ def _small(remote: object, job_dir: str) -> bool:
     except CloudtrainError:
         return False
     return raw.isdigit() and int(raw) < SMALL_OUTPUT  # absent (an older job's): OpenSSH, as before
+
+
+def start_senders(runner: "JobRunner", remotes: list[SshRemote], exit_codes: list[str]) -> None:
+    """Start each node's outputs sender now, before the job ends (submit and follow call this,
+    the second for a job it did not start): it waits for its request, so bringing the outputs home after the job's end costs no new command
+    on the node, nor a python start (issue 9); each says when its node's `exit_codes` file
+    appears, and follow wakes on that. Where one cannot start, collect starts its own."""
+    for remote, exit_code in zip(remotes, exit_codes):
+        if remote.node.name in runner.senders:
+            continue
+        try:
+            runner.senders[remote.node.name] = transfer.start_sender(remote, runner.paths(remote).python, exit_code)
+        except CloudtrainError:
+            pass  # follow meets the connection's trouble and says so
 
 
 def _reserved(rank: int) -> dict[str, str]:
@@ -103,12 +118,20 @@ def _collect(runner: "JobRunner", record: JobRecord) -> Path:
         dest = output if rank == 0 else output / f"rank-{rank}"
         prefix = "" if rank == 0 else f"rank-{rank}/"
         try:
+            started = runner.senders.pop(node.name, None)
+            if started is not None and not started.alive():  # lost with its connection, or killed
+                started.close()
+                started = None
             remote = runner.remote(node)
             paths = runner.paths(remote)
             job = paths.job(record.job_id)
-            remote.control_only = _small(remote, job.dir)
-            got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank), python=paths.python)
-            marker = _ended_by(remote, job.dir)
+            facts = {"ended_by": f"{job.dir}/{ENDED_BY}", "out_bytes": f"{job.dir}/{OUT_BYTES}"}
+            # A sender started during the job checks out_bytes itself and, when the outputs are
+            # not small, sends nothing: the stream is asked again over OpenSSH.
+            remote.control_only = started is not None or _small(remote, job.dir)
+            got = transfer.download_tree(remote, job.out, dest, extra={"log.txt": job.log}, rename=_reserved(rank), python=paths.python,
+                                         facts=facts, started=started, bulk_over=SMALL_OUTPUT)
+            marker = _ended_by(got.facts.get("ended_by"))
             if marker is not None:
                 ended_by[rank] = marker
         except CloudtrainError as e:

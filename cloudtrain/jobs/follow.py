@@ -15,7 +15,9 @@ import sys
 import time
 from typing import TYPE_CHECKING, Callable, TypeVar
 
+from cloudtrain.early import wait_any
 from cloudtrain.errors import BadInput, CloudtrainError, HostKeyMismatch, RemoteError
+from cloudtrain.jobs import collect as collecting
 from cloudtrain.jobs.launch import FAILURES_FILE, first_failure
 from cloudtrain.jobs.node_logs import Prefixed
 from cloudtrain.jobs.record import JobRecord, exit_meaning
@@ -80,6 +82,7 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
     try:
         paths = [retry(r, lambda r=r: runner.paths(r)).job(record.job_id) for r in remotes]
         sids = [retry(r, lambda r=r, p=p: _read(r, p.pid, 0)).decode().strip() for r, p in zip(remotes, paths)]
+        collecting.start_senders(runner, remotes, [p.exit_code for p in paths])  # they wait while the job runs (issue 9)
         codes: list[int | None] = [None] * len(remotes)
         first_failure: int | None = None  # before stopping the others turns them into 143s
         last_alive_check = time.monotonic()
@@ -125,7 +128,7 @@ def follow(runner: "JobRunner", record: JobRecord, stream: bool = True, offset: 
             if time.monotonic() - last_alive_check > CHECK_EVERY_S:
                 last_alive_check = time.monotonic()
                 _check_alive(runner, retry, remotes, paths, codes, sids)
-            time.sleep(pause)
+            wait_any(list(runner.senders.values()), pause)  # a node's sender says at once when its job ended
             pause = min(pause * 1.25, POLL_MAX_S)  # slowly: a short job's end is seen within a poll or two
     finally:
         for r, timeout in zip(remotes, patient):

@@ -17,6 +17,7 @@ from pathlib import Path
 from typing import Callable
 
 from cloudtrain import safefile
+from cloudtrain.early import EarlyStream
 from cloudtrain.errors import CloudtrainError, CommandFailed
 from cloudtrain.jobs import checkpoints
 from cloudtrain.jobs import collect as collecting
@@ -54,6 +55,7 @@ class JobRunner:
         self._paths: dict[str, NodePaths] = {}
         self._warming: dict[str, Future] = {}
         self._paths_lock = threading.Lock()  # node-paths.json, from a thread per node
+        self.senders: dict[str, EarlyStream] = {}  # each node's outputs sender, waiting for the job's end (collect.start_senders)
 
     def __enter__(self) -> "JobRunner":
         return self
@@ -66,6 +68,9 @@ class JobRunner:
             self.sessions.of(self._node(name)).abandon()  # a node still being retried: stop
             future.exception()  # nothing may open a connection (or an ssh master) after this
         self._warming.clear()
+        for sender in self.senders.values():
+            sender.close()  # never given a request (an interrupted follow): it ends on the node
+        self.senders.clear()
         self.sessions.close()
 
     def warm(self) -> None:
@@ -80,7 +85,9 @@ class JobRunner:
     def _warm(self, node: Node) -> None:
         # The bulk path's master starts when bulk data first moves (a changed workdir, outputs
         # that are not small): a second handshake costs a no-op run more than it saves (issue 9).
-        self.paths(self.sessions.of(node))
+        remote = self.sessions.of(node)
+        remote.client()  # the handshake, even where the paths are remembered and ask nothing
+        self.paths(remote)
 
     def _node(self, name: str) -> Node:
         return next(n for n in self.cluster.nodes if n.name == name)
@@ -190,6 +197,8 @@ class JobRunner:
             remote = self.remote(node)
             paths = self.paths(remote)
             job = paths.job(job_id)
+            if not spec.detach:  # its python starts while the workdir ships, not after a short job's end (issue 9)
+                collecting.start_senders(self, [remote], [job.exit_code])
             env = launching.job_env(self.cluster, rank, job_id, job.out, gpus[rank], launch, framework)
             env = {**env, **checkpoints.job_env(job, restart_count)}  # $CLOUDTRAIN_CHECKPOINT_DIR, made by run.sh
             job_files = [(job.run_sh, launching.run_sh(paths, job, spec, env, launch), 0o700),

@@ -22,18 +22,18 @@ import subprocess
 import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import IO
+from typing import Iterator
 
 from cloudtrain import progress
+from cloudtrain.early import EarlyStream
 from cloudtrain.errors import CommandFailed, RemoteError, TransferError
 from cloudtrain.jobs import wire
+from cloudtrain.jobs.landing import PARTIAL, display  # noqa: F401  (PARTIAL: where partial files wait, for callers)
+from cloudtrain.jobs.landing import Home as _Home
 from cloudtrain.jobs.workdir import write_tar
 from cloudtrain.remote import SshRemote
 
-PARTIAL = ".cloudtrain-partial"
 PASSES = 4  # streams per download: the first, and resumes after a cut or a damaged file
-RESUMABLE = 4 << 20  # files from this size resume where a cut left them; smaller ones start over
-_UNSTORABLE = {errno.EILSEQ, errno.EINVAL, errno.ENAMETOOLONG}  # names a local filesystem refuses
 
 
 def upload_tree(remote: SshRemote, workdir: Path, files: list[str], remote_dir: str) -> None:
@@ -73,11 +73,7 @@ class Fetched:
     missing: dict[str, str] = field(default_factory=dict)  # name -> why the node could not send it
     resumed: dict[str, int] = field(default_factory=dict)  # name -> the byte a cut transfer resumed from
     renamed: list[tuple[str, str]] = field(default_factory=list)  # (the job's name, the name it got here)
-
-
-def display(name: bytes) -> str:
-    """A name as text: itself when it is UTF-8, else with its odd bytes as \\xNN."""
-    return name.decode("utf-8", "backslashreplace")
+    facts: dict[str, str | None] = field(default_factory=dict)  # `facts` asked for: their text, None where absent
 
 
 def _safe(rel: bytes) -> bytes:
@@ -88,152 +84,77 @@ def _safe(rel: bytes) -> bytes:
     return rel
 
 
-def _escaped(name: bytes) -> bytes:
-    """A name any filesystem holds: bytes outside printable ASCII (and %) as %XX."""
-    return b"".join(bytes([c]) if 32 <= c < 127 and c != 0x25 else b"%%%02X" % c for c in name)
+def sender_command(python: str | None, wait_for: str | None = None) -> str:
+    """The node-side command of an outputs stream (wire.SENDER), its request on its stdin;
+    with `wait_for`, it first writes `.` once that file exists (wire.py).
+
+    `python`: the node's interpreter to run it with (the cluster's venv python starts without
+    PATH lookups or shims; issue 9), python3 where it is missing or not given."""
+    # -I -S: the sender is stdlib only; no site-packages scan, no user environment (issue 9: start-up).
+    pick = f"p={shlex.quote(python)}; [ -x \"$p\" ] || p=python3; " if python else "p=python3; "
+    wait = f" wait {shlex.quote(wait_for)}" if wait_for else ""
+    return f'{pick}exec "$p" -I -S -c {shlex.quote(wire.SENDER)}{wait}'
 
 
-class _Home:
-    """The output folder's side: partial files, the ledger of verified ones, and final names."""
-
-    def __init__(self, dest: Path) -> None:
-        self.dest = dest
-        self.partial = dest / PARTIAL
-        try:
-            self.partial.mkdir(parents=True, exist_ok=True)
-        except OSError as e:
-            raise TransferError(f"cannot create the output folder {dest}: {e.strerror or e}", "choose another --output, or free space and run again") from e
-        self._ledgers: dict[str, IO[str]] = {}
-        self._made: set[Path] = {dest}
-        self.started = self._lines("started.jsonl")  # staging name -> file id
-        self.verified = {e["id"]: e for e in self._lines("verified.jsonl").values()}
-
-    def _lines(self, name: str) -> dict[str, dict]:
-        found: dict[str, dict] = {}
-        try:
-            for line in (self.partial / name).read_text().splitlines():
-                try:
-                    entry = json.loads(line)
-                    found[entry["key"]] = entry
-                except (ValueError, KeyError, TypeError):
-                    continue  # a line cut by a full disk or a kill: that file is fetched again
-        except FileNotFoundError:
-            pass
-        except OSError as e:
-            raise TransferError(f"cannot read {self.partial / name}: {e.strerror or e}", f"remove {self.partial} and run again") from e
-        return found
-
-    def _append(self, name: str, entry: dict) -> None:
-        # Held open for the whole download: thousands of small files cost one write each.
-        if name not in self._ledgers:
-            self._ledgers[name] = open(self.partial / name, "a", buffering=1)
-        self._ledgers[name].write(json.dumps(entry) + "\n")
-
-    def staging(self, fid: str) -> Path:
-        return self.partial / hashlib.sha256(fid.encode()).hexdigest()[:32]
-
-    def have(self) -> dict[str, int]:
-        """{file id: bytes already here} for partial files."""
-        found = {}
-        for key, entry in self.started.items():
-            try:
-                found[entry["id"]] = (self.partial / key).stat().st_size
-            except FileNotFoundError:
-                continue
-        return found
-
-    def done(self) -> dict[str, list[int]]:
-        """{file id: [size, mtime_ns] on the node} of files verified earlier and still here whole."""
-        found = {}
-        for fid, e in self.verified.items():
-            try:
-                if (self.dest / os.fsdecode(bytes.fromhex(e["local"]))).stat().st_size == e["size"]:
-                    found[fid] = [e["size"], e["mtime_ns"]]
-            except OSError:
-                continue
-        return found
-
-    def begin(self, fid: str, start: int, size: int) -> tuple[int, "hashlib._Hash"]:
-        """Open the partial file for `fid` at `start`, with the hash of what it already holds."""
-        path = self.staging(fid)
-        key = path.name
-        if key not in self.started and size >= RESUMABLE:
-            self._append("started.jsonl", {"key": key, "id": fid})
-            self.started[key] = {"key": key, "id": fid}
-        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        os.ftruncate(fd, start)
-        h = hashlib.sha256()
-        left = start
-        while left:
-            chunk = os.read(fd, min(left, 1 << 20))
-            if not chunk:
-                break
-            h.update(chunk)
-            left -= len(chunk)
-        return fd, h
-
-    def discard(self, fid: str) -> None:
-        try:
-            os.unlink(self.staging(fid))
-        except FileNotFoundError:
-            pass
-
-    def finish(self, fid: str, local: bytes, size: int, mtime_ns: int, sha256: str) -> bytes:
-        """Give a verified partial file its name; the name it got (escaped if refused here)."""
-        for name in (local, _escaped(local)):
-            final = self.dest / os.fsdecode(name)
-            try:
-                if final.parent not in self._made:
-                    final.parent.mkdir(parents=True, exist_ok=True)
-                    self._made.add(final.parent)
-                os.replace(self.staging(fid), final)
-                break
-            except OSError as e:
-                if e.errno not in _UNSTORABLE or name != local:
-                    raise TransferError(f"cannot store {display(local)} in {self.dest}: {e.strerror or e}", "fix or free the destination, then run `cloudtrain down` (or `logs JOB -f`) again; the files are still on the node") from e
-        self._append("verified.jsonl", {"key": fid, "id": fid, "local": name.hex(), "size": size, "mtime_ns": mtime_ns, "sha256": sha256})
-        self.verified[fid] = {"id": fid, "local": name.hex(), "size": size, "mtime_ns": mtime_ns, "sha256": sha256}
-        return name
-
-    def close(self, done: bool) -> None:
-        for f in self._ledgers.values():
-            try:
-                f.close()
-            except OSError:
-                pass
-        if done:
-            shutil.rmtree(self.partial, ignore_errors=True)
+def start_sender(remote: SshRemote, python: str | None, exit_code: str) -> EarlyStream:
+    """A sender started now, on the control connection, to be given its request by
+    `download_tree(..., started=)` once the job has ended (issue 9: its start overlaps the job).
+    It says `.` when the job's `exit_code` file appears: early.wait_any wakes on it."""
+    return EarlyStream(remote, sender_command(python, exit_code), notice=b".")
 
 
-def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict[str, str] | None = None, rename: dict[str, str] | None = None, python: str | None = None) -> Fetched:
+def download_tree(remote: SshRemote, remote_dir: str, dest: Path, *, extra: dict[str, str] | None = None, rename: dict[str, str] | None = None,
+                  python: str | None = None, facts: dict[str, str] | None = None, started: EarlyStream | None = None, bulk_over: int | None = None) -> Fetched:
     """Bring `remote_dir`'s regular files (and `extra`: {local name: node path}) into `dest`,
     every one checked against the node's sha256; resume across cuts and later calls.
 
-    `python`: the node's interpreter to run the sender with (the cluster's venv python starts
-    without PATH lookups or shims; issue 9), python3 where it is missing or not given."""
+    `python`: the node's interpreter for the sender (sender_command). `facts`: {name: node path}
+    of small files to read as the stream starts (Fetched.facts). `started`: a sender from
+    start_sender, used for the first stream; with `bulk_over`, it sends nothing when the file
+    `facts["out_bytes"]` does not name fewer bytes, and the stream is asked again over the bulk path."""
     home = _Home(dest)
     try:
         with progress.phase(f"{remote.node.name}: bringing home"):  # a bar on a terminal, else nothing
-            return _download(remote, remote_dir, home, extra or {}, rename or {}, python)
+            return _download(remote, remote_dir, home, extra or {}, rename or {}, python, facts or {}, started, bulk_over)
     finally:
+        if started is not None:
+            started.close()  # unused (a refusal before the first stream): it ends on the node
         home.close(done=False)
 
 
-def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, str], rename: dict[str, str], python: str | None) -> Fetched:
+def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, str], rename: dict[str, str], python: str | None,
+              facts: dict[str, str], started: EarlyStream | None, bulk_over: int | None) -> Fetched:
     names = {"x" + os.fsencode(k).hex(): os.fsencode(k) for k in (extra or {})}
     renames = {os.fsencode(k): os.fsencode(v) for k, v in (rename or {}).items()}
     fetched = Fetched()
     damaged: dict[str, int] = {}
     last: Exception | None = None
-    for _ in range(PASSES):
-        request = {"root": os.fsencode(remote_dir).hex(), "extra": {fid: os.fsencode(p).hex() for fid, p in zip(names, (extra or {}).values())}, "have": home.have(), "done": home.done()}
+    passes = 0
+    while passes < PASSES:
+        request = {"root": os.fsencode(remote_dir).hex(), "extra": {fid: os.fsencode(p).hex() for fid, p in zip(names, (extra or {}).values())}, "have": home.have(), "done": home.done(),
+                   "facts": {name: os.fsencode(p).hex() for name, p in facts.items()}}
+        if started is not None and bulk_over is not None:
+            request["bulk_over"] = bulk_over
+        first, started = started, None
+        passes += 1
         try:
-            complete = _one_stream(remote, home, request, names, renames, fetched, damaged, python)
+            if first is not None:
+                stream = first.stdout(json.dumps(request).encode())
+            else:
+                stream = remote.stream_stdout(sender_command(python), stdin=io.BytesIO(json.dumps(request).encode()))
+            complete = _one_stream(home, stream, names, renames, fetched, damaged)
+        except _Bulk:
+            remote.control_only = False  # not small: over OpenSSH's master, as a fresh stream
+            passes -= 1  # nothing was sent: not an attempt
+            continue
         except CommandFailed as e:  # the node's side failed outright (no python3?): retrying won't help
             raise TransferError(f"{remote.node.name} could not send its outputs: {e.message}", "check the node with `cloudtrain ssh`; the files are still there") from e
         except (wire.Cut, RemoteError) as e:
             last = e  # the connection broke: the next stream resumes from the partial files
             remote.close()
+            if first is not None and bulk_over is not None:  # the path its sender would have chosen
+                sized = (fetched.facts.get("out_bytes") or "").strip()
+                remote.control_only = sized.isdigit() and int(sized) < bulk_over
             continue
         if complete:
             home.close(done=True)
@@ -244,11 +165,12 @@ def _download(remote: SshRemote, remote_dir: str, home: _Home, extra: dict[str, 
     raise TransferError(f"outputs from {remote.node.name} did not come home after {PASSES} attempts: {last}", "run `cloudtrain logs JOB -f` or `cloudtrain down` again; it resumes where this stopped and the files are still on the node") from last
 
 
-def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, bytes], renames: dict[bytes, bytes], fetched: Fetched, damaged: dict[str, int], python: str | None) -> bool:
+class _Bulk(Exception):
+    """The sender found the outputs not small (wire's B frame): ask again over the bulk path."""
+
+
+def _one_stream(home: _Home, stream: Iterator[bytes], names: dict[str, bytes], renames: dict[bytes, bytes], fetched: Fetched, damaged: dict[str, int]) -> bool:
     """One stream of everything still owed; True when nothing is left to fetch."""
-    # -I -S: the sender is stdlib only; no site-packages scan, no user environment (issue 9: start-up).
-    pick = f"p={shlex.quote(python)}; [ -x \"$p\" ] || p=python3; " if python else "p=python3; "
-    stream = remote.stream_stdout(f'{pick}exec "$p" -I -S -c {shlex.quote(wire.SENDER)}', stdin=io.BytesIO(json.dumps(request).encode()))
     fd, h, current, redo = -1, hashlib.sha256(), None, False
     try:
         for tag, payload in wire.read_frames(stream):
@@ -293,6 +215,10 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
                 fetched.files[display(stored)] = _entry(stored, local, payload.hex(), size)
                 fetched.missing.pop(display(local), None)
                 damaged.pop(display(local), None)
+            elif tag == b"J":
+                fetched.facts.update(wire.decode(payload))  # type: ignore[arg-type]
+            elif tag == b"B":
+                raise _Bulk()
             elif tag == b"E":
                 fid, reason = wire.decode(payload)
                 local = names.get(fid) or _safe(bytes.fromhex(fid[1:]))
@@ -303,7 +229,7 @@ def _one_stream(remote: SshRemote, home: _Home, request: dict, names: dict[str, 
     finally:
         if fd >= 0:
             os.close(fd)
-        stream.close()  # stops ssh if we leave early
+        stream.close()  # type: ignore[attr-defined]  # stops ssh if we leave early
     return not redo
 
 

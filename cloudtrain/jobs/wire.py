@@ -7,7 +7,16 @@ One stream carries every file still owed, as frames `tag, u32 length, payload`:
     D bytes                         the file's next bytes
     H sha256                        the file ends: the digest of all of it, prefix included
     E [id, reason]                  the file could not be read (vanished, unreadable): skip it
+    J {name: text or null}          first, when asked: small files of the job's folder (its
+                                    out_bytes, ended_by.json), read as the stream starts
+    B                               last, when asked: out_bytes says the outputs are not small;
+                                    ask again over the bulk path (nothing else was sent)
     Z                               the stream is complete (without it, the stream was cut)
+
+A sender may be started before the job ends (issue 9) as `-c SENDER wait EXIT_CODE_FILE`: it
+writes one byte, `.`, as soon as that file exists (the follower wakes on it rather than at its
+next poll) or its request has come, then reads the request, and ends without a word when its
+stdin ends empty (the request was never needed).
 
 The node hashes each file as it reads it (and the prefix a resumed file already has here), so
 the check costs no extra pass over the data on either side. Names travel as hex of their
@@ -21,8 +30,16 @@ import struct
 from typing import Iterator
 
 SENDER = r"""
-import fcntl, hashlib, json, os, queue, socket, stat, struct, sys, threading
-req = json.loads(sys.stdin.read())
+import fcntl, hashlib, json, os, queue, select, socket, stat, struct, sys, threading
+if sys.argv[1:2] == ["wait"]:
+    pause = 0.005  # a short job's end is told within milliseconds, a long job's within 0.1 s
+    while not os.path.exists(sys.argv[2]) and not select.select([0], [], [], pause)[0]:
+        pause = min(pause * 1.2, 0.1)
+    os.write(1, b".")
+raw = sys.stdin.read()
+if not raw:  # started ahead of the job's end, and not needed after all
+    sys.exit(0)
+req = json.loads(raw)
 try:  # a deep pipe to sshd, so hashing the next MiB overlaps sshd encrypting this one
     fcntl.fcntl(1, 1031, 1 << 20)  # F_SETPIPE_SZ
 except OSError:
@@ -99,8 +116,20 @@ def send(fid, path):
         frame(b"E", json.dumps([fid, e.strerror or str(e)]).encode())
     finally:
         os.close(fd)
+facts = {}
+for name, path in sorted(req.get("facts", {}).items()):
+    try:
+        with open(bytes.fromhex(path), "rb") as f:
+            facts[name] = f.read(65536).decode(errors="replace")
+    except OSError:
+        facts[name] = None
+if facts:
+    frame(b"J", json.dumps(facts).encode())
+sized = (facts.get("out_bytes") or "").strip()
+# Outputs not small (or an older job's, without out_bytes) go over the bulk path, as before.
+bulk = req.get("bulk_over") is not None and not (sized.isdigit() and int(sized) < req["bulk_over"])
 root = bytes.fromhex(req["root"])
-if os.path.isdir(root):
+if os.path.isdir(root) and not bulk:
     for dirpath, dirs, names in os.walk(root):
         dirs.sort()
         for name in sorted(names):
@@ -113,10 +142,10 @@ if os.path.isdir(root):
                 continue
             if regular:  # links stay on the node: they may point anywhere on the machine
                 send(fid, path)
-for fid, path in sorted(req["extra"].items()):
+for fid, path in sorted(req["extra"].items()) if not bulk else ():
     if os.path.lexists(bytes.fromhex(path)):
         send(fid, bytes.fromhex(path))
-frame(b"Z", b"")
+frame(b"B" if bulk else b"Z", b"")
 flush()
 frames.put(None)
 thread.join()

@@ -7,7 +7,8 @@ processes were killed; on the clouds, a VM the cloud says is gone or a node whos
 a preemption notice), it has the provisioner put a new machine in its place (`replace_nodes`:
 on the clouds through the cluster's stack, provisioner/replace.py), pins and bootstraps it
 (`renew`), stops what is left of the job on the other nodes, restores the checkpoints that
-came home (jobs/checkpoints.py) onto every node and starts the same job again with
+came home (jobs/checkpoints.py) onto every node, after what the cluster's bucket holds
+(bucket_restore.py), and starts the same job again with
 CLOUDTRAIN_RESTART_COUNT set. After `max_restarts` recoveries it stops. Each
 preemption and recovery is recorded on the job (`extra["recovery"]`: run.json, `status`).
 """
@@ -22,7 +23,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
-from cloudtrain import autostop
+from cloudtrain import autostop, bucket_restore
 from cloudtrain import provisioner as provisioners
 from cloudtrain.errors import BadInput, CloudtrainError, RemoteError
 from cloudtrain.jobs import checkpoints, session
@@ -258,4 +259,6 @@ class Recovering:
             _stop(runner, remotes, jobs, [None] * len(remotes))
             for r, j in zip(remotes, jobs):  # the old attempt's status must not end the new one
                 r.run(f"cd {shlex.quote(j.dir)} && rm -rf exit_code main_exit main_pid pid failures checkpoints")
+        # The bucket first (it may hold a newer checkpoint than home); submit's restore from home fills in the rest.
+        bucket_restore.restore(runner, crecord.cluster.nodes, prov.checkpoint_store(crecord), record.job_id, self.say)
         return runner

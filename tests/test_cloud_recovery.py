@@ -24,7 +24,8 @@ from moto import mock_aws
 
 from test_failover import CIDR, Preflight, pulumi_failure, where
 
-from cloudtrain import recovery
+from cloudtrain import bucket_restore, recovery
+from cloudtrain.jobs.runner import JobRunner
 from cloudtrain.errors import NoCapacity, ProvisionError
 from cloudtrain.machine import Cluster, Node
 from cloudtrain.provisioner import cloud, power_aws
@@ -373,3 +374,108 @@ def test_a_node_named_by_its_notice_is_refreshed_only_once_the_cloud_has_deleted
     monkeypatch.setattr(replace, "time", types.SimpleNamespace(monotonic=time.monotonic, sleep=sleep))
     replace._wait_gone(cloud.AwsProvisioner(on_output=None), record, [1])
     assert polls == [replace.GONE_POLL_S] and power_aws.gone(record) == [1]
+
+
+# --- the new node's checkpoints: the cluster's bucket first, then the copy at home (real sshd) --
+
+
+def _spot_local_cluster(monkeypatch: pytest.MonkeyPatch, store: dict) -> tuple[Any, Any, Store, Any]:
+    """Local nodes standing in for a spot cloud cluster with a checkpoint bucket: `_replace`
+    ships and starts the watchdog with the store, as on a cloud, and the nodes reach the
+    metadata/store stand-in (tests/metadata_standin.py) for their own credentials."""
+    from cloudtrain import lifecycle
+    from cloudtrain import provisioner as provisioners
+    from cloudtrain.provisioner.local import LocalProvisioner
+    from cloudtrain.spec import FrameworkSpec
+
+    class SpotLocal(LocalProvisioner):
+        def checkpoint_store(self, record):  # type: ignore[no-untyped-def]
+            return store
+
+    prov = SpotLocal()
+    monkeypatch.setattr(provisioners, "get", lambda name: prov)
+    st = Store()
+    record = lifecycle.up(st, ClusterSpec(name="bk", provider="local", nodes=2, framework=FrameworkSpec("none")), lambda line: None)
+    return prov, record, st, st.cluster_dir("bk")
+
+
+def _node_checkpoints(record: ClusterRecord, index: int) -> dict[str, bytes]:
+    folder = Path(record.provider_state["node_dirs"][index]) / "root" / "jobs" / "job-1" / "checkpoints"
+    return {p.relative_to(folder).as_posix(): p.read_bytes() for p in folder.rglob("*") if p.is_file()}
+
+
+def test_a_replaced_node_restores_the_buckets_newer_checkpoints_and_home_fills_in_the_rest(
+        home: Path, monkeypatch: pytest.MonkeyPatch, tmp_path: Path) -> None:
+    """The caller missed the last checkpoint (step-3) and holds an older step-2 than the one the
+    node's watchdog pushed at the notice: every node restarts from the bucket's, as the nodes
+    themselves read it (S3 SigV4 with the instance profile's credentials, checked by botocore's
+    signer in moto), and the caller's copy adds only what the bucket lacked (step-1)."""
+    import boto3
+
+    import metadata_standin as standin
+    from test_preempt import store_for
+
+    from cloudtrain import lifecycle
+    from cloudtrain.jobs import checkpoints
+    from cloudtrain.provisioner.local_processes import stop_node_processes
+    from cloudtrain.provisioner.local import LocalProvisioner
+
+    for k, v in {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": REGION}.items():
+        monkeypatch.setenv(k, v)
+    with mock_aws():
+        state = standin.State()
+        state.s3 = boto3.client("s3", region_name=REGION)
+        state.s3.create_bucket(Bucket="ckpt")
+        for rel, body in {"step-2.json": b"bucket 2", "sub/step-3.json": b"bucket 3"}.items():
+            state.s3.put_object(Bucket="ckpt", Key=f"job-1/{rel}", Body=body)
+        state.s3.put_object(Bucket="ckpt", Key="job-10/step-9.json", Body=b"another job's")
+        server, url = standin.serve(state)
+        monkeypatch.setenv("CLOUDTRAIN_METADATA_URL", url)
+        monkeypatch.setenv("CLOUDTRAIN_WATCHDOG_POLL", "0.2")
+        prov, record, st, cdir = _spot_local_cluster(monkeypatch, store_for("aws", url))
+        try:
+            out = tmp_path / "out"
+            (out / "checkpoints").mkdir(parents=True)
+            (out / "checkpoints" / "step-1.json").write_bytes(b"home 1")
+            (out / "checkpoints" / "step-2.json").write_bytes(b"home 2, older")
+            survivor = Path(record.provider_state["node_dirs"][0]) / "root" / "jobs" / "job-1" / "checkpoints"
+            survivor.mkdir(parents=True)
+            (survivor / "step-0.json").write_bytes(b"the lost attempt's")
+            node_dir = Path(record.provider_state["node_dirs"][1])
+            stop_node_processes(node_dir / "root")  # the local stand-in for a preemption
+            LocalProvisioner._stop_pidfile(node_dir / "sshd.pid")
+            said: list[str] = []
+            loop = recovery.Recovering(st, cdir, recovery.RecoveryPolicy(), said.append)
+            job = types.SimpleNamespace(job_id="job-1", output=str(out))
+            runner = loop._replace(job, [1], {})  # type: ignore[arg-type]
+            try:
+                after = cdir.load()
+                for node in after.cluster.nodes:  # what submit does next on each node
+                    remote = runner.remote(node)
+                    assert checkpoints.restore(remote, runner.paths(remote).job("job-1"), checkpoints.local_dir(out)) == ["step-1.json"]
+            finally:
+                runner.close()
+            want = {"step-1.json": b"home 1", "step-2.json": b"bucket 2", "sub/step-3.json": b"bucket 3"}
+            assert _node_checkpoints(after, 0) == want and _node_checkpoints(after, 1) == want
+            assert state.rejected == [] and ("GET", "/s3/ckpt/") in state.calls
+            assert "job job-1: bk-1 restored 2 checkpoint file(s) from bucket ckpt" in said, said
+
+            # Nodes that cannot get their credentials (no metadata service answers): one line each,
+            # and every node restarts from home alike, the bucket's files gone from its folder.
+            monkeypatch.setenv("CLOUDTRAIN_METADATA_URL", "http://127.0.0.1:9")
+            runner = JobRunner(st, cdir, after.cluster, say=said.append)
+            try:
+                assert bucket_restore.restore(runner, after.cluster.nodes, store_for("aws", url), "job-1", said.append) == {}
+                failed = [line for line in said if "could not restore checkpoints from bucket" in line]
+                assert len(failed) == 2 and all("\n" not in line and "restoring the copy at home instead" in line for line in failed), failed
+                for node in after.cluster.nodes:
+                    remote = runner.remote(node)
+                    checkpoints.restore(remote, runner.paths(remote).job("job-1"), checkpoints.local_dir(out))
+            finally:
+                runner.close()
+            home_only = {"step-1.json": b"home 1", "step-2.json": b"home 2, older"}
+            assert _node_checkpoints(after, 0) == home_only and _node_checkpoints(after, 1) == home_only
+        finally:
+            lifecycle.down(st, "bk", lambda line: None, force=True)
+            server.shutdown()
+            server.server_close()

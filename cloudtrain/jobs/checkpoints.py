@@ -158,12 +158,16 @@ class Puller:
 
 def restore(remote: SshRemote, job: JobPaths, source: Path | None) -> list[str]:
     """Make the node's checkpoint folder and put into it the complete checkpoints kept at home
-    (`source`; None for a first start)."""
+    (`source`; None for a first start). A file the node holds already stays: on recovery it came
+    from the cluster's bucket (bucket_restore.py), as new as home's or newer."""
     folder = node_dir(job)
-    remote.run(f"mkdir -p {shlex.quote(folder)}")
+    q = shlex.quote(folder)
+    held = set(remote.run(f"mkdir -p {q} && cd {q} && find . -type f").stdout.splitlines())
     restored = []
     for path in complete_files(source) if source is not None else []:
         rel = path.relative_to(source).as_posix()
+        if f"./{rel}" in held:
+            continue
         if "/" in rel:
             remote.run(f"mkdir -p {shlex.quote(folder + '/' + rel.rsplit('/', 1)[0])}")
         remote.put(path, f"{folder}/{rel}")

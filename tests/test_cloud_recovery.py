@@ -453,16 +453,24 @@ def test_a_replaced_node_restores_the_buckets_newer_checkpoints_and_home_fills_i
                 for node in after.cluster.nodes:  # what submit does next on each node
                     remote = runner.remote(node)
                     assert checkpoints.restore(remote, runner.paths(remote).job("job-1"), checkpoints.local_dir(out)) == ["step-1.json"]
+                # The bucket's newer files come home as the restarted job's checkpoints do (rank 0's pull).
+                puller = checkpoints.Puller(runner.remote(after.cluster.nodes[0]), runner.paths, "job-1", out, said.append)
+                assert sorted(puller.poll(final=True)) == ["step-2.json", "sub/step-3.json"]
             finally:
                 runner.close()
             want = {"step-1.json": b"home 1", "step-2.json": b"bucket 2", "sub/step-3.json": b"bucket 3"}
             assert _node_checkpoints(after, 0) == want and _node_checkpoints(after, 1) == want
+            assert {p.relative_to(out / "checkpoints").as_posix(): p.read_bytes() for p in (out / "checkpoints").rglob("*") if p.is_file()} == want
             assert state.rejected == [] and ("GET", "/s3/ckpt/") in state.calls
             assert "job job-1: bk-1 restored 2 checkpoint file(s) from bucket ckpt" in said, said
 
             # Nodes that cannot get their credentials (no metadata service answers): one line each,
             # and every node restarts from home alike, the bucket's files gone from its folder.
             monkeypatch.setenv("CLOUDTRAIN_METADATA_URL", "http://127.0.0.1:9")
+            out = tmp_path / "out2"
+            (out / "checkpoints").mkdir(parents=True)
+            (out / "checkpoints" / "step-1.json").write_bytes(b"home 1")
+            (out / "checkpoints" / "step-2.json").write_bytes(b"home 2, older")
             runner = JobRunner(st, cdir, after.cluster, say=said.append)
             try:
                 assert bucket_restore.restore(runner, after.cluster.nodes, store_for("aws", url), "job-1", said.append) == {}

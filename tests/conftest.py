@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import signal
 import subprocess
 import sys
 from pathlib import Path
@@ -32,6 +33,16 @@ def pids_where(name: str, test: Callable[[bytes], bool]) -> list[int]:
 def _sshd_pids_under(root: Path) -> list[int]:
     """sshd daemons whose command line names a config under `root` (the local provider's)."""
     return pids_where("cmdline", lambda cmd: b"sshd" in cmd and str(root).encode() in cmd)
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _ctrl_c_reaches_the_cli() -> Iterator[None]:
+    """The tests' Ctrl-C (SIGINT to a CLI process) must reach a handler. A suite started with `&`
+    from a script inherits SIGINT ignored, and an ignored signal stays ignored across exec, so
+    every CLI it starts would ignore it too; a handler here is reset to the default at exec."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
+    yield
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -78,16 +78,24 @@ def _at(inst: dict[str, Any]) -> float:
         return time.time()
 
 
-def observed_stop(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> dict | None:
-    """{"reason", "at"[, "terminated"]} when a VM is stopped or gone; None when running, or
-    when GCP cannot be asked (nothing is decided on a guess; `status`'s SSH probe still runs)."""
+def _look(record: ClusterRecord, http: Transport | None, project: str | None, api: str) -> tuple[Rest, str, list[dict[str, Any] | None]] | None:
+    """The client, project and each node's VM (None: deleted); None when GCP cannot be asked."""
     if record.cluster is None:
         return None
     try:
         rest, project = _client(http, project)
-        found = instances(record, rest, project, api)
+        return rest, project, instances(record, rest, project, api)
     except Exception:  # noqa: BLE001 - google.auth, transport and API errors alike: unknown
         return None
+
+
+def observed_stop(record: ClusterRecord, http: Transport | None = None, project: str | None = None, api: str = API) -> dict | None:
+    """{"reason", "at"[, "terminated"]} when a VM is stopped or gone; None when running, or
+    when GCP cannot be asked (nothing is decided on a guess; `status`'s SSH probe still runs)."""
+    looked = _look(record, http, project, api)
+    if looked is None:
+        return None
+    rest, project, found = looked
     if any(i is None for i in found):
         return {"reason": "deleted: a preempted spot VM goes with its disk", "at": time.time(), "terminated": True}
     for inst in found:
@@ -101,13 +109,10 @@ def gone(record: ClusterRecord, http: Transport | None = None, project: str | No
     action DELETE) or is stopped by a preemption (the zone's `compute.instances.preempted`
     operation names it: a guest shutdown, the watchdog's, ends TERMINATED too); None when GCP
     cannot be asked. `deleted_only`: what a refresh drops from the state (`absent`)."""
-    if record.cluster is None:
+    looked = _look(record, http, project, api)
+    if looked is None:
         return None
-    try:
-        rest, project = _client(http, project)
-        found = instances(record, rest, project, api)
-    except Exception:  # noqa: BLE001 - google.auth, transport and API errors alike: unknown
-        return None
+    rest, project, found = looked
     out = [n for n, inst in enumerate(found) if inst is None]
     if deleted_only:
         return out

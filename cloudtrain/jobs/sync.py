@@ -107,7 +107,7 @@ def ship(remote: SshRemote, paths: NodePaths, workdir: Path, files: list[str], w
         try:
             if changed:
                 with progress.phase(f"{remote.node.name}: shipping {len(changed)} file(s)", total=size):
-                    transfer.send_tar(remote, workdir, changed, apply)
+                    transfer.send_tar(remote, workdir, changed, apply, size=size)
             else:
                 remote.run(apply)
         except CommandFailed as e:

@@ -94,7 +94,8 @@ def apply(cache, work, header):
     if header["tar"]:
         # --unlink-first: a file that ships again gets a new inode, never written through a
         # job's link. stdin: the client's tar, untouched.
-        code = subprocess.call(["tar", "xf", "-", "--unlink-first", "-C", tree])
+        # 64 KiB records, short pipe reads reassembled (-B): transfer.UNTAR says why.
+        code = subprocess.call(["tar", "-x", "-f", "-", "-b", "128", "-B", "--unlink-first", "-C", tree])
         if code != 0:
             sys.exit("cloudtrain sync: tar exited %d unpacking the workdir" % code)
     # Nothing changed: the tree keeps its generation, and with it the spare made for it.

@@ -1,7 +1,5 @@
 """`cloudtrain gpus` (the catalog) and `cloudtrain install-pulumi`."""
 
-from __future__ import annotations
-
 import json
 from typing import Optional
 

@@ -1,7 +1,5 @@
 """Cluster commands: up, down, status, ssh, ssh-config, bootstrap."""
 
-from __future__ import annotations
-
 import dataclasses
 import json
 import os

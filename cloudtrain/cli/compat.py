@@ -1,7 +1,5 @@
 """`cloudtrain compat`: ask the resolver which driver, CUDA, cuDNN and wheel fit, without a machine."""
 
-from __future__ import annotations
-
 import json
 from typing import Optional
 

@@ -1,7 +1,5 @@
 """Job commands: run, logs, cancel, launch."""
 
-from __future__ import annotations
-
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, List, Optional

@@ -1,8 +1,6 @@
 """`cloudtrain runs [--json]` and `cloudtrain runs show JOB`: past runs, read from files only
 (no node is reached, no SSH or cloud code loads; a cloud run's price reads the catalog)."""
 
-from __future__ import annotations
-
 import json
 import time
 from pathlib import Path

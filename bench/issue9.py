@@ -76,9 +76,11 @@ def best_ratio(ours: list[str], theirs: list[str] | None, runs: int, label: str,
     for rep in range(runs):
         if prepare:
             prepare()
+        os.sync()  # each command starts on a settled disk (the last one's writes written back)
         a.append(timed(ours))
         if prepare:
             prepare()
+        os.sync()
         b.append(by_hand() if by_hand else timed(theirs))  # type: ignore[arg-type]
         transfer.say(f"{label:<34} run {rep + 1}/{runs}: cloudtrain {a[-1]:6.2f}s  baseline {b[-1]:6.2f}s")
     # Each repetition's own ratio too: a best-of hides a cost that only shows back to back.
@@ -148,6 +150,9 @@ def main() -> int:
                 run_cmd(job / "write.py", "--output", str(home_out), "--", str(out_size)), None, runs, "run 512 MiB output vs by hand", clear, by_hand
             )
 
+        # Each part starts on a settled disk: the output part leaves GiBs being written back, and
+        # whichever command then fsyncs (cloudtrain's records do) would wait for it.
+        os.sync()
         if parts & {"noop", "workdir"}:
             # 4: a no-op run on a ready node against one ssh.
             noop = base / "noop"
@@ -159,6 +164,7 @@ def main() -> int:
                     run_cmd(noop / "noop.py", "--output", str(base / "noop-out"), "--output-mode", "replace"), [*ssh, "python3 -c pass"], runs, "no-op run vs ssh python3 -c pass"
                 )
 
+        os.sync()
         if "workdir" in parts:
             # 5: an unchanged 300 MiB workdir's second run against a one-file workdir's.
             big = base / "big-workdir"
@@ -172,6 +178,7 @@ def main() -> int:
                 big_run, run_cmd(noop / "noop.py", "--output", str(base / "noop-out"), "--output-mode", "replace"), runs, "unchanged 300 MiB workdir vs tiny"
             )
 
+        os.sync()
         if "startup" in parts:
             # 6: start-up, median of fresh processes.
             env = {**os.environ, "CLOUDTRAIN_HOME": str(base / "empty-home")}

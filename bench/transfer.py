@@ -254,6 +254,9 @@ def run_bench(base: Path, quick: bool, runs: int, only: set[str] | None = None) 
         for rep in range(runs):
             for key, (dst, cmd) in plan.items():
                 _fresh(dst)
+                # A settled disk for every tool: the previous one's hundreds of MiB are still being
+                # written back (and the folder just removed discarded), which would slow whoever runs next.
+                os.sync()
                 wall, peak, out = measure(cmd)
                 row = by_key[key]
                 if key[0] == "cloudtrain":

@@ -107,7 +107,7 @@ class Home:
             except FileNotFoundError:
                 pass
         fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o644)
-        if start and os.fstat(fd).st_size != start:
+        if start:
             os.ftruncate(fd, start)
         h = hashlib.sha256()
         left = start
